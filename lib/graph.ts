@@ -1,0 +1,98 @@
+import { deviceIndex } from './device';
+import { MoeError, describe } from './errors';
+import { native } from './native';
+import { Stream, openCaptures } from './stream';
+import type { Storage } from './tensor';
+
+const graphRegistry = new FinalizationRegistry<{ device: number; exec: bigint; storages: Set<Storage> }>((g) => {
+  try {
+    native().destroyGraph(g.device, g.exec);
+  } catch {
+    // backstop only
+  }
+  for (const s of g.storages) s.release();
+});
+
+/**
+ * A captured sequence of ops, replayed with one launch. It holds every tensor the captured
+ * ops touched: disposing those tensors does not free their memory until the graph is disposed.
+ */
+export class CudaGraph {
+  readonly stream: Stream;
+  #exec: bigint;
+  #storages: Set<Storage>;
+  #token = {};
+
+  /** @internal */
+  constructor(stream: Stream, exec: bigint, storages: Set<Storage>) {
+    this.stream = stream;
+    this.#exec = exec;
+    this.#storages = storages;
+    graphRegistry.register(this, { device: deviceIndex(stream.device), exec, storages }, this.#token);
+  }
+
+  get disposed(): boolean {
+    return this.#exec === 0n;
+  }
+
+  /** Enqueues the whole graph on `stream` (default: the stream it was captured on). */
+  replay(stream: Stream = this.stream): void {
+    if (this.#exec === 0n) throw new MoeError('E_DISPOSED', 'graph: the graph was disposed');
+    if (!(stream instanceof Stream)) throw new MoeError('E_ARGUMENT', `stream: expected a Stream, got ${describe(stream)}`);
+    stream.check('stream');
+    if (stream.device !== this.stream.device) {
+      throw new MoeError('E_DEVICE', `stream: expected a stream on ${this.stream.device}, got one on ${stream.device}`);
+    }
+    native().launchGraph(deviceIndex(stream.device), this.#exec, stream.handle);
+  }
+
+  dispose(): void {
+    if (this.#exec === 0n) return;
+    graphRegistry.unregister(this.#token);
+    native().destroyGraph(deviceIndex(this.stream.device), this.#exec);
+    this.#exec = 0n;
+    for (const s of this.#storages) s.release();
+    this.#storages = new Set();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/**
+ * Captures the ops that `fn` enqueues on `stream` into a CUDA graph. `fn` must be synchronous
+ * and enqueue its ops on `stream`; allocate inputs and outputs before or inside it (tensors
+ * the graph uses stay alive with the graph). Reading results (toArray, synchronize) inside
+ * `fn` throws E_CAPTURE.
+ */
+export function captureGraph(stream: Stream, fn: () => void): CudaGraph {
+  if (!(stream instanceof Stream)) throw new MoeError('E_ARGUMENT', `stream: expected a Stream, got ${describe(stream)}`);
+  stream.check('stream');
+  if (typeof fn !== 'function') throw new MoeError('E_ARGUMENT', `fn: expected a function, got ${describe(fn)}`);
+  if (stream.device === 'cpu') throw new MoeError('E_DEVICE', 'stream: graphs capture CUDA streams; got a stream on cpu');
+  if (openCaptures.has(stream.handle)) throw new MoeError('E_CAPTURE', 'stream: a capture is already open on this stream');
+  const b = native();
+  const dev = deviceIndex(stream.device);
+  const storages = new Set<Storage>();
+  b.beginCapture(dev, stream.handle);
+  openCaptures.set(stream.handle, storages as Set<unknown>);
+  let exec: bigint;
+  try {
+    const result: unknown = fn();
+    if (result && typeof (result as { then?: unknown }).then === 'function') {
+      throw new MoeError('E_CAPTURE', 'fn: returned a promise; capture needs a synchronous function');
+    }
+    exec = b.endCapture(dev, stream.handle);
+  } catch (e) {
+    if (b.isCapturing(dev, stream.handle)) b.abortCapture(dev, stream.handle);
+    openCaptures.delete(stream.handle);
+    for (const s of storages) s.release();
+    if (e instanceof MoeError && e.code === 'E_CUDA') {
+      throw new MoeError('E_CAPTURE', `capture failed: ${e.message} (an op in fn used another stream or a call that cannot be captured)`);
+    }
+    throw e;
+  }
+  openCaptures.delete(stream.handle);
+  return new CudaGraph(stream, exec, storages);
+}

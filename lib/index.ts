@@ -1,0 +1,31 @@
+export { MoeError, type MoeErrorCode } from './errors';
+export { DTYPES, FLOAT_DTYPES, type DType, type ArrayFor } from './dtype';
+export {
+  availableBackends,
+  backendDevice,
+  cudaAvailable,
+  cudaUnavailableReason,
+  defaultDevice,
+  devices,
+  emptyCache,
+  memoryStats,
+  type Backend,
+  type Device,
+  type DeviceInfo,
+  type MemoryStats,
+} from './device';
+export { Stream, Event, createStream, defaultStream } from './stream';
+export {
+  Tensor,
+  MAX_ELEMENTS,
+  empty,
+  zeros,
+  fromArray,
+  fromBytes,
+  fromPointer,
+  type CreateOptions,
+  type FromArrayOptions,
+} from './tensor';
+export { CudaGraph, captureGraph } from './graph';
+export { convert, type ConvertOptions } from './convert';
+export { diagnostics } from './diagnostics';

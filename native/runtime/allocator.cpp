@@ -1,0 +1,131 @@
+#include "runtime/allocator.h"
+
+#include <string>
+
+#include "runtime/cuda_check.h"
+
+namespace moe::runtime {
+
+size_t CachingAllocator::roundSize(size_t bytes) {
+  constexpr size_t kSmall = 512, kLarge = size_t(2) << 20, kSmallLimit = size_t(1) << 20;
+  if (bytes <= kSmallLimit) return (bytes + kSmall - 1) / kSmall * kSmall;
+  return (bytes + kLarge - 1) / kLarge * kLarge;
+}
+
+void CachingAllocator::collectPending() {
+  for (size_t i = 0; i < pending_.size();) {
+    bool done = true;
+    for (cudaEvent_t e : pending_[i].events) {
+      cudaError_t q = cudaEventQuery(e);
+      if (q == cudaErrorNotReady) { done = false; break; }
+      if (q != cudaSuccess) { (void)cudaGetLastError(); }
+    }
+    if (!done) { ++i; continue; }
+    for (cudaEvent_t e : pending_[i].events) eventPool_.push_back(e);
+    void* p = pending_[i].ptr;
+    const Block& b = blocks_.at(p);
+    free_[{b.stream, b.size}].push_back(p);
+    pending_[i] = std::move(pending_.back());
+    pending_.pop_back();
+  }
+}
+
+void CachingAllocator::releaseCached() {
+  for (auto& [key, ptrs] : free_) {
+    for (void* p : ptrs) {
+      cudaFree(p);
+      blocks_.erase(p);
+      stats_.reservedBytes -= key.second;
+    }
+  }
+  free_.clear();
+  cachedBytes_ = 0;
+}
+
+void* CachingAllocator::allocate(size_t bytes, cudaStream_t stream) {
+  if (bytes == 0) return nullptr;
+  size_t size = roundSize(bytes);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!pending_.empty()) collectPending();
+  void* p = nullptr;
+  auto it = free_.find({stream, size});
+  if (it != free_.end() && !it->second.empty()) {
+    p = it->second.back();
+    it->second.pop_back();
+    cachedBytes_ -= size;
+  } else {
+    checkCuda(cudaSetDevice(device_), "cudaSetDevice");
+    // cudaMalloc is not a stream operation; relaxed mode lets it run while a graph capture
+    // is open on this thread (the block then stays valid for the graph's lifetime).
+    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+    cudaThreadExchangeStreamCaptureMode(&mode);
+    cudaError_t err = cudaMalloc(&p, size);
+    if (err == cudaErrorMemoryAllocation && cachedBytes_ > 0) {
+      (void)cudaGetLastError();
+      cudaDeviceSynchronize();
+      releaseCached();
+      err = cudaMalloc(&p, size);
+    }
+    cudaThreadExchangeStreamCaptureMode(&mode);
+    if (err == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      fail("E_OOM", "out of device memory on cuda:" + std::to_string(device_) + " allocating " +
+                        std::to_string(bytes) + " bytes (" + std::to_string(stats_.allocatedBytes) +
+                        " bytes held by live tensors)");
+    }
+    checkCuda(err, "cudaMalloc");
+    blocks_[p] = Block{size, stream};
+    stats_.reservedBytes += size;
+    stats_.driverAllocations++;
+  }
+  stats_.allocatedBytes += size;
+  if (stats_.allocatedBytes > stats_.peakAllocatedBytes) stats_.peakAllocatedBytes = stats_.allocatedBytes;
+  stats_.allocations++;
+  return p;
+}
+
+void CachingAllocator::release(void* p, const std::vector<cudaStream_t>& usedOn) {
+  if (!p) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = blocks_.find(p);
+  if (it == blocks_.end()) fail("E_ARGUMENT", "free of a pointer this allocator did not hand out");
+  const Block& b = it->second;
+  stats_.allocatedBytes -= b.size;
+  stats_.frees++;
+  cachedBytes_ += b.size;
+  std::vector<cudaEvent_t> events;
+  for (cudaStream_t other : usedOn) {
+    if (other == b.stream) continue;
+    cudaEvent_t e;
+    if (!eventPool_.empty()) {
+      e = eventPool_.back();
+      eventPool_.pop_back();
+    } else {
+      checkCuda(cudaSetDevice(device_), "cudaSetDevice");
+      checkCuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+    }
+    checkCuda(cudaEventRecord(e, other), "cudaEventRecord");
+    events.push_back(e);
+  }
+  if (events.empty()) {
+    free_[{b.stream, b.size}].push_back(p);
+  } else {
+    pending_.push_back(Pending{p, std::move(events)});
+  }
+}
+
+MemoryStats CachingAllocator::stats() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+void CachingAllocator::emptyCache() {
+  std::lock_guard<std::mutex> lock(mu_);
+  checkCuda(cudaSetDevice(device_), "cudaSetDevice");
+  // blocks waiting on other streams stay until those streams pass them
+  if (!pending_.empty()) collectPending();
+  checkCuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
+  releaseCached();
+}
+
+}  // namespace moe::runtime

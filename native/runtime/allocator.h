@@ -1,0 +1,49 @@
+// Stream-ordered caching allocator for one device (see device.h for the contract).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "runtime/device.h"
+
+namespace moe::runtime {
+
+class CachingAllocator {
+ public:
+  explicit CachingAllocator(int device) : device_(device) {}
+  void* allocate(size_t bytes, cudaStream_t stream);
+  void release(void* p, const std::vector<cudaStream_t>& usedOn);
+  MemoryStats stats();
+  void emptyCache();
+
+  // Block sizes: 512-byte steps up to 1 MiB, 2 MiB steps above, so that repeated
+  // allocations of one size always meet the same cached block.
+  static size_t roundSize(size_t bytes);
+
+ private:
+  struct Block {
+    size_t size;
+    cudaStream_t stream;
+  };
+  struct Pending {
+    void* ptr;
+    std::vector<cudaEvent_t> events;
+  };
+  void collectPending();   // moves blocks whose cross-stream uses finished to the free lists
+  void releaseCached();    // cudaFree of every cached block; the caller holds mu_
+
+  int device_;
+  std::mutex mu_;
+  std::map<std::pair<cudaStream_t, size_t>, std::vector<void*>> free_;
+  std::unordered_map<void*, Block> blocks_;  // every block obtained from the driver
+  std::vector<Pending> pending_;
+  std::vector<cudaEvent_t> eventPool_;
+  size_t cachedBytes_ = 0;
+  MemoryStats stats_;
+};
+
+}  // namespace moe::runtime

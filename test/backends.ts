@@ -1,0 +1,47 @@
+// Runs a suite once per backend; the CUDA one is skipped, with its reason in the title,
+// where no GPU is usable.
+import { describe, expect } from 'vitest';
+import { MoeError, cudaUnavailableReason, type Backend, type Device } from '../lib';
+
+export const cudaReason = cudaUnavailableReason();
+export const hasCuda = cudaReason === undefined;
+
+export function forEachBackend(name: string, fn: (device: Device, backend: Backend) => void): void {
+  for (const backend of ['cpu', 'cuda'] as const) {
+    const skip = backend === 'cuda' && !hasCuda;
+    const title = `${name} [${backend}]${skip ? ` (skipped: ${cudaReason})` : ''}`;
+    describe.skipIf(skip)(title, () => fn(backend === 'cpu' ? 'cpu' : 'cuda:0', backend));
+  }
+}
+
+/** Asserts that fn throws (or rejects with) a MoeError with `code` whose message mentions `mentions`. */
+export async function expectCode(fn: () => unknown, code: string, mentions?: string): Promise<void> {
+  let caught: unknown;
+  try {
+    await fn();
+  } catch (e) {
+    caught = e;
+  }
+  expect(caught, `expected ${code}`).toBeInstanceOf(MoeError);
+  expect((caught as MoeError).code).toBe(code);
+  if (mentions) expect((caught as MoeError).message).toContain(mentions);
+}
+
+/** A seeded generator, so a failure can be replayed; seeds differ per run and are printed. */
+export function rng(seed: number): () => number {
+  let s = seed >>> 0 || 1;
+  return () => {
+    s ^= s << 13;
+    s >>>= 0;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    s >>>= 0;
+    return s / 4294967296;
+  };
+}
+
+export function freshSeed(label: string): number {
+  const seed = (Date.now() ^ (Math.random() * 2 ** 31)) >>> 0;
+  console.log(`[seed] ${label}: ${seed}`);
+  return seed;
+}

@@ -1,0 +1,152 @@
+import { describe, expect, it } from 'vitest';
+import {
+  Event,
+  availableBackends,
+  captureGraph,
+  convert,
+  createStream,
+  cudaUnavailableReason,
+  defaultStream,
+  devices,
+  empty,
+  emptyCache,
+  fromArray,
+  memoryStats,
+  zeros,
+} from '../lib';
+import { cudaReason, expectCode, hasCuda } from './backends';
+
+describe('backends', () => {
+  it('always offers the CPU reference, and CUDA exactly where a device is usable', () => {
+    expect(availableBackends()).toContain('cpu');
+    expect(availableBackends().includes('cuda')).toBe(cudaUnavailableReason() === undefined);
+  });
+
+  it.skipIf(hasCuda)(`devices() throws E_NO_CUDA without a GPU (${cudaReason})`, async () => {
+    await expectCode(() => devices(), 'E_NO_CUDA');
+    await expectCode(() => empty([1], { device: 'cuda' }), 'E_NO_CUDA');
+    await expectCode(() => memoryStats(), 'E_NO_CUDA');
+  });
+
+  it('CPU streams and events are immediate', async () => {
+    const s = createStream('cpu');
+    const a = new Event('cpu', { timing: true }).record(s);
+    const b = new Event('cpu', { timing: true }).record(s);
+    await b.wait();
+    expect(a.elapsedMs(b)).toBeGreaterThanOrEqual(0);
+    await expectCode(() => captureGraph(s, () => {}), 'E_DEVICE', 'stream');
+    s.dispose();
+    await expectCode(() => s.synchronize(), 'E_DISPOSED', 'stream');
+  });
+});
+
+describe.skipIf(!hasCuda)('CUDA runtime [cuda]', () => {
+  it('lists devices with their properties', () => {
+    const list = devices();
+    expect(list.length).toBeGreaterThan(0);
+    const d = list[0];
+    expect(d.device).toBe('cuda:0');
+    expect(d.name.length).toBeGreaterThan(0);
+    expect(d.computeCapability).toMatch(/^\d+\.\d+$/);
+    expect(d.multiprocessors).toBeGreaterThan(0);
+    expect(d.totalMemory).toBeGreaterThan(2 ** 30);
+  });
+
+  it('orders work across streams with events, and times it', async () => {
+    const s1 = createStream('cuda:0');
+    const s2 = createStream('cuda:0');
+    const x = fromArray(new Float32Array(1 << 20).map((_, i) => i % 1000), { device: 'cuda:0', stream: s1 });
+    const start = new Event('cuda:0', { timing: true }).record(s1);
+    const y = convert(x, 'bf16', { stream: s1 });
+    const done = new Event('cuda:0', { timing: true }).record(s1);
+    s2.waitEvent(done);
+    const z = convert(y, 'f32', { stream: s2 });
+    await s2.synchronize();
+    await done.wait();
+    expect(done.query()).toBe(true);
+    expect(start.elapsedMs(done)).toBeGreaterThanOrEqual(0);
+    const back = await z.toArray({ stream: s2 });
+    expect(back[999]).toBe(999);
+    expect(back[1000]).toBe(0);
+    s1.dispose();
+    s2.dispose();
+  });
+
+  it('synchronize() does not block the event loop', async () => {
+    const x = zeros([1 << 24], { device: 'cuda:0' });
+    for (let i = 0; i < 20; i++) convert(x, 'bf16').dispose();
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 0);
+    await defaultStream('cuda:0').synchronize();
+    await new Promise((r) => setTimeout(r, 5));
+    clearInterval(timer);
+    expect(ticks).toBeGreaterThan(0);
+  });
+
+  it('10,000 allocate/free cycles leave device memory flat', () => {
+    emptyCache('cuda:0');
+    const before = memoryStats('cuda:0');
+    for (let i = 0; i < 10_000; i++) {
+      const t = empty([1 + (i % 7) * 1000], { device: 'cuda:0' });
+      t.dispose();
+    }
+    const after = memoryStats('cuda:0');
+    expect(after.allocatedBytes).toBe(before.allocatedBytes);
+    expect(after.allocations - before.allocations).toBe(10_000);
+    expect(after.frees - before.frees).toBe(10_000);
+    // seven sizes, seven blocks: the cache serves the rest
+    expect(after.driverAllocations - before.driverAllocations).toBeLessThanOrEqual(7);
+    expect(after.reservedBytes - before.reservedBytes).toBeLessThanOrEqual(7 * 8192);
+  });
+
+  it('reports out-of-memory as E_OOM and stays usable', async () => {
+    const total = devices()[0].totalMemory;
+    const n = Math.min(2 ** 31 - 1, Math.ceil((total * 1.5) / 8));
+    await expectCode(() => empty([n], { dtype: 'i64', device: 'cuda:0' }), 'E_OOM', 'cuda:0');
+    const ok = fromArray([1, 2], { device: 'cuda:0' });
+    expect(Array.from(await ok.toArray())).toEqual([1, 2]);
+  });
+
+  it('captures ops into a graph and replays them', async () => {
+    const s = createStream('cuda:0');
+    const x = fromArray([1.25, -3, 448.5, 1000], { device: 'cuda:0', stream: s });
+    const q = empty([4], { dtype: 'fp8e4m3', device: 'cuda:0', stream: s });
+    const y = empty([4], { dtype: 'f32', device: 'cuda:0', stream: s });
+    const graph = captureGraph(s, () => {
+      convert(x, 'fp8e4m3', { out: q, stream: s });
+      convert(q, 'f32', { out: y, stream: s });
+    });
+    graph.replay();
+    expect(Array.from(await y.toArray({ stream: s }))).toEqual([1.25, -3, 448, 448]);
+    // new inputs in place, replay again
+    const x2 = fromArray([2, 3, 5, 7], { device: 'cuda:0', stream: s });
+    convert(x2, 'f32', { out: x, stream: s });
+    graph.replay();
+    expect(Array.from(await y.toArray({ stream: s }))).toEqual([2, 3, 5, 7]);
+    // disposing captured tensors does not free what the graph still uses
+    const bytesHeld = memoryStats('cuda:0').allocatedBytes;
+    q.dispose();
+    expect(memoryStats('cuda:0').allocatedBytes).toBe(bytesHeld);
+    graph.replay();
+    await s.synchronize();
+    graph.dispose();
+    expect(memoryStats('cuda:0').allocatedBytes).toBeLessThan(bytesHeld);
+    await expectCode(() => graph.replay(), 'E_DISPOSED', 'graph');
+  });
+
+  it('refuses reads and async callbacks during capture, and recovers', async () => {
+    const s = createStream('cuda:0');
+    const x = fromArray([1, 2], { device: 'cuda:0', stream: s });
+    await expectCode(() => captureGraph(s, () => void x.toArray({ stream: s })), 'E_CAPTURE');
+    await expectCode(() => captureGraph(s, (async () => {}) as never), 'E_CAPTURE', 'promise');
+    expect(() =>
+      captureGraph(s, () => {
+        convert(x, 'bf16', { stream: s });
+        throw new Error('boom');
+      }),
+    ).toThrow('boom');
+    // the stream works normally afterwards
+    const y = convert(x, 'bf16', { stream: s });
+    expect(Array.from(await y.toArray({ stream: s }))).toEqual([1, 2]);
+  });
+});
