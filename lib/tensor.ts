@@ -248,20 +248,19 @@ export class Tensor<D extends DType = DType> {
     const bytes = this.byteLength;
     const b = native();
     if (target === 'cpu') {
-      const out = Storage.allocate('cpu', bytes, resolveStream(undefined, 'cpu'), false);
-      const t = new Tensor(out, this.dtype, this.shape, 0);
-      if (this.device === 'cpu') {
-        b.hostCopy(out.ptr, this.dataPtr, bytes);
-      } else {
-        const stream = resolveStream(options.stream, this.device);
-        refuseDuringCapture(stream, 'copyTo("cpu")');
-        useOn(stream, [this]);
-        try {
-          await b.copyToHostAsync(deviceIndex(this.device), out.ptr, this.dataPtr, bytes, stream.handle);
-        } catch (e) {
-          t.dispose();
-          throw e;
-        }
+      const stream = this.device === 'cpu' ? undefined : resolveStream(options.stream, this.device);
+      if (stream) refuseDuringCapture(stream, 'copyTo("cpu")');
+      const t = new Tensor(Storage.allocate('cpu', bytes, resolveStream(undefined, 'cpu'), false), this.dtype, this.shape, 0);
+      if (!stream) {
+        b.hostCopy(t.dataPtr, this.dataPtr, bytes);
+        return t;
+      }
+      useOn(stream, [this]);
+      try {
+        await b.copyToHostAsync(deviceIndex(this.device), t.dataPtr, this.dataPtr, bytes, stream.handle);
+      } catch (e) {
+        t.dispose();
+        throw e;
       }
       return t;
     }

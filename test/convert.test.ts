@@ -146,6 +146,13 @@ forEachBackend('convert', (device: Device) => {
     const bf = fromBytes(new Uint8Array([0x7f, 0x47, 0x80, 0x47, 0xe8, 0x43]), { dtype: 'bf16', shape: [3], device });
     expect(await bytesOf(convert(bf, 'f16'))).toEqual([0x7bf8, 0x7c00, 0x5f40]);
     expect(await bytesOf(convert(bf, 'fp8e4m3'))).toEqual([0x7e, 0x7e, 0x7e]);
+    // NaN: f16 and e4m3 decode to the canonical f32 NaN; bf16 widens by a shift
+    const nan16 = fromBytes(new Uint8Array([0x01, 0xfe]), { dtype: 'f16', shape: [1], device });
+    expect(Array.from(await convert(nan16, 'f32').toBytes())).toEqual([0xff, 0xff, 0xff, 0x7f]);
+    const nan8 = fromBytes(new Uint8Array([0xff]), { dtype: 'fp8e4m3', shape: [1], device });
+    expect(Array.from(await convert(nan8, 'f32').toBytes())).toEqual([0xff, 0xff, 0xff, 0x7f]);
+    const nanBf = fromBytes(new Uint8Array([0xc1, 0xff]), { dtype: 'bf16', shape: [1], device });
+    expect(Array.from(await convert(nanBf, 'f32').toBytes())).toEqual([0x00, 0x00, 0xc1, 0xff]);
     const h = fromBytes(new Uint8Array([0x00, 0x5f]), { dtype: 'f16', shape: [1], device });
     expect(await bytesOf(convert(h, 'fp8e4m3'))).toEqual([0x7e]);
   });

@@ -137,7 +137,18 @@ describe.skipIf(!hasCuda)('CUDA runtime [cuda]', () => {
   it('refuses reads and async callbacks during capture, and recovers', async () => {
     const s = createStream('cuda:0');
     const x = fromArray([1, 2], { device: 'cuda:0', stream: s });
-    await expectCode(() => captureGraph(s, () => void x.toArray({ stream: s })), 'E_CAPTURE');
+    let read: Promise<unknown> | undefined;
+    const g = captureGraph(s, () => {
+      read = x.toArray({ stream: s });
+    });
+    await expectCode(() => read, 'E_CAPTURE', 'captured');
+    g.dispose();
+    let sync: Promise<void> | undefined;
+    const g2 = captureGraph(s, () => {
+      sync = s.synchronize();
+    });
+    await expectCode(() => sync, 'E_CAPTURE', 'captured');
+    g2.dispose();
     await expectCode(() => captureGraph(s, (async () => {}) as never), 'E_CAPTURE', 'promise');
     expect(() =>
       captureGraph(s, () => {

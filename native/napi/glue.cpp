@@ -67,7 +67,9 @@ class Worker : public Napi::AsyncWorker {
  public:
   Worker(Napi::Env env, std::function<void()> work, const std::vector<Napi::Value>& keepAlive)
       : Napi::AsyncWorker(env, "moe-kernels"), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {
-    for (const Napi::Value& v : keepAlive) refs_.push_back(Napi::Persistent(v));
+    // only objects can be referenced (Node-API < 10); a bigint pointer needs no keeping
+    for (const Napi::Value& v : keepAlive)
+      if (v.IsObject()) refs_.push_back(Napi::Persistent(v.As<Napi::Object>()));
   }
   Napi::Promise promise() { return deferred_.Promise(); }
 
@@ -90,7 +92,7 @@ class Worker : public Napi::AsyncWorker {
  private:
   Napi::Promise::Deferred deferred_;
   std::function<void()> work_;
-  std::vector<Napi::Reference<Napi::Value>> refs_;
+  std::vector<Napi::ObjectReference> refs_;
   std::string code_;
 };
 

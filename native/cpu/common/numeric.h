@@ -3,7 +3,8 @@
 // the GPU kernels use hardware conversions and are tested bit-for-bit against these.
 //
 // Rounding is to nearest, ties to even. NaN inputs become the target's canonical NaN
-// (0x7FFF for f16 and bf16, 0x7F for e4m3), which is what the sm_80+ cvt instructions return.
+// (0x7FFF for f16 and bf16, 0x7F for e4m3, 0x7FFFFFFF for f32 from f16 or e4m3), which is what
+// the sm_80+ cvt instructions return; bf16 -> f32 is a shift and keeps the payload.
 // f32 -> e4m3 saturates to +-448 (also for +-inf), like cvt.rn.satfinite.e4m3x2.f32.
 #pragma once
 #include <cstdint>
@@ -52,7 +53,7 @@ inline float f16BitsToF32(uint16_t h) {
   uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   uint32_t e = (h >> 10) & 0x1Fu;
   uint32_t m = h & 0x3FFu;
-  if (e == 0x1F) return bitsFloat(sign | 0x7F800000u | (m << 13));
+  if (e == 0x1F) return m ? bitsFloat(0x7FFFFFFFu) : bitsFloat(sign | 0x7F800000u);
   if (e != 0) return bitsFloat(sign | ((e + 112u) << 23) | (m << 13));
   if (m == 0) return bitsFloat(sign);
   // subnormal: m * 2^-24, exact in f32
@@ -80,7 +81,7 @@ inline float e4m3BitsToF32(uint8_t b) {
   uint32_t sign = static_cast<uint32_t>(b & 0x80u) << 24;
   uint32_t e = (b >> 3) & 0xFu;
   uint32_t m = b & 0x7u;
-  if (e == 0xF && m == 0x7) return bitsFloat(0x7FC00000u | sign);
+  if (e == 0xF && m == 0x7) return bitsFloat(0x7FFFFFFFu);
   if (e != 0) return bitsFloat(sign | ((e + 120u) << 23) | (m << 20));
   float v = static_cast<float>(m) * 0.001953125f;       // m * 2^-9
   return sign ? -v : v;
