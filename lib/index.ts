@@ -29,3 +29,5 @@ export {
 export { CudaGraph, captureGraph } from './graph';
 export { convert, type ConvertOptions } from './convert';
 export { diagnostics } from './diagnostics';
+export * from './nvfp4';
+export * from './mtp';

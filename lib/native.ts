@@ -1,9 +1,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MoeError } from './errors';
+import type { MtpBinding } from './mtp';
+import type { Nvfp4Binding } from './nvfp4';
 
 /** Raw binding: pointers are bigints, dtypes numeric ids, device -1 the CPU. Internal. */
-export interface Binding {
+export interface Binding extends Nvfp4Binding, MtpBinding {
   setErrorClass(cls: unknown): void;
   cudaCompiled: boolean;
   deviceCount(): number;

@@ -21,6 +21,8 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   registerGraph(env, exports);
   registerConvert(env, exports);
   registerDiagnostics(env, exports);
+  registerNvfp4(env, exports);
+  registerMtp(env, exports);
   return exports;
 }
 

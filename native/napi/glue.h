@@ -56,5 +56,7 @@ void registerStream(Napi::Env env, Napi::Object exports);
 void registerGraph(Napi::Env env, Napi::Object exports);
 void registerConvert(Napi::Env env, Napi::Object exports);
 void registerDiagnostics(Napi::Env env, Napi::Object exports);
+void registerNvfp4(Napi::Env env, Napi::Object exports);
+void registerMtp(Napi::Env env, Napi::Object exports);
 
 }  // namespace moe::napi
