@@ -16,18 +16,20 @@ function median(xs) {
   return s[Math.floor(s.length / 2)];
 }
 
-async function measure(label, launchBurst) {
+// The paths take turns burst by burst, so that clock and scheduling drift reach all alike.
+async function measureAll(paths) {
   const stream = moe.defaultStream('cuda:0');
-  const perCall = [];
-  for (let warm = 0; warm < 20; warm++) launchBurst(stream);
+  const perCall = paths.map(() => []);
+  for (let warm = 0; warm < 20; warm++) for (const p of paths) p.burst(stream);
   await stream.synchronize();
   for (let r = 0; r < BURSTS; r++) {
-    await stream.synchronize();
-    const seconds = launchBurst(stream);
-    perCall.push((seconds / BURST) * 1e6);
+    for (let i = 0; i < paths.length; i++) {
+      await stream.synchronize();
+      perCall[i].push((paths[i].burst(stream) / BURST) * 1e6);
+    }
   }
   await stream.synchronize();
-  return { label, usPerCall: median(perCall), usPerCallMin: Math.min(...perCall) };
+  return paths.map((p, i) => ({ label: p.label, usPerCall: median(perCall[i]), usPerCallMin: Math.min(...perCall[i]) }));
 }
 
 function hostSeconds(fn) {
@@ -42,19 +44,23 @@ async function main() {
   const dev = moe.devices()[0];
   const x = moe.fromArray([1.5], { device: 'cuda:0' });
   const y = moe.empty([1], { dtype: 'bf16', device: 'cuda:0' });
-  const rows = [
-    await measure('C++ loop (kernel<<<>>> in native code)', (s) => moe.diagnostics.launchEmptyLoop(BURST, s)),
-    await measure('JS -> empty kernel (diagnostics.launchEmpty)', (s) =>
-      hostSeconds(() => {
-        for (let i = 0; i < BURST; i++) moe.diagnostics.launchEmpty(s);
-      }),
-    ),
-    await measure('JS -> convert op, 1 element, out given', (s) =>
-      hostSeconds(() => {
-        for (let i = 0; i < BURST; i++) moe.convert(x, 'bf16', { out: y, stream: s });
-      }),
-    ),
-  ];
+  const rows = await measureAll([
+    { label: 'C++ loop (kernel<<<>>> in native code)', burst: (s) => moe.diagnostics.launchEmptyLoop(BURST, s) },
+    {
+      label: 'JS -> empty kernel (diagnostics.launchEmpty)',
+      burst: (s) =>
+        hostSeconds(() => {
+          for (let i = 0; i < BURST; i++) moe.diagnostics.launchEmpty(s);
+        }),
+    },
+    {
+      label: 'JS -> convert op, 1 element, out given',
+      burst: (s) =>
+        hostSeconds(() => {
+          for (let i = 0; i < BURST; i++) moe.convert(x, 'bf16', { out: y, stream: s });
+        }),
+    },
+  ]);
   const base = rows[0].usPerCall;
   const lines = [
     `Launch overhead on ${dev.name} (median of ${BURSTS} bursts of ${BURST} launches, enqueue time only)`,

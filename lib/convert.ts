@@ -1,5 +1,4 @@
 import { FLOAT_DTYPES, checkDType, DTYPES, type DType } from './dtype';
-import { deviceIndex } from './device';
 import { MoeError } from './errors';
 import { native } from './native';
 import { resolveStream, type Stream } from './stream';
@@ -34,6 +33,6 @@ export function convert<D extends DType>(x: Tensor, dtype: D, options: ConvertOp
     out = empty(x.shape, { dtype: to, device: x.device, stream });
   }
   useOn(stream, [x, out]);
-  native().convert(deviceIndex(x.device), x.dataPtr, DTYPES[x.dtype].id, out.dataPtr, DTYPES[to].id, x.numel, stream.handle);
+  native().convert(x.deviceIndex, x.dataPtr, DTYPES[x.dtype].id, out.dataPtr, DTYPES[to].id, x.numel, stream.handle);
   return out;
 }

@@ -21,19 +21,30 @@ export function deviceIndex(device: Device): number {
   return device === 'cpu' ? -1 : Number(device.slice(5));
 }
 
+// Read once: the backend choice is a process-wide setting, and process.env reads are slow
+// on the per-op path.
+let forced: { value: Backend | undefined } | undefined;
+
 function forcedBackend(): Backend | undefined {
+  if (forced) return forced.value;
   const v = process.env.MOE_KERNELS_BACKEND;
-  if (v === undefined || v === '') return undefined;
-  if (v === 'cpu' || v === 'cuda') return v;
-  throw new MoeError('E_ARGUMENT', `MOE_KERNELS_BACKEND: expected "cpu" or "cuda", got ${describe(v)}`);
+  if (v === undefined || v === '') forced = { value: undefined };
+  else if (v === 'cpu' || v === 'cuda') forced = { value: v };
+  else throw new MoeError('E_ARGUMENT', `MOE_KERNELS_BACKEND: expected "cpu" or "cuda", got ${describe(v)}`);
+  return forced.value;
 }
+
+let cudaReason: { value: string | undefined } | undefined;
 
 /** Why CUDA cannot be used in this process, or undefined when it can. */
 export function cudaUnavailableReason(): string | undefined {
-  if (forcedBackend() === 'cpu') return 'MOE_KERNELS_BACKEND=cpu';
-  const b = native();
-  if (b.deviceCount() > 0) return undefined;
-  return b.cudaUnavailableReason();
+  if (!cudaReason) {
+    const b = native();
+    cudaReason = {
+      value: forcedBackend() === 'cpu' ? 'MOE_KERNELS_BACKEND=cpu' : b.deviceCount() > 0 ? undefined : b.cudaUnavailableReason(),
+    };
+  }
+  return cudaReason.value;
 }
 
 export function cudaAvailable(): boolean {

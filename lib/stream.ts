@@ -20,6 +20,8 @@ export class Stream {
   /** cudaStream_t as a bigint (0n on the CPU), for interop with other CUDA libraries. */
   readonly handle: bigint;
   readonly isDefault: boolean;
+  /** @internal native device index (-1 for the CPU) */
+  readonly deviceIndex: number;
   #disposed = false;
 
   /** @internal use createStream() or defaultStream() */
@@ -27,16 +29,12 @@ export class Stream {
     this.device = device;
     this.handle = handle;
     this.isDefault = isDefault;
+    this.deviceIndex = deviceIndex(device);
     if (device !== 'cpu' && !isDefault) streamRegistry.register(this, { device: deviceIndex(device), handle }, this);
   }
 
   get disposed(): boolean {
     return this.#disposed;
-  }
-
-  /** @internal */
-  get deviceIndex(): number {
-    return deviceIndex(this.device);
   }
 
   /** Resolves once all work queued so far has finished; rejects with E_CUDA if any failed. */

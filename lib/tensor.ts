@@ -104,7 +104,10 @@ export class Tensor<D extends DType = DType> {
   readonly device: Device;
   /** Offset of element 0 in the underlying storage, in bytes. */
   readonly byteOffset: number;
+  /** @internal native device index (-1 for the CPU), cached for the per-op path */
+  readonly deviceIndex: number;
   #storage: Storage | null;
+  #ptr: bigint;
 
   /** @internal use empty(), zeros(), fromArray(), fromPointer() */
   constructor(storage: Storage, dtype: D, shape: readonly number[], byteOffset: number) {
@@ -113,6 +116,8 @@ export class Tensor<D extends DType = DType> {
     this.shape = Object.freeze(shape.slice());
     this.device = storage.device;
     this.byteOffset = byteOffset;
+    this.deviceIndex = deviceIndex(storage.device);
+    this.#ptr = storage.ptr + BigInt(byteOffset);
     registry.register(this, storage, this);
   }
 
@@ -134,7 +139,8 @@ export class Tensor<D extends DType = DType> {
 
   /** Address of element 0 (device or host), for interop; throws E_DISPOSED after dispose(). */
   get dataPtr(): bigint {
-    return this.storage('tensor').ptr + BigInt(this.byteOffset);
+    this.storage('tensor');
+    return this.#ptr;
   }
 
   /** @internal the storage, or E_DISPOSED naming `argument`. */
