@@ -75,7 +75,6 @@ const packageRoot = path.resolve(__dirname, '..');
 
 function load(): Binding {
   const tried: string[] = [];
-  const errors: string[] = [];
   const override = process.env.MOE_KERNELS_ADDON;
   const candidates = override
     ? [path.resolve(override)]
@@ -84,29 +83,29 @@ function load(): Binding {
         path.join(packageRoot, 'build', 'Debug', 'moe_kernels.node'),
       ];
   for (const file of candidates) {
-    if (!fs.existsSync(file)) continue;
-    tried.push(file);
+    if (!fs.existsSync(file)) {
+      tried.push(`${file} (not found)`);
+      continue;
+    }
     try {
       return require(file) as Binding;
     } catch (e) {
-      errors.push(`${file}: ${(e as Error).message}`);
+      tried.push(`${file} (${(e as Error).message.split('\n')[0]})`);
     }
   }
   if (!override) {
     const prebuildDir = path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`);
-    tried.push(`${prebuildDir}/*.node`);
     try {
       // node-gyp-build picks the prebuild matching this platform, libc and Node-API version
       return require('node-gyp-build')(packageRoot) as Binding;
     } catch (e) {
-      errors.push((e as Error).message.split('\n')[0]);
+      tried.push(`${prebuildDir}/*.node (${(e as Error).message.split('\n')[0]})`);
     }
   }
   throw new MoeError(
     'E_LOAD',
     `@moe/kernels could not load its native addon (${process.platform}-${process.arch}, Node ${process.version}).\n` +
-      `Tried: ${tried.length ? tried.join(', ') : '(no candidate files exist)'}\n` +
-      (errors.length ? `Errors: ${errors.join('; ')}\n` : '') +
+      `Tried:\n  ${tried.join('\n  ')}\n` +
       'To fix: build it from source with `npm rebuild @moe/kernels --build-from-source` ' +
       '(needs CMake >= 3.24 and a C++17 compiler; nvcc for the CUDA backend, otherwise a CPU-only build), ' +
       'or set MOE_KERNELS_ADDON to the path of a moe_kernels.node.',

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import {
   Event,
   availableBackends,
@@ -26,6 +26,30 @@ describe('backends', () => {
     await expectCode(() => devices(), 'E_NO_CUDA');
     await expectCode(() => empty([1], { device: 'cuda' }), 'E_NO_CUDA');
     await expectCode(() => memoryStats(), 'E_NO_CUDA');
+  });
+
+  it('a failed load throws E_LOAD naming the files tried and the fix', async () => {
+    const saved = process.env.MOE_KERNELS_ADDON;
+    process.env.MOE_KERNELS_ADDON = '/nonexistent/moe_kernels.node';
+    try {
+      vi.resetModules(); // a fresh loader: this module instance has not loaded the addon
+      const fresh = await import('../lib/native');
+      const { MoeError: FreshMoeError } = await import('../lib/errors');
+      let caught: unknown;
+      try {
+        fresh.native();
+      } catch (e) {
+        caught = e;
+      }
+      expect(caught).toBeInstanceOf(FreshMoeError);
+      expect((caught as { code: string }).code).toBe('E_LOAD');
+      expect((caught as Error).message).toContain('/nonexistent/moe_kernels.node (not found)');
+      expect((caught as Error).message).toContain('npm rebuild @moe/kernels --build-from-source');
+    } finally {
+      if (saved === undefined) delete process.env.MOE_KERNELS_ADDON;
+      else process.env.MOE_KERNELS_ADDON = saved;
+      vi.resetModules();
+    }
   });
 
   it('CPU streams and events are immediate', async () => {
