@@ -1,0 +1,82 @@
+// Which NVFP4 GEMM kernel runs for a problem, and how K is split. Host-only and free of CUDA
+// types so it can be unit-tested and reasoned about on its own; gemm.cu static_asserts that the
+// tile sizes here match the kernels it instantiates.
+#pragma once
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+namespace moe::kernels::nvfp4 {
+
+enum class GemmKernel : int {
+  Decode8,   // M <= 8:  128 weight rows x 8 tokens per CTA
+  Decode16,  // M <= 16
+  Decode32,  // M <= 32
+  Decode64,  // M <= 64
+  Prefill,   // M > 64:  256 weight rows x 128 tokens per CTA
+};
+
+struct GemmConfig {
+  GemmKernel kernel;
+  int64_t tileN;           // weight rows per CTA
+  int64_t tileM;           // tokens per CTA
+  int64_t numChunks;       // ceil(K / kGemmChunkK)
+  int64_t splits;          // CTAs along K; > 1 means fp32 partials in the workspace
+  int64_t chunksPerSplit;  // every split gets at least one chunk
+};
+
+inline constexpr int64_t kGemmChunkK = 64;
+inline constexpr int64_t kDecodeMaxM = 64;
+inline constexpr int64_t kDecodeTileN = 128;
+inline constexpr int64_t kPrefillTileN = 256;
+inline constexpr int64_t kPrefillTileM = 128;
+// Keeps split-K partials small next to the weights even for wide outputs.
+inline constexpr int64_t kMaxSplitWorkspaceBytes = int64_t{64} << 20;
+
+// Decode (M <= 64) is bound by streaming the packed weights and scales: it wants every SM busy
+// with many loads in flight, so it splits K until there are about two CTAs per SM, keeping at
+// least four 64-wide chunks per split so the cp.async pipeline stays full.
+// Prefill is bound by the tensor cores: it splits only when the output tiles cannot occupy the
+// SMs at all, keeping at least eight chunks per split.
+// forcePortable does not change the choice: every configuration here is the portable mma.sync
+// kernel.
+inline GemmConfig selectGemmConfig(int64_t M, int64_t N, int64_t K, int numSMs,
+                                   bool /*forcePortable*/) {
+  GemmConfig c{};
+  c.numChunks = (K + kGemmChunkK - 1) / kGemmChunkK;
+  if (M <= kDecodeMaxM) {
+    c.tileN = kDecodeTileN;
+    if (M <= 8) { c.kernel = GemmKernel::Decode8; c.tileM = 8; }
+    else if (M <= 16) { c.kernel = GemmKernel::Decode16; c.tileM = 16; }
+    else if (M <= 32) { c.kernel = GemmKernel::Decode32; c.tileM = 32; }
+    else { c.kernel = GemmKernel::Decode64; c.tileM = 64; }
+  } else {
+    c.kernel = GemmKernel::Prefill;
+    c.tileN = kPrefillTileN;
+    c.tileM = kPrefillTileM;
+  }
+  const int64_t tiles = std::max<int64_t>(1, ((N + c.tileN - 1) / c.tileN) *
+                                                 ((M + c.tileM - 1) / c.tileM));
+  const int64_t sms = std::max(1, numSMs);
+  int64_t splits = 1;
+  if (c.kernel == GemmKernel::Prefill) {
+    if (tiles < sms) splits = std::min(sms / tiles, c.numChunks / 8);
+  } else {
+    const int64_t target = 2 * sms;
+    if (tiles < target) splits = std::min((target + tiles - 1) / tiles, c.numChunks / 4);
+  }
+  const int64_t perSplitBytes = std::max<int64_t>(1, M * N * 4);
+  splits = std::min(splits, kMaxSplitWorkspaceBytes / perSplitBytes);
+  splits = std::max<int64_t>(1, splits);
+  c.chunksPerSplit = splits > 1 ? (c.numChunks + splits - 1) / splits : c.numChunks;
+  c.splits = splits > 1 ? (c.numChunks + c.chunksPerSplit - 1) / c.chunksPerSplit : 1;
+  return c;
+}
+
+inline size_t gemmConfigWorkspaceBytes(const GemmConfig& c, int64_t M, int64_t N) {
+  return c.splits > 1 ? static_cast<size_t>(c.splits) * static_cast<size_t>(M) *
+                            static_cast<size_t>(N) * sizeof(float)
+                      : 0;
+}
+
+}  // namespace moe::kernels::nvfp4

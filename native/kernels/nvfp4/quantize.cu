@@ -1,0 +1,333 @@
+// amax, global scale, quantize, dequantize and the scale swizzles.
+// All of these are memory bound; one thread owns one 16-element block where that is the unit.
+#include <algorithm>
+
+#include "kernels/nvfp4/common.cuh"
+#include "kernels/nvfp4/nvfp4.h"
+
+namespace moe::kernels::nvfp4 {
+namespace detail {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline bool isAligned(const void* p, uintptr_t n) {
+  return (reinterpret_cast<uintptr_t>(p) & (n - 1)) == 0;
+}
+
+inline int gridFor(int64_t items, int64_t cap) {
+  int64_t blocks = (items + kThreads - 1) / kThreads;
+  return static_cast<int>(std::max<int64_t>(1, std::min(blocks, cap)));
+}
+
+// |v| as an order-preserving key: the f32 bit pattern of |v|, every NaN mapped to 0x7FC00000
+// (larger than +inf's 0x7F800000, so a max over keys propagates NaN).
+__device__ __forceinline__ uint32_t absKeyF32(uint32_t u) {
+  u &= 0x7FFFFFFFu;
+  return u > 0x7F800000u ? 0x7FC00000u : u;
+}
+__device__ __forceinline__ uint32_t absKeyF16(uint32_t h) {
+  h &= 0x7FFFu;
+  if (h > 0x7C00u) return 0x7FC00000u;
+  return __float_as_uint(__half2float(__ushort_as_half(static_cast<unsigned short>(h))));
+}
+__device__ __forceinline__ uint32_t absKeyBf16(uint32_t h) {
+  h &= 0x7FFFu;
+  return h > 0x7F80u ? 0x7FC00000u : (h << 16);
+}
+
+template <DType T>
+__device__ __forceinline__ uint32_t keyOfHalfWord(uint32_t h) {
+  return T == DType::F16 ? absKeyF16(h) : absKeyBf16(h);
+}
+
+template <DType T>
+__device__ __forceinline__ uint32_t keyAt(const void* x, int64_t i) {
+  if constexpr (T == DType::F32) {
+    return absKeyF32(static_cast<const uint32_t*>(x)[i]);
+  } else {
+    return keyOfHalfWord<T>(static_cast<const uint16_t*>(x)[i]);
+  }
+}
+
+template <DType T>
+__device__ __forceinline__ uint32_t keyOfVec(uint4 v) {
+  if constexpr (T == DType::F32) {
+    return max(max(absKeyF32(v.x), absKeyF32(v.y)), max(absKeyF32(v.z), absKeyF32(v.w)));
+  } else {
+    uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    uint32_t k = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      k = max(k, keyOfHalfWord<T>(w[i] & 0xFFFFu));
+      k = max(k, keyOfHalfWord<T>(w[i] >> 16));
+    }
+    return k;
+  }
+}
+
+// *out (zeroed beforehand) = max key over x. 16-byte loads for the aligned bulk.
+template <DType T>
+__global__ void __launch_bounds__(kThreads) amaxKernel(const void* __restrict__ x, int64_t numel,
+                                                      bool vectorized, uint32_t* __restrict__ out) {
+  constexpr int kPerVec = 16 / (T == DType::F32 ? 4 : 2);
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  uint32_t key = 0;
+  int64_t scalarFrom = 0;
+  if (vectorized) {
+    const int64_t numVec = numel / kPerVec;
+    const uint4* xv = static_cast<const uint4*>(x);
+    for (int64_t i = tid; i < numVec; i += stride) key = max(key, keyOfVec<T>(__ldg(xv + i)));
+    scalarFrom = numVec * kPerVec;
+  }
+  for (int64_t i = scalarFrom + tid; i < numel; i += stride) key = max(key, keyAt<T>(x, i));
+
+  key = __reduce_max_sync(0xFFFFFFFFu, key);
+  __shared__ uint32_t warpMax[kThreads / 32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) warpMax[warp] = key;
+  __syncthreads();
+  if (warp == 0) {
+    uint32_t k = lane < kThreads / 32 ? warpMax[lane] : 0u;
+    k = __reduce_max_sync(0xFFFFFFFFu, k);
+    if (lane == 0 && k != 0) atomicMax(out, k);
+  }
+}
+
+__global__ void globalScaleKernel(const float* __restrict__ amax, float* __restrict__ gs) {
+  const float a = *amax;
+  float s = __fdiv_rn(a, 2688.0f);
+  if (s == 0.0f) s = 1.0f;
+  // The GPU's division returns the canonical NaN 0x7FFFFFFF; the contract (and the CPU) keep
+  // the amax's NaN bits.
+  *gs = (a != a) ? a : s;
+}
+
+template <DType T>
+__device__ __forceinline__ void loadBlock(const void* x, int64_t block, float v[16],
+                                          uint32_t& signs) {
+  // Signs come from the stored bits, not from the converted value, so that a NaN's sign is
+  // never subject to how a conversion treats NaN payloads.
+  signs = 0;
+  if constexpr (T == DType::F32) {
+    const float4* p = static_cast<const float4*>(x) + block * 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float4 f = __ldg(p + i);
+      v[4 * i] = f.x; v[4 * i + 1] = f.y; v[4 * i + 2] = f.z; v[4 * i + 3] = f.w;
+    }
+#pragma unroll
+    for (int i = 0; i < 16; ++i) signs |= (__float_as_uint(v[i]) >> 31) << i;
+  } else {
+    const uint4* p = static_cast<const uint4*>(x) + block * 2;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      uint4 u = __ldg(p + i);
+      uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          unsigned short bits = static_cast<unsigned short>(h ? (w[j] >> 16) : (w[j] & 0xFFFFu));
+          signs |= static_cast<uint32_t>(bits >> 15) << (8 * i + 2 * j + h);
+          v[8 * i + 2 * j + h] = T == DType::F16 ? __half2float(__ushort_as_half(bits))
+                                                 : __uint_as_float(static_cast<uint32_t>(bits) << 16);
+        }
+      }
+    }
+  }
+}
+
+// One thread per 16-element block; blocks are contiguous in x, data (8 bytes) and scales
+// (1 byte) alike because K % 16 == 0.
+template <DType T>
+__global__ void __launch_bounds__(kThreads) quantizeKernel(const void* __restrict__ x,
+                                                          int64_t numBlocks,
+                                                          const float* __restrict__ globalScale,
+                                                          uint2* __restrict__ data,
+                                                          uint8_t* __restrict__ scales) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= numBlocks) return;
+  const float gs = __ldg(globalScale);
+  float v[16];
+  uint32_t signs;
+  loadBlock<T>(x, b, v, signs);
+
+  float amaxBlock = 0.0f;
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    float a = fabsf(v[i]);
+    amaxBlock = a > amaxBlock ? a : amaxBlock;  // NaN never wins a compare
+  }
+  float s = __fdiv_rn(amaxBlock, __fmul_rn(6.0f, gs));
+  if (s == 0.0f) s = 1.0f;
+  s = fminf(fmaxf(s, 0x1p-9f), 448.0f);
+  const uint32_t code = floatToE4m3(s);
+  const float denom = __fmul_rn(e4m3ToFloat(code), gs);
+
+  uint32_t packed[2] = {0u, 0u};
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    float q = __fdiv_rn(v[i], denom);
+    uint32_t nib = e2m1Magnitude(fabsf(q)) | (((signs >> i) & 1u) << 3);
+    packed[i / 8] |= nib << (4 * (i % 8));
+  }
+  data[b] = make_uint2(packed[0], packed[1]);
+  scales[b] = static_cast<uint8_t>(code);
+}
+
+template <DType T>
+__device__ __forceinline__ uint32_t packOut(float lo, float hi) {
+  if constexpr (T == DType::BF16) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  } else {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+}
+
+template <DType T>
+__global__ void __launch_bounds__(kThreads) dequantizeKernel(const uint2* __restrict__ data,
+                                                            const uint8_t* __restrict__ scales,
+                                                            const float* __restrict__ globalScale,
+                                                            int64_t numBlocks, void* __restrict__ out) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= numBlocks) return;
+  const float gs = __ldg(globalScale);
+  const float scale = e4m3ToFloat(__ldg(scales + b));
+  const uint2 d = __ldg(data + b);
+  float v[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    uint32_t nib = ((i < 8 ? d.x : d.y) >> (4 * (i % 8))) & 0xFu;
+    float r = __fmul_rn(__fmul_rn(e2m1ToFloat(nib), scale), gs);
+    v[i] = (r != r) ? __uint_as_float(0x7FFFFFFFu) : r;
+  }
+  if constexpr (T == DType::F32) {
+    float4* o = static_cast<float4*>(out) + b * 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[i] = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
+  } else {
+    uint4* o = static_cast<uint4*>(out) + b * 2;
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      o[i] = make_uint4(packOut<T>(v[8 * i], v[8 * i + 1]), packOut<T>(v[8 * i + 2], v[8 * i + 3]),
+                        packOut<T>(v[8 * i + 4], v[8 * i + 5]), packOut<T>(v[8 * i + 6], v[8 * i + 7]));
+    }
+  }
+}
+
+// One thread per swizzled byte, so padding is written too.
+__global__ void __launch_bounds__(kThreads) swizzleKernel(const uint8_t* __restrict__ in,
+                                                         int64_t rows, int64_t kBlocks,
+                                                         int64_t numKTiles, int64_t total,
+                                                         uint8_t* __restrict__ out) {
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (o >= total) return;
+  const int64_t tile = o >> 9;
+  const int within = static_cast<int>(o & 511);
+  const int64_t m = (tile / numKTiles) * 128 + ((within >> 2) & 3) * 32 + (within >> 4);
+  const int64_t k = (tile % numKTiles) * 4 + (within & 3);
+  out[o] = (m < rows && k < kBlocks) ? in[m * kBlocks + k] : uint8_t{0};
+}
+
+__global__ void __launch_bounds__(kThreads) unswizzleKernel(const uint8_t* __restrict__ in,
+                                                           int64_t rows, int64_t kBlocks,
+                                                           int64_t numKTiles,
+                                                           uint8_t* __restrict__ out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * kBlocks) return;
+  const int64_t m = i / kBlocks, k = i % kBlocks;
+  const int64_t off = ((m >> 7) * numKTiles + (k >> 2)) * 512 + (m & 31) * 16 + ((m >> 5) & 3) * 4 +
+                      (k & 3);
+  out[i] = in[off];
+}
+
+}  // namespace
+}  // namespace detail
+
+using namespace detail;
+
+cudaError_t amax(const void* x, DType xType, int64_t numel, float* amaxOut, cudaStream_t stream) {
+  cudaError_t err = cudaMemsetAsync(amaxOut, 0, sizeof(float), stream);
+  if (err != cudaSuccess) return err;
+  if (numel <= 0) return cudaSuccess;
+  const bool vec = isAligned(x, 16);
+  const int perVec = xType == DType::F32 ? 4 : 8;
+  const int grid = gridFor(vec ? (numel + perVec - 1) / perVec : numel, 1024);
+  uint32_t* out = reinterpret_cast<uint32_t*>(amaxOut);
+  switch (xType) {
+    case DType::F32: amaxKernel<DType::F32><<<grid, kThreads, 0, stream>>>(x, numel, vec, out); break;
+    case DType::F16: amaxKernel<DType::F16><<<grid, kThreads, 0, stream>>>(x, numel, vec, out); break;
+    case DType::BF16: amaxKernel<DType::BF16><<<grid, kThreads, 0, stream>>>(x, numel, vec, out); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t globalScaleFromAmax(const float* amaxIn, float* globalScale, cudaStream_t stream) {
+  globalScaleKernel<<<1, 1, 0, stream>>>(amaxIn, globalScale);
+  return cudaGetLastError();
+}
+
+cudaError_t quantize(const void* x, DType xType, int64_t rows, int64_t K, const float* globalScale,
+                     uint8_t* data, uint8_t* scales, cudaStream_t stream) {
+  const int64_t numBlocks = rows * (K / 16);
+  if (numBlocks <= 0) return cudaSuccess;
+  if (!isAligned(x, 16) || !isAligned(data, 8)) return cudaErrorMisalignedAddress;
+  const int64_t grid = (numBlocks + kThreads - 1) / kThreads;
+  uint2* d = reinterpret_cast<uint2*>(data);
+  switch (xType) {
+    case DType::F32: quantizeKernel<DType::F32><<<grid, kThreads, 0, stream>>>(x, numBlocks, globalScale, d, scales); break;
+    case DType::F16: quantizeKernel<DType::F16><<<grid, kThreads, 0, stream>>>(x, numBlocks, globalScale, d, scales); break;
+    case DType::BF16: quantizeKernel<DType::BF16><<<grid, kThreads, 0, stream>>>(x, numBlocks, globalScale, d, scales); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t dequantize(const uint8_t* data, const uint8_t* scales, const float* globalScale,
+                       int64_t rows, int64_t K, void* out, DType outType, cudaStream_t stream) {
+  const int64_t numBlocks = rows * (K / 16);
+  if (numBlocks <= 0) return cudaSuccess;
+  if (!isAligned(data, 8) || !isAligned(out, 16)) return cudaErrorMisalignedAddress;
+  const int64_t grid = (numBlocks + kThreads - 1) / kThreads;
+  const uint2* d = reinterpret_cast<const uint2*>(data);
+  switch (outType) {
+    case DType::F32: dequantizeKernel<DType::F32><<<grid, kThreads, 0, stream>>>(d, scales, globalScale, numBlocks, out); break;
+    case DType::F16: dequantizeKernel<DType::F16><<<grid, kThreads, 0, stream>>>(d, scales, globalScale, numBlocks, out); break;
+    case DType::BF16: dequantizeKernel<DType::BF16><<<grid, kThreads, 0, stream>>>(d, scales, globalScale, numBlocks, out); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
+
+int64_t swizzledScaleBytes(int64_t rows, int64_t K) {
+  const int64_t kBlocks = K / 16;
+  return ((rows + 127) / 128 * 128) * ((kBlocks + 3) / 4 * 4);
+}
+
+cudaError_t swizzleScales(const uint8_t* scales, int64_t rows, int64_t K, uint8_t* swizzled,
+                          cudaStream_t stream) {
+  const int64_t total = swizzledScaleBytes(rows, K);
+  if (total <= 0) return cudaSuccess;
+  const int64_t kBlocks = K / 16;
+  const int64_t grid = (total + kThreads - 1) / kThreads;
+  swizzleKernel<<<grid, kThreads, 0, stream>>>(scales, rows, kBlocks, (kBlocks + 3) / 4, total,
+                                               swizzled);
+  return cudaGetLastError();
+}
+
+cudaError_t unswizzleScales(const uint8_t* swizzled, int64_t rows, int64_t K, uint8_t* scales,
+                            cudaStream_t stream) {
+  const int64_t kBlocks = K / 16;
+  if (rows * kBlocks <= 0) return cudaSuccess;
+  const int64_t grid = (rows * kBlocks + kThreads - 1) / kThreads;
+  unswizzleKernel<<<grid, kThreads, 0, stream>>>(swizzled, rows, kBlocks, (kBlocks + 3) / 4,
+                                                 scales);
+  return cudaGetLastError();
+}
+
+}  // namespace moe::kernels::nvfp4
