@@ -1,0 +1,254 @@
+// CPU reference for MTP draft verification. Written for clarity: each needed row is decoded to
+// f32, filtered by sorting, and sampled by a full exponential race. The GPU kernels must produce
+// the same tokens; the only tolerated differences come from the order of float sums (softmax
+// normalizers, top-p cumulative mass) and last-ulp differences of expf/log1pf.
+#include "cpu/mtp/mtp.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/common/numeric.h"
+#include "kernels/mtp/rules.h"
+
+namespace moe::cpu::mtp {
+
+namespace {
+
+using namespace moe::mtp_rules;
+
+float loadValue(const void* base, DType t, int64_t i) {
+  switch (t) {
+    case DType::F32: return static_cast<const float*>(base)[i];
+    case DType::F16: return f16BitsToF32(static_cast<const uint16_t*>(base)[i]);
+    case DType::BF16: return bf16BitsToF32(static_cast<const uint16_t*>(base)[i]);
+    default: return 0.0f;
+  }
+}
+
+// Statistics of one (target or draft-logit) row after temperature and filtering.
+struct RowInfo {
+  std::vector<float> v;  // decoded logits
+  float m = -INFINITY;   // row maximum (over all tokens)
+  int32_t argmax = 0;    // lowest index attaining m
+  uint32_t tau = 0;      // keep x iff orderKey(v[x]) >= tau
+  float z = 0.0f;        // sum of weights of kept tokens, relative to m
+  float invT = 1.0f;
+
+  float prob(int64_t x) const {
+    if (orderKey(v[x]) < tau) return 0.0f;
+    return weightOf(v[x], m, invT) / z;
+  }
+};
+
+RowInfo decodeRow(const void* base, DType t, int64_t rowOffset, int64_t vocab) {
+  RowInfo r;
+  r.v.resize(static_cast<size_t>(vocab));
+  int64_t best = -1;
+  for (int64_t x = 0; x < vocab; ++x) {
+    float v = loadValue(base, t, rowOffset + x);
+    r.v[x] = v;
+    // NaN never compares greater, so it is never the argmax; an all -inf row yields token 0.
+    if (best < 0 ? !(v != v) : v > r.m) {
+      r.m = v;
+      best = x;
+    }
+  }
+  r.argmax = best < 0 ? 0 : static_cast<int32_t>(best);
+  return r;
+}
+
+// Applies temperature, top-k and top-p. Top-k keeps every token whose logit is >= the k-th
+// largest logit (duplicates counted), so ties at the boundary are all kept. Top-p then keeps
+// every token whose logit is >= t, where t is the largest logit value such that the mass of
+// kept tokens with logit >= t reaches topP * (mass kept by top-k); ties again all kept. If the
+// cumulative mass never reaches the target (rounding), everything top-k kept stays.
+void filterRow(RowInfo& r, float invT, int32_t topK, float topP) {
+  r.invT = invT;
+  const int64_t vocab = static_cast<int64_t>(r.v.size());
+  r.tau = 0;
+  if (topK > 0 && topK < vocab) {
+    std::vector<uint32_t> keys(r.v.size());
+    for (size_t x = 0; x < keys.size(); ++x) keys[x] = orderKey(r.v[x]);
+    std::nth_element(keys.begin(), keys.begin() + (topK - 1), keys.end(), std::greater<uint32_t>());
+    r.tau = keys[topK - 1];
+  }
+  if (topP < 1.0f) {
+    std::vector<std::pair<uint32_t, float>> kept;
+    for (int64_t x = 0; x < vocab; ++x) {
+      uint32_t k = orderKey(r.v[x]);
+      if (k >= r.tau) kept.emplace_back(k, weightOf(r.v[x], r.m, invT));
+    }
+    std::sort(kept.begin(), kept.end(),
+              [](const auto& a, const auto& b) { return a.first > b.first; });
+    float zk = 0.0f;
+    for (const auto& e : kept) zk += e.second;
+    const float target = topP * zk;
+    float cum = 0.0f;
+    for (size_t i = 0; i < kept.size();) {
+      size_t j = i;
+      while (j < kept.size() && kept[j].first == kept[i].first) cum += kept[j++].second;
+      if (cum >= target) {
+        r.tau = kept[i].first;
+        break;
+      }
+      i = j;
+    }
+    r.z = cum;
+    return;
+  }
+  float z = 0.0f;
+  for (int64_t x = 0; x < vocab; ++x)
+    if (orderKey(r.v[x]) >= r.tau) z += weightOf(r.v[x], r.m, invT);
+  r.z = z;
+}
+
+int32_t updateThinking(int32_t s, int32_t token, int32_t beginId, int32_t endId) {
+  if (token == beginId) return 1;
+  if (token == endId) return 0;
+  return s;
+}
+
+}  // namespace
+
+size_t verifyDraftsWorkspaceBytes(int64_t, int64_t, int64_t) { return 0; }
+
+void verifyDrafts(const void* targetLogits, DType logitsDType,
+                  const int32_t* draftTokens, const int32_t* draftLengths,
+                  const void* draftData, DType draftDType, int32_t draftKind,
+                  const int32_t* mode, const float* temperature, const int32_t* topK,
+                  const float* topP, const uint64_t* seed, const uint64_t* offset,
+                  const int32_t* relaxedTopK, const float* relaxedDelta,
+                  const int32_t* thinkBeginId, const int32_t* thinkEndId,
+                  const int32_t* inThinking,
+                  int32_t* outTokens, int32_t* outNumAccepted, uint8_t* outAcceptMask,
+                  int32_t* outInThinking,
+                  int64_t batch, int64_t numDrafts, int64_t vocab,
+                  void*, size_t) {
+  const int64_t n = numDrafts;
+  if (draftData == nullptr) draftKind = kDraftNone;
+  for (int64_t b = 0; b < batch; ++b) {
+    int32_t len = draftLengths ? draftLengths[b] : static_cast<int32_t>(n);
+    len = std::max<int32_t>(0, std::min<int32_t>(len, static_cast<int32_t>(n)));
+    int32_t md = mode ? mode[b] : kModeGreedy;
+    const float temp = temperature ? temperature[b] : 1.0f;
+    if (md == kModeRejection && !(temp > 0.0f)) md = kModeGreedy;
+    if (md != kModeRejection && md != kModeRelaxed) md = kModeGreedy;
+    const float invT = md == kModeRejection ? 1.0f / temp : 1.0f;
+    const int32_t k = topK ? topK[b] : 0;
+    const float p = topP ? topP[b] : 1.0f;
+    const uint64_t sd = seed ? seed[b] : 0;
+    const uint64_t off = offset ? offset[b] : 0;
+    const int32_t rk = relaxedTopK ? relaxedTopK[b] : 1;
+    const float delta = relaxedDelta ? relaxedDelta[b] : 0.0f;
+    const int32_t beginId = thinkBeginId ? thinkBeginId[b] : -1;
+    const int32_t endId = thinkEndId ? thinkEndId[b] : -1;
+    int32_t state = inThinking ? (inThinking[b] != 0 ? 1 : 0) : 1;
+
+    const int32_t* drafts = draftTokens + b * n;
+    auto targetRow = [&](int64_t i) {
+      RowInfo r = decodeRow(targetLogits, logitsDType, (b * (n + 1) + i) * vocab, vocab);
+      if (md == kModeRejection) filterRow(r, invT, k, p);
+      else if (md == kModeRelaxed) filterRow(r, 1.0f, 0, 1.0f);
+      return r;
+    };
+
+    int32_t accepted = 0;
+    int32_t emitted = -1;
+    for (int64_t i = 0; i <= len; ++i) {
+      RowInfo row = targetRow(i);
+      if (i == len) {  // every draft accepted: bonus token from the last needed row
+        if (md == kModeRejection) {
+          float best = 0.0f;
+          int64_t bestIdx = -1;
+          for (int64_t x = 0; x < vocab; ++x) {
+            if (orderKey(row.v[x]) < row.tau) continue;
+            float w = weightOf(row.v[x], row.m, row.invT);
+            if (!(w > 0.0f)) continue;
+            float s = w / exponentialFromWord(philoxWord(sd, off, static_cast<uint32_t>(i),
+                                                         static_cast<uint32_t>(x)));
+            if (s > best) { best = s; bestIdx = x; }
+          }
+          emitted = bestIdx >= 0 ? static_cast<int32_t>(bestIdx) : row.argmax;
+        } else {
+          emitted = row.argmax;
+        }
+        break;
+      }
+      const int32_t x = drafts[i];
+      const bool inRange = x >= 0 && x < vocab;
+      bool accept = false;
+      RowInfo draftRow;
+      if (md == kModeGreedy) {
+        accept = inRange && x == row.argmax;
+      } else if (md == kModeRelaxed) {
+        if (inRange) {
+          accept = x == row.argmax;
+          if (!accept && state) {
+            const float lx = row.v[x];
+            int64_t greater = 0;
+            for (int64_t y = 0; y < vocab; ++y) greater += row.v[y] > lx ? 1 : 0;
+            const float pd = weightOf(lx, row.m, 1.0f) / row.z;
+            const float p1 = 1.0f / row.z;
+            accept = greater < rk && pd >= p1 - delta;
+          }
+        }
+      } else {
+        float q = 1.0f;
+        if (draftKind == kDraftLogits) {
+          draftRow = decodeRow(draftData, draftDType, (b * n + i) * vocab, vocab);
+          filterRow(draftRow, invT, k, p);
+        }
+        if (inRange) {
+          const float px = row.prob(x);
+          if (draftKind == kDraftProbs) q = loadValue(draftData, draftDType, (b * n + i) * vocab + x);
+          else if (draftKind == kDraftLogits) q = draftRow.prob(x);
+          const float u = uniformFromWord(philoxWord(sd, off, kAcceptStream, static_cast<uint32_t>(i)));
+          accept = u * q < px;
+        }
+      }
+      if (accept) {
+        ++accepted;
+        state = updateThinking(state, x, beginId, endId);
+        continue;
+      }
+      // First rejection at position i.
+      if (md == kModeRejection) {
+        float best = 0.0f;
+        int64_t bestIdx = -1;
+        for (int64_t y = 0; y < vocab; ++y) {
+          if (orderKey(row.v[y]) < row.tau) continue;
+          const float e = weightOf(row.v[y], row.m, row.invT);
+          float w;
+          if (draftKind == kDraftNone) {
+            w = y == x ? 0.0f : e;
+          } else {
+            float qy = draftKind == kDraftProbs
+                           ? loadValue(draftData, draftDType, (b * n + i) * vocab + y)
+                           : draftRow.prob(y);
+            w = e / row.z - qy;
+          }
+          if (!(w > 0.0f)) continue;
+          float s = w / exponentialFromWord(philoxWord(sd, off, static_cast<uint32_t>(i),
+                                                       static_cast<uint32_t>(y)));
+          if (s > best) { best = s; bestIdx = y; }
+        }
+        emitted = bestIdx >= 0 ? static_cast<int32_t>(bestIdx) : row.argmax;
+      } else {
+        emitted = row.argmax;
+      }
+      break;
+    }
+
+    int32_t* out = outTokens + b * (n + 1);
+    for (int64_t i = 0; i <= n; ++i)
+      out[i] = i < accepted ? drafts[i] : (i == accepted ? emitted : -1);
+    outNumAccepted[b] = accepted + 1;
+    if (outAcceptMask)
+      for (int64_t i = 0; i < n; ++i) outAcceptMask[b * n + i] = i < accepted ? 1 : 0;
+    if (outInThinking) outInThinking[b] = updateThinking(state, emitted, beginId, endId);
+  }
+}
+
+}  // namespace moe::cpu::mtp

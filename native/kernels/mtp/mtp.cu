@@ -1,0 +1,933 @@
+// MTP draft verification on the GPU. Contract and semantics: mtp.h.
+//
+// Three kernels, all sized from (B, n, V) only, so one launch sequence serves every mix of
+// per-request modes and can be captured in a CUDA graph:
+//
+//  1. rowStatsKernel   grid (rows, rowChunks): one streaming pass over each needed row that is
+//     not filtered (greedy, relaxed, rejection without top-k/top-p). Each CTA reduces its chunk
+//     to a record {max, sum exp((l-max)/T), argmax, #logits > l(draft)} in the workspace. Rows
+//     past a request's draft length are never read. Splitting rows into chunks keeps B = 1
+//     (4 rows) spread over ~100 CTAs; at B = 256 each row gets two CTAs.
+//  2. filterRowKernel  grid (rows), 1024 threads, one CTA per SM: rows of rejection requests
+//     with top-k or top-p. The thresholds are found by radix select on the order-preserving
+//     key of the logits (12 + 12 (+ 8 for f32) bit digits), with count and probability-mass
+//     histograms in shared memory:
+//       pass 1: max, argmax, count histogram of the top digit (for top-k);
+//       top-k : one more count pass per remaining digit -> exact k-th largest key;
+//       top-p : one mass pass per digit over keys >= the top-k threshold; the first gives the
+//               top-k mass, each picks the largest digit whose suffix mass reaches the target;
+//       top-k only: one pass summing the kept mass.
+//     Pass 1 streams from DRAM; with one 258 KB row per SM the later passes are L2 hits.
+//  3. verifyKernel     grid (B, verifyChunks): every CTA of a request merges that request's
+//     records (fixed order, so all CTAs reach the same decision), walks the draft positions,
+//     and for rejection requests races its chunk of the sampled row; the last CTA to finish
+//     (atomic counter zeroed by kernel 1) merges the chunk winners and writes the outputs.
+//
+// The race needs one Philox draw per candidate token; candidates whose weight times the
+// largest possible 1/E cannot beat the thread's best so far are skipped without drawing,
+// which is exact.
+#include "kernels/mtp/mtp.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <climits>
+#include <cmath>
+
+#include "kernels/mtp/rules.h"
+
+namespace moe::kernels::mtp {
+
+namespace {
+
+using namespace moe::mtp_rules;
+
+constexpr int kRowThreads = 256;
+constexpr int kFilterThreads = 1024;
+constexpr int kVerifyThreads = 256;
+constexpr int64_t kRowCtaTarget = 2048;
+constexpr int64_t kVerifyCtaTarget = 1024;
+constexpr int64_t kMinChunk = 4096;
+constexpr int kBins = 4096;  // radix digits of 12 bits (the last f32 digit uses 8)
+
+struct alignas(16) RowRecord {
+  float max;
+  float sum;
+  int32_t argmax;
+  uint32_t countGreater;
+  uint32_t tau;
+  uint32_t pad[3];
+};
+
+struct alignas(8) RacePartial {
+  float score;
+  int32_t index;
+};
+
+struct Plan {
+  int64_t rowChunks = 1, rowChunkLen = 1, verifyChunks = 1, verifyChunkLen = 1;
+  size_t recordsOffset = 0, partialsOffset = 0, countersOffset = 0, total = 0;
+};
+
+int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+size_t alignUp(size_t a, size_t b) { return (a + b - 1) / b * b; }
+
+void chunking(int64_t rows, int64_t vocab, int64_t ctaTarget, int64_t& chunks, int64_t& len) {
+  int64_t want = ceilDiv(ctaTarget, rows < 1 ? 1 : rows);
+  int64_t most = ceilDiv(vocab, kMinChunk);
+  if (want > most) want = most;
+  if (want < 1) want = 1;
+  len = alignUp(static_cast<size_t>(ceilDiv(vocab, want)), 16);
+  chunks = ceilDiv(vocab, len);
+}
+
+Plan makePlan(int64_t batch, int64_t numDrafts, int64_t vocab) {
+  Plan p;
+  chunking(batch * (numDrafts + 1), vocab, kRowCtaTarget, p.rowChunks, p.rowChunkLen);
+  chunking(batch, vocab, kVerifyCtaTarget, p.verifyChunks, p.verifyChunkLen);
+  const int64_t rows = batch * (2 * numDrafts + 1);  // target rows, then draft-logit rows
+  p.recordsOffset = 0;
+  p.partialsOffset = alignUp(static_cast<size_t>(rows * p.rowChunks) * sizeof(RowRecord), 256);
+  p.countersOffset = alignUp(
+      p.partialsOffset + static_cast<size_t>(batch * p.verifyChunks) * sizeof(RacePartial), 256);
+  p.total = alignUp(p.countersOffset + static_cast<size_t>(batch) * sizeof(uint32_t), 256);
+  return p;
+}
+
+struct Args {
+  const void* target;
+  const int32_t* drafts;
+  const int32_t* lengths;
+  const void* draft;
+  int32_t draftKind;
+  const int32_t* mode;
+  const float* temperature;
+  const int32_t* topK;
+  const float* topP;
+  const uint64_t* seed;
+  const uint64_t* offset;
+  const int32_t* relaxedTopK;
+  const float* relaxedDelta;
+  const int32_t* beginId;
+  const int32_t* endId;
+  const int32_t* inThinking;
+  int32_t* outTokens;
+  int32_t* outNum;
+  uint8_t* outMask;
+  int32_t* outThinking;
+  int64_t batch, n, vocab;
+  int64_t rowChunks, rowChunkLen, verifyChunks, verifyChunkLen;
+  RowRecord* records;
+  RacePartial* partials;
+  uint32_t* counters;
+};
+
+struct Request {
+  int32_t len;
+  int32_t mode;
+  float invT;
+  int32_t topK;
+  float topP;
+  bool filtered;
+};
+
+__device__ Request loadRequest(const Args& a, int64_t b) {
+  Request r;
+  int32_t len = a.lengths ? a.lengths[b] : static_cast<int32_t>(a.n);
+  r.len = max(0, min(len, static_cast<int32_t>(a.n)));
+  int32_t md = a.mode ? a.mode[b] : kModeGreedy;
+  const float t = a.temperature ? a.temperature[b] : 1.0f;
+  if (md == kModeRejection && !(t > 0.0f)) md = kModeGreedy;
+  if (md != kModeRejection && md != kModeRelaxed) md = kModeGreedy;
+  r.mode = md;
+  r.invT = md == kModeRejection ? 1.0f / t : 1.0f;
+  r.topK = a.topK ? a.topK[b] : 0;
+  r.topP = a.topP ? a.topP[b] : 1.0f;
+  r.filtered = md == kModeRejection &&
+               ((r.topK > 0 && static_cast<int64_t>(r.topK) < a.vocab) || r.topP < 1.0f);
+  return r;
+}
+
+__device__ __forceinline__ int32_t updateThinking(int32_t s, int32_t tok, int32_t bId,
+                                                  int32_t eId) {
+  return tok == bId ? 1 : (tok == eId ? 0 : s);
+}
+
+// ---- element access -------------------------------------------------------------------
+
+template <typename T> struct Elem;
+template <> struct Elem<float> {
+  static constexpr int kVec = 4;
+  __device__ static float load(const float* p) { return __ldg(p); }
+  template <typename F>
+  __device__ static void unpack(const uint4& r, int64_t x, F& f) {
+    f(x, __uint_as_float(r.x)); f(x + 1, __uint_as_float(r.y));
+    f(x + 2, __uint_as_float(r.z)); f(x + 3, __uint_as_float(r.w));
+  }
+};
+template <> struct Elem<__nv_bfloat16> {
+  static constexpr int kVec = 8;
+  __device__ static float load(const __nv_bfloat16* p) {
+    return __uint_as_float(static_cast<uint32_t>(__ldg(reinterpret_cast<const unsigned short*>(p))) << 16);
+  }
+  template <typename F>
+  __device__ static void word(uint32_t w, int64_t x, F& f) {
+    f(x, __uint_as_float(w << 16));
+    f(x + 1, __uint_as_float(w & 0xFFFF0000u));
+  }
+  template <typename F>
+  __device__ static void unpack(const uint4& r, int64_t x, F& f) {
+    word(r.x, x, f); word(r.y, x + 2, f); word(r.z, x + 4, f); word(r.w, x + 6, f);
+  }
+};
+template <> struct Elem<__half> {
+  static constexpr int kVec = 8;
+  __device__ static float load(const __half* p) { return __half2float(__ldg(p)); }
+  template <typename F>
+  __device__ static void word(uint32_t w, int64_t x, F& f) {
+    __half2 h = *reinterpret_cast<__half2*>(&w);
+    float2 v = __half22float2(h);
+    f(x, v.x);
+    f(x + 1, v.y);
+  }
+  template <typename F>
+  __device__ static void unpack(const uint4& r, int64_t x, F& f) {
+    word(r.x, x, f); word(r.y, x + 2, f); word(r.z, x + 4, f); word(r.w, x + 6, f);
+  }
+};
+
+// Calls f(index, value) for every element of row[begin, end), spread over the CTA, using
+// 16-byte loads for the aligned middle part (4 in flight per thread) and scalar loads for the
+// unaligned head and tail.
+template <typename T, typename F>
+__device__ __forceinline__ void forEachElement(const T* __restrict__ row, int64_t begin,
+                                               int64_t end, F&& f) {
+  constexpr int N = Elem<T>::kVec;
+  constexpr int U = 4;
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(row + begin);
+  int64_t head = static_cast<int64_t>(((16u - (addr & 15u)) & 15u) / sizeof(T));
+  if (head > end - begin) head = end - begin;
+  const int64_t vecBegin = begin + head;
+  const int64_t numVec = (end - vecBegin) / N;
+  const int64_t vecEnd = vecBegin + numVec * N;
+  const int64_t tid = threadIdx.x, nt = blockDim.x;
+  for (int64_t x = begin + tid; x < vecBegin; x += nt) f(x, Elem<T>::load(row + x));
+  for (int64_t x = vecEnd + tid; x < end; x += nt) f(x, Elem<T>::load(row + x));
+  const uint4* vp = reinterpret_cast<const uint4*>(row + vecBegin);
+  int64_t v = tid;
+  for (; v + (U - 1) * nt < numVec; v += U * nt) {
+    uint4 r[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) r[u] = __ldg(vp + v + u * nt);
+#pragma unroll
+    for (int u = 0; u < U; ++u) Elem<T>::unpack(r[u], vecBegin + (v + u * nt) * N, f);
+  }
+  for (; v < numVec; v += nt) {
+    uint4 r = __ldg(vp + v);
+    Elem<T>::unpack(r, vecBegin + v * N, f);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float loadAt(const void* base, int64_t i) {
+  return Elem<T>::load(static_cast<const T*>(base) + i);
+}
+
+// ---- reductions -----------------------------------------------------------------------
+
+__device__ __forceinline__ bool argmaxBetter(float v, int32_t i, float bv, int32_t bi) {
+  return v > bv || (v == bv && i < bi);
+}
+
+// (max, sum of exp((l - max) * invT)) pairs; a pair with sum 0 contributes nothing.
+__device__ __forceinline__ void combineSoftmax(float& m, float& s, float m2, float s2,
+                                               float invT) {
+  const float mm = fmaxf(m, m2);
+  float r = 0.0f;
+  if (s > 0.0f) r += s * __expf((m - mm) * invT);
+  if (s2 > 0.0f) r += s2 * __expf((m2 - mm) * invT);
+  m = mm;
+  s = r;
+}
+
+struct Stats {
+  float bestV;
+  int32_t bestI;
+  float m;
+  float s;
+  uint32_t count;
+};
+
+__device__ __forceinline__ void combineStats(Stats& a, const Stats& b, float invT) {
+  if (argmaxBetter(b.bestV, b.bestI, a.bestV, a.bestI)) {
+    a.bestV = b.bestV;
+    a.bestI = b.bestI;
+  }
+  combineSoftmax(a.m, a.s, b.m, b.s, invT);
+  a.count += b.count;
+}
+
+__device__ __forceinline__ Stats shflDownStats(const Stats& a, int off) {
+  Stats r;
+  r.bestV = __shfl_down_sync(0xFFFFFFFFu, a.bestV, off);
+  r.bestI = __shfl_down_sync(0xFFFFFFFFu, a.bestI, off);
+  r.m = __shfl_down_sync(0xFFFFFFFFu, a.m, off);
+  r.s = __shfl_down_sync(0xFFFFFFFFu, a.s, off);
+  r.count = __shfl_down_sync(0xFFFFFFFFu, a.count, off);
+  return r;
+}
+
+// Result valid in thread 0 (and in lane 0 of each warp for the warp part).
+__device__ __forceinline__ Stats warpReduceStats(Stats a, float invT) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    Stats o = shflDownStats(a, off);
+    combineStats(a, o, invT);
+  }
+  return a;
+}
+
+__device__ Stats blockReduceStats(Stats a, float invT) {
+  __shared__ Stats warpRes[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  a = warpReduceStats(a, invT);
+  __syncthreads();
+  if (lane == 0) warpRes[warp] = a;
+  __syncthreads();
+  if (warp == 0) {
+    Stats s = lane < nw ? warpRes[lane] : Stats{-INFINITY, INT_MAX, -INFINITY, 0.0f, 0u};
+    a = warpReduceStats(s, invT);
+  }
+  return a;
+}
+
+template <typename T>
+__device__ T blockSum(T v) {
+  __shared__ T warpSums[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xFFFFFFFFu, v, off);
+  __syncthreads();
+  if (lane == 0) warpSums[warp] = v;
+  __syncthreads();
+  T r = T(0);
+  for (int w = 0; w < nw; ++w) r += warpSums[w];  // same order in every thread
+  return r;
+}
+
+// Sum of v over all threads with a larger index (threads own bins in increasing order).
+template <typename T>
+__device__ T blockSuffixExclusive(T v) {
+  __shared__ T warpTotals[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  T x = v;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    T y = __shfl_down_sync(0xFFFFFFFFu, x, off);
+    if (lane + off < 32) x += y;
+  }
+  T excl = __shfl_down_sync(0xFFFFFFFFu, x, 1);
+  if (lane == 31) excl = T(0);
+  __syncthreads();
+  if (lane == 0) warpTotals[warp] = x;
+  __syncthreads();
+  T above = T(0);
+  for (int w = nw - 1; w > warp; --w) above += warpTotals[w];
+  return above + excl;
+}
+
+// ---- radix select over histogram bins --------------------------------------------------
+
+struct Selection {
+  int32_t digit;
+  float aboveMass;  // mass (or count) of bins above `digit`, plus `base`
+  float atMass;     // aboveMass + bin `digit`
+  uint32_t aboveCount;
+};
+
+// Largest digit d with base + suffix(d) >= target (suffix over hist[d..nbins)); digit 0 when
+// none. Works for exact counts and for float masses: each thread tests its own bins and the
+// largest qualifying digit wins, so rounding can never yield two answers.
+template <typename T>
+__device__ Selection selectDigit(const T* hist, int nbins, T target, T base) {
+  __shared__ int32_t found;
+  __shared__ Selection sel;
+  const int per = (nbins + blockDim.x - 1) / blockDim.x;
+  const int lo = min(nbins, static_cast<int>(threadIdx.x) * per);
+  const int hi = min(nbins, lo + per);
+  if (threadIdx.x == 0) found = 0;
+  T local = T(0);
+  for (int d = lo; d < hi; ++d) local += hist[d];
+  const T after = blockSuffixExclusive(local) + base;  // also orders the write of `found`
+  T run = after;
+  for (int d = hi - 1; d >= lo; --d) {
+    run += hist[d];
+    if (run >= target) {
+      atomicMax(&found, d + 1);
+      break;
+    }
+  }
+  __syncthreads();
+  const int d = found > 0 ? found - 1 : 0;
+  if (d >= lo && d < hi) {
+    run = after;
+    for (int e = hi - 1; e > d; --e) run += hist[e];
+    Selection s;
+    s.digit = d;
+    s.aboveMass = static_cast<float>(run);
+    s.atMass = static_cast<float>(run + hist[d]);
+    s.aboveCount = static_cast<uint32_t>(run);
+    sel = s;
+  }
+  __syncthreads();
+  return sel;
+}
+
+// ---- kernel 1: unfiltered row statistics -----------------------------------------------
+
+struct RowRef {
+  int64_t b, i;
+  bool isDraft;
+};
+
+__device__ __forceinline__ RowRef rowRef(const Args& a, int64_t rowId) {
+  const int64_t targetRows = a.batch * (a.n + 1);
+  RowRef r;
+  r.isDraft = rowId >= targetRows;
+  if (!r.isDraft) {
+    r.b = rowId / (a.n + 1);
+    r.i = rowId % (a.n + 1);
+  } else {
+    const int64_t k = rowId - targetRows;
+    r.b = k / a.n;
+    r.i = k % a.n;
+  }
+  return r;
+}
+
+__device__ __forceinline__ bool rowNeeded(const Args& a, const RowRef& r, const Request& q) {
+  if (!r.isDraft) return r.i <= q.len;
+  return a.draftKind == kDraftLogits && q.mode == kModeRejection && r.i < q.len;
+}
+
+template <typename T>
+__device__ void rowStats(const Args& a, const T* row, int64_t rowId, const Request& q,
+                         bool wantSum, bool wantCount, float lx) {
+  const int64_t chunk = blockIdx.y;
+  const int64_t begin = chunk * a.rowChunkLen;
+  const int64_t end = min(a.vocab, begin + a.rowChunkLen);
+  const float invT = q.invT;
+  Stats st{-INFINITY, INT_MAX, -INFINITY, 0.0f, 0u};
+  auto f = [&](int64_t x, float v) {
+    if (argmaxBetter(v, static_cast<int32_t>(x), st.bestV, st.bestI)) {
+      st.bestV = v;
+      st.bestI = static_cast<int32_t>(x);
+    }
+    if (wantSum) {
+      if (v > st.m) {
+        st.s = st.s * __expf((st.m - v) * invT) + 1.0f;
+        st.m = v;
+      } else if (v > -INFINITY) {
+        st.s += __expf((v - st.m) * invT);
+      }
+    }
+    if (wantCount) st.count += v > lx ? 1u : 0u;
+  };
+  forEachElement(row, begin, end, f);
+  st = blockReduceStats(st, invT);
+  if (threadIdx.x == 0) {
+    RowRecord rec;
+    rec.max = wantSum ? st.m : st.bestV;
+    rec.sum = wantSum ? st.s : 0.0f;
+    rec.argmax = st.bestI;
+    rec.countGreater = st.count;
+    rec.tau = 0u;
+    rec.pad[0] = rec.pad[1] = rec.pad[2] = 0u;
+    a.records[rowId * a.rowChunks + chunk] = rec;
+  }
+}
+
+template <typename TT, typename TD>
+__global__ void __launch_bounds__(kRowThreads) rowStatsKernel(Args a) {
+  const int64_t rowId = blockIdx.x;
+  const RowRef r = rowRef(a, rowId);
+  if (!r.isDraft && r.i == 0 && blockIdx.y == 0 && threadIdx.x == 0) a.counters[r.b] = 0u;
+  const Request q = loadRequest(a, r.b);
+  if (!rowNeeded(a, r, q) || q.filtered) return;
+  if (r.isDraft) {
+    const TD* row = static_cast<const TD*>(a.draft) + (r.b * a.n + r.i) * a.vocab;
+    rowStats<TD>(a, row, rowId, q, true, false, 0.0f);
+    return;
+  }
+  const TT* row = static_cast<const TT*>(a.target) + rowId * a.vocab;
+  const bool hasDraft = r.i < q.len;
+  const bool wantSum = q.mode == kModeRejection || (q.mode == kModeRelaxed && hasDraft);
+  bool wantCount = false;
+  float lx = 0.0f;
+  if (q.mode == kModeRelaxed && hasDraft) {
+    const int32_t x = a.drafts[r.b * a.n + r.i];
+    if (x >= 0 && x < a.vocab) {
+      wantCount = true;
+      lx = Elem<TT>::load(row + x);
+    }
+  }
+  rowStats<TT>(a, row, rowId, q, wantSum, wantCount, lx);
+}
+
+// ---- kernel 2: filtered rows (one CTA per row) -----------------------------------------
+
+template <typename T>
+__device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Request& q,
+                          uint32_t* counts, float* mass) {
+  const int64_t V = a.vocab;
+  const float invT = q.invT;
+  const bool useK = q.topK > 0 && static_cast<int64_t>(q.topK) < V;
+  const bool useP = q.topP < 1.0f;
+  constexpr int kLevels = sizeof(T) == 4 ? 3 : 2;
+  // Digit l covers key bits [shift(l), shift(l) + bits(l)); 16-bit sources are exact after two
+  // digits because all keys sharing the top 24 bits are the same value.
+  auto shiftOf = [](int l) { return l == 0 ? 20 : (l == 1 ? 8 : 0); };
+  auto bitsOf = [](int l) { return l == 2 ? 8 : 12; };
+  const int lastShift = shiftOf(kLevels - 1);
+
+  for (int d = threadIdx.x; d < kBins; d += blockDim.x) counts[d] = 0u;
+  __syncthreads();
+
+  Stats st{-INFINITY, INT_MAX, -INFINITY, 0.0f, 0u};
+  forEachElement(row, 0, V, [&](int64_t x, float v) {
+    if (argmaxBetter(v, static_cast<int32_t>(x), st.bestV, st.bestI)) {
+      st.bestV = v;
+      st.bestI = static_cast<int32_t>(x);
+    }
+    if (useK) atomicAdd(&counts[orderKey(v) >> 20], 1u);
+  });
+  st = blockReduceStats(st, invT);
+  __shared__ float rowMax;
+  __shared__ int32_t rowArgmax;
+  if (threadIdx.x == 0) {
+    rowMax = st.bestV;
+    rowArgmax = st.bestI;
+  }
+  __syncthreads();
+  const float m = rowMax;
+
+  uint32_t tau = 0u;
+  if (useK) {
+    uint32_t kRem = static_cast<uint32_t>(q.topK);
+    uint32_t prefix = 0u;
+    for (int l = 0; l < kLevels; ++l) {
+      const int sh = shiftOf(l), bits = bitsOf(l), nb = 1 << bits;
+      if (l > 0) {
+        for (int d = threadIdx.x; d < nb; d += blockDim.x) counts[d] = 0u;
+        __syncthreads();
+        const uint32_t want = prefix;
+        forEachElement(row, 0, V, [&](int64_t, float v) {
+          const uint32_t k = orderKey(v);
+          if ((k >> (sh + bits)) == want) atomicAdd(&counts[(k >> sh) & (nb - 1)], 1u);
+        });
+        __syncthreads();
+      }
+      const Selection s = selectDigit<uint32_t>(counts, nb, kRem, 0u);
+      kRem -= s.aboveCount;
+      prefix = (prefix << bits) | static_cast<uint32_t>(s.digit);
+    }
+    tau = prefix << lastShift;
+  }
+
+  float z = 0.0f;
+  if (useP) {
+    uint32_t prefix = 0u;
+    float above = 0.0f, target = 0.0f;
+    uint32_t tauP = 0u;
+    for (int l = 0; l < kLevels; ++l) {
+      const int sh = shiftOf(l), bits = bitsOf(l), nb = 1 << bits;
+      for (int d = threadIdx.x; d < nb; d += blockDim.x) mass[d] = 0.0f;
+      __syncthreads();
+      const uint32_t want = prefix;
+      forEachElement(row, 0, V, [&](int64_t, float v) {
+        const uint32_t k = orderKey(v);
+        if (k >= tau && (l == 0 || (k >> (sh + bits)) == want))
+          atomicAdd(&mass[(k >> sh) & (nb - 1)], weightOf(v, m, invT));
+      });
+      __syncthreads();
+      if (l == 0) {
+        float local = 0.0f;
+        for (int d = threadIdx.x; d < nb; d += blockDim.x) local += mass[d];
+        target = q.topP * blockSum(local);
+      }
+      const Selection s = selectDigit<float>(mass, nb, target, above);
+      above = s.aboveMass;
+      z = s.atMass;
+      prefix = (prefix << bits) | static_cast<uint32_t>(s.digit);
+    }
+    tauP = prefix << lastShift;
+    tau = max(tau, tauP);
+  } else {
+    float local = 0.0f;
+    const uint32_t t = tau;
+    forEachElement(row, 0, V, [&](int64_t, float v) {
+      if (orderKey(v) >= t) local += weightOf(v, m, invT);
+    });
+    z = blockSum(local);
+  }
+
+  for (int64_t c = threadIdx.x; c < a.rowChunks; c += blockDim.x) {
+    RowRecord rec;
+    rec.max = c == 0 ? m : -INFINITY;
+    rec.sum = c == 0 ? z : 0.0f;
+    rec.argmax = c == 0 ? rowArgmax : INT_MAX;
+    rec.countGreater = 0u;
+    rec.tau = c == 0 ? tau : 0u;
+    rec.pad[0] = rec.pad[1] = rec.pad[2] = 0u;
+    a.records[rowId * a.rowChunks + c] = rec;
+  }
+}
+
+template <typename TT, typename TD>
+__global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a) {
+  const int64_t rowId = blockIdx.x;
+  const RowRef r = rowRef(a, rowId);
+  const Request q = loadRequest(a, r.b);
+  if (!rowNeeded(a, r, q) || !q.filtered) return;
+  // Declared here so the two element-type instantiations share one copy.
+  __shared__ uint32_t counts[kBins];
+  __shared__ float mass[kBins];
+  if (r.isDraft)
+    filterRow<TD>(a, static_cast<const TD*>(a.draft) + (r.b * a.n + r.i) * a.vocab, rowId, q,
+                  counts, mass);
+  else
+    filterRow<TT>(a, static_cast<const TT*>(a.target) + rowId * a.vocab, rowId, q, counts, mass);
+}
+
+// ---- kernel 3: decision, race, outputs -------------------------------------------------
+
+struct Merged {
+  float m, z;
+  int32_t argmax;
+  uint32_t countGreater, tau;
+};
+
+// Warp-wide merge of one row's chunk records; every lane returns lane 0's result.
+__device__ Merged mergeRow(const Args& a, int64_t rowId, float invT) {
+  const int lane = threadIdx.x & 31;
+  Stats st{-INFINITY, INT_MAX, -INFINITY, 0.0f, 0u};
+  uint32_t tau = 0u;
+  for (int64_t c = lane; c < a.rowChunks; c += 32) {
+    const RowRecord rec = a.records[rowId * a.rowChunks + c];
+    Stats o{rec.max, rec.argmax, rec.max, rec.sum, rec.countGreater};
+    combineStats(st, o, invT);
+    tau = max(tau, rec.tau);
+  }
+  st = warpReduceStats(st, invT);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) tau = max(tau, __shfl_down_sync(0xFFFFFFFFu, tau, off));
+  Merged r;
+  r.m = __shfl_sync(0xFFFFFFFFu, st.m, 0);
+  r.z = __shfl_sync(0xFFFFFFFFu, st.s, 0);
+  const int32_t am = __shfl_sync(0xFFFFFFFFu, st.bestI, 0);
+  r.argmax = am == INT_MAX ? 0 : am;
+  r.countGreater = __shfl_sync(0xFFFFFFFFu, st.count, 0);
+  r.tau = __shfl_sync(0xFFFFFFFFu, tau, 0);
+  return r;
+}
+
+struct Decision {
+  int32_t accepted;  // position j of the emitted token
+  int32_t token;     // emitted token, or the fallback when sampling finds nothing
+  int32_t sample;    // 1: race over row j
+  int32_t exclude;   // one-hot residual: token removed from the race
+  int32_t qKind;     // draft distribution subtracted in the race
+  int32_t state;     // thinking state before the emitted token
+  int32_t beginId, endId;
+  float invT, mP, zP, mQ, zQ;
+  uint32_t tauP, tauQ;
+  uint64_t seed, offset;
+};
+
+template <typename TT, typename TD>
+__device__ void decide(const Args& a, int64_t b, Decision& dec) {
+  const int lane = threadIdx.x & 31;
+  const Request q = loadRequest(a, b);
+  const int64_t n = a.n, V = a.vocab;
+  const uint64_t seed = a.seed ? a.seed[b] : 0ull;
+  const uint64_t off = a.offset ? a.offset[b] : 0ull;
+  const int32_t rk = a.relaxedTopK ? a.relaxedTopK[b] : 1;
+  const float delta = a.relaxedDelta ? a.relaxedDelta[b] : 0.0f;
+  const int32_t bId = a.beginId ? a.beginId[b] : -1;
+  const int32_t eId = a.endId ? a.endId[b] : -1;
+  int32_t state = a.inThinking ? (a.inThinking[b] != 0 ? 1 : 0) : 1;
+  const int32_t kind = a.draft ? a.draftKind : kDraftNone;
+  const int32_t* drafts = a.drafts + b * n;
+  const int64_t targetRows = a.batch * (n + 1);
+
+  int32_t j = 0;
+  Merged row{};
+  for (;; ++j) {
+    row = mergeRow(a, b * (n + 1) + j, q.invT);
+    if (j == q.len) break;
+    Merged qRow{};
+    if (q.mode == kModeRejection && kind == kDraftLogits)
+      qRow = mergeRow(a, targetRows + b * n + j, q.invT);
+    int32_t accept = 0;
+    if (lane == 0) {
+      const int32_t x = drafts[j];
+      if (x >= 0 && x < V) {
+        const int64_t rowBase = (b * (n + 1) + j) * V;
+        if (q.mode == kModeGreedy) {
+          accept = x == row.argmax;
+        } else if (q.mode == kModeRelaxed) {
+          accept = x == row.argmax;
+          if (!accept && state) {
+            const float lx = loadAt<TT>(a.target, rowBase + x);
+            const float pd = weightOf(lx, row.m, 1.0f) / row.z;
+            const float p1 = 1.0f / row.z;
+            accept = static_cast<int64_t>(row.countGreater) < rk && pd >= p1 - delta;
+          }
+        } else {
+          const float lx = loadAt<TT>(a.target, rowBase + x);
+          const float px = orderKey(lx) >= row.tau ? weightOf(lx, row.m, q.invT) / row.z : 0.0f;
+          float qx = 1.0f;
+          const int64_t dIdx = (b * n + j) * V + x;
+          if (kind == kDraftProbs) {
+            qx = loadAt<TD>(a.draft, dIdx);
+          } else if (kind == kDraftLogits) {
+            const float dx = loadAt<TD>(a.draft, dIdx);
+            qx = orderKey(dx) >= qRow.tau ? weightOf(dx, qRow.m, q.invT) / qRow.z : 0.0f;
+          }
+          const float u = uniformFromWord(philoxWord(seed, off, kAcceptStream, static_cast<uint32_t>(j)));
+          accept = u * qx < px;
+        }
+        if (accept) state = updateThinking(state, x, bId, eId);
+      }
+    }
+    accept = __shfl_sync(0xFFFFFFFFu, accept, 0);
+    if (!accept) {
+      if (q.mode == kModeRejection && kind == kDraftLogits && lane == 0) {
+        dec.mQ = qRow.m;
+        dec.zQ = qRow.z;
+        dec.tauQ = qRow.tau;
+      }
+      break;
+    }
+  }
+  if (lane == 0) {
+    dec.accepted = j;
+    dec.token = row.argmax;
+    dec.sample = q.mode == kModeRejection ? 1 : 0;
+    dec.exclude = (j < q.len && kind == kDraftNone) ? drafts[j] : -1;
+    dec.qKind = j < q.len ? kind : kDraftNone;
+    dec.state = state;
+    dec.beginId = bId;
+    dec.endId = eId;
+    dec.invT = q.invT;
+    dec.mP = row.m;
+    dec.zP = row.z;
+    dec.tauP = row.tau;
+    dec.seed = seed;
+    dec.offset = off;
+  }
+}
+
+__device__ void writeOutputs(const Args& a, int64_t b, const Decision& dec, int32_t token) {
+  const int64_t n = a.n;
+  const int32_t j = dec.accepted;
+  for (int64_t i = threadIdx.x; i <= n; i += blockDim.x)
+    a.outTokens[b * (n + 1) + i] = i < j ? a.drafts[b * n + i] : (i == j ? token : -1);
+  if (a.outMask)
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) a.outMask[b * n + i] = i < j ? 1 : 0;
+  if (threadIdx.x == 0) {
+    a.outNum[b] = j + 1;
+    if (a.outThinking) a.outThinking[b] = updateThinking(dec.state, token, dec.beginId, dec.endId);
+  }
+}
+
+template <typename TT, typename TD>
+__global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
+  __shared__ Decision dec;
+  __shared__ int32_t isLast;
+  const int64_t b = blockIdx.x;
+  const int64_t chunk = blockIdx.y;
+  if (threadIdx.x < 32) decide<TT, TD>(a, b, dec);
+  __syncthreads();
+  if (!dec.sample) {
+    if (chunk == 0) writeOutputs(a, b, dec, dec.token);
+    return;
+  }
+
+  const int64_t n = a.n, V = a.vocab;
+  const int32_t j = dec.accepted;
+  const TT* row = static_cast<const TT*>(a.target) + (b * (n + 1) + j) * V;
+  const int64_t draftBase = (b * n + j) * V;
+  const int64_t begin = chunk * a.verifyChunkLen;
+  const int64_t end = min(V, begin + a.verifyChunkLen);
+  const float invT = dec.invT, mP = dec.mP, zP = dec.zP, mQ = dec.mQ, zQ = dec.zQ;
+  const uint32_t tauP = dec.tauP, tauQ = dec.tauQ;
+  const int32_t qKind = dec.qKind, exclude = dec.exclude;
+  const uint32_t k0 = static_cast<uint32_t>(dec.seed), k1 = static_cast<uint32_t>(dec.seed >> 32);
+  const uint32_t c2 = static_cast<uint32_t>(dec.offset), c3 = static_cast<uint32_t>(dec.offset >> 32);
+
+  float best = 0.0f;
+  int32_t bestIdx = INT_MAX;
+  uint32_t cachedGroup = 0xFFFFFFFFu;
+  Philox4 words{{0u, 0u, 0u, 0u}};
+  auto f = [&](int64_t x, float v) {
+    if (orderKey(v) < tauP) return;
+    const float e = weightOf(v, mP, invT);
+    float w;
+    if (qKind == kDraftNone) {
+      w = x == exclude ? 0.0f : e;
+    } else {
+      const float dv = loadAt<TD>(a.draft, draftBase + x);
+      const float qv = qKind == kDraftProbs
+                           ? dv
+                           : (orderKey(dv) >= tauQ ? weightOf(dv, mQ, invT) / zQ : 0.0f);
+      w = e / zP - qv;
+    }
+    if (!(w > 0.0f) || w * kRaceBound < best) return;
+    const uint32_t group = static_cast<uint32_t>(x) >> 2;
+    if (group != cachedGroup) {
+      cachedGroup = group;
+      words = philox4x32_10(group, static_cast<uint32_t>(j), c2, c3, k0, k1);
+    }
+    const float s = w / exponentialFromWord(philoxWordAt(words, static_cast<uint32_t>(x)));
+    if (s > best || (s == best && s > 0.0f && x < bestIdx)) {
+      best = s;
+      bestIdx = static_cast<int32_t>(x);
+    }
+  };
+  forEachElement(row, begin, end, f);
+
+  // Block argmax of (score, -index).
+  Stats st{best, bestIdx, -INFINITY, 0.0f, 0u};
+  st = blockReduceStats(st, 1.0f);
+  if (threadIdx.x == 0) {
+    a.partials[b * a.verifyChunks + chunk] = RacePartial{st.bestV, st.bestI};
+    __threadfence();
+    const uint32_t prev = atomicAdd(&a.counters[b], 1u);
+    isLast = prev == static_cast<uint32_t>(a.verifyChunks - 1) ? 1 : 0;
+  }
+  __syncthreads();
+  if (!isLast) return;
+  __threadfence();
+  __shared__ int32_t winner;
+  if (threadIdx.x == 0) {
+    float bs = 0.0f;
+    int32_t bi = INT_MAX;
+    for (int64_t c = 0; c < a.verifyChunks; ++c) {
+      const float s = __ldcg(&a.partials[b * a.verifyChunks + c].score);
+      const int32_t i = __ldcg(&a.partials[b * a.verifyChunks + c].index);
+      if (s > 0.0f && (s > bs || (s == bs && i < bi))) {
+        bs = s;
+        bi = i;
+      }
+    }
+    winner = bi == INT_MAX ? dec.token : bi;
+  }
+  __syncthreads();
+  writeOutputs(a, b, dec, winner);
+}
+
+template <typename TT, typename TD>
+void launchAll(const Args& a, cudaStream_t stream) {
+  const int64_t targetRows = a.batch * (a.n + 1);
+  const int64_t draftRows = a.draftKind == kDraftLogits ? a.batch * a.n : 0;
+  const int64_t rows = targetRows + draftRows;
+  rowStatsKernel<TT, TD><<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(a.rowChunks)),
+                           kRowThreads, 0, stream>>>(a);
+  filterRowKernel<TT, TD><<<static_cast<unsigned>(rows), kFilterThreads, 0, stream>>>(a);
+  verifyKernel<TT, TD><<<dim3(static_cast<unsigned>(a.batch), static_cast<unsigned>(a.verifyChunks)),
+                         kVerifyThreads, 0, stream>>>(a);
+}
+
+template <typename TT>
+cudaError_t dispatchDraft(const Args& a, DType draftDType, cudaStream_t stream) {
+  if (a.draftKind == kDraftNone) {
+    launchAll<TT, TT>(a, stream);
+    return cudaSuccess;
+  }
+  switch (draftDType) {
+    case DType::F32: launchAll<TT, float>(a, stream); return cudaSuccess;
+    case DType::F16: launchAll<TT, __half>(a, stream); return cudaSuccess;
+    case DType::BF16: launchAll<TT, __nv_bfloat16>(a, stream); return cudaSuccess;
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+size_t verifyDraftsWorkspaceBytes(int64_t batch, int64_t numDrafts, int64_t vocab) {
+  if (batch <= 0 || vocab <= 0 || numDrafts < 0) return 0;
+  return makePlan(batch, numDrafts, vocab).total;
+}
+
+cudaError_t verifyDrafts(const void* targetLogits, DType logitsDType,
+                         const int32_t* draftTokens, const int32_t* draftLengths,
+                         const void* draftData, DType draftDType, int32_t draftKind,
+                         const int32_t* mode, const float* temperature, const int32_t* topK,
+                         const float* topP, const uint64_t* seed, const uint64_t* offset,
+                         const int32_t* relaxedTopK, const float* relaxedDelta,
+                         const int32_t* thinkBeginId, const int32_t* thinkEndId,
+                         const int32_t* inThinking,
+                         int32_t* outTokens, int32_t* outNumAccepted, uint8_t* outAcceptMask,
+                         int32_t* outInThinking,
+                         int64_t batch, int64_t numDrafts, int64_t vocab,
+                         void* workspace, size_t workspaceBytes, cudaStream_t stream) {
+  if (batch == 0) return cudaSuccess;
+  if (batch < 0 || numDrafts < 0 || vocab <= 0 || vocab > INT_MAX || targetLogits == nullptr ||
+      (numDrafts > 0 && draftTokens == nullptr) || outTokens == nullptr ||
+      outNumAccepted == nullptr || workspace == nullptr)
+    return cudaErrorInvalidValue;
+  if (draftKind < kDraftNone || draftKind > kDraftLogits) return cudaErrorInvalidValue;
+  if (draftData == nullptr || numDrafts == 0) draftKind = kDraftNone;
+  const Plan plan = makePlan(batch, numDrafts, vocab);
+  if (workspaceBytes < plan.total || (reinterpret_cast<uintptr_t>(workspace) & 15u) != 0)
+    return cudaErrorInvalidValue;
+  if (plan.rowChunks > 65535 || plan.verifyChunks > 65535 || batch > INT_MAX ||
+      batch * (2 * numDrafts + 1) > INT_MAX)
+    return cudaErrorInvalidValue;
+
+  Args a;
+  a.target = targetLogits;
+  a.drafts = draftTokens;
+  a.lengths = draftLengths;
+  a.draft = draftKind == kDraftNone ? nullptr : draftData;
+  a.draftKind = draftKind;
+  a.mode = mode;
+  a.temperature = temperature;
+  a.topK = topK;
+  a.topP = topP;
+  a.seed = seed;
+  a.offset = offset;
+  a.relaxedTopK = relaxedTopK;
+  a.relaxedDelta = relaxedDelta;
+  a.beginId = thinkBeginId;
+  a.endId = thinkEndId;
+  a.inThinking = inThinking;
+  a.outTokens = outTokens;
+  a.outNum = outNumAccepted;
+  a.outMask = outAcceptMask;
+  a.outThinking = outInThinking;
+  a.batch = batch;
+  a.n = numDrafts;
+  a.vocab = vocab;
+  a.rowChunks = plan.rowChunks;
+  a.rowChunkLen = plan.rowChunkLen;
+  a.verifyChunks = plan.verifyChunks;
+  a.verifyChunkLen = plan.verifyChunkLen;
+  char* ws = static_cast<char*>(workspace);
+  a.records = reinterpret_cast<RowRecord*>(ws + plan.recordsOffset);
+  a.partials = reinterpret_cast<RacePartial*>(ws + plan.partialsOffset);
+  a.counters = reinterpret_cast<uint32_t*>(ws + plan.countersOffset);
+
+  cudaError_t err;
+  switch (logitsDType) {
+    case DType::F32: err = dispatchDraft<float>(a, draftDType, stream); break;
+    case DType::F16: err = dispatchDraft<__half>(a, draftDType, stream); break;
+    case DType::BF16: err = dispatchDraft<__nv_bfloat16>(a, draftDType, stream); break;
+    default: return cudaErrorInvalidValue;
+  }
+  if (err != cudaSuccess) return err;
+  return cudaGetLastError();
+}
+
+}  // namespace moe::kernels::mtp
