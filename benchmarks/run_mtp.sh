@@ -11,8 +11,9 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$root/benchmarks/results}"
 mkdir -p "$out"
 cd "$root"
-# the benchmark loads dist/: compile it from lib/ so that it matches this tree
-npx tsc -p tsconfig.json
+
+# benchmarks load dist/: compile it where TypeScript is installed (a GPU host may carry a built dist/)
+if [ -x node_modules/.bin/tsc ]; then node_modules/.bin/tsc -p tsconfig.json; fi
 card="$(python3 -c 'import re, torch; print(re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name(0)).strip("-"))')"
 peer="$out/mtp-pytorch-$card.json"
 echo "PyTorch peer:" >&2

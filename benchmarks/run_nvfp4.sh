@@ -13,7 +13,8 @@ OUT="${1:-benchmarks/results}"
 mkdir -p "$OUT"
 read -r -a EXTRA <<< "${NVFP4_BENCH_ARGS:-}"
 
-npx tsc -p tsconfig.json   # benchmarks load ../dist
+# benchmarks load dist/: compile it where TypeScript is installed (a GPU host may carry a built dist/)
+if [ -x node_modules/.bin/tsc ]; then node_modules/.bin/tsc -p tsconfig.json; fi
 
 node benchmarks/nvfp4.js --out "$OUT" ${EXTRA[@]+"${EXTRA[@]}"}
 OURS="$(ls -t "$OUT"/nvfp4_gemm-ours-*.json | head -n 1)"
