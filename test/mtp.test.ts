@@ -907,10 +907,12 @@ describe.skipIf(!hasCuda)('verifyDrafts: CUDA and the CPU reference agree token 
         }
       }
       expect(Array.from(got.acceptMask)).toEqual(Array.from(want.acceptMask));
-      // the cases exercise what they claim
-      const accepted = Array.from(want.numAccepted).filter((x) => x > 1).length;
-      expect(accepted, 'some requests accept drafts').toBeGreaterThan(0);
-      expect(Array.from(want.numAccepted).filter((x, b) => x - 1 < lengths[b]).length, 'some requests reject').toBeGreaterThan(0);
+      // the batched cases exercise what they claim (a single request accepts or rejects by chance)
+      if (B > 1) {
+        const accepted = Array.from(want.numAccepted).filter((x) => x > 1).length;
+        expect(accepted, 'some requests accept drafts').toBeGreaterThan(0);
+        expect(Array.from(want.numAccepted).filter((x, b) => x - 1 < lengths[b]).length, 'some requests reject').toBeGreaterThan(0);
+      }
     });
   }
 

@@ -6,6 +6,7 @@
 #include "kernels/nvfp4/gemm.cuh"
 #include "kernels/nvfp4/heuristics.h"
 #include "kernels/nvfp4/nvfp4.h"
+#include "kernels/nvfp4/sm90_gemm.h"
 
 namespace moe::kernels::nvfp4 {
 namespace detail {
@@ -94,6 +95,11 @@ cudaError_t gemm(const void* a, DType aType, const uint8_t* aScales, const float
   // Packed rows need 8-byte alignment at least; bf16 activation rows are read 16 bytes at a time.
   if (!aligned(wData, 8) || (aFp4 && !aligned(a, 8)) || (!aFp4 && !aligned(a, 16))) {
     return cudaErrorMisalignedAddress;
+  }
+
+  if (!aFp4 && preferSm90(M, forcePortable) && sm90GemmSupported(M, N, K, aType, outType, a, wData)) {
+    return sm90Gemm(a, aType, aScales, aGlobalScale, wData, wScales, wGlobalScale, bias, biasType, out, outType, M,
+                    N, K, alpha, stream);
   }
 
   GemmConfig cfg = selectGemmConfig(M, N, K, smCount(), forcePortable);

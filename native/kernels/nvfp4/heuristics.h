@@ -38,8 +38,8 @@ inline constexpr int64_t kMaxSplitWorkspaceBytes = int64_t{64} << 20;
 // least four 64-wide chunks per split so the cp.async pipeline stays full.
 // Prefill is bound by the tensor cores: it splits only when the output tiles cannot occupy the
 // SMs at all, keeping at least eight chunks per split.
-// forcePortable does not change the choice: every configuration here is the portable mma.sync
-// kernel.
+// Every configuration here is the portable mma.sync kernel; preferSm90 below says when the
+// Hopper wgmma kernel (sm90_gemm.h) takes the problem instead.
 inline GemmConfig selectGemmConfig(int64_t M, int64_t N, int64_t K, int numSMs,
                                    bool /*forcePortable*/) {
   GemmConfig c{};
@@ -78,5 +78,10 @@ inline size_t gemmConfigWorkspaceBytes(const GemmConfig& c, int64_t M, int64_t N
                             static_cast<size_t>(N) * sizeof(float)
                       : 0;
 }
+
+// Above the decode sizes the wgmma kernel wins wherever it can run (W4A16, K % 32 == 0, aligned
+// operands on a CC 9.0 device; sm90GemmSupported checks): on the DeepSeek-V3 shapes it measured
+// 3.5-4.5x the mma.sync kernel at M >= 1024. Decode stays on the streaming kernel, which splits K.
+inline bool preferSm90(int64_t M, bool forcePortable) { return !forcePortable && M > kDecodeMaxM; }
 
 }  // namespace moe::kernels::nvfp4
