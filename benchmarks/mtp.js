@@ -117,12 +117,13 @@ async function copyBandwidth(stream) {
   const src = moe.empty([bytes], { dtype: 'u8', device: DEVICE, stream });
   const start = new moe.Event(DEVICE, { timing: true });
   const end = new moe.Event(DEVICE, { timing: true });
-  const once = () => src.copyTo(DEVICE, { stream }).dispose();
-  for (let i = 0; i < 3; i++) once();
+  // copyTo resolves at once for a same-device copy: the copy itself stays queued on `stream`
+  const once = async () => (await src.copyTo(DEVICE, { stream })).dispose();
+  for (let i = 0; i < 3; i++) await once();
   const times = [];
   for (let r = 0; r < 10; r++) {
     start.record(stream);
-    for (let i = 0; i < 5; i++) once();
+    for (let i = 0; i < 5; i++) await once();
     end.record(stream);
     await end.wait();
     times.push(start.elapsedMs(end) / 5);
