@@ -134,6 +134,20 @@ export function emptyCache(device: Device | 'cuda' = defaultCudaDevice()): void 
   native().emptyCache(deviceIndex(d));
 }
 
+/**
+ * Caps the device memory this process reserves on `device` (tensors plus the allocator's cache);
+ * `undefined` removes the cap. Past it, allocations fail with E_OOM as on a full device. Useful
+ * where several processes share a GPU.
+ */
+export function setMemoryLimit(device: Device | 'cuda', bytes: number | undefined): void {
+  const d = checkDevice(device, 'device');
+  if (d === 'cpu') throw new MoeError('E_DEVICE', 'device: setMemoryLimit takes a CUDA device, got "cpu"');
+  if (bytes !== undefined && (typeof bytes !== 'number' || !Number.isSafeInteger(bytes) || bytes <= 0)) {
+    throw new MoeError('E_ARGUMENT', `bytes: expected a positive integer or undefined, got ${describe(bytes)}`);
+  }
+  native().setMemoryLimit(deviceIndex(d), bytes ?? 0);
+}
+
 function defaultCudaDevice(): Device {
   requireCuda();
   return 'cuda:0';

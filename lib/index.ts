@@ -9,6 +9,7 @@ export {
   devices,
   emptyCache,
   memoryStats,
+  setMemoryLimit,
   type Backend,
   type Device,
   type DeviceInfo,

@@ -13,6 +13,7 @@ export interface Binding extends Nvfp4Binding, MtpBinding {
   deviceInfo(device: number): NativeDeviceInfo;
   memoryStats(device: number): MemoryStats;
   emptyCache(device: number): void;
+  setMemoryLimit(device: number, bytes: number): void;
   deviceAlloc(device: number, bytes: number, stream: bigint): bigint;
   deviceFree(device: number, ptr: bigint, bytes: number, usedOn: bigint[]): void;
   hostAlloc(bytes: number, zero: boolean): bigint;

@@ -52,6 +52,13 @@ Napi::Value EmptyCache(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value SetMemoryLimit(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    runtime::setMemoryLimit(i32(info[0]), static_cast<size_t>(i64(info[1])));
+    return info.Env().Undefined();
+  });
+}
+
 }  // namespace
 
 void registerDevice(Napi::Env env, Napi::Object exports) {
@@ -61,6 +68,7 @@ void registerDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("deviceInfo", Napi::Function::New(env, DeviceInfo));
   exports.Set("memoryStats", Napi::Function::New(env, MemoryStats));
   exports.Set("emptyCache", Napi::Function::New(env, EmptyCache));
+  exports.Set("setMemoryLimit", Napi::Function::New(env, SetMemoryLimit));
 }
 
 }  // namespace moe::napi

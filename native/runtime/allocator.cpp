@@ -59,19 +59,22 @@ void* CachingAllocator::allocate(size_t bytes, cudaStream_t stream) {
     // is open on this thread (the block then stays valid for the graph's lifetime).
     cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
     cudaThreadExchangeStreamCaptureMode(&mode);
-    cudaError_t err = cudaMalloc(&p, size);
+    cudaError_t err = driverMalloc(&p, size);
     if (err == cudaErrorMemoryAllocation && cachedBytes_ > 0) {
       (void)cudaGetLastError();
       cudaDeviceSynchronize();
       releaseCached();
-      err = cudaMalloc(&p, size);
+      err = driverMalloc(&p, size);
     }
     cudaThreadExchangeStreamCaptureMode(&mode);
     if (err == cudaErrorMemoryAllocation) {
       (void)cudaGetLastError();
+      std::string why = limit_ && stats_.reservedBytes + size > limit_
+                            ? " (the limit set with setMemoryLimit is " + std::to_string(limit_) + " bytes)"
+                            : "";
       fail("E_OOM", "out of device memory on cuda:" + std::to_string(device_) + " allocating " +
                         std::to_string(bytes) + " bytes (" + std::to_string(stats_.allocatedBytes) +
-                        " bytes held by live tensors)");
+                        " bytes held by live tensors)" + why);
     }
     checkCuda(err, "cudaMalloc");
     blocks_[p] = Block{size, stream};
@@ -112,6 +115,16 @@ void CachingAllocator::release(void* p, const std::vector<cudaStream_t>& usedOn)
   } else {
     pending_.push_back(Pending{p, std::move(events)});
   }
+}
+
+cudaError_t CachingAllocator::driverMalloc(void** p, size_t size) {
+  if (limit_ && stats_.reservedBytes + size > limit_) return cudaErrorMemoryAllocation;
+  return cudaMalloc(p, size);
+}
+
+void CachingAllocator::setLimit(size_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  limit_ = bytes;
 }
 
 MemoryStats CachingAllocator::stats() {

@@ -19,6 +19,7 @@ class CachingAllocator {
   void release(void* p, const std::vector<cudaStream_t>& usedOn);
   MemoryStats stats();
   void emptyCache();
+  void setLimit(size_t bytes);
 
   // Block sizes: 512-byte steps up to 1 MiB, 2 MiB steps above, so that repeated
   // allocations of one size always meet the same cached block.
@@ -43,7 +44,9 @@ class CachingAllocator {
   std::vector<Pending> pending_;
   std::vector<cudaEvent_t> eventPool_;
   size_t cachedBytes_ = 0;
+  size_t limit_ = 0;
   MemoryStats stats_;
+  cudaError_t driverMalloc(void** p, size_t size);  // cudaMalloc within limit_
 };
 
 }  // namespace moe::runtime

@@ -190,6 +190,8 @@ MemoryStats memoryStats(int device) { return state(device).allocator->stats(); }
 
 void emptyCache(int device) { state(device).allocator->emptyCache(); }
 
+void setMemoryLimit(int device, size_t bytes) { state(device).allocator->setLimit(bytes); }
+
 void copyAsync(int device, void* dst, const void* src, size_t bytes, CopyKind kind, Stream s) {
   if (bytes == 0) return;
   setDevice(device);

@@ -60,6 +60,9 @@ void* deviceAlloc(int device, size_t bytes, Stream s);
 void deviceFree(int device, void* p, const std::vector<Stream>& usedOn);
 MemoryStats memoryStats(int device);
 void emptyCache(int device);
+// Caps the bytes this process reserves on a device (0: no cap, the default). An allocation that
+// would pass it fails with E_OOM after the cache is returned, like a full device.
+void setMemoryLimit(int device, size_t bytes);
 
 enum class CopyKind { HostToDevice, DeviceToHost, DeviceToDevice };
 void copyAsync(int device, void* dst, const void* src, size_t bytes, CopyKind kind, Stream s);

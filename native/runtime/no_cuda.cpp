@@ -34,6 +34,7 @@ void* deviceAlloc(int, size_t, Stream) { noCuda(); }
 void deviceFree(int, void*, const std::vector<Stream>&) { noCuda(); }
 MemoryStats memoryStats(int) { noCuda(); }
 void emptyCache(int) { noCuda(); }
+void setMemoryLimit(int, size_t) { noCuda(); }
 void copyAsync(int, void*, const void*, size_t, CopyKind, Stream) { noCuda(); }
 void copyPeerAsync(int, void*, int, const void*, size_t, Stream) { noCuda(); }
 void memsetAsync(int, void*, int, size_t, Stream) { noCuda(); }
