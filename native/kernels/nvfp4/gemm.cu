@@ -4,6 +4,7 @@
 #include <climits>
 
 #include "kernels/nvfp4/gemm.cuh"
+#include "kernels/nvfp4/gemv.cuh"
 #include "kernels/nvfp4/heuristics.h"
 #include "kernels/nvfp4/nvfp4.h"
 #include "kernels/nvfp4/sm90_gemm.h"
@@ -69,13 +70,25 @@ cudaError_t dispatch(GemmKernel kernel, const GemmArgs& p, dim3 grid, cudaStream
 
 bool aligned(const void* p, uintptr_t n) { return (reinterpret_cast<uintptr_t>(p) & (n - 1)) == 0; }
 
+static_assert(kGemvBatchK == kGemvBatch, "heuristics.h out of sync");
+
+// Both tiles fit two 256-thread CTAs per SM (<= 128 registers, no spills).
+cudaError_t dispatchGemv(const GemvConfig& c, const GemvArgs& p, cudaStream_t stream) {
+  if (c.nt == 1 && c.mt == 1) return launchGemv<1, 1, 2>(p, stream);
+  if (c.nt == 2 && c.mt == 1) return launchGemv<2, 1, 2>(p, stream);
+  return cudaErrorInvalidConfiguration;
+}
+
 }  // namespace
 }  // namespace detail
 
 using namespace detail;
 
-size_t gemmWorkspaceBytes(int64_t M, int64_t N, int64_t K, DType /*aType*/, bool forcePortable) {
+size_t gemmWorkspaceBytes(int64_t M, int64_t N, int64_t K, DType aType, bool forcePortable) {
   if (M <= 0 || N <= 0) return 0;
+  // The streaming kernel needs none; if gemm() later finds its operands unaligned, the tiled
+  // kernel runs without splitting K instead.
+  if (gemvEligible(M, K, aType == DType::U8)) return 0;
   return gemmConfigWorkspaceBytes(selectGemmConfig(M, N, K, smCount(), forcePortable), M, N);
 }
 
@@ -100,6 +113,26 @@ cudaError_t gemm(const void* a, DType aType, const uint8_t* aScales, const float
   if (!aFp4 && preferSm90(M, forcePortable) && sm90GemmSupported(M, N, K, aType, outType, a, wData)) {
     return sm90Gemm(a, aType, aScales, aGlobalScale, wData, wScales, wGlobalScale, bias, biasType, out, outType, M,
                     N, K, alpha, stream);
+  }
+
+  if (gemvEligible(M, K, aFp4) && aligned(wData, 16) && aligned(a, 16) && aligned(wScales, 2)) {
+    const GemvConfig c = selectGemvConfig(M, N, K, smCount());
+    if (c.ctas > INT_MAX) return cudaErrorInvalidConfiguration;
+    GemvArgs g{};
+    g.a = static_cast<const __nv_bfloat16*>(a);
+    g.w = wData;
+    g.wScales = wScales;
+    g.wGlobalScale = wGlobalScale;
+    g.bias = bias;
+    g.out = out;
+    g.M = static_cast<int>(M);
+    g.N = static_cast<int>(N);
+    g.K = static_cast<int>(K);
+    g.kWarps = c.kWarps;
+    g.alpha = alpha;
+    g.biasF32 = biasType == DType::F32;
+    g.outF32 = outType == DType::F32;
+    return dispatchGemv(c, g, stream);
   }
 
   GemmConfig cfg = selectGemmConfig(M, N, K, smCount(), forcePortable);

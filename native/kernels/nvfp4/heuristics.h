@@ -73,6 +73,45 @@ inline GemmConfig selectGemmConfig(int64_t M, int64_t N, int64_t K, int numSMs,
   return c;
 }
 
+// Streaming decode kernel (gemv.cuh): W4A16, M <= 16, K % 32 == 0. It never splits K across
+// CTAs, so it needs no workspace and runs as one launch.
+struct GemvConfig {
+  int nt;       // 8-token MMA tiles per warp: 1 or 2 (covers all M tokens)
+  int mt;       // 16-row groups per warp
+  int kWarps;   // of the CTA's 8 warps, how many split K (the rest split rows)
+  int64_t rowsPerCta;
+  int64_t ctas;
+};
+
+inline constexpr int64_t kGemvBatchK = 256;
+
+// Up to 16 tokens. Above that the activation reads (one 16-byte load per 8 k per token tile)
+// and the MMAs outgrow the weight stream, and the tiled kernel measured faster at M = 64.
+inline constexpr int64_t kGemvMaxM = 16;
+
+inline bool gemvEligible(int64_t M, int64_t K, bool aFp4) {
+  return !aFp4 && M >= 1 && M <= kGemvMaxM && K % 32 == 0 && K > 0;
+}
+
+// Memory-bound: every SM should stream about the same number of bytes with enough of them in
+// flight. More K warps mean fewer rows per CTA (more, smaller CTAs: better balance over the SMs)
+// but fewer 256-k batches per warp to pipeline. Measured on H200 (M = 1, 16): the fewest K warps
+// that still give about 1.5 CTAs per SM won on every DeepSeek-V3 shape.
+inline GemvConfig selectGemvConfig(int64_t M, int64_t N, int64_t K, int numSMs) {
+  GemvConfig c{};
+  c.nt = M <= 8 ? 1 : 2;
+  c.mt = 1;
+  const int64_t batches = (K + kGemvBatchK - 1) / kGemvBatchK;
+  const int64_t wantCtas = 3 * static_cast<int64_t>(std::max(1, numSMs)) / 2;
+  for (c.kWarps = 1; c.kWarps < 8 && 2 * c.kWarps <= batches; c.kWarps *= 2) {
+    const int64_t rows = (8 / c.kWarps) * c.mt * 16;
+    if ((N + rows - 1) / rows >= wantCtas) break;
+  }
+  c.rowsPerCta = (8 / c.kWarps) * c.mt * 16;
+  c.ctas = (N + c.rowsPerCta - 1) / c.rowsPerCta;
+  return c;
+}
+
 inline size_t gemmConfigWorkspaceBytes(const GemmConfig& c, int64_t M, int64_t N) {
   return c.splits > 1 ? static_cast<size_t>(c.splits) * static_cast<size_t>(M) *
                             static_cast<size_t>(N) * sizeof(float)

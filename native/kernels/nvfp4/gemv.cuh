@@ -1,0 +1,237 @@
+// Streaming NVFP4 GEMM for decode (W4A16, M <= 16): out[M,N] = alpha*gsW * A[M,K] . W[N,K]^T.
+//
+// Decode is bound by reading the weights once, so this kernel keeps the bytes in flight high
+// and the per-byte work low: every warp loads its own weight rows straight into registers with
+// 16-byte non-caching loads (no shared-memory staging, no block-wide barrier in the main loop),
+// prefetching the next batch while it computes the current one. The activations are small and
+// reused by every CTA, so they are read through L1 with ordinary cached loads.
+//
+// Work split. A CTA has 8 warps: kWarps of them split K (batches of 256 k, interleaved so the
+// CTA reads neighbouring bytes together), 8/kWarps of them split the CTA's rows. Each warp owns
+// MT groups of 16 weight rows. The kWarps partial sums are added in shared memory in a fixed
+// order, so the result is deterministic, the op is one launch and needs no workspace.
+//
+// MMA mapping (swap AB, like gemm.cuh): mma.sync m16n8k16 with 16 weight rows as its M and 8
+// tokens as its N. Thread (g, t) of a warp loads, per 128-k step, bytes [16t, 16t+16) of rows g
+// and g+8 - 32 consecutive k, two scale blocks - so a quad covers 64 contiguous bytes of a row
+// and every load uses whole sectors. A 32-bit word of 8 codes becomes four bf16x2 pairs
+// (n_j, n_{j+4}) (dequantWord); the activation pairs come from the same 8 k with pairBf16. The
+// MMA sums over k, so this per-thread k permutation is invisible in the result.
+#pragma once
+#include <cstdint>
+
+#include "kernels/nvfp4/common.cuh"
+
+namespace moe::kernels::nvfp4::detail {
+
+struct GemvArgs {
+  const __nv_bfloat16* a;    // [M, K]
+  const uint8_t* w;          // packed E2M1 [N, K/2]
+  const uint8_t* wScales;    // e4m3 [N, K/16]
+  const float* wGlobalScale; // device
+  const void* bias;          // [N] or nullptr
+  void* out;                 // [M, N]
+  int M, N, K;
+  int kWarps;                // 1, 2, 4 or 8 warps along K
+  float alpha;
+  bool biasF32, outF32;
+};
+
+inline constexpr int kGemvThreads = 256;
+inline constexpr int kGemvBatch = 256;  // k per batch: two 128-k steps
+
+// Weights are read exactly once: keep them out of L1 so the activations stay there.
+__device__ __forceinline__ uint4 ldStream16(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ uint32_t ldStream2(const void* p) {
+  unsigned short v;
+  asm volatile("ld.global.nc.L1::no_allocate.u16 %0, [%1];\n" : "=h"(v) : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ uint32_t wordOf(const uint4& v, int w) {
+  return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
+}
+
+template <int NT, int MT, int MinBlocks>
+__global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const GemvArgs p) {
+  extern __shared__ float red[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int kWarps = p.kWarps;
+  const int wk = warp & (kWarps - 1), wr = warp / kWarps;
+  const int rowsPerCta = (8 / kWarps) * MT * 16;
+  const int rowBase = blockIdx.x * rowsPerCta + wr * MT * 16;
+  const int K = p.K;
+
+  // Rows past N and tokens past M read a valid row instead (no branch in the loop); their
+  // results only reach output elements that are never written.
+  const uint8_t* wRow[MT][2];
+  const uint8_t* sRow[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t row = min(rowBase + mt * 16 + h * 8 + g, p.N - 1);
+      wRow[mt][h] = p.w + row * (K / 2) + 16 * t;
+      sRow[mt][h] = p.wScales + row * (K / 16) + 2 * t;
+    }
+  }
+  const __nv_bfloat16* aRow[NT];
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) {
+    aRow[nt] = p.a + static_cast<int64_t>(min(nt * 8 + g, p.M - 1)) * K + 32 * t;
+  }
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+
+  // One batch: two 128-k steps x MT x 2 rows of 16 bytes, and their two scale bytes each. A
+  // thread's 32 k of a step are all in range or all out (K % 32 == 0); out of range is zero.
+  struct Batch {
+    uint4 q[2][MT][2];
+    uint32_t s[2][MT][2];
+  };
+  auto load = [&](int b, Batch& B) {
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const int k0 = b * kGemvBatch + s * 128;
+      const bool valid = k0 + 32 * t < K;
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          B.q[s][mt][h] = valid ? ldStream16(wRow[mt][h] + k0 / 2) : make_uint4(0, 0, 0, 0);
+          B.s[s][mt][h] = valid ? ldStream2(sRow[mt][h] + k0 / 16) : 0u;
+        }
+      }
+    }
+  };
+  auto compute = [&](int b, const Batch& B) {
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const int k0 = b * kGemvBatch + s * 128;
+      const bool valid = k0 + 32 * t < K;
+      uint32_t sc[MT][2][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          sc[mt][h][0] = scaleToBf16x2(B.s[s][mt][h] & 0xFFu);
+          sc[mt][h][1] = scaleToBf16x2(B.s[s][mt][h] >> 8);
+        }
+#pragma unroll
+      for (int w = 0; w < 4; ++w) {
+        uint32_t bf[NT][4];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+          const uint4 v = valid ? __ldg(reinterpret_cast<const uint4*>(aRow[nt] + k0 + 8 * w))
+                                : make_uint4(0, 0, 0, 0);
+          const uint32_t raw[4] = {v.x, v.y, v.z, v.w};
+          pairBf16(raw, bf[nt]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          uint32_t lo[4], hi[4];
+          dequantWord(wordOf(B.q[s][mt][0], w), sc[mt][0][w >> 1], lo);
+          dequantWord(wordOf(B.q[s][mt][1], w), sc[mt][1][w >> 1], hi);
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+              mmaBf16(acc[mt][nt], lo[2 * hh], hi[2 * hh], lo[2 * hh + 1], hi[2 * hh + 1],
+                      bf[nt][2 * hh], bf[nt][2 * hh + 1]);
+        }
+      }
+    }
+  };
+
+  const int numBatches = (K + kGemvBatch - 1) / kGemvBatch;
+  // Two register buffers used in turn (no copy between them: a copy would wait for the loads).
+  Batch x0, x1;
+  int b = wk;
+  if (b < numBatches) load(b, x0);
+  for (; b < numBatches; b += 2 * kWarps) {
+    if (b + kWarps < numBatches) load(b + kWarps, x1);
+    compute(b, x0);
+    if (b + kWarps >= numBatches) break;
+    if (b + 2 * kWarps < numBatches) load(b + 2 * kWarps, x0);
+    compute(b + kWarps, x1);
+  }
+
+  // Partial sums of the K warps, added in a fixed order: (((w1 + w2) + w3) ...) + w0. Lane-major
+  // layout keeps the shared-memory accesses conflict-free.
+  constexpr int kAcc = MT * NT * 4;
+  if (kWarps > 1) {
+    float* mine = red + wr * kAcc * 32 + lane;
+    for (int i = 1; i < kWarps; ++i) {
+      if (wk == i) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+              float* slot = mine + ((mt * NT + nt) * 4 + j) * 32;
+              *slot = i == 1 ? acc[mt][nt][j] : *slot + acc[mt][nt][j];
+            }
+      }
+      __syncthreads();
+    }
+    if (wk != 0) return;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[mt][nt][j] += mine[((mt * NT + nt) * 4 + j) * 32];
+  }
+
+  // The dequantized weights carry 2^-8 (see scaleToBf16x2).
+  const float factor = p.alpha * __ldg(p.wGlobalScale) * 0x1p8f;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int n = rowBase + mt * 16 + g + ((j & 2) ? 8 : 0);
+      if (n >= p.N) continue;
+      float bias = 0.0f;
+      if (p.bias != nullptr) {
+        bias = p.biasF32 ? static_cast<const float*>(p.bias)[n]
+                         : __bfloat162float(static_cast<const __nv_bfloat16*>(p.bias)[n]);
+      }
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const int m = nt * 8 + 2 * t + (j & 1);
+        if (m >= p.M) continue;
+        const float v = acc[mt][nt][j] * factor + bias;
+        const int64_t idx = static_cast<int64_t>(m) * p.N + n;
+        if (p.outF32) static_cast<float*>(p.out)[idx] = v;
+        else static_cast<__nv_bfloat16*>(p.out)[idx] = __float2bfloat16_rn(v);
+      }
+    }
+  }
+}
+
+// Shared memory the fixed-order K reduction needs.
+template <int NT, int MT>
+constexpr int gemvSmemBytes(int kWarps) {
+  return kWarps > 1 ? (8 / kWarps) * MT * NT * 4 * 32 * static_cast<int>(sizeof(float)) : 0;
+}
+
+// Defined in gemm_decode.cu, one instantiation per (NT, MT) the heuristic picks.
+template <int NT, int MT, int MinBlocks>
+cudaError_t launchGemv(const GemvArgs& p, cudaStream_t stream);
+
+}  // namespace moe::kernels::nvfp4::detail
