@@ -66,7 +66,10 @@ export class Stream {
     native().streamWaitEvent(this.deviceIndex, this.handle, event.handle);
   }
 
-  /** Destroys a created stream (queued work still completes). The default stream is never destroyed. */
+  /**
+   * Destroys a created stream after its queued work has finished (this waits for it; tensors
+   * allocated or used on the stream stay valid). The default stream is never destroyed.
+   */
   dispose(): void {
     if (this.#disposed || this.isDefault) return;
     this.#disposed = true;

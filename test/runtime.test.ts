@@ -99,6 +99,23 @@ describe.skipIf(!hasCuda)('CUDA runtime [cuda]', () => {
     s2.dispose();
   });
 
+  it('tensors outlive the streams they were allocated and used on', async () => {
+    const a = createStream('cuda:0');
+    const b = createStream('cuda:0');
+    const x = fromArray(new Float32Array(4096).fill(1.5), { device: 'cuda:0', stream: a });
+    const y = convert(x, 'bf16', { stream: b }); // x used on b, y allocated on b
+    a.dispose();
+    b.dispose();
+    expect(Array.from((await y.toArray()).slice(0, 2))).toEqual([1.5, 1.5]);
+    x.dispose(); // its cross-stream wait no longer names the destroyed stream
+    y.dispose();
+    // their blocks are reusable from any stream now
+    const before = memoryStats('cuda:0').driverAllocations;
+    const z = fromArray(new Float32Array(4096).fill(2), { device: 'cuda:0' });
+    expect(memoryStats('cuda:0').driverAllocations).toBe(before);
+    expect((await z.toArray())[4095]).toBe(2);
+  });
+
   it('synchronize() does not block the event loop', async () => {
     const x = zeros([1 << 24], { device: 'cuda:0' });
     for (let i = 0; i < 20; i++) convert(x, 'bf16').dispose();

@@ -49,6 +49,7 @@ void* CachingAllocator::allocate(size_t bytes, cudaStream_t stream) {
   if (!pending_.empty()) collectPending();
   void* p = nullptr;
   auto it = free_.find({stream, size});
+  if (it == free_.end() || it->second.empty()) it = free_.find({kAnyStream, size});
   if (it != free_.end() && !it->second.empty()) {
     p = it->second.back();
     it->second.pop_back();
@@ -98,7 +99,7 @@ void CachingAllocator::release(void* p, const std::vector<cudaStream_t>& usedOn)
   cachedBytes_ += b.size;
   std::vector<cudaEvent_t> events;
   for (cudaStream_t other : usedOn) {
-    if (other == b.stream) continue;
+    if (other == b.stream || dead_.count(other)) continue;
     cudaEvent_t e;
     if (!eventPool_.empty()) {
       e = eventPool_.back();
@@ -125,6 +126,27 @@ cudaError_t CachingAllocator::driverMalloc(void** p, size_t size) {
 void CachingAllocator::setLimit(size_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   limit_ = bytes;
+}
+
+void CachingAllocator::forgetStream(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [ptr, block] : blocks_)
+    if (block.stream == stream) block.stream = kAnyStream;
+  for (auto it = free_.begin(); it != free_.end();) {
+    if (it->first.first != stream) {
+      ++it;
+      continue;
+    }
+    auto& any = free_[{kAnyStream, it->first.second}];
+    any.insert(any.end(), it->second.begin(), it->second.end());
+    it = free_.erase(it);
+  }
+  dead_.insert(stream);
+}
+
+void CachingAllocator::reviveStream(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(mu_);
+  dead_.erase(stream);
 }
 
 MemoryStats CachingAllocator::stats() {

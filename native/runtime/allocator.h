@@ -5,6 +5,7 @@
 #include <map>
 #include <mutex>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -20,6 +21,11 @@ class CachingAllocator {
   MemoryStats stats();
   void emptyCache();
   void setLimit(size_t bytes);
+  // A stream is about to be destroyed, its queued work finished: its blocks become reusable
+  // on any stream, and it is no longer named in cross-stream waits (its handle would dangle).
+  void forgetStream(cudaStream_t stream);
+  // A new stream may reuse the handle of a destroyed one.
+  void reviveStream(cudaStream_t stream);
 
   // Block sizes: 512-byte steps up to 1 MiB, 2 MiB steps above, so that repeated
   // allocations of one size always meet the same cached block.
@@ -45,6 +51,8 @@ class CachingAllocator {
   std::vector<cudaEvent_t> eventPool_;
   size_t cachedBytes_ = 0;
   size_t limit_ = 0;
+  std::unordered_set<cudaStream_t> dead_;
+  static constexpr cudaStream_t kAnyStream = nullptr;  // blocks whose stream was destroyed
   MemoryStats stats_;
   cudaError_t driverMalloc(void** p, size_t size);  // cudaMalloc within limit_
 };

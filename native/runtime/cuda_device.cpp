@@ -114,11 +114,16 @@ Stream createStream(int device) {
   setDevice(device);
   cudaStream_t s;
   checkCuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate");
+  state(device).allocator->reviveStream(s);
   return s;
 }
 
 void destroyStream(int device, Stream s) {
   setDevice(device);
+  // Memory allocated or used on the stream may outlive it: once its work is done, the allocator
+  // stops naming it.
+  checkCuda(cudaStreamSynchronize(S(s)), "cudaStreamSynchronize");
+  state(device).allocator->forgetStream(S(s));
   checkCuda(cudaStreamDestroy(S(s)), "cudaStreamDestroy");
 }
 

@@ -41,7 +41,7 @@ void setDevice(int device);
 
 Stream defaultStream(int device);
 Stream createStream(int device);
-void destroyStream(int device, Stream s);
+void destroyStream(int device, Stream s);  // waits for its queued work first
 void streamSynchronize(int device, Stream s);  // blocks: call from a worker thread
 bool streamQuery(int device, Stream s);
 void streamWaitEvent(int device, Stream s, Event e);
