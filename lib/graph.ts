@@ -43,6 +43,8 @@ export class CudaGraph {
     if (stream.device !== this.stream.device) {
       throw new MoeError('E_DEVICE', `stream: expected a stream on ${this.stream.device}, got one on ${stream.device}`);
     }
+    // a replay elsewhere uses the captured memory on that stream: its reuse must wait for it
+    if (stream !== this.stream) for (const s of this.#storages) s.usedOn.add(stream.handle);
     native().launchGraph(deviceIndex(stream.device), this.#exec, stream.handle);
   }
 

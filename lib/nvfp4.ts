@@ -3,7 +3,19 @@ import { DTYPES, type DType } from './dtype';
 import { MoeError, describe } from './errors';
 import { native } from './native';
 import { isCapturing, resolveStream, type Stream } from './stream';
-import { Tensor, checkOut, checkShape, checkTensor, empty, fromArray, fromBytes, overlaps, useOn } from './tensor';
+import {
+  Tensor,
+  checkOut,
+  checkShape,
+  checkTensor,
+  empty,
+  fromArray,
+  fromBytes,
+  overlaps,
+  product,
+  sameShape,
+  useOn,
+} from './tensor';
 
 /** Native entry points of the nvfp4 family: device -1 runs the CPU reference. @internal */
 export interface Nvfp4Binding {
@@ -39,16 +51,6 @@ const SOURCE_DTYPES: readonly Nvfp4SourceDType[] = ['bf16', 'f16', 'f32'];
 /** Output dtypes of gemmNvfp4. */
 export type GemmNvfp4OutDType = 'bf16' | 'f32';
 const GEMM_OUT_DTYPES: readonly GemmNvfp4OutDType[] = ['bf16', 'f32'];
-
-function product(shape: readonly number[]): number {
-  let n = 1;
-  for (const d of shape) n *= d;
-  return n;
-}
-
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
-}
 
 function roundUp(x: number, m: number): number {
   return Math.ceil(x / m) * m;
@@ -87,8 +89,28 @@ export class Nvfp4Tensor {
   readonly shape: readonly number[];
   readonly device: Device;
 
-  /** @internal built by quantizeNvfp4, nvfp4FromCheckpoint and select(); takes ownership of the parts. */
+  /**
+   * Assembles the three parts (taking ownership of them); quantizeNvfp4 and nvfp4FromCheckpoint
+   * are the usual ways in. Every part is checked against `shape`, since kernels size their
+   * reads from it.
+   */
   constructor(data: Tensor<'u8'>, scales: Tensor<'fp8e4m3'>, globalScale: Tensor<'f32'>, shape: readonly number[]) {
+    const s = checkShape(shape, 'shape');
+    const K = s[s.length - 1];
+    if (s.length === 0 || K % NVFP4_BLOCK !== 0) {
+      throw new MoeError('E_SHAPE', `shape: expected [..., K] with K a multiple of ${NVFP4_BLOCK}, got ${describe(shape)}`);
+    }
+    checkTensor(data, 'data', { dtypes: ['u8'] });
+    checkTensor(scales, 'scales', { dtypes: ['fp8e4m3'], device: data.device });
+    checkTensor(globalScale, 'globalScale', { dtypes: ['f32'], device: data.device });
+    const lead = s.slice(0, -1);
+    if (!sameShape(data.shape, [...lead, K / 2])) throw new MoeError('E_SHAPE', `data: expected [${[...lead, K / 2]}], got [${data.shape}]`);
+    if (!sameShape(scales.shape, [...lead, K / NVFP4_BLOCK])) {
+      throw new MoeError('E_SHAPE', `scales: expected [${[...lead, K / NVFP4_BLOCK]}], got [${scales.shape}]`);
+    }
+    if (globalScale.numel !== 1 && !(s.length > 1 && globalScale.numel === s[0])) {
+      throw new MoeError('E_SHAPE', `globalScale: expected 1 element or shape[0] = ${s[0]}, got [${globalScale.shape}]`);
+    }
     this.data = data;
     this.scales = scales;
     this.globalScale = globalScale;

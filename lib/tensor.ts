@@ -84,7 +84,8 @@ export function checkShape(value: unknown, argument: string): number[] {
   return value.slice();
 }
 
-function product(shape: readonly number[]): number {
+/** Elements of a shape. @internal */
+export function product(shape: readonly number[]): number {
   let n = 1;
   for (const d of shape) n *= d;
   return n;
@@ -272,6 +273,7 @@ export class Tensor<D extends DType = DType> {
     }
     if (this.device === 'cpu') {
       const stream = resolveStream(options.stream, target);
+      refuseDuringCapture(stream, 'copyTo');
       const out = empty(this.shape, { dtype: this.dtype, device: target, stream });
       b.copyToDevice(deviceIndex(target), out.dataPtr, this.dataPtr, bytes, stream.handle);
       return out;
@@ -334,7 +336,8 @@ export function useOn(stream: Stream, tensors: readonly Tensor[]): void {
   const capture = openCaptures.get(stream.handle) as Set<Storage> | undefined;
   for (const t of tensors) {
     const s = t.storage('tensor');
-    if (s.stream !== undefined && s.stream.handle !== stream.handle) s.usedOn.add(stream.handle);
+    // by object: a new stream may reuse the handle of a destroyed one
+    if (s.stream !== stream) s.usedOn.add(stream.handle);
     if (capture && !capture.has(s)) {
       s.retain();
       capture.add(s);
@@ -480,13 +483,13 @@ export function fromBytes<D extends DType = 'u8'>(
   if (bytes.byteLength !== need) {
     throw new MoeError('E_SHAPE', `bytes: ${dtype}[${shape}] takes ${need} bytes, got ${bytes.byteLength}`);
   }
-  const t = empty(shape, { ...options, dtype });
+  const device = options.device === undefined ? defaultDevice() : checkDevice(options.device, 'device');
+  const stream = resolveStream(options.stream, device);
+  refuseDuringCapture(stream, 'fromBytes');
+  const t = empty(shape, { ...options, dtype, device, stream });
   const b = native();
   if (t.device === 'cpu') b.hostWrite(t.dataPtr, bytes);
-  else {
-    const stream = resolveStream(options.stream, t.device);
-    b.copyToDevice(deviceIndex(t.device), t.dataPtr, bytes, need, stream.handle);
-  }
+  else b.copyToDevice(deviceIndex(t.device), t.dataPtr, bytes, need, stream.handle);
   return t;
 }
 
@@ -528,10 +531,15 @@ export function checkTensor<D extends DType = DType>(
 /** Validates an optional output tensor's dtype, shape and device. @internal */
 export function checkOut<D extends DType>(value: unknown, argument: string, dtype: D, shape: readonly number[], device: Device): Tensor<D> {
   const t = checkTensor(value, argument, { dtypes: [dtype], device });
-  if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+  if (!sameShape(t.shape, shape)) {
     throw new MoeError('E_SHAPE', `${argument}: expected shape [${shape}], got [${t.shape}]`);
   }
   return t;
+}
+
+/** @internal */
+export function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
 /** True when the byte ranges of two tensors overlap. @internal */

@@ -2,7 +2,7 @@
 # A round on a GPU host: the test suite, the sanitizers, every benchmark with its peer.
 # Logs and results go to OUT; a summary is printed last. Steps: tests bench memcheck racecheck
 # (default: all; a round can be split over several calls).
-#   scripts/gpu-round.sh OUT [STEP...]        (after `source .device/env.sh` on a host without Node.js)
+#   scripts/gpu-round.sh OUT [STEP...]        (on a GPU host, with the addon and dist/ built)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-/tmp/gpu-round}"

@@ -960,3 +960,19 @@ describe.skipIf(!hasCuda)('verifyDrafts: CUDA and the CPU reference agree token 
     graph.dispose();
   });
 });
+
+forEachBackend('verifyDrafts temperature limits', (device: Device) => {
+  it('a temperature tensor so small that 1/T overflows acts as greedy', async () => {
+    // draft 1 is the argmax of row 0; the bonus row's argmax is 2
+    const targetLogits = logitsTensor(flatten([[[0, 3, 1], [0, 1, 5]]]), [1, 2, 3], 'f32', device);
+    const draftTokens = i32([1], [1, 1], device);
+    const params: VerifyDraftsParams = {
+      mode: 'rejection',
+      temperature: fromArray([1e-40], { dtype: 'f32', device }),
+      seed: fromArray([7n], { dtype: 'i64', device }),
+    };
+    const got = await run({ targetLogits, draftTokens, params });
+    expect(Array.from(got.tokens)).toEqual([1, 2]);
+    expect(Array.from(got.numAccepted)).toEqual([2]);
+  });
+});

@@ -917,14 +917,18 @@ describe.skipIf(!hasCuda)('nvfp4: CUDA and the CPU reference agree [cuda]', () =
     const seed = freshSeed('nvfp4 gemm workspace');
     const r = rng(seed);
     const w = place(randomNvfp4(r, 4096, 7168), gpu);
-    const a = fromBytes(randomBf16(r, 7168).bits, { dtype: 'bf16', shape: [1, 7168], device: gpu });
-    const out = empty([1, 4096], { dtype: 'bf16', device: gpu });
+    // M = 32 runs the tiled decode kernel, which splits K through a workspace
+    const M = 32;
+    const a = fromBytes(randomBf16(r, M * 7168).bits, { dtype: 'bf16', shape: [M, 7168], device: gpu });
+    const out = empty([M, 4096], { dtype: 'bf16', device: gpu });
     gemmNvfp4(a, w, { out }); // warm: first-use allocations
     await out.toBytes();
-    const before = memoryStats(gpu).allocatedBytes;
+    const before = memoryStats(gpu);
     for (let k = 0; k < 10; k++) gemmNvfp4(a, w, { out });
     await out.toBytes();
-    expect(memoryStats(gpu).allocatedBytes, `seed ${seed}`).toBe(before);
+    const after = memoryStats(gpu);
+    expect(after.allocations - before.allocations, 'each call allocates a workspace').toBe(10);
+    expect(after.allocatedBytes, `seed ${seed}`).toBe(before.allocatedBytes);
   });
 
   it('decode step captured into a CUDA graph replays like eager', async () => {
@@ -961,5 +965,21 @@ describe.skipIf(!hasCuda)('nvfp4: CUDA and the CPU reference agree [cuda]', () =
       'E_DEVICE',
       'weight',
     );
+  });
+});
+
+forEachBackend('Nvfp4Tensor assembled from parts', (device: Device) => {
+  it('checks every part against the shape before kernels size their reads from it', async () => {
+    const data = empty([4, 32], { dtype: 'u8', device });
+    const scales = empty([4, 4], { dtype: 'fp8e4m3', device });
+    const gs = fromArray([1], { device });
+    const ok = new Nvfp4Tensor(data, scales, gs, [4, 64]);
+    expect(ok.shape).toEqual([4, 64]);
+    await expectCode(() => new Nvfp4Tensor(data, scales, gs, [1 << 20, 64]), 'E_SHAPE', 'data');
+    await expectCode(() => new Nvfp4Tensor(data, scales, gs, [4, 60]), 'E_SHAPE', 'shape');
+    await expectCode(() => new Nvfp4Tensor(data, empty([4, 2], { dtype: 'fp8e4m3', device }), gs, [4, 64]), 'E_SHAPE', 'scales');
+    await expectCode(() => new Nvfp4Tensor(data, scales, fromArray([1, 2], { device }), [4, 64]), 'E_SHAPE', 'globalScale');
+    await expectCode(() => new Nvfp4Tensor(data, empty([4, 4], { dtype: 'u8', device }) as never, gs, [4, 64]), 'E_DTYPE', 'scales');
+    await expectCode(() => new Nvfp4Tensor(empty([4, 32], { dtype: 'i32', device }) as never, scales, gs, [4, 64]), 'E_DTYPE', 'data');
   });
 });

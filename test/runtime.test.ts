@@ -203,6 +203,11 @@ describe.skipIf(!hasCuda)('CUDA runtime [cuda]', () => {
     });
     await expectCode(() => read, 'E_CAPTURE', 'captured');
     g.dispose();
+    // uploads from the host are refused up front too
+    const g3 = captureGraph(s, () => {
+      expect(() => fromArray([1], { device: 'cuda:0', stream: s })).toThrow(/E_CAPTURE|captured/);
+    });
+    g3.dispose();
     let sync: Promise<void> | undefined;
     const g2 = captureGraph(s, () => {
       sync = s.synchronize();

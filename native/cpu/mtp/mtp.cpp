@@ -133,7 +133,8 @@ void verifyDrafts(const void* targetLogits, DType logitsDType,
     len = std::max<int32_t>(0, std::min<int32_t>(len, static_cast<int32_t>(n)));
     int32_t md = mode ? mode[b] : kModeGreedy;
     const float temp = temperature ? temperature[b] : 1.0f;
-    if (md == kModeRejection && !(temp > 0.0f)) md = kModeGreedy;
+    // 1/t must be finite: a temperature so small that it overflows is the greedy limit
+    if (md == kModeRejection && !(temp > 0.0f && std::isfinite(1.0f / temp))) md = kModeGreedy;
     if (md != kModeRejection && md != kModeRelaxed) md = kModeGreedy;
     const float invT = md == kModeRejection ? 1.0f / temp : 1.0f;
     const int32_t k = topK ? topK[b] : 0;

@@ -45,7 +45,7 @@ size_t gemmWorkspaceBytes(int64_t M, int64_t N, int64_t K, DType aType, bool for
 // (aType U8: a = data [M, K/2], aScales [M, K/16], *aGlobalScale). bias F32/BF16 or nullptr;
 // out BF16 or F32. The dot products of the exactly dequantized operands are accumulated in
 // double, scaled in double, rounded once to fp32 and then (for BF16 out) to bf16 with RNE.
-// Rows are spread over std::thread workers. forcePortable/workspace are ignored.
+// Output columns (N) are spread over std::thread workers. forcePortable/workspace are ignored.
 void gemm(const void* a, DType aType, const uint8_t* aScales, const float* aGlobalScale,
           const uint8_t* wData, const uint8_t* wScales, const float* wGlobalScale, const void* bias,
           DType biasType, void* out, DType outType, int64_t M, int64_t N, int64_t K, float alpha,

@@ -137,7 +137,8 @@ __device__ Request loadRequest(const Args& a, int64_t b) {
   r.len = max(0, min(len, static_cast<int32_t>(a.n)));
   int32_t md = a.mode ? a.mode[b] : kModeGreedy;
   const float t = a.temperature ? a.temperature[b] : 1.0f;
-  if (md == kModeRejection && !(t > 0.0f)) md = kModeGreedy;
+  // 1/t must be finite: a temperature so small that it overflows is the greedy limit
+  if (md == kModeRejection && !(t > 0.0f && isfinite(1.0f / t))) md = kModeGreedy;
   if (md != kModeRejection && md != kModeRelaxed) md = kModeGreedy;
   r.mode = md;
   r.invT = md == kModeRejection ? 1.0f / t : 1.0f;

@@ -16,7 +16,8 @@
 //   Per-request device arrays (so a decode step can be captured in a CUDA graph); each may be
 //   null, which means the default in brackets for every request:
 //     mode         i32 [0]   0 greedy, 1 rejection (speculative sampling), 2 relaxed.
-//     temperature  f32 [1]   rejection only; <= 0 (or NaN) makes that request greedy.
+//     temperature  f32 [1]   rejection only; <= 0, NaN or so small that 1/t overflows makes
+//                            that request greedy.
 //     topK         i32 [0]   rejection only; <= 0 or >= V is off.
 //     topP         f32 [1]   rejection only; >= 1 (or NaN) is off; expected in (0, 1].
 //     seed, offset u64 [0]   Philox4x32-10 key and counter base (see RNG below). Advancing the

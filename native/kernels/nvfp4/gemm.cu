@@ -89,6 +89,11 @@ size_t gemmWorkspaceBytes(int64_t M, int64_t N, int64_t K, DType aType, bool for
   // The streaming kernel needs none; if gemm() later finds its operands unaligned, the tiled
   // kernel runs without splitting K instead.
   if (gemvEligible(M, K, aType == DType::U8)) return 0;
+  // Likewise the Hopper kernel (alignment is checked again at launch, with the same fallback).
+  if (aType == DType::BF16 && preferSm90(M, forcePortable) &&
+      sm90GemmSupported(M, N, K, aType, DType::BF16, nullptr, nullptr)) {
+    return 0;
+  }
   return gemmConfigWorkspaceBytes(selectGemmConfig(M, N, K, smCount(), forcePortable), M, N);
 }
 

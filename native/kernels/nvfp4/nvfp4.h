@@ -86,8 +86,9 @@ size_t gemmWorkspaceBytes(int64_t M, int64_t N, int64_t K, DType aType, bool for
 //   out:  [M, N] of outType BF16 (round to nearest even) or F32.
 //   M >= 0, N >= 0, K >= 0 with K % 16 == 0; any tails are handled.
 // Both operands are dequantized to BF16 in registers (e2m1 x e4m3 is exact in BF16) and
-// multiplied on tensor cores. `forcePortable` selects the sm_80-compatible mma.sync path even on
-// sm_90 (currently the only path). `workspace` must hold gemmWorkspaceBytes(...) bytes; with
+// multiplied on tensor cores: for M > 64 (W4A16) by the sm_90a wgmma kernel where
+// sm90GemmSupported allows, else by the mma.sync kernels compiled for every target.
+// `forcePortable` keeps to the latter on Hopper too. `workspace` must hold gemmWorkspaceBytes(...) bytes; with
 // less, the launcher uses fewer split-K slices (down to none) rather than fail.
 cudaError_t gemm(const void* a, DType aType, const uint8_t* aScales, const float* aGlobalScale,
                  const uint8_t* wData, const uint8_t* wScales, const float* wGlobalScale,
