@@ -197,12 +197,12 @@ template <> struct Elem<__half> {
   }
 };
 
-// Calls f(index, value) for every element of row[begin, end), spread over the CTA, using
-// 16-byte loads for the aligned middle part (4 in flight per thread) and scalar loads for the
-// unaligned head and tail.
-template <typename T, typename F>
-__device__ __forceinline__ void forEachElement(const T* __restrict__ row, int64_t begin,
-                                               int64_t end, F&& f) {
+// Calls fv(index, values) for each aligned 16-byte vector of row[begin, end) (values[j] is
+// element index + j) and fs(index, value) for the unaligned head and tail elements, spread over
+// the CTA, with 4 vector loads in flight per thread.
+template <typename T, typename FV, typename FS>
+__device__ __forceinline__ void forEachVector(const T* __restrict__ row, int64_t begin, int64_t end,
+                                              FV&& fv, FS&& fs) {
   constexpr int N = Elem<T>::kVec;
   constexpr int U = 4;
   const uintptr_t addr = reinterpret_cast<uintptr_t>(row + begin);
@@ -212,21 +212,38 @@ __device__ __forceinline__ void forEachElement(const T* __restrict__ row, int64_
   const int64_t numVec = (end - vecBegin) / N;
   const int64_t vecEnd = vecBegin + numVec * N;
   const int64_t tid = threadIdx.x, nt = blockDim.x;
-  for (int64_t x = begin + tid; x < vecBegin; x += nt) f(x, Elem<T>::load(row + x));
-  for (int64_t x = vecEnd + tid; x < end; x += nt) f(x, Elem<T>::load(row + x));
+  for (int64_t x = begin + tid; x < vecBegin; x += nt) fs(x, Elem<T>::load(row + x));
+  for (int64_t x = vecEnd + tid; x < end; x += nt) fs(x, Elem<T>::load(row + x));
   const uint4* vp = reinterpret_cast<const uint4*>(row + vecBegin);
+  auto vector = [&](const uint4& r, int64_t x) {
+    float vals[N];
+    auto put = [&](int64_t j, float v) { vals[j] = v; };
+    Elem<T>::unpack(r, 0, put);
+    fv(x, vals);
+  };
   int64_t v = tid;
   for (; v + (U - 1) * nt < numVec; v += U * nt) {
     uint4 r[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) r[u] = __ldg(vp + v + u * nt);
 #pragma unroll
-    for (int u = 0; u < U; ++u) Elem<T>::unpack(r[u], vecBegin + (v + u * nt) * N, f);
+    for (int u = 0; u < U; ++u) vector(r[u], vecBegin + (v + u * nt) * N);
   }
-  for (; v < numVec; v += nt) {
-    uint4 r = __ldg(vp + v);
-    Elem<T>::unpack(r, vecBegin + v * N, f);
-  }
+  for (; v < numVec; v += nt) vector(__ldg(vp + v), vecBegin + v * N);
+}
+
+// Calls f(index, value) for every element of row[begin, end), spread over the CTA.
+template <typename T, typename F>
+__device__ __forceinline__ void forEachElement(const T* __restrict__ row, int64_t begin,
+                                               int64_t end, F&& f) {
+  constexpr int N = Elem<T>::kVec;
+  forEachVector(
+      row, begin, end,
+      [&](int64_t x, const float(&vals)[N]) {
+#pragma unroll
+        for (int j = 0; j < N; ++j) f(x + j, vals[j]);
+      },
+      f);
 }
 
 template <typename T>
@@ -419,22 +436,42 @@ __device__ void rowStats(const Args& a, const T* row, int64_t rowId, const Reque
   const int64_t end = min(a.vocab, begin + a.rowChunkLen);
   const float invT = q.invT;
   Stats st{-INFINITY, INT_MAX, -INFINITY, 0.0f, 0u};
-  auto f = [&](int64_t x, float v) {
+  auto best = [&](int64_t x, float v) {
     if (argmaxBetter(v, static_cast<int32_t>(x), st.bestV, st.bestI)) {
       st.bestV = v;
       st.bestI = static_cast<int32_t>(x);
     }
-    if (wantSum) {
-      if (v > st.m) {
-        st.s = st.s * __expf((st.m - v) * invT) + 1.0f;
-        st.m = v;
-      } else if (v > -INFINITY) {
-        st.s += __expf((v - st.m) * invT);
-      }
-    }
-    if (wantCount) st.count += v > lx ? 1u : 0u;
   };
-  forEachElement(row, begin, end, f);
+  if (!wantSum && !wantCount) {
+    // Argmax only (greedy rows): one max per vector; the elements are looked at one by one only
+    // when the vector could hold a winner, which keeps the pass bound by memory, not by issue.
+    constexpr int N = Elem<T>::kVec;
+    forEachVector(
+        row, begin, end,
+        [&](int64_t x, const float(&vals)[N]) {
+          float m = vals[0];
+#pragma unroll
+          for (int j = 1; j < N; ++j) m = fmaxf(m, vals[j]);
+          if (m > st.bestV || (m == st.bestV && x < st.bestI)) {
+#pragma unroll
+            for (int j = 0; j < N; ++j) best(x + j, vals[j]);
+          }
+        },
+        best);
+  } else {
+    forEachElement(row, begin, end, [&](int64_t x, float v) {
+      best(x, v);
+      if (wantSum) {
+        if (v > st.m) {
+          st.s = st.s * __expf((st.m - v) * invT) + 1.0f;
+          st.m = v;
+        } else if (v > -INFINITY) {
+          st.s += __expf((v - st.m) * invT);
+        }
+      }
+      if (wantCount) st.count += v > lx ? 1u : 0u;
+    });
+  }
   st = blockReduceStats(st, invT);
   if (threadIdx.x == 0) {
     RowRecord rec;
