@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -199,7 +200,12 @@ void gemm(const void* a, DType aType, const uint8_t* aScales, const float* aGlob
   const int64_t per = (N + workers - 1) / workers;
   for (int64_t w = 0; w < workers; ++w) {
     const int64_t b = w * per, e = std::min(N, b + per);
-    if (b < e) pool.emplace_back(columns, b, e);
+    if (b >= e) continue;
+    try {
+      pool.emplace_back(columns, b, e);
+    } catch (const std::system_error&) {
+      columns(b, e);  // no thread to be had: this one does the slice
+    }
   }
   for (auto& th : pool) th.join();
 }
