@@ -1,8 +1,9 @@
-import { FLOAT_DTYPES, checkDType, DTYPES, type DType } from './dtype';
+import { DTYPES, FLOAT_DTYPES, type DType } from './dtype';
 import { MoeError } from './errors';
 import { native } from './native';
 import { resolveStream, type Stream } from './stream';
-import { checkOut, checkTensor, empty, overlaps, useOn, type Tensor } from './tensor';
+import { empty, overlaps, useOn, type Tensor } from './tensor';
+import { checkDType, checkOptions, checkOut, checkTensor, keys } from './validate';
 
 export interface ConvertOptions<D extends DType = DType> {
   /** Written in place of a new tensor: same shape, dtype `dtype`, same device. */
@@ -10,21 +11,24 @@ export interface ConvertOptions<D extends DType = DType> {
   stream?: Stream;
 }
 
+const OPTIONS = keys('out', 'stream');
+
 /**
  * Converts a floating-point tensor to another floating-point dtype (f32, f16, bf16, fp8e4m3)
  * elementwise: round to nearest even; fp8e4m3 saturates to +-448 (infinities too); f16
  * overflows to +-inf; NaN stays NaN. The CPU and CUDA backends agree bit for bit.
  */
-export function convert<D extends DType>(x: Tensor, dtype: D, options: ConvertOptions<D> = {}): Tensor<D> {
-  checkTensor(x, 'x', { dtypes: FLOAT_DTYPES });
+export function convert<D extends DType>(x: Tensor, dtype: D, options?: ConvertOptions<D>): Tensor<D> {
+  const o = checkOptions(options, 'options', OPTIONS);
+  checkTensor(x, 'x', FLOAT_DTYPES);
   const to = checkDType(dtype, 'dtype') as D;
   if (!FLOAT_DTYPES.includes(to)) {
     throw new MoeError('E_DTYPE', `dtype: expected one of ${FLOAT_DTYPES.join(', ')}, got ${to}`);
   }
-  const stream = resolveStream(options.stream, x.device);
+  const stream = resolveStream(o.stream, x.device);
   let out: Tensor<D>;
-  if (options.out !== undefined) {
-    out = checkOut(options.out, 'out', to, x.shape, x.device);
+  if (o.out !== undefined) {
+    out = checkOut<Tensor<D>>(o.out, 'out', to, x.shape, x.device);
     // Elementwise in place is safe only when each element overwrites itself.
     if (overlaps(x, out) && !(x.byteOffset === out.byteOffset && DTYPES[x.dtype].bytes === DTYPES[to].bytes)) {
       throw new MoeError('E_ARGUMENT', 'out: overlaps x partially; pass a separate tensor or x itself with an equal-size dtype');
@@ -33,6 +37,6 @@ export function convert<D extends DType>(x: Tensor, dtype: D, options: ConvertOp
     out = empty(x.shape, { dtype: to, device: x.device, stream });
   }
   useOn(stream, [x, out]);
-  native().convert(x.deviceIndex, x.dataPtr, DTYPES[x.dtype].id, out.dataPtr, DTYPES[to].id, x.numel, stream.handle);
+  native().convert(x.deviceIndex, stream.handle, x.dataPtr, DTYPES[x.dtype].id, out.dataPtr, DTYPES[to].id, x.numel);
   return out;
 }

@@ -1,9 +1,9 @@
-import { MoeError, describe } from './errors';
-import { native, type MemoryStats } from './native';
+import type { MemoryStats } from './binding';
+import { MoeError } from './errors';
+import { cudaUnavailableReason, forcedBackend, native, type Backend } from './native';
+import { checkDevice, checkInteger, deviceIndex, requireCuda, type Device } from './validate';
 
-/** Where a tensor lives: the host (`"cpu"`, the reference backend) or a CUDA device. */
-export type Device = 'cpu' | `cuda:${number}`;
-export type Backend = 'cpu' | 'cuda';
+export { checkDevice, deviceIndex, type Device };
 
 export interface DeviceInfo {
   device: Device;
@@ -16,36 +16,7 @@ export interface DeviceInfo {
   sharedMemoryPerBlockOptin: number;
 }
 
-/** The native device index of a device: -1 for the CPU. */
-export function deviceIndex(device: Device): number {
-  return device === 'cpu' ? -1 : Number(device.slice(5));
-}
-
-// Read once: the backend choice is a process-wide setting, and process.env reads are slow
-// on the per-op path.
-let forced: { value: Backend | undefined } | undefined;
-
-function forcedBackend(): Backend | undefined {
-  if (forced) return forced.value;
-  const v = process.env.MOE_KERNELS_BACKEND;
-  if (v === undefined || v === '') forced = { value: undefined };
-  else if (v === 'cpu' || v === 'cuda') forced = { value: v };
-  else throw new MoeError('E_ARGUMENT', `MOE_KERNELS_BACKEND: expected "cpu" or "cuda", got ${describe(v)}`);
-  return forced.value;
-}
-
-let cudaReason: { value: string | undefined } | undefined;
-
-/** Why CUDA cannot be used in this process, or undefined when it can. */
-export function cudaUnavailableReason(): string | undefined {
-  if (!cudaReason) {
-    const b = native();
-    cudaReason = {
-      value: forcedBackend() === 'cpu' ? 'MOE_KERNELS_BACKEND=cpu' : b.deviceCount() > 0 ? undefined : b.cudaUnavailableReason(),
-    };
-  }
-  return cudaReason.value;
-}
+export { cudaUnavailableReason, type Backend };
 
 export function cudaAvailable(): boolean {
   return cudaUnavailableReason() === undefined;
@@ -54,11 +25,6 @@ export function cudaAvailable(): boolean {
 /** The backends this process can run: always "cpu", and "cuda" where a GPU is usable. */
 export function availableBackends(): Backend[] {
   return cudaAvailable() ? ['cpu', 'cuda'] : ['cpu'];
-}
-
-function requireCuda(): void {
-  const reason = cudaUnavailableReason();
-  if (reason !== undefined) throw new MoeError('E_NO_CUDA', `no CUDA device is usable: ${reason}`);
 }
 
 /** CUDA devices with their properties; throws E_NO_CUDA where there are none. */
@@ -102,24 +68,6 @@ export function backendDevice(backend: Backend): Device {
   return 'cuda:0';
 }
 
-/** Validates a device argument ("cpu", "cuda", "cuda:N"); "cuda" means cuda:0. */
-export function checkDevice(value: unknown, argument: string): Device {
-  if (value === 'cpu') return 'cpu';
-  if (typeof value === 'string') {
-    const m = /^cuda(?::(\d+))?$/.exec(value);
-    if (m) {
-      requireCuda();
-      const index = m[1] === undefined ? 0 : Number(m[1]);
-      const count = native().deviceCount();
-      if (index >= count) {
-        throw new MoeError('E_DEVICE', `${argument}: cuda:${index} does not exist (this machine has ${count} CUDA devices)`);
-      }
-      return `cuda:${index}`;
-    }
-  }
-  throw new MoeError('E_DEVICE', `${argument}: expected "cpu", "cuda" or "cuda:N", got ${describe(value)}`);
-}
-
 /** Allocator statistics of a CUDA device. */
 export function memoryStats(device: Device | 'cuda' = defaultCudaDevice()): MemoryStats {
   const d = checkDevice(device, 'device');
@@ -142,9 +90,7 @@ export function emptyCache(device: Device | 'cuda' = defaultCudaDevice()): void 
 export function setMemoryLimit(device: Device | 'cuda', bytes: number | undefined): void {
   const d = checkDevice(device, 'device');
   if (d === 'cpu') throw new MoeError('E_DEVICE', 'device: setMemoryLimit takes a CUDA device, got "cpu"');
-  if (bytes !== undefined && (typeof bytes !== 'number' || !Number.isSafeInteger(bytes) || bytes <= 0)) {
-    throw new MoeError('E_ARGUMENT', `bytes: expected a positive integer or undefined, got ${describe(bytes)}`);
-  }
+  if (bytes !== undefined) checkInteger(bytes, 'bytes', 1, Number.MAX_SAFE_INTEGER);
   native().setMemoryLimit(deviceIndex(d), bytes ?? 0);
 }
 

@@ -1,10 +1,8 @@
-import { MoeError, describe } from './errors';
-
 /** Element types of a Tensor. */
 export type DType = 'f32' | 'f16' | 'bf16' | 'fp8e4m3' | 'u8' | 'i32' | 'i64';
 
 export interface DTypeInfo {
-  /** Numeric id shared with native/kernels/common/dtype.h. */
+  /** Numeric id shared with native/common/dtype.h. */
   readonly id: number;
   readonly bytes: number;
   readonly isFloat: boolean;
@@ -22,14 +20,6 @@ export const DTYPES: Readonly<Record<DType, DTypeInfo>> = Object.freeze({
 
 /** The floating-point dtypes that `convert` takes and produces. */
 export const FLOAT_DTYPES: readonly DType[] = ['f32', 'f16', 'bf16', 'fp8e4m3'];
-
-export function checkDType(value: unknown, argument: string): DType {
-  if (typeof value === 'string' && Object.prototype.hasOwnProperty.call(DTYPES, value)) return value as DType;
-  throw new MoeError(
-    'E_DTYPE',
-    `${argument}: expected one of ${Object.keys(DTYPES).join(', ')}, got ${describe(value)}`,
-  );
-}
 
 /** What `toArray()` returns for each dtype: f16/bf16/fp8e4m3 decode to exact f32 values. */
 export type ArrayFor<D extends DType> = D extends 'i32'

@@ -1,10 +1,10 @@
-import { deviceIndex } from './device';
-import { MoeError, describe } from './errors';
+import { openCaptures, type CapturedMemory } from './capture';
+import { MoeError } from './errors';
 import { native } from './native';
-import { Stream, openCaptures } from './stream';
-import type { Storage } from './tensor';
+import type { Stream } from './stream';
+import { checkFunction, checkStream, deviceIndex } from './validate';
 
-const graphRegistry = new FinalizationRegistry<{ device: number; exec: bigint; storages: Set<Storage> }>((g) => {
+const graphRegistry = new FinalizationRegistry<{ device: number; exec: bigint; storages: Set<CapturedMemory> }>((g) => {
   try {
     native().destroyGraph(g.device, g.exec);
   } catch {
@@ -20,11 +20,11 @@ const graphRegistry = new FinalizationRegistry<{ device: number; exec: bigint; s
 export class CudaGraph {
   readonly stream: Stream;
   #exec: bigint;
-  #storages: Set<Storage>;
+  #storages: Set<CapturedMemory>;
   #token = {};
 
   /** @internal */
-  constructor(stream: Stream, exec: bigint, storages: Set<Storage>) {
+  constructor(stream: Stream, exec: bigint, storages: Set<CapturedMemory>) {
     this.stream = stream;
     this.#exec = exec;
     this.#storages = storages;
@@ -38,11 +38,7 @@ export class CudaGraph {
   /** Enqueues the whole graph on `stream` (default: the stream it was captured on). */
   replay(stream: Stream = this.stream): void {
     if (this.#exec === 0n) throw new MoeError('E_DISPOSED', 'graph: the graph was disposed');
-    if (!(stream instanceof Stream)) throw new MoeError('E_ARGUMENT', `stream: expected a Stream, got ${describe(stream)}`);
-    stream.check('stream');
-    if (stream.device !== this.stream.device) {
-      throw new MoeError('E_DEVICE', `stream: expected a stream on ${this.stream.device}, got one on ${stream.device}`);
-    }
+    checkStream(stream, 'stream', this.stream.device);
     // a replay elsewhere uses the captured memory on that stream: its reuse must wait for it
     if (stream !== this.stream) for (const s of this.#storages) s.usedOn.add(stream.handle);
     native().launchGraph(deviceIndex(stream.device), this.#exec, stream.handle);
@@ -69,16 +65,15 @@ export class CudaGraph {
  * `fn` throws E_CAPTURE.
  */
 export function captureGraph(stream: Stream, fn: () => void): CudaGraph {
-  if (!(stream instanceof Stream)) throw new MoeError('E_ARGUMENT', `stream: expected a Stream, got ${describe(stream)}`);
-  stream.check('stream');
-  if (typeof fn !== 'function') throw new MoeError('E_ARGUMENT', `fn: expected a function, got ${describe(fn)}`);
+  checkStream(stream, 'stream');
+  checkFunction(fn, 'fn');
   if (stream.device === 'cpu') throw new MoeError('E_DEVICE', 'stream: graphs capture CUDA streams; got a stream on cpu');
   if (openCaptures.has(stream.handle)) throw new MoeError('E_CAPTURE', 'stream: a capture is already open on this stream');
   const b = native();
   const dev = deviceIndex(stream.device);
-  const storages = new Set<Storage>();
+  const storages = new Set<CapturedMemory>();
   b.beginCapture(dev, stream.handle);
-  openCaptures.set(stream.handle, storages as Set<unknown>);
+  openCaptures.set(stream.handle, storages);
   let exec: bigint;
   try {
     const result: unknown = fn();

@@ -3,43 +3,9 @@ import { DTYPES, type DType } from './dtype';
 import { MoeError, describe } from './errors';
 import { native } from './native';
 import { isCapturing, resolveStream, type Stream } from './stream';
-import { checkOut, checkTensor, empty, fromArray, overlaps, useOn, Tensor } from './tensor';
+import { empty, fromArray, overlaps, useOn, Tensor } from './tensor';
+import { checkOut, checkTensor } from './validate';
 
-/** Native entry points of the mtp family. @internal */
-export interface MtpBinding {
-  verifyDraftsWorkspaceBytes(device: number, batch: number, numDrafts: number, vocab: number): number;
-  verifyDrafts(
-    device: number,
-    targetLogits: bigint,
-    logitsDType: number,
-    draftTokens: bigint,
-    draftLengths: bigint,
-    draftData: bigint,
-    draftDType: number,
-    draftKind: number,
-    mode: bigint,
-    temperature: bigint,
-    topK: bigint,
-    topP: bigint,
-    seed: bigint,
-    offset: bigint,
-    relaxedTopK: bigint,
-    relaxedDelta: bigint,
-    thinkBeginId: bigint,
-    thinkEndId: bigint,
-    inThinking: bigint,
-    outTokens: bigint,
-    outNumAccepted: bigint,
-    outAcceptMask: bigint,
-    outInThinking: bigint,
-    batch: number,
-    numDrafts: number,
-    vocab: number,
-    workspace: bigint,
-    workspaceBytes: number,
-    stream: bigint,
-  ): void;
-}
 
 /**
  * How a request verifies its drafts:
@@ -214,7 +180,7 @@ function resolvePerRequest(
 ): Resolved {
   if (value === undefined) return { tensor: undefined, owned: false };
   if (value instanceof Tensor) {
-    const t = checkTensor(value, argument, { dtypes: [dtype], device });
+    const t = checkTensor<Tensor>(value, argument, [dtype], device);
     if (t.ndim !== 1 || t.shape[0] !== batch) {
       throw new MoeError('E_SHAPE', `${argument}: expected shape [${batch}] (one value per request), got [${t.shape}]`);
     }
@@ -245,7 +211,7 @@ function resolvePerRequest(
 }
 
 function checkLogits(value: unknown, argument: string, shape: readonly number[], device: Device): Tensor {
-  const t = checkTensor(value, argument, { dtypes: LOGIT_DTYPES, device });
+  const t = checkTensor<Tensor>(value, argument, LOGIT_DTYPES, device);
   if (t.ndim !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
     throw new MoeError('E_SHAPE', `${argument}: expected shape [${shape}] (B, n, V of targetLogits), got [${t.shape}]`);
   }
@@ -275,14 +241,14 @@ export function verifyDrafts(options: VerifyDraftsOptions): VerifyDraftsResult {
   if (typeof options !== 'object' || options === null) {
     throw new MoeError('E_ARGUMENT', `options: expected an object with targetLogits and draftTokens, got ${describe(options)}`);
   }
-  const target = checkTensor(options.targetLogits, 'targetLogits', { dtypes: LOGIT_DTYPES });
+  const target = checkTensor<Tensor>(options.targetLogits, 'targetLogits', LOGIT_DTYPES);
   if (target.ndim !== 3 || target.shape[1] < 1 || target.shape[2] < 1) {
     throw new MoeError('E_SHAPE', `targetLogits: expected shape [B, n+1, V] with n+1 >= 1 and V >= 1, got [${target.shape}]`);
   }
   const device = target.device;
   const [batch, rows, vocab] = target.shape;
   const n = rows - 1;
-  const drafts = checkTensor(options.draftTokens, 'draftTokens', { dtypes: ['i32'], device });
+  const drafts = checkTensor<Tensor<'i32'>>(options.draftTokens, 'draftTokens', ['i32'], device);
   if (drafts.ndim !== 2 || drafts.shape[0] !== batch || drafts.shape[1] !== n) {
     throw new MoeError('E_SHAPE', `draftTokens: expected shape [${batch}, ${n}] (B, n of targetLogits [B, n+1, V]), got [${drafts.shape}]`);
   }
@@ -312,10 +278,10 @@ export function verifyDrafts(options: VerifyDraftsOptions): VerifyDraftsResult {
   const out = options.out ?? {};
   if (typeof out !== 'object' || out === null) throw new MoeError('E_ARGUMENT', `out: expected an object, got ${describe(out)}`);
   const given = {
-    tokens: out.tokens === undefined ? undefined : checkOut(out.tokens, 'out.tokens', 'i32', [batch, n + 1], device),
-    numAccepted: out.numAccepted === undefined ? undefined : checkOut(out.numAccepted, 'out.numAccepted', 'i32', [batch], device),
-    inThinking: out.inThinking === undefined ? undefined : checkOut(out.inThinking, 'out.inThinking', 'i32', [batch], device),
-    acceptMask: out.acceptMask === undefined ? undefined : checkOut(out.acceptMask, 'out.acceptMask', 'u8', [batch, n], device),
+    tokens: out.tokens === undefined ? undefined : checkOut<Tensor<'i32'>>(out.tokens, 'out.tokens', 'i32', [batch, n + 1], device),
+    numAccepted: out.numAccepted === undefined ? undefined : checkOut<Tensor<'i32'>>(out.numAccepted, 'out.numAccepted', 'i32', [batch], device),
+    inThinking: out.inThinking === undefined ? undefined : checkOut<Tensor<'i32'>>(out.inThinking, 'out.inThinking', 'i32', [batch], device),
+    acceptMask: out.acceptMask === undefined ? undefined : checkOut<Tensor<'u8'>>(out.acceptMask, 'out.acceptMask', 'u8', [batch, n], device),
   };
   if (options.acceptMask !== undefined && typeof options.acceptMask !== 'boolean') {
     throw new MoeError('E_ARGUMENT', `acceptMask: expected a boolean, got ${describe(options.acceptMask)}`);

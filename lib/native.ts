@@ -1,95 +1,36 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { MoeError } from './errors';
-import type { MtpBinding } from './mtp';
-import type { Nvfp4Binding } from './nvfp4';
-
-/** Raw binding: pointers are bigints, dtypes numeric ids, device -1 the CPU. Internal. */
-export interface Binding extends Nvfp4Binding, MtpBinding {
-  setErrorClass(cls: unknown): void;
-  cudaCompiled: boolean;
-  deviceCount(): number;
-  cudaUnavailableReason(): string;
-  deviceInfo(device: number): NativeDeviceInfo;
-  memoryStats(device: number): MemoryStats;
-  emptyCache(device: number): void;
-  setMemoryLimit(device: number, bytes: number): void;
-  deviceAlloc(device: number, bytes: number, stream: bigint): bigint;
-  deviceFree(device: number, ptr: bigint, bytes: number, usedOn: bigint[]): void;
-  hostAlloc(bytes: number, zero: boolean): bigint;
-  hostFree(ptr: bigint, bytes: number): void;
-  hostWrite(dst: bigint, src: ArrayBufferView): void;
-  hostRead(src: bigint, dst: ArrayBufferView): void;
-  hostCopy(dst: bigint, src: bigint, bytes: number): void;
-  copyToDevice(device: number, dst: bigint, src: bigint | ArrayBufferView, bytes: number, stream: bigint): void;
-  copyDeviceToDevice(device: number, dst: bigint, src: bigint, bytes: number, stream: bigint): void;
-  copyPeer(dstDevice: number, dst: bigint, srcDevice: number, src: bigint, bytes: number, stream: bigint): void;
-  copyToHostAsync(device: number, dst: bigint | ArrayBufferView, src: bigint, bytes: number, stream: bigint): Promise<void>;
-  memset(device: number, ptr: bigint, value: number, bytes: number, stream: bigint): void;
-  defaultStream(device: number): bigint;
-  createStream(device: number): bigint;
-  destroyStream(device: number, stream: bigint): void;
-  streamSynchronize(device: number, stream: bigint): Promise<void>;
-  streamQuery(device: number, stream: bigint): boolean;
-  streamWaitEvent(device: number, stream: bigint, event: bigint): void;
-  createEvent(device: number, timing: boolean): bigint;
-  destroyEvent(device: number, event: bigint): void;
-  recordEvent(device: number, event: bigint, stream: bigint): void;
-  eventSynchronize(device: number, event: bigint): Promise<void>;
-  eventQuery(device: number, event: bigint): boolean;
-  eventElapsedMs(device: number, start: bigint, end: bigint): number;
-  beginCapture(device: number, stream: bigint): void;
-  endCapture(device: number, stream: bigint): bigint;
-  abortCapture(device: number, stream: bigint): void;
-  isCapturing(device: number, stream: bigint): boolean;
-  launchGraph(device: number, graph: bigint, stream: bigint): void;
-  destroyGraph(device: number, graph: bigint): void;
-  convert(device: number, src: bigint, srcType: number, dst: bigint, dstType: number, numel: number, stream: bigint): void;
-  launchEmpty(device: number, stream: bigint): void;
-  launchEmptyLoop(device: number, stream: bigint, n: number): number;
-}
-
-export interface NativeDeviceInfo {
-  index: number;
-  name: string;
-  major: number;
-  minor: number;
-  multiprocessors: number;
-  totalMemory: number;
-  l2CacheBytes: number;
-  sharedMemoryPerBlockOptin: number;
-}
-
-export interface MemoryStats {
-  /** Bytes held by live tensors (sizes rounded up to the allocator's blocks). */
-  allocatedBytes: number;
-  /** Bytes obtained from the driver: live plus cached for reuse. */
-  reservedBytes: number;
-  peakAllocatedBytes: number;
-  allocations: number;
-  frees: number;
-  /** cudaMalloc calls made; flat while the cache serves every allocation. */
-  driverAllocations: number;
-}
+import type { Binding } from './binding';
+import { MoeError, describe } from './errors';
 
 const packageRoot = path.resolve(__dirname, '..');
+
+/** The addon file that was loaded, and how it was found. */
+export interface AddonSource {
+  file: string;
+  kind: 'override' | 'local build' | 'prebuild';
+}
+
+let source: AddonSource | undefined;
 
 function load(): Binding {
   const tried: string[] = [];
   const override = process.env.MOE_KERNELS_ADDON;
-  const candidates = override
-    ? [path.resolve(override)]
+  const candidates: [string, AddonSource['kind']][] = override
+    ? [[path.resolve(override), 'override']]
     : [
-        path.join(packageRoot, 'build', 'Release', 'moe_kernels.node'),
-        path.join(packageRoot, 'build', 'Debug', 'moe_kernels.node'),
+        [path.join(packageRoot, 'build', 'Release', 'moe_kernels.node'), 'local build'],
+        [path.join(packageRoot, 'build', 'Debug', 'moe_kernels.node'), 'local build'],
       ];
-  for (const file of candidates) {
+  for (const [file, kind] of candidates) {
     if (!fs.existsSync(file)) {
       tried.push(`${file} (not found)`);
       continue;
     }
     try {
-      return require(file) as Binding;
+      const b = require(file) as Binding;
+      source = { file, kind };
+      return b;
     } catch (e) {
       tried.push(`${file} (${(e as Error).message.split('\n')[0]})`);
     }
@@ -98,7 +39,10 @@ function load(): Binding {
     const prebuildDir = path.join(packageRoot, 'prebuilds', `${process.platform}-${process.arch}`);
     try {
       // node-gyp-build picks the prebuild matching this platform, libc and Node-API version
-      return require('node-gyp-build')(packageRoot) as Binding;
+      const loader = require('node-gyp-build') as ((dir: string) => Binding) & { resolve?: (dir: string) => string };
+      const b = loader(packageRoot);
+      source = { file: loader.resolve ? loader.resolve(packageRoot) : prebuildDir, kind: 'prebuild' };
+      return b;
     } catch (e) {
       tried.push(`${prebuildDir}/*.node (${(e as Error).message.split('\n')[0]})`);
     }
@@ -115,11 +59,46 @@ function load(): Binding {
 
 let binding: Binding | undefined;
 
-/** The loaded addon; loaded on first use so that importing the package never throws. */
+/** The loaded addon; loaded on first use so that importing the package never throws. @internal */
 export function native(): Binding {
   if (!binding) {
     binding = load();
     binding.setErrorClass(MoeError);
   }
   return binding;
+}
+
+/** Which addon file was loaded (loading it if needed). @internal */
+export function addonSource(): AddonSource {
+  native();
+  return source as AddonSource;
+}
+
+export type Backend = 'cpu' | 'cuda';
+
+// Read once: the backend choice is a process-wide setting, and process.env reads are slow on
+// the per-op path.
+let forced: { value: Backend | undefined } | undefined;
+
+/** MOE_KERNELS_BACKEND, validated. @internal */
+export function forcedBackend(): Backend | undefined {
+  if (forced) return forced.value;
+  const v = process.env.MOE_KERNELS_BACKEND;
+  if (v === undefined || v === '') forced = { value: undefined };
+  else if (v === 'cpu' || v === 'cuda') forced = { value: v };
+  else throw new MoeError('E_ARGUMENT', `MOE_KERNELS_BACKEND: expected "cpu" or "cuda", got ${describe(v)}`);
+  return forced.value;
+}
+
+let cudaReason: { value: string | undefined } | undefined;
+
+/** Why CUDA cannot be used in this process, or undefined when it can. */
+export function cudaUnavailableReason(): string | undefined {
+  if (!cudaReason) {
+    const b = native();
+    cudaReason = {
+      value: forcedBackend() === 'cpu' ? 'MOE_KERNELS_BACKEND=cpu' : b.deviceCount() > 0 ? undefined : b.cudaUnavailableReason(),
+    };
+  }
+  return cudaReason.value;
 }

@@ -3,43 +3,9 @@ import { DTYPES, type DType } from './dtype';
 import { MoeError, describe } from './errors';
 import { native } from './native';
 import { isCapturing, resolveStream, type Stream } from './stream';
-import {
-  Tensor,
-  checkOut,
-  checkShape,
-  checkTensor,
-  empty,
-  fromArray,
-  fromBytes,
-  overlaps,
-  product,
-  sameShape,
-  useOn,
-} from './tensor';
+import { Tensor, empty, fromArray, fromBytes, overlaps, useOn } from './tensor';
+import { checkOut, checkShape, checkTensor, product, sameShape } from './validate';
 
-/** Native entry points of the nvfp4 family: device -1 runs the CPU reference. @internal */
-export interface Nvfp4Binding {
-  nvfp4Amax(device: number, x: bigint, xType: number, numel: number, amaxOut: bigint, stream: bigint): void;
-  nvfp4GlobalScaleFromAmax(device: number, amax: bigint, globalScale: bigint, stream: bigint): void;
-  nvfp4Quantize(
-    device: number, x: bigint, xType: number, rows: number, K: number, globalScale: bigint,
-    data: bigint, scales: bigint, stream: bigint,
-  ): void;
-  nvfp4Dequantize(
-    device: number, data: bigint, scales: bigint, globalScale: bigint, rows: number, K: number,
-    out: bigint, outType: number, stream: bigint,
-  ): void;
-  nvfp4SwizzledScaleBytes(rows: number, K: number): number;
-  nvfp4SwizzleScales(device: number, scales: bigint, rows: number, K: number, swizzled: bigint, stream: bigint): void;
-  nvfp4UnswizzleScales(device: number, swizzled: bigint, rows: number, K: number, scales: bigint, stream: bigint): void;
-  nvfp4GemmWorkspaceBytes(device: number, M: number, N: number, K: number, aType: number, forcePortable: boolean): number;
-  nvfp4Gemm(
-    device: number, a: bigint, aType: number, aScales: bigint, aGlobalScale: bigint,
-    wData: bigint, wScales: bigint, wGlobalScale: bigint, bias: bigint, biasType: number,
-    out: bigint, outType: number, M: number, N: number, K: number, alpha: number,
-    forcePortable: boolean, workspace: bigint, workspaceBytes: number, stream: bigint,
-  ): void;
-}
 
 /** Elements per NVFP4 scale block (along the last dimension). */
 export const NVFP4_BLOCK = 16;
@@ -100,9 +66,9 @@ export class Nvfp4Tensor {
     if (s.length === 0 || K % NVFP4_BLOCK !== 0) {
       throw new MoeError('E_SHAPE', `shape: expected [..., K] with K a multiple of ${NVFP4_BLOCK}, got ${describe(shape)}`);
     }
-    checkTensor(data, 'data', { dtypes: ['u8'] });
-    checkTensor(scales, 'scales', { dtypes: ['fp8e4m3'], device: data.device });
-    checkTensor(globalScale, 'globalScale', { dtypes: ['f32'], device: data.device });
+    checkTensor(data, 'data', ['u8']);
+    checkTensor(scales, 'scales', ['fp8e4m3'], data.device);
+    checkTensor(globalScale, 'globalScale', ['f32'], data.device);
     const lead = s.slice(0, -1);
     if (!sameShape(data.shape, [...lead, K / 2])) throw new MoeError('E_SHAPE', `data: expected [${[...lead, K / 2]}], got [${data.shape}]`);
     if (!sameShape(scales.shape, [...lead, K / NVFP4_BLOCK])) {
@@ -197,7 +163,7 @@ function parts(q: Nvfp4Tensor): Tensor[] {
 }
 
 function checkSource(x: unknown, argument: string): { x: Tensor; K: number; rows: number } {
-  const t = checkTensor(x, argument, { dtypes: SOURCE_DTYPES });
+  const t = checkTensor<Tensor>(x, argument, SOURCE_DTYPES);
   if (t.ndim < 1) throw new MoeError('E_SHAPE', `${argument}: expected shape [..., K], got a 0-d tensor`);
   const K = t.shape[t.ndim - 1];
   if (K % NVFP4_BLOCK !== 0) {
@@ -233,7 +199,7 @@ export interface GlobalScaleNvfp4Options {
  */
 export function globalScaleNvfp4(x: Tensor, options: GlobalScaleNvfp4Options = {}): Tensor<'f32'> {
   const o = checkOptions(options);
-  const t = checkTensor(x, 'x', { dtypes: SOURCE_DTYPES });
+  const t = checkTensor<Tensor>(x, 'x', SOURCE_DTYPES);
   const stream = resolveStream(o.stream, t.device);
   const out = empty([1], { dtype: 'f32', device: t.device, stream });
   try {
@@ -277,7 +243,7 @@ export function quantizeNvfp4(x: Tensor, options: QuantizeNvfp4Options = {}): Nv
       throw new MoeError('E_CAPTURE', 'globalScale: a number is copied from the host, which a graph cannot replay; pass a device tensor');
     }
   } else if (o.globalScale !== undefined) {
-    given = checkTensor(o.globalScale, 'globalScale', { dtypes: ['f32'], device });
+    given = checkTensor<Tensor<'f32'>>(o.globalScale, 'globalScale', ['f32'], device);
     if (given.numel !== 1) throw new MoeError('E_SHAPE', `globalScale: expected one element, got shape [${given.shape}]`);
   }
 
@@ -338,7 +304,7 @@ export function dequantizeNvfp4<D extends Nvfp4SourceDType = 'bf16'>(
   checkAligned(q.data, 'q.data', 8);
   let out: Tensor<D>;
   if (o.out !== undefined) {
-    out = checkOut(o.out, 'out', dtype, q.shape, device);
+    out = checkOut<Tensor<D>>(o.out, 'out', dtype, q.shape, device);
     checkAligned(out, 'out', 16);
     for (const p of parts(q)) {
       if (overlaps(out, p)) throw new MoeError('E_ARGUMENT', 'out: overlaps the NVFP4 tensor q; pass a separate tensor');
@@ -377,7 +343,7 @@ export function dequantizeNvfp4<D extends Nvfp4SourceDType = 'bf16'>(
 }
 
 function checkScales(value: unknown, argument: string): Tensor<'fp8e4m3' | 'u8'> {
-  const t = checkTensor(value, argument, { dtypes: ['fp8e4m3', 'u8'] as const });
+  const t = checkTensor<Tensor<'fp8e4m3' | 'u8'>>(value, argument, ['fp8e4m3', 'u8']);
   if (t.ndim < 2) throw new MoeError('E_SHAPE', `${argument}: expected shape [..., rows, K/16], got [${t.shape}]`);
   return t;
 }
@@ -428,7 +394,7 @@ export function unswizzleScales<D extends 'fp8e4m3' | 'u8'>(
   options: SwizzleScalesOptions = {},
 ): Tensor<D> {
   const o = checkOptions(options);
-  const t = checkTensor(swizzled, 'swizzled', { dtypes: ['fp8e4m3', 'u8'] as const }) as Tensor<D>;
+  const t = checkTensor<Tensor<D>>(swizzled, 'swizzled', ['fp8e4m3', 'u8']);
   const s = checkShape(shape, 'shape');
   if (s.length < 2) throw new MoeError('E_SHAPE', `shape: expected the linear scale shape [..., rows, K/16], got [${s}]`);
   const rows = s[s.length - 2];
@@ -528,7 +494,7 @@ export function gemmNvfp4<D extends GemmNvfp4OutDType = 'bf16'>(
     if (a instanceof Tensor && !a.disposed && a.dtype !== 'bf16') {
       throw new MoeError('E_DTYPE', `a: expected dtype bf16 (W4A16) or an Nvfp4Tensor (W4A4), got ${a.dtype}`);
     }
-    const t = checkTensor(a, 'a', { dtypes: ['bf16'] });
+    const t = checkTensor<Tensor>(a, 'a', ['bf16']);
     aShape = t.shape;
     aTensors = [t];
   }
@@ -566,7 +532,7 @@ export function gemmNvfp4<D extends GemmNvfp4OutDType = 'bf16'>(
   }
   let bias: Tensor | undefined;
   if (o.bias !== undefined) {
-    bias = checkTensor(o.bias, 'bias', { dtypes: ['bf16', 'f32'], device });
+    bias = checkTensor<Tensor>(o.bias, 'bias', ['bf16', 'f32'], device);
     if (!sameShape(bias.shape, [N])) throw new MoeError('E_SHAPE', `bias: expected shape [${N}], got [${bias.shape}]`);
   }
   const forcePortable = forcedPortable(o.path);
@@ -578,7 +544,7 @@ export function gemmNvfp4<D extends GemmNvfp4OutDType = 'bf16'>(
   let out: Tensor<D>;
   const given = o.out !== undefined;
   if (given) {
-    out = checkOut(o.out, 'out', dtype as D, outShape, device);
+    out = checkOut<Tensor<D>>(o.out, 'out', dtype as D, outShape, device);
     for (const t of [...aTensors, ...parts(w), ...(bias ? [bias] : [])]) {
       if (overlaps(out, t)) throw new MoeError('E_ARGUMENT', 'out: overlaps an input (a, w or bias); pass a separate tensor');
     }
@@ -682,7 +648,7 @@ export function nvfp4FromCheckpoint(tensors: Nvfp4Checkpoint, options: Nvfp4From
   const read = (name: string, dtypes: readonly DType[]): Part => {
     const v = entries[name];
     if (v instanceof Tensor) {
-      const t = checkTensor(v, name, { dtypes, device });
+      const t = checkTensor<Tensor>(v, name, dtypes, device);
       return { shape: t.shape.slice(), tensor: t };
     }
     if (v === null || typeof v !== 'object') {

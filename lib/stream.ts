@@ -1,7 +1,11 @@
-import { checkDevice, defaultDevice, deviceIndex, type Device } from './device';
-import { MoeError, describe } from './errors';
+import { isCapturing } from './capture';
+import { MoeError } from './errors';
 import { native } from './native';
+import { EVENT, STREAM, checkDevice, checkEvent, checkOptions, checkStream, deviceIndex, keys, type Device } from './validate';
+import { defaultDevice } from './device';
 
+// A collected Stream is destroyed without waiting: its queued work still runs, and the
+// allocator reuses the memory it touched only after that work has finished.
 const streamRegistry = new FinalizationRegistry<{ device: number; handle: bigint }>((h) => {
   try {
     native().destroyStream(h.device, h.handle);
@@ -30,7 +34,7 @@ export class Stream {
     this.handle = handle;
     this.isDefault = isDefault;
     this.deviceIndex = deviceIndex(device);
-    if (device !== 'cpu' && !isDefault) streamRegistry.register(this, { device: deviceIndex(device), handle }, this);
+    if (device !== 'cpu' && !isDefault) streamRegistry.register(this, { device: this.deviceIndex, handle }, this);
   }
 
   get disposed(): boolean {
@@ -39,7 +43,7 @@ export class Stream {
 
   /** Resolves once all work queued so far has finished; rejects with E_CUDA if any failed. */
   async synchronize(): Promise<void> {
-    this.check('stream');
+    checkStream(this, 'stream');
     if (this.device === 'cpu') return;
     if (isCapturing(this)) {
       throw new MoeError('E_CAPTURE', 'stream.synchronize(): the stream is being captured into a graph');
@@ -49,26 +53,23 @@ export class Stream {
 
   /** True when all queued work has finished. */
   query(): boolean {
-    this.check('stream');
+    checkStream(this, 'stream');
     if (this.device === 'cpu') return true;
     return native().streamQuery(this.deviceIndex, this.handle);
   }
 
   /** Makes later work on this stream wait until `event` has completed. */
   waitEvent(event: Event): void {
-    this.check('stream');
-    if (!(event instanceof Event)) throw new MoeError('E_ARGUMENT', `event: expected an Event, got ${describe(event)}`);
-    event.check('event');
-    if (event.device !== this.device) {
-      throw new MoeError('E_DEVICE', `event: expected an event on ${this.device}, got one on ${event.device}`);
-    }
+    checkStream(this, 'stream');
+    checkEvent(event, 'event', this.device);
     if (this.device === 'cpu') return;
     native().streamWaitEvent(this.deviceIndex, this.handle, event.handle);
   }
 
   /**
-   * Destroys a created stream after its queued work has finished (this waits for it; tensors
-   * allocated or used on the stream stay valid). The default stream is never destroyed.
+   * Destroys a created stream without waiting: work already queued on it still runs, and
+   * tensors allocated or used on it stay valid (their memory is reused only after that work).
+   * The default stream is never destroyed.
    */
   dispose(): void {
     if (this.#disposed || this.isDefault) return;
@@ -83,23 +84,40 @@ export class Stream {
     this.dispose();
   }
 
-  /** @internal */
-  check(argument: string): void {
-    if (this.#disposed) throw new MoeError('E_DISPOSED', `${argument}: the stream was disposed`);
+  /** Disposes the stream and resolves once the work queued on it has finished. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#disposed || this.isDefault || this.device === 'cpu') {
+      this.dispose();
+      return;
+    }
+    const done = new Event(this.device).record(this);
+    this.dispose();
+    try {
+      await done.wait();
+    } finally {
+      done.dispose();
+    }
   }
 }
+Object.defineProperty(Stream.prototype, STREAM, { value: true });
 
-const defaults = new Map<Device, Stream>();
+// Indexed by native device index + 1 (the CPU is -1): the per-op path looks defaults up here.
+const defaults: (Stream | undefined)[] = [];
+
+/** @internal The default stream of an already validated device. */
+export function defaultStreamOf(device: Device): Stream {
+  const i = deviceIndex(device);
+  let s = defaults[i + 1];
+  if (!s) {
+    s = new Stream(device, device === 'cpu' ? 0n : native().defaultStream(i), true);
+    defaults[i + 1] = s;
+  }
+  return s;
+}
 
 /** The default stream of a device (created on first use, never destroyed). */
 export function defaultStream(device: Device | 'cuda' = defaultDevice()): Stream {
-  const d = checkDevice(device, 'device');
-  let s = defaults.get(d);
-  if (!s) {
-    s = new Stream(d, d === 'cpu' ? 0n : native().defaultStream(deviceIndex(d)), true);
-    defaults.set(d, s);
-  }
-  return s;
+  return defaultStreamOf(checkDevice(device, 'device'));
 }
 
 /** A new stream on a device; dispose() it when done. */
@@ -108,15 +126,10 @@ export function createStream(device: Device | 'cuda' = defaultDevice()): Stream 
   return new Stream(d, d === 'cpu' ? 0n : native().createStream(deviceIndex(d)), false);
 }
 
-/** Validates an optional `stream` option against the device an op runs on. */
+/** @internal An optional `stream` option of an op on `device`: the device's default when absent. */
 export function resolveStream(stream: unknown, device: Device, argument = 'stream'): Stream {
-  if (stream === undefined) return defaultStream(device);
-  if (!(stream instanceof Stream)) throw new MoeError('E_ARGUMENT', `${argument}: expected a Stream, got ${describe(stream)}`);
-  stream.check(argument);
-  if (stream.device !== device) {
-    throw new MoeError('E_DEVICE', `${argument}: expected a stream on ${device}, got one on ${stream.device}`);
-  }
-  return stream;
+  if (stream === undefined) return defaultStreamOf(device);
+  return checkStream<Stream>(stream, argument, device);
 }
 
 const eventRegistry = new FinalizationRegistry<{ device: number; handle: bigint }>((h) => {
@@ -126,6 +139,8 @@ const eventRegistry = new FinalizationRegistry<{ device: number; handle: bigint 
     // see streamRegistry
   }
 });
+
+const EVENT_OPTIONS = keys('timing');
 
 /** A marker in a stream: record it, wait for it, order other streams after it, time between two. */
 export class Event {
@@ -137,7 +152,11 @@ export class Event {
 
   constructor(device: Device | 'cuda' = defaultDevice(), options: { timing?: boolean } = {}) {
     this.device = checkDevice(device, 'device');
-    this.timing = options.timing ?? false;
+    const o = checkOptions(options, 'options', EVENT_OPTIONS);
+    if (o.timing !== undefined && typeof o.timing !== 'boolean') {
+      throw new MoeError('E_ARGUMENT', `options.timing: expected true or false, got ${String(o.timing)}`);
+    }
+    this.timing = (o.timing as boolean | undefined) ?? false;
     if (this.device === 'cpu') {
       this.handle = 0n;
     } else {
@@ -146,9 +165,13 @@ export class Event {
     }
   }
 
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
   /** Records the event at the current end of `stream` (default: the device's default stream). */
   record(stream?: Stream): this {
-    this.check('event');
+    checkEvent(this, 'event');
     const s = resolveStream(stream, this.device);
     if (this.device === 'cpu') this.#hostTime = performance.now();
     else native().recordEvent(deviceIndex(this.device), this.handle, s.handle);
@@ -157,25 +180,24 @@ export class Event {
 
   /** Resolves once the work before the last record() has finished. */
   async wait(): Promise<void> {
-    this.check('event');
+    checkEvent(this, 'event');
     if (this.device === 'cpu') return;
     await native().eventSynchronize(deviceIndex(this.device), this.handle);
   }
 
   query(): boolean {
-    this.check('event');
+    checkEvent(this, 'event');
     if (this.device === 'cpu') return true;
     return native().eventQuery(deviceIndex(this.device), this.handle);
   }
 
   /** Milliseconds from this event to `end`; both recorded, completed and created with { timing: true }. */
   elapsedMs(end: Event): number {
-    this.check('event');
-    end.check('end');
+    checkEvent(this, 'event');
+    checkEvent(end, 'end', this.device);
     if (!this.timing || !end.timing) {
       throw new MoeError('E_ARGUMENT', 'elapsedMs: both events must be created with { timing: true }');
     }
-    if (end.device !== this.device) throw new MoeError('E_DEVICE', `end: expected an event on ${this.device}, got ${end.device}`);
     if (this.device === 'cpu') {
       if (this.#hostTime === undefined || end.#hostTime === undefined) {
         throw new MoeError('E_ARGUMENT', 'elapsedMs: both events must be recorded first');
@@ -197,17 +219,7 @@ export class Event {
   [Symbol.dispose](): void {
     this.dispose();
   }
-
-  /** @internal */
-  check(argument: string): void {
-    if (this.#disposed) throw new MoeError('E_DISPOSED', `${argument}: the event was disposed`);
-  }
 }
+Object.defineProperty(Event.prototype, EVENT, { value: true });
 
-// Streams with an open graph capture, and the storages the capture touched (kept alive by
-// the graph). Filled by graph.ts; read here so that synchronize() can refuse during capture.
-export const openCaptures = new Map<bigint, Set<unknown>>();
-
-export function isCapturing(stream: Stream): boolean {
-  return stream.device !== 'cpu' && openCaptures.has(stream.handle);
-}
+export { isCapturing };

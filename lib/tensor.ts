@@ -1,18 +1,30 @@
-import { defaultDevice, deviceIndex, checkDevice, type Device } from './device';
-import { DTYPES, checkDType, type ArrayFor, type DType } from './dtype';
+import { openCaptures, isCapturing, type CapturedMemory } from './capture';
+import { defaultDevice } from './device';
+import { DTYPES, type ArrayFor, type DType } from './dtype';
 import { MoeError, describe } from './errors';
 import { native } from './native';
-import { Event, isCapturing, openCaptures, resolveStream, type Stream } from './stream';
+import { Event, resolveStream, type Stream } from './stream';
+import {
+  MAX_ELEMENTS,
+  TENSOR,
+  checkDType,
+  checkDevice,
+  checkOptions,
+  checkShape,
+  deviceIndex,
+  keys,
+  product,
+  type Device,
+} from './validate';
 
-/** Kernels index elements with 32-bit integers. */
-export const MAX_ELEMENTS = 2 ** 31 - 1;
+export { MAX_ELEMENTS };
 
 /**
  * Memory behind one or more tensors (views share it). Freed when the last tensor using it is
  * disposed or collected, and not before a graph that captured work on it is disposed.
  * @internal
  */
-export class Storage {
+export class Storage implements CapturedMemory {
   readonly device: Device;
   readonly ptr: bigint;
   readonly bytes: number;
@@ -63,33 +75,6 @@ const registry = new FinalizationRegistry<Storage>((storage) => {
     // a backstop only: failures here have no one to report to
   }
 });
-
-/** Validates a shape: non-negative integers, at most MAX_ELEMENTS elements. */
-export function checkShape(value: unknown, argument: string): number[] {
-  if (!Array.isArray(value)) throw new MoeError('E_SHAPE', `${argument}: expected an array of sizes, got ${describe(value)}`);
-  let numel = 1;
-  for (let i = 0; i < value.length; i++) {
-    const d = value[i];
-    if (typeof d !== 'number' || !Number.isInteger(d) || d < 0) {
-      throw new MoeError('E_SHAPE', `${argument}[${i}]: expected a non-negative integer size, got ${describe(d)}`);
-    }
-    numel *= d;
-  }
-  if (numel > MAX_ELEMENTS) {
-    throw new MoeError(
-      'E_SHAPE',
-      `${argument}: ${describe(value)} has ${numel} elements; at most 2^31 - 1 = ${MAX_ELEMENTS} are supported`,
-    );
-  }
-  return value.slice();
-}
-
-/** Elements of a shape. @internal */
-export function product(shape: readonly number[]): number {
-  let n = 1;
-  for (const d of shape) n *= d;
-  return n;
-}
 
 export interface CreateOptions<D extends DType = DType> {
   dtype?: D;
@@ -185,6 +170,7 @@ export class Tensor<D extends DType = DType> {
   /** Copies the elements to a new JS array: f16, bf16 and fp8e4m3 decode (exactly) to f32. */
   async toArray(options: { stream?: Stream } = {}): Promise<ArrayFor<D>> {
     const storage = this.storage('tensor');
+    checkOptions(options, 'options', STREAM_OPTION);
     if (this.device !== 'cpu') {
       const host = await this.copyTo('cpu', options);
       try {
@@ -219,7 +205,7 @@ export class Tensor<D extends DType = DType> {
       default: {
         const tmp = Storage.allocate('cpu', n * 4, resolveStream(undefined, 'cpu'), false);
         try {
-          b.convert(-1, storage.ptr + BigInt(this.byteOffset), DTYPES[this.dtype].id, tmp.ptr, DTYPES.f32.id, n, 0n);
+          b.convert(-1, 0n, storage.ptr + BigInt(this.byteOffset), DTYPES[this.dtype].id, tmp.ptr, DTYPES.f32.id, n);
           const out = new Float32Array(n);
           b.hostRead(tmp.ptr, out);
           return out as ArrayFor<D>;
@@ -233,6 +219,7 @@ export class Tensor<D extends DType = DType> {
   /** The raw bytes of the elements (f16/bf16 bit patterns, e4m3 codes, ...). */
   async toBytes(options: { stream?: Stream } = {}): Promise<Uint8Array> {
     this.storage('tensor');
+    checkOptions(options, 'options', STREAM_OPTION);
     const out = new Uint8Array(this.byteLength);
     if (this.device === 'cpu') {
       native().hostRead(this.dataPtr, out);
@@ -251,6 +238,7 @@ export class Tensor<D extends DType = DType> {
    */
   async copyTo(device: Device | 'cuda', options: { stream?: Stream } = {}): Promise<Tensor<D>> {
     const src = this.storage('tensor');
+    checkOptions(options, 'options', STREAM_OPTION);
     const target = checkDevice(device, 'device');
     const bytes = this.byteLength;
     const b = native();
@@ -320,6 +308,8 @@ export class Tensor<D extends DType = DType> {
   }
 }
 
+Object.defineProperty(Tensor.prototype, TENSOR, { value: true });
+
 function refuseDuringCapture(stream: Stream, what: string): void {
   if (isCapturing(stream)) {
     throw new MoeError('E_CAPTURE', `${what}: the stream is being captured into a graph; read results after replaying it`);
@@ -333,7 +323,7 @@ function refuseDuringCapture(stream: Stream, what: string): void {
  */
 export function useOn(stream: Stream, tensors: readonly Tensor[]): void {
   if (stream.device === 'cpu') return;
-  const capture = openCaptures.get(stream.handle) as Set<Storage> | undefined;
+  const capture = openCaptures.get(stream.handle);
   for (const t of tensors) {
     const s = t.storage('tensor');
     // by object: a new stream may reuse the handle of a destroyed one
@@ -355,7 +345,12 @@ export function zeros<D extends DType = 'f32'>(shape: readonly number[], options
   return create(shape, options, true);
 }
 
+const CREATE_OPTIONS = keys('dtype', 'device', 'stream');
+const FROM_OPTIONS = keys('dtype', 'device', 'stream', 'shape');
+const STREAM_OPTION = keys('stream');
+
 function create<D extends DType>(shape: readonly number[], options: CreateOptions<D>, zero: boolean): Tensor<D> {
+  checkOptions(options, 'options', CREATE_OPTIONS);
   const s = checkShape(shape, 'shape');
   const dtype = checkDType(options.dtype ?? 'f32', 'dtype') as D;
   const device = options.device === undefined ? defaultDevice() : checkDevice(options.device, 'device');
@@ -439,7 +434,7 @@ function encode(values: ArrayLike<number | bigint>, dtype: DType, argument: stri
   const dst = Storage.allocate('cpu', bytes.byteLength, resolveStream(undefined, 'cpu'), false);
   try {
     b.hostWrite(src.ptr, f32);
-    b.convert(-1, src.ptr, DTYPES.f32.id, dst.ptr, DTYPES[dtype].id, n, 0n);
+    b.convert(-1, 0n, src.ptr, DTYPES.f32.id, dst.ptr, DTYPES[dtype].id, n);
     b.hostRead(dst.ptr, bytes);
   } finally {
     src.release();
@@ -461,6 +456,7 @@ export function fromArray<D extends DType = 'f32'>(
   data: NestedNumbers | ArrayLike<number> | ArrayLike<bigint>,
   options: FromArrayOptions<D> = {},
 ): Tensor<D> {
+  checkOptions(options, 'options', FROM_OPTIONS);
   const flat = flatten(data, 'data');
   const inferred = data instanceof Int32Array ? 'i32' : data instanceof BigInt64Array ? 'i64' : data instanceof Uint8Array ? 'u8' : 'f32';
   const dtype = checkDType(options.dtype ?? inferred, 'dtype') as D;
@@ -476,6 +472,7 @@ export function fromBytes<D extends DType = 'u8'>(
   bytes: ArrayBufferView,
   options: CreateOptions<D> & { shape: readonly number[] },
 ): Tensor<D> {
+  checkOptions(options, 'options', FROM_OPTIONS);
   if (!ArrayBuffer.isView(bytes)) throw new MoeError('E_ARGUMENT', `bytes: expected a TypedArray or DataView, got ${describe(bytes)}`);
   const dtype = checkDType(options.dtype ?? 'u8', 'dtype') as D;
   const shape = checkShape(options.shape, 'shape');
@@ -486,7 +483,7 @@ export function fromBytes<D extends DType = 'u8'>(
   const device = options.device === undefined ? defaultDevice() : checkDevice(options.device, 'device');
   const stream = resolveStream(options.stream, device);
   refuseDuringCapture(stream, 'fromBytes');
-  const t = empty(shape, { ...options, dtype, device, stream });
+  const t = empty(shape, { dtype, device, stream });
   const b = native();
   if (t.device === 'cpu') b.hostWrite(t.dataPtr, bytes);
   else b.copyToDevice(deviceIndex(t.device), t.dataPtr, bytes, need, stream.handle);
@@ -498,6 +495,7 @@ export function fromBytes<D extends DType = 'u8'>(
  * never freed here, and must outlive every use of the tensor.
  */
 export function fromPointer<D extends DType = 'f32'>(ptr: bigint, options: CreateOptions<D> & { shape: readonly number[] }): Tensor<D> {
+  checkOptions(options, 'options', FROM_OPTIONS);
   if (typeof ptr !== 'bigint' || ptr < 0n) throw new MoeError('E_ARGUMENT', `ptr: expected a non-negative bigint address, got ${describe(ptr)}`);
   const dtype = checkDType(options.dtype ?? 'f32', 'dtype') as D;
   const shape = checkShape(options.shape, 'shape');
@@ -509,37 +507,6 @@ export function fromPointer<D extends DType = 'f32'>(ptr: bigint, options: Creat
   }
   const stream = options.stream === undefined ? undefined : resolveStream(options.stream, device);
   return new Tensor(new Storage(device, ptr, bytes, false, stream), dtype, shape, 0);
-}
-
-/** Validates a tensor argument: a live Tensor, optionally of given dtypes and device. @internal */
-export function checkTensor<D extends DType = DType>(
-  value: unknown,
-  argument: string,
-  expect: { dtypes?: readonly D[]; device?: Device } = {},
-): Tensor<D> {
-  if (!(value instanceof Tensor)) throw new MoeError('E_ARGUMENT', `${argument}: expected a Tensor, got ${describe(value)}`);
-  value.storage(argument);
-  if (expect.dtypes && !expect.dtypes.includes(value.dtype as D)) {
-    throw new MoeError('E_DTYPE', `${argument}: expected dtype ${expect.dtypes.join(' or ')}, got ${value.dtype}`);
-  }
-  if (expect.device !== undefined && value.device !== expect.device) {
-    throw new MoeError('E_DEVICE', `${argument}: expected a tensor on ${expect.device}, got one on ${value.device}`);
-  }
-  return value as Tensor<D>;
-}
-
-/** Validates an optional output tensor's dtype, shape and device. @internal */
-export function checkOut<D extends DType>(value: unknown, argument: string, dtype: D, shape: readonly number[], device: Device): Tensor<D> {
-  const t = checkTensor(value, argument, { dtypes: [dtype], device });
-  if (!sameShape(t.shape, shape)) {
-    throw new MoeError('E_SHAPE', `${argument}: expected shape [${shape}], got [${t.shape}]`);
-  }
-  return t;
-}
-
-/** @internal */
-export function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
 /** True when the byte ranges of two tensors overlap. @internal */

@@ -62,7 +62,6 @@ Napi::Value SetMemoryLimit(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void registerDevice(Napi::Env env, Napi::Object exports) {
-  exports.Set("cudaCompiled", Napi::Boolean::New(env, runtime::cudaCompiled()));
   exports.Set("deviceCount", Napi::Function::New(env, DeviceCount));
   exports.Set("cudaUnavailableReason", Napi::Function::New(env, UnavailableReason));
   exports.Set("deviceInfo", Napi::Function::New(env, DeviceInfo));

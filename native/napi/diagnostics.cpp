@@ -1,42 +1,20 @@
-// Launch-overhead probes: launchEmpty(device, stream), launchEmptyLoop(device, stream, n) -> seconds.
-#include "napi/glue.h"
-#include "napi/launch.h"
+// launchEmpty(device, stream): an empty kernel through the op path (nothing on the CPU);
+// launchEmptyLaunchLoop(n, device, stream) is its C++ loop (see napi/op.h).
+#include "common/diagnostics.h"
+#include "napi/op.h"
 #if MOE_WITH_CUDA
 #include "kernels/diagnostics/empty.h"
 #endif
 
 namespace moe::napi {
+
 namespace {
-
-Napi::Value LaunchEmpty(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
-#if MOE_WITH_CUDA
-    launchOn(i32(info[0]), "launchEmpty", [&] { return kernels::diagnostics::launchEmpty(streamArg(info[1])); });
-    return info.Env().Undefined();
-#else
-    fail("E_NO_CUDA", "this build has no CUDA backend");
-#endif
-  });
-}
-
-Napi::Value LaunchEmptyLoop(const Napi::CallbackInfo& info) {
-  return guard(info, [&]() -> Napi::Value {
-#if MOE_WITH_CUDA
-    double seconds = 0;
-    launchOn(i32(info[0]), "launchEmptyLoop",
-             [&] { return kernels::diagnostics::launchEmptyLoop(streamArg(info[1]), i32(info[2]), &seconds); });
-    return Napi::Number::New(info.Env(), seconds);
-#else
-    fail("E_NO_CUDA", "this build has no CUDA backend");
-#endif
-  });
-}
-
+void cpuEmpty(const EmptyArgs&) {}
 }  // namespace
 
 void registerDiagnostics(Napi::Env env, Napi::Object exports) {
-  exports.Set("launchEmpty", Napi::Function::New(env, LaunchEmpty));
-  exports.Set("launchEmptyLoop", Napi::Function::New(env, LaunchEmptyLoop));
+  registerOp<EmptyArgs>(env, exports, "launchEmpty", [](ArgReader&) { return EmptyArgs{}; }, cpuEmpty,
+                        MOE_GPU(kernels::diagnostics::launchEmpty));
 }
 
 }  // namespace moe::napi

@@ -1,4 +1,4 @@
-// Turns a launcher's cudaError_t into a thrown MoeError after selecting the device.
+// Transitional: the nvfp4 and mtp glue still call launchers with a bare stream.
 #pragma once
 #if MOE_WITH_CUDA
 #include "runtime/cuda_check.h"

@@ -88,28 +88,36 @@ void* CachingAllocator::allocate(size_t bytes, cudaStream_t stream) {
   return p;
 }
 
+cudaEvent_t CachingAllocator::recordOn(cudaStream_t s) {
+  cudaEvent_t e;
+  if (!eventPool_.empty()) {
+    e = eventPool_.back();
+    eventPool_.pop_back();
+  } else {
+    checkCuda(cudaSetDevice(device_), "cudaSetDevice");
+    checkCuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
+  }
+  checkCuda(cudaEventRecord(e, s), "cudaEventRecord");
+  return e;
+}
+
 void CachingAllocator::release(void* p, const std::vector<cudaStream_t>& usedOn) {
   if (!p) return;
   std::lock_guard<std::mutex> lock(mu_);
   auto it = blocks_.find(p);
   if (it == blocks_.end()) fail("E_ARGUMENT", "free of a pointer this allocator did not hand out");
-  const Block& b = it->second;
+  Block& b = it->second;
   stats_.allocatedBytes -= b.size;
   stats_.frees++;
   cachedBytes_ += b.size;
   std::vector<cudaEvent_t> events;
+  if (b.retired) {
+    events.push_back(b.retired);
+    b.retired = nullptr;
+  }
   for (cudaStream_t other : usedOn) {
     if (other == b.stream || dead_.count(other)) continue;
-    cudaEvent_t e;
-    if (!eventPool_.empty()) {
-      e = eventPool_.back();
-      eventPool_.pop_back();
-    } else {
-      checkCuda(cudaSetDevice(device_), "cudaSetDevice");
-      checkCuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
-    }
-    checkCuda(cudaEventRecord(e, other), "cudaEventRecord");
-    events.push_back(e);
+    events.push_back(recordOn(other));
   }
   if (events.empty()) {
     free_[{b.stream, b.size}].push_back(p);
@@ -128,18 +136,34 @@ void CachingAllocator::setLimit(size_t bytes) {
   limit_ = bytes;
 }
 
-void CachingAllocator::forgetStream(cudaStream_t stream) {
+void CachingAllocator::retireStream(cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (auto& [ptr, block] : blocks_)
-    if (block.stream == stream) block.stream = kAnyStream;
+  checkCuda(cudaSetDevice(device_), "cudaSetDevice");
+  // Cached blocks of the stream wait for its last work, then serve any stream.
   for (auto it = free_.begin(); it != free_.end();) {
     if (it->first.first != stream) {
       ++it;
       continue;
     }
-    auto& any = free_[{kAnyStream, it->first.second}];
-    any.insert(any.end(), it->second.begin(), it->second.end());
+    for (void* p : it->second) {
+      blocks_.at(p).stream = kAnyStream;
+      pending_.push_back(Pending{p, {recordOn(stream)}});
+    }
     it = free_.erase(it);
+  }
+  for (auto& [ptr, block] : blocks_) {
+    if (block.stream != stream) continue;
+    block.stream = kAnyStream;
+    bool waiting = false;
+    for (Pending& q : pending_) {
+      if (q.ptr == ptr) {
+        q.events.push_back(recordOn(stream));
+        waiting = true;
+        break;
+      }
+    }
+    // still held by a tensor: its release will wait for the stream's last work
+    if (!waiting) block.retired = recordOn(stream);
   }
   dead_.insert(stream);
 }

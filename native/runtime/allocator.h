@@ -21,9 +21,10 @@ class CachingAllocator {
   MemoryStats stats();
   void emptyCache();
   void setLimit(size_t bytes);
-  // A stream is about to be destroyed, its queued work finished: its blocks become reusable
-  // on any stream, and it is no longer named in cross-stream waits (its handle would dangle).
-  void forgetStream(cudaStream_t stream);
+  // A stream is about to be destroyed with work still queued: its blocks become reusable on any
+  // stream once that work has finished (an event recorded now), and it is no longer named in
+  // cross-stream waits (its handle would dangle).
+  void retireStream(cudaStream_t stream);
   // A new stream may reuse the handle of a destroyed one.
   void reviveStream(cudaStream_t stream);
 
@@ -35,6 +36,7 @@ class CachingAllocator {
   struct Block {
     size_t size;
     cudaStream_t stream;
+    cudaEvent_t retired = nullptr;  // the end of its destroyed stream's work, for a live block
   };
   struct Pending {
     void* ptr;
@@ -55,6 +57,7 @@ class CachingAllocator {
   static constexpr cudaStream_t kAnyStream = nullptr;  // blocks whose stream was destroyed
   MemoryStats stats_;
   cudaError_t driverMalloc(void** p, size_t size);  // cudaMalloc within limit_
+  cudaEvent_t recordOn(cudaStream_t s);             // a pooled event recorded on s
 };
 
 }  // namespace moe::runtime

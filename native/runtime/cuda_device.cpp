@@ -1,13 +1,17 @@
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "runtime/allocator.h"
 #include "runtime/cuda_check.h"
 #include "runtime/device.h"
+#include "runtime/launch.h"
 
 namespace moe::runtime {
 
@@ -21,9 +25,67 @@ void throwCuda(cudaError_t err, const char* what) {
 
 namespace {
 
+// Workspace memory, held by its stream's arena and by every graph that captured work using it;
+// returned to the allocator when the last holder lets go.
+struct WorkspaceBlock {
+  CachingAllocator* allocator;
+  void* ptr;
+  size_t size;
+  std::vector<cudaStream_t> usedOn;  // streams a capturing graph was launched on
+  ~WorkspaceBlock() {
+    try {
+      allocator->release(ptr, usedOn);
+    } catch (...) {
+      // teardown after the context is gone: nothing to return the memory to
+    }
+  }
+};
+
+class Arena final : public kernels::Workspace {
+ public:
+  Arena(CachingAllocator* allocator, cudaStream_t stream) : allocator_(allocator), stream_(stream) {}
+
+  void* get(size_t bytes) override {
+    if (bytes == 0) return nullptr;
+    if (!block_ || block_->size < bytes) {
+      // geometric growth: a few sizes settle after warm-up; the old block goes back to the
+      // allocator ordered on this stream (graphs that captured it keep their own reference)
+      size_t size = block_ ? std::max(bytes, block_->size * 2) : std::max<size_t>(bytes, size_t(1) << 20);
+      void* p = allocator_->allocate(size, stream_);
+      block_ = std::make_shared<WorkspaceBlock>(WorkspaceBlock{allocator_, p, size, {}});
+    }
+    if (capturing_) captured_.insert(block_);
+    return block_->ptr;
+  }
+
+  void beginCapture() {
+    capturing_ = true;
+    captured_.clear();
+  }
+  std::set<std::shared_ptr<WorkspaceBlock>> endCapture() {
+    capturing_ = false;
+    return std::move(captured_);
+  }
+
+ private:
+  CachingAllocator* allocator_;
+  cudaStream_t stream_;
+  std::shared_ptr<WorkspaceBlock> block_;
+  bool capturing_ = false;
+  std::set<std::shared_ptr<WorkspaceBlock>> captured_;
+};
+
+struct GraphRecord {
+  std::set<std::shared_ptr<WorkspaceBlock>> workspace;
+  std::set<cudaStream_t> launchedOn;
+};
+
 struct DeviceState {
   std::unique_ptr<CachingAllocator> allocator;
   cudaStream_t defaultStream = nullptr;
+  DeviceFacts facts;
+  std::unordered_map<cudaStream_t, std::unique_ptr<Arena>> arenas;
+  std::unordered_map<cudaGraphExec_t, GraphRecord> graphs;
 };
 
 std::once_flag g_probeOnce;
@@ -50,7 +112,22 @@ void probe() {
     }
     g_count = n;
     g_devices.resize(n);
-    for (int i = 0; i < n; ++i) g_devices[i].allocator = std::make_unique<CachingAllocator>(i);
+    for (int i = 0; i < n; ++i) {
+      DeviceState& st = g_devices[i];
+      st.allocator = std::make_unique<CachingAllocator>(i);
+      cudaDeviceProp p;
+      if (cudaGetDeviceProperties(&p, i) != cudaSuccess) {
+        (void)cudaGetLastError();
+        continue;  // facts stay zero: deviceFacts() reports the device unusable
+      }
+      st.facts.index = i;
+      st.facts.major = p.major;
+      st.facts.minor = p.minor;
+      st.facts.multiprocessors = p.multiProcessorCount;
+      st.facts.sharedMemoryPerBlockOptin = p.sharedMemPerBlockOptin;
+      st.facts.l2CacheBytes = p.l2CacheSize;
+      st.facts.hopper = p.major == 9 && p.minor == 0;
+    }
   });
 }
 
@@ -66,7 +143,7 @@ cudaEvent_t E(Event e) { return static_cast<cudaEvent_t>(e); }
 
 }  // namespace
 
-bool cudaCompiled() { return true; }
+void noCudaBackend() { fail("E_INTERNAL", "noCudaBackend() called in a CUDA build"); }
 
 int deviceCount() {
   probe();
@@ -80,7 +157,24 @@ std::string cudaUnavailableReason() {
 
 void setDevice(int device) {
   state(device);
+  int current = -1;
+  // cudaGetDevice reads thread state; only a change costs a driver call
+  if (cudaGetDevice(&current) == cudaSuccess && current == device) return;
   checkCuda(cudaSetDevice(device), "cudaSetDevice");
+}
+
+const DeviceFacts& deviceFacts(int device) {
+  const DeviceFacts& f = state(device).facts;
+  if (f.multiprocessors <= 0) fail("E_CUDA", "cuda:" + std::to_string(device) + ": its properties could not be read");
+  return f;
+}
+
+kernels::Workspace& workspace(int device, Stream s) {
+  DeviceState& st = state(device);
+  std::lock_guard<std::mutex> lock(g_mu);
+  std::unique_ptr<Arena>& a = st.arenas[S(s)];
+  if (!a) a = std::make_unique<Arena>(st.allocator.get(), S(s));
+  return *a;
 }
 
 DeviceInfo deviceInfo(int device) {
@@ -119,11 +213,15 @@ Stream createStream(int device) {
 }
 
 void destroyStream(int device, Stream s) {
+  DeviceState& st = state(device);
   setDevice(device);
-  // Memory allocated or used on the stream may outlive it: once its work is done, the allocator
-  // stops naming it.
-  checkCuda(cudaStreamSynchronize(S(s)), "cudaStreamSynchronize");
-  state(device).allocator->forgetStream(S(s));
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    st.arenas.erase(S(s));  // its block is released on s, then retired with the stream's blocks
+  }
+  // No wait: memory the stream's queued work touches is reused only after an event recorded
+  // here, and cudaStreamDestroy lets that work finish.
+  st.allocator->retireStream(S(s));
   checkCuda(cudaStreamDestroy(S(s)), "cudaStreamDestroy");
 }
 
@@ -219,19 +317,25 @@ void memsetAsync(int device, void* dst, int value, size_t bytes, Stream s) {
   checkCuda(cudaMemsetAsync(dst, value, bytes, S(s)), "cudaMemsetAsync");
 }
 
+Arena& arenaOf(int device, Stream s) { return static_cast<Arena&>(workspace(device, s)); }
+
 void beginCapture(int device, Stream s) {
   setDevice(device);
   checkCuda(cudaStreamBeginCapture(S(s), cudaStreamCaptureModeThreadLocal), "cudaStreamBeginCapture");
+  arenaOf(device, s).beginCapture();
 }
 
 GraphExec endCapture(int device, Stream s) {
   setDevice(device);
   cudaGraph_t graph = nullptr;
   checkCuda(cudaStreamEndCapture(S(s), &graph), "cudaStreamEndCapture");
+  auto captured = arenaOf(device, s).endCapture();
   cudaGraphExec_t exec = nullptr;
   cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
   cudaGraphDestroy(graph);
   checkCuda(err, "cudaGraphInstantiate");
+  std::lock_guard<std::mutex> lock(g_mu);
+  state(device).graphs[exec] = GraphRecord{std::move(captured), {S(s)}};
   return exec;
 }
 
@@ -241,6 +345,7 @@ void abortCapture(int device, Stream s) {
   cudaError_t err = cudaStreamEndCapture(S(s), &graph);
   if (graph) cudaGraphDestroy(graph);
   if (err != cudaSuccess) (void)cudaGetLastError();
+  arenaOf(device, s).endCapture();
 }
 
 bool isCapturing(int device, Stream s) {
@@ -253,11 +358,26 @@ bool isCapturing(int device, Stream s) {
 void launchGraph(int device, GraphExec g, Stream s) {
   setDevice(device);
   checkCuda(cudaGraphLaunch(static_cast<cudaGraphExec_t>(g), S(s)), "cudaGraphLaunch");
+  std::lock_guard<std::mutex> lock(g_mu);
+  auto it = state(device).graphs.find(static_cast<cudaGraphExec_t>(g));
+  if (it != state(device).graphs.end()) it->second.launchedOn.insert(S(s));
 }
 
 void destroyGraph(int device, GraphExec g) {
   setDevice(device);
   checkCuda(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(g)), "cudaGraphExecDestroy");
+  GraphRecord record;
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto& graphs = state(device).graphs;
+    auto it = graphs.find(static_cast<cudaGraphExec_t>(g));
+    if (it == graphs.end()) return;
+    record = std::move(it->second);
+    graphs.erase(it);
+  }
+  // the captured workspace is reused only after the graph's launches on other streams finish
+  for (const auto& block : record.workspace)
+    for (cudaStream_t t : record.launchedOn) block->usedOn.push_back(t);
 }
 
 }  // namespace moe::runtime

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "common/device_facts.h"
+
 namespace moe::runtime {
 
 using Stream = void*;  // cudaStream_t
@@ -31,17 +33,23 @@ struct MemoryStats {
   uint64_t driverAllocations = 0;  // cudaMalloc calls made
 };
 
-bool cudaCompiled();
+// Throws E_NO_CUDA saying why: a CPU-only build was asked to run on a GPU.
+[[noreturn]] void noCudaBackend();
 // Number of CUDA devices; 0 when CUDA is not compiled in, there is no driver or no GPU.
 int deviceCount();
 // Why deviceCount() is 0, in words a user can act on; empty when devices exist.
 std::string cudaUnavailableReason();
 DeviceInfo deviceInfo(int device);
+// Read once per device and kept: what launchers base their choices on.
+const DeviceFacts& deviceFacts(int device);
+// Makes `device` current on this thread (a no-op when it already is).
 void setDevice(int device);
 
 Stream defaultStream(int device);
 Stream createStream(int device);
-void destroyStream(int device, Stream s);  // waits for its queued work first
+// Returns at once: the stream's queued work still runs, and the memory it allocated or used
+// becomes reusable on other streams once that work has finished.
+void destroyStream(int device, Stream s);
 void streamSynchronize(int device, Stream s);  // blocks: call from a worker thread
 bool streamQuery(int device, Stream s);
 void streamWaitEvent(int device, Stream s, Event e);
@@ -74,6 +82,7 @@ GraphExec endCapture(int device, Stream s);  // instantiates; throws E_CUDA when
 void abortCapture(int device, Stream s);     // ends a capture whose callback threw, discarding it
 bool isCapturing(int device, Stream s);
 void launchGraph(int device, GraphExec g, Stream s);
+// Workspace memory the graph captured is released once the graph's launches have finished.
 void destroyGraph(int device, GraphExec g);
 
 }  // namespace moe::runtime

@@ -6,17 +6,19 @@
 
 namespace moe::runtime {
 
-namespace {
-[[noreturn]] void noCuda() {
+void noCudaBackend() {
   fail("E_NO_CUDA", "this build of @moe/kernels has no CUDA backend (nvcc was not found when it was built); "
                     "rebuild with nvcc on PATH or CUDACXX set: npm rebuild @moe/kernels --build-from-source");
 }
+
+namespace {
+[[noreturn]] void noCuda() { noCudaBackend(); }
 }  // namespace
 
-bool cudaCompiled() { return false; }
 int deviceCount() { return 0; }
 std::string cudaUnavailableReason() { return "this build of @moe/kernels was compiled without CUDA (no nvcc at build time)"; }
 DeviceInfo deviceInfo(int) { noCuda(); }
+const DeviceFacts& deviceFacts(int) { noCuda(); }
 void setDevice(int) { noCuda(); }
 Stream defaultStream(int) { noCuda(); }
 Stream createStream(int) { noCuda(); }

@@ -30,8 +30,8 @@ void storeF32(void* dst, DType t, int64_t i, float v) {
 
 }  // namespace
 
-void convert(const void* src, DType srcType, void* dst, DType dstType, int64_t numel) {
-  for (int64_t i = 0; i < numel; ++i) storeF32(dst, dstType, i, loadF32(src, srcType, i));
+void convert(const ConvertArgs& a) {
+  for (int64_t i = 0; i < a.numel; ++i) storeF32(a.dst, a.dstType, i, loadF32(a.src, a.srcType, i));
 }
 
 }  // namespace moe::cpu::convert

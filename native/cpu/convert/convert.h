@@ -1,11 +1,9 @@
 // CPU reference of kernels/convert: the same conversions, bit for bit.
 #pragma once
-#include <cstdint>
-
-#include "kernels/common/dtype.h"
+#include "common/convert.h"
 
 namespace moe::cpu::convert {
 
-void convert(const void* src, DType srcType, void* dst, DType dstType, int64_t numel);
+void convert(const ConvertArgs& args);
 
 }  // namespace moe::cpu::convert

@@ -5,7 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kernels/common/dtype.h"
+#include "common/dtype.h"
 
 namespace moe::cpu::mtp {
 

@@ -11,7 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kernels/common/dtype.h"
+#include "common/dtype.h"
 
 namespace moe::cpu::nvfp4 {
 

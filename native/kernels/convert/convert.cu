@@ -73,9 +73,14 @@ cudaError_t dispatchOut(const void* src, void* dst, DType dstType, int64_t n, cu
 
 }  // namespace
 
-cudaError_t convert(const void* src, DType srcType, void* dst, DType dstType, int64_t numel, cudaStream_t stream) {
+cudaError_t convert(const ConvertArgs& a, const Launch& l) {
+  const void* src = a.src;
+  void* dst = a.dst;
+  const DType dstType = a.dstType;
+  const int64_t numel = a.numel;
+  const cudaStream_t stream = l.stream;
   if (numel <= 0) return cudaSuccess;
-  switch (srcType) {
+  switch (a.srcType) {
     case DType::F32: return dispatchOut<float>(src, dst, dstType, numel, stream);
     case DType::F16: return dispatchOut<__half>(src, dst, dstType, numel, stream);
     case DType::BF16: return dispatchOut<__nv_bfloat16>(src, dst, dstType, numel, stream);

@@ -1,14 +1,10 @@
-// Elementwise conversion between f32, f16, bf16 and fp8e4m3: round to nearest even,
-// e4m3 saturating to +-448, NaN kept (as the target's canonical NaN).
+// Elementwise conversion (common/convert.h), on the launch's stream.
 #pragma once
-#include <cuda_runtime.h>
-
-#include <cstdint>
-
-#include "kernels/common/dtype.h"
+#include "common/convert.h"
+#include "kernels/common/launch.h"
 
 namespace moe::kernels::convert {
 
-cudaError_t convert(const void* src, DType srcType, void* dst, DType dstType, int64_t numel, cudaStream_t stream);
+cudaError_t convert(const ConvertArgs& args, const Launch& launch);
 
 }  // namespace moe::kernels::convert

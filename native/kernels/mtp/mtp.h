@@ -70,7 +70,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "kernels/common/dtype.h"
+#include "common/dtype.h"
 
 namespace moe::kernels::mtp {
 

@@ -24,7 +24,7 @@
 
 #include <cuda_runtime.h>
 
-#include "kernels/common/dtype.h"
+#include "common/dtype.h"
 
 namespace moe::kernels::nvfp4 {
 

@@ -1,0 +1,133 @@
+// The native addon's entry points, as types only: a leaf every module may import.
+// Ops take (device, stream, ...fields): device is the native index (-1 runs the CPU reference),
+// stream the cudaStream_t as a bigint (ignored on the CPU), and the fields fill the op's
+// argument struct (native/common/<family>.h) in declaration order. Pointers are bigints, dtypes
+// the numeric ids of dtype.ts.
+
+/** Raw binding: pointers are bigints, dtypes numeric ids, device -1 the CPU. Internal. */
+export interface Binding extends Nvfp4Binding, MtpBinding {
+  setErrorClass(cls: unknown): void;
+  deviceCount(): number;
+  cudaUnavailableReason(): string;
+  deviceInfo(device: number): NativeDeviceInfo;
+  memoryStats(device: number): MemoryStats;
+  emptyCache(device: number): void;
+  setMemoryLimit(device: number, bytes: number): void;
+  deviceAlloc(device: number, bytes: number, stream: bigint): bigint;
+  deviceFree(device: number, ptr: bigint, bytes: number, usedOn: bigint[]): void;
+  hostAlloc(bytes: number, zero: boolean): bigint;
+  hostFree(ptr: bigint, bytes: number): void;
+  hostWrite(dst: bigint, src: ArrayBufferView): void;
+  hostRead(src: bigint, dst: ArrayBufferView): void;
+  hostCopy(dst: bigint, src: bigint, bytes: number): void;
+  copyToDevice(device: number, dst: bigint, src: bigint | ArrayBufferView, bytes: number, stream: bigint): void;
+  copyDeviceToDevice(device: number, dst: bigint, src: bigint, bytes: number, stream: bigint): void;
+  copyPeer(dstDevice: number, dst: bigint, srcDevice: number, src: bigint, bytes: number, stream: bigint): void;
+  copyToHostAsync(device: number, dst: bigint | ArrayBufferView, src: bigint, bytes: number, stream: bigint): Promise<void>;
+  memset(device: number, ptr: bigint, value: number, bytes: number, stream: bigint): void;
+  defaultStream(device: number): bigint;
+  createStream(device: number): bigint;
+  destroyStream(device: number, stream: bigint): void;
+  streamSynchronize(device: number, stream: bigint): Promise<void>;
+  streamQuery(device: number, stream: bigint): boolean;
+  streamWaitEvent(device: number, stream: bigint, event: bigint): void;
+  createEvent(device: number, timing: boolean): bigint;
+  destroyEvent(device: number, event: bigint): void;
+  recordEvent(device: number, event: bigint, stream: bigint): void;
+  eventSynchronize(device: number, event: bigint): Promise<void>;
+  eventQuery(device: number, event: bigint): boolean;
+  eventElapsedMs(device: number, start: bigint, end: bigint): number;
+  beginCapture(device: number, stream: bigint): void;
+  endCapture(device: number, stream: bigint): bigint;
+  abortCapture(device: number, stream: bigint): void;
+  isCapturing(device: number, stream: bigint): boolean;
+  launchGraph(device: number, graph: bigint, stream: bigint): void;
+  destroyGraph(device: number, graph: bigint): void;
+  convert(device: number, stream: bigint, src: bigint, srcType: number, dst: bigint, dstType: number, numel: number): void;
+  launchEmpty(device: number, stream: bigint): void;
+  /** Every op `name(device, stream, ...fields)` also has `nameLaunchLoop(n, device, stream, ...fields)`. */
+  [launchLoop: `${string}LaunchLoop`]: (n: number, ...args: (bigint | number | boolean)[]) => number;
+}
+
+export interface NativeDeviceInfo {
+  index: number;
+  name: string;
+  major: number;
+  minor: number;
+  multiprocessors: number;
+  totalMemory: number;
+  l2CacheBytes: number;
+  sharedMemoryPerBlockOptin: number;
+}
+
+export interface MemoryStats {
+  /** Bytes held by live tensors (sizes rounded up to the allocator's blocks). */
+  allocatedBytes: number;
+  /** Bytes obtained from the driver: live plus cached for reuse. */
+  reservedBytes: number;
+  peakAllocatedBytes: number;
+  allocations: number;
+  frees: number;
+  /** cudaMalloc calls made; flat while the cache serves every allocation. */
+  driverAllocations: number;
+}
+
+/** Native entry points of the nvfp4 family: device -1 runs the CPU reference. @internal */
+export interface Nvfp4Binding {
+  nvfp4Amax(device: number, x: bigint, xType: number, numel: number, amaxOut: bigint, stream: bigint): void;
+  nvfp4GlobalScaleFromAmax(device: number, amax: bigint, globalScale: bigint, stream: bigint): void;
+  nvfp4Quantize(
+    device: number, x: bigint, xType: number, rows: number, K: number, globalScale: bigint,
+    data: bigint, scales: bigint, stream: bigint,
+  ): void;
+  nvfp4Dequantize(
+    device: number, data: bigint, scales: bigint, globalScale: bigint, rows: number, K: number,
+    out: bigint, outType: number, stream: bigint,
+  ): void;
+  nvfp4SwizzledScaleBytes(rows: number, K: number): number;
+  nvfp4SwizzleScales(device: number, scales: bigint, rows: number, K: number, swizzled: bigint, stream: bigint): void;
+  nvfp4UnswizzleScales(device: number, swizzled: bigint, rows: number, K: number, scales: bigint, stream: bigint): void;
+  nvfp4GemmWorkspaceBytes(device: number, M: number, N: number, K: number, aType: number, forcePortable: boolean): number;
+  nvfp4Gemm(
+    device: number, a: bigint, aType: number, aScales: bigint, aGlobalScale: bigint,
+    wData: bigint, wScales: bigint, wGlobalScale: bigint, bias: bigint, biasType: number,
+    out: bigint, outType: number, M: number, N: number, K: number, alpha: number,
+    forcePortable: boolean, workspace: bigint, workspaceBytes: number, stream: bigint,
+  ): void;
+}
+
+/** Native entry points of the mtp family. @internal */
+export interface MtpBinding {
+  verifyDraftsWorkspaceBytes(device: number, batch: number, numDrafts: number, vocab: number): number;
+  verifyDrafts(
+    device: number,
+    targetLogits: bigint,
+    logitsDType: number,
+    draftTokens: bigint,
+    draftLengths: bigint,
+    draftData: bigint,
+    draftDType: number,
+    draftKind: number,
+    mode: bigint,
+    temperature: bigint,
+    topK: bigint,
+    topP: bigint,
+    seed: bigint,
+    offset: bigint,
+    relaxedTopK: bigint,
+    relaxedDelta: bigint,
+    thinkBeginId: bigint,
+    thinkEndId: bigint,
+    inThinking: bigint,
+    outTokens: bigint,
+    outNumAccepted: bigint,
+    outAcceptMask: bigint,
+    outInThinking: bigint,
+    batch: number,
+    numDrafts: number,
+    vocab: number,
+    workspace: bigint,
+    workspaceBytes: number,
+    stream: bigint,
+  ): void;
+}

@@ -1,0 +1,229 @@
+// Every check of a user-supplied argument lives here, so that each op states its rules once
+// and every failure is a MoeError that names the argument, what was expected and what was
+// given. This module sits below the classes it checks: it recognises a Tensor, Stream, Event or
+// Nvfp4Tensor by a brand those classes carry, so no module above imports it back.
+import { DTYPES, type DType } from './dtype';
+import { MoeError, describe } from './errors';
+import { cudaUnavailableReason, native } from './native';
+
+/** Where a tensor lives: the host (`"cpu"`, the reference backend) or a CUDA device. */
+export type Device = 'cpu' | `cuda:${number}`;
+
+/** Kernels index elements with 32-bit integers. */
+export const MAX_ELEMENTS = 2 ** 31 - 1;
+
+/** @internal Brands of the classes the checks recognise. */
+export const TENSOR: unique symbol = Symbol('@moe/kernels Tensor');
+/** @internal */
+export const STREAM: unique symbol = Symbol('@moe/kernels Stream');
+/** @internal */
+export const EVENT: unique symbol = Symbol('@moe/kernels Event');
+/** @internal */
+export const NVFP4: unique symbol = Symbol('@moe/kernels Nvfp4Tensor');
+
+/** What the checks read of a tensor. @internal */
+export interface TensorLike {
+  readonly dtype: DType;
+  readonly shape: readonly number[];
+  readonly device: Device;
+  readonly disposed: boolean;
+}
+
+/** What the checks read of a stream or event. @internal */
+export interface DeviceObject {
+  readonly device: Device;
+  readonly disposed: boolean;
+}
+
+function branded(value: unknown, brand: symbol): boolean {
+  return typeof value === 'object' && value !== null && (value as Record<symbol, unknown>)[brand] === true;
+}
+
+export function isTensor(value: unknown): boolean {
+  return branded(value, TENSOR);
+}
+
+export function isNvfp4Tensor(value: unknown): boolean {
+  return branded(value, NVFP4);
+}
+
+// ---- options objects ---------------------------------------------------------------------
+
+const EMPTY: Readonly<Record<string, unknown>> = Object.freeze({});
+
+/**
+ * An options object: undefined means none; anything but a plain object, or a key outside
+ * `keys`, is E_ARGUMENT (a misspelt option would otherwise be ignored silently).
+ */
+export function checkOptions(value: unknown, argument: string, keys: ReadonlySet<string>): Readonly<Record<string, unknown>> {
+  if (value === undefined) return EMPTY;
+  if (value === null || typeof value !== 'object' || Array.isArray(value) || branded(value, TENSOR)) {
+    throw new MoeError('E_ARGUMENT', `${argument}: expected an options object, got ${describe(value)}`);
+  }
+  for (const k in value) {
+    if (!keys.has(k)) {
+      throw new MoeError('E_ARGUMENT', `${argument}: unknown option ${JSON.stringify(k)}; expected one of ${[...keys].join(', ')}`);
+    }
+  }
+  return value as Record<string, unknown>;
+}
+
+/** The keys of an options object, as checkOptions takes them. */
+export function keys(...names: string[]): ReadonlySet<string> {
+  return new Set(names);
+}
+
+// ---- scalars -----------------------------------------------------------------------------
+
+export function checkInteger(value: unknown, argument: string, lo: number, hi: number): number {
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < lo || value > hi) {
+    throw new MoeError('E_ARGUMENT', `${argument}: expected an integer in [${lo}, ${hi}], got ${describe(value)}`);
+  }
+  return value;
+}
+
+export function checkFinite(value: unknown, argument: string): number {
+  if (typeof value !== 'number' || !Number.isFinite(value)) {
+    throw new MoeError('E_ARGUMENT', `${argument}: expected a finite number, got ${describe(value)}`);
+  }
+  return value;
+}
+
+export function checkBoolean(value: unknown, argument: string): boolean {
+  if (typeof value !== 'boolean') throw new MoeError('E_ARGUMENT', `${argument}: expected true or false, got ${describe(value)}`);
+  return value;
+}
+
+export function checkOneOf<T extends string>(value: unknown, argument: string, allowed: readonly T[], code: 'E_ARGUMENT' | 'E_DTYPE' = 'E_ARGUMENT'): T {
+  if (typeof value !== 'string' || !allowed.includes(value as T)) {
+    throw new MoeError(code, `${argument}: expected ${allowed.map((a) => JSON.stringify(a)).join(' or ')}, got ${describe(value)}`);
+  }
+  return value as T;
+}
+
+export function checkFunction(value: unknown, argument: string): void {
+  if (typeof value !== 'function') throw new MoeError('E_ARGUMENT', `${argument}: expected a function, got ${describe(value)}`);
+}
+
+// ---- dtypes, shapes, devices --------------------------------------------------------------
+
+export function checkDType(value: unknown, argument: string): DType {
+  if (typeof value === 'string' && Object.prototype.hasOwnProperty.call(DTYPES, value)) return value as DType;
+  throw new MoeError('E_DTYPE', `${argument}: expected one of ${Object.keys(DTYPES).join(', ')}, got ${describe(value)}`);
+}
+
+/** Elements of a shape. */
+export function product(shape: readonly number[]): number {
+  let n = 1;
+  for (const d of shape) n *= d;
+  return n;
+}
+
+export function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** A shape: non-negative integers, at most MAX_ELEMENTS elements. Returns a copy. */
+export function checkShape(value: unknown, argument: string): number[] {
+  if (!Array.isArray(value)) throw new MoeError('E_SHAPE', `${argument}: expected an array of sizes, got ${describe(value)}`);
+  let numel = 1;
+  for (let i = 0; i < value.length; i++) {
+    const d = value[i];
+    if (typeof d !== 'number' || !Number.isInteger(d) || d < 0) {
+      throw new MoeError('E_SHAPE', `${argument}[${i}]: expected a non-negative integer size, got ${describe(d)}`);
+    }
+    numel *= d;
+  }
+  if (numel > MAX_ELEMENTS) {
+    throw new MoeError('E_SHAPE', `${argument}: ${describe(value)} has ${numel} elements; at most 2^31 - 1 = ${MAX_ELEMENTS} are supported`);
+  }
+  return value.slice();
+}
+
+/** Throws E_NO_CUDA with the reason when CUDA cannot be used. */
+export function requireCuda(): void {
+  const reason = cudaUnavailableReason();
+  if (reason !== undefined) throw new MoeError('E_NO_CUDA', `no CUDA device is usable: ${reason}`);
+}
+
+/** A device argument ("cpu", "cuda", "cuda:N"); "cuda" means cuda:0. */
+export function checkDevice(value: unknown, argument: string): Device {
+  if (value === 'cpu') return 'cpu';
+  if (typeof value === 'string') {
+    const m = /^cuda(?::(\d+))?$/.exec(value);
+    if (m) {
+      requireCuda();
+      const index = m[1] === undefined ? 0 : Number(m[1]);
+      const count = native().deviceCount();
+      if (index >= count) {
+        throw new MoeError('E_DEVICE', `${argument}: cuda:${index} does not exist (this machine has ${count} CUDA devices)`);
+      }
+      return `cuda:${index}`;
+    }
+  }
+  throw new MoeError('E_DEVICE', `${argument}: expected "cpu", "cuda" or "cuda:N", got ${describe(value)}`);
+}
+
+/** The native device index of a device: -1 for the CPU. */
+export function deviceIndex(device: Device): number {
+  return device === 'cpu' ? -1 : Number(device.slice(5));
+}
+
+// ---- tensors, streams, events --------------------------------------------------------------
+
+/** A live tensor, optionally of given dtypes and on a given device. */
+export function checkTensor<T extends TensorLike = TensorLike>(
+  value: unknown,
+  argument: string,
+  dtypes?: readonly DType[],
+  device?: Device,
+): T {
+  if (!branded(value, TENSOR)) throw new MoeError('E_ARGUMENT', `${argument}: expected a Tensor, got ${describe(value)}`);
+  const t = value as T;
+  if (t.disposed) throw new MoeError('E_DISPOSED', `${argument}: the tensor was disposed`);
+  if (dtypes !== undefined && !dtypes.includes(t.dtype)) {
+    throw new MoeError('E_DTYPE', `${argument}: expected dtype ${dtypes.join(' or ')}, got ${t.dtype}`);
+  }
+  if (device !== undefined && t.device !== device) {
+    throw new MoeError('E_DEVICE', `${argument}: expected a tensor on ${device}, got one on ${t.device}`);
+  }
+  return t;
+}
+
+/** A caller-supplied output tensor of exactly this dtype, shape and device. */
+export function checkOut<T extends TensorLike = TensorLike>(value: unknown, argument: string, dtype: DType, shape: readonly number[], device: Device): T {
+  const t = checkTensor<T>(value, argument, [dtype], device);
+  if (!sameShape(t.shape, shape)) throw new MoeError('E_SHAPE', `${argument}: expected shape [${shape}], got [${t.shape}]`);
+  return t;
+}
+
+/** A tensor whose data the kernels read with `bytes`-wide vector loads. */
+export function checkAligned(ptr: bigint, numel: number, argument: string, bytes: number): void {
+  if (numel > 0 && ptr % BigInt(bytes) !== 0n) {
+    throw new MoeError('E_ARGUMENT', `${argument}: the data must start at a ${bytes}-byte aligned address, got 0x${ptr.toString(16)}`);
+  }
+}
+
+/** A live Stream, on `device` when given. */
+export function checkStream<T extends DeviceObject = DeviceObject>(value: unknown, argument: string, device?: Device): T {
+  if (!branded(value, STREAM)) throw new MoeError('E_ARGUMENT', `${argument}: expected a Stream, got ${describe(value)}`);
+  const s = value as T;
+  if (s.disposed) throw new MoeError('E_DISPOSED', `${argument}: the stream was disposed`);
+  if (device !== undefined && s.device !== device) {
+    throw new MoeError('E_DEVICE', `${argument}: expected a stream on ${device}, got one on ${s.device}`);
+  }
+  return s;
+}
+
+/** A live Event, on `device` when given. */
+export function checkEvent<T extends DeviceObject = DeviceObject>(value: unknown, argument: string, device?: Device): T {
+  if (!branded(value, EVENT)) throw new MoeError('E_ARGUMENT', `${argument}: expected an Event, got ${describe(value)}`);
+  const e = value as T;
+  if (e.disposed) throw new MoeError('E_DISPOSED', `${argument}: the event was disposed`);
+  if (device !== undefined && e.device !== device) {
+    throw new MoeError('E_DEVICE', `${argument}: expected an event on ${device}, got one on ${e.device}`);
+  }
+  return e;
+}
