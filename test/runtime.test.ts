@@ -47,8 +47,8 @@ describe('backends', () => {
     expect(Array.from(await convert(x, 'bf16', { stream: s }).toArray())).toEqual([0, 0]);
   });
 
-  it.skipIf(hasCuda)(`devices() throws E_NO_CUDA without a GPU (${cudaReason})`, async () => {
-    await expectCode(() => devices(), 'E_NO_CUDA');
+  it.skipIf(hasCuda)(`devices() is empty without a GPU, and CUDA uses say why (${cudaReason})`, async () => {
+    expect(devices()).toEqual([]);
     await expectCode(() => empty([1], { device: 'cuda' }), 'E_NO_CUDA');
     await expectCode(() => memoryStats(), 'E_NO_CUDA');
   });
