@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `npx moe-kernels <command>`: what a new user runs first.
 import { Command, CommanderError } from 'commander';
+import { BenchUsageError, bench } from './bench';
 import { buildInfo, type BuildInfo } from './device';
 import { MoeError } from './errors';
 
@@ -47,9 +48,25 @@ export function main(argv: string[]): number {
       if (opts.json) console.log(JSON.stringify(info, null, 2));
       else printInfo(info);
     });
+  let status = 0;
+  const benchCommand = program
+    .command('bench')
+    .description('run the benchmarks of the kernel families on cuda:0 (results: JSON, Markdown, SVG); exits 3 without a CUDA GPU')
+    .argument('[family...]', 'the families to run (default: all; see --list)')
+    .option('--list', 'list the families')
+    .option('--peers', 'also run the PyTorch peers (python3 with torch; PYTHON picks another)')
+    .option('--out <dir>', 'folder for the results', 'bench-results')
+    .action((families: string[], opts: { list?: boolean; peers?: boolean; out: string }) => {
+      try {
+        status = bench(families, opts);
+      } catch (e) {
+        if (e instanceof BenchUsageError) benchCommand.error(`error: ${e.message}`);
+        throw e;
+      }
+    });
   try {
     program.parse(argv, { from: 'node' });
-    return 0;
+    return status;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode;
     // a library error is reported as its code and message, never as a stack trace
