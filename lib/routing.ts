@@ -282,7 +282,7 @@ export interface UnpermuteOptions {
  * step an f32 fused multiply-add, rounded once to out's dtype. Dropped pairs add nothing.
  * Both backends compute the same bits.
  */
-export function unpermute(y: Tensor, layout: ExpertLayout, weights: Tensor<'f32'>, options?: UnpermuteOptions): Tensor {
+export function unpermute(y: Tensor, layout: ExpertLayout, weights: Tensor<'f32'>, options?: UnpermuteOptions): Tensor<'bf16' | 'f32'> {
   const o = checkOptions(options, 'options', PERMUTE_OPTIONS);
   const t = checkTensor<Tensor>(y, 'y', ['bf16', 'f32']);
   const l = checkLayout(layout, t.device);
@@ -292,11 +292,11 @@ export function unpermute(y: Tensor, layout: ExpertLayout, weights: Tensor<'f32'
   const w = checkTensor<Tensor<'f32'>>(weights, 'weights', ['f32'], t.device);
   checkShapeIs(w, 'weights', [l.tokens, l.k], ['tokens', 'k']);
   const stream = resolveStream(o.stream, t.device, 'options.stream');
-  let out: Tensor;
+  let out: Tensor<'bf16' | 'f32'>;
   if (o.out === undefined) {
-    out = empty([l.tokens, hidden], { dtype: t.dtype, device: t.device, stream });
+    out = empty<'bf16' | 'f32'>([l.tokens, hidden], { dtype: t.dtype as 'bf16' | 'f32', device: t.device, stream });
   } else {
-    out = checkTensor<Tensor>(o.out, 'options.out', ['bf16', 'f32'], t.device);
+    out = checkTensor<Tensor<'bf16' | 'f32'>>(o.out, 'options.out', ['bf16', 'f32'], t.device);
     checkShapeIs(out, 'options.out', [l.tokens, hidden], ['tokens', 'hidden']);
   }
   refuseOverlap(out, 'options.out', [[t, 'y'], [w, 'weights']]);

@@ -92,10 +92,11 @@ __global__ void __launch_bounds__(kWarps * 32) routeTopKKernel(RouteTopKArgs a) 
     }
   }
 
+  __syncwarp();  // the scores in shared memory are read by other lanes below
+
   const bool grouped = a.topkGroups < a.groups;
   const int G = a.groups, gs = E / G;
   if (grouped) {
-    __syncwarp();
     for (int g = lane; g < G; g += 32) {
       uint64_t k1 = 0, k2 = 0;
       for (int e = g * gs; e < (g + 1) * gs; ++e) {
