@@ -1,5 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import {
+  captureGraph,
+  convert,
+  createStream,
   empty,
   expertLayout,
   fromArray,
@@ -9,6 +12,7 @@ import {
   zeros,
   type Device,
   type ExpertLayout,
+  type RouteTopKResult,
   type RouteTopKOptions,
   type Tensor,
 } from '../lib';
@@ -494,6 +498,41 @@ describe.skipIf(!hasCuda)('routing: CUDA and CPU agree [cuda]', () => {
         expect(gpu, `T=${T} k=${k} E=${E} ${JSON.stringify(opts)}`).toEqual(cpu);
       }
     }
+  });
+
+  it('a decode step in a CUDA graph (routeTopK, masked expertLayout, permute) follows new logits on replay', async () => {
+    const r = rng(freshSeed('routing graph'));
+    const T = 16, E = 256, H = 64, M = 4;
+    const s = createStream('cuda:0');
+    const opts = { device: 'cuda:0' as Device, stream: s };
+    const bias = Array.from({ length: E }, () => (r() - 0.5) * 0.1);
+    const xs = Array.from({ length: T * H }, () => r() - 0.5);
+    const logits = empty([T, E], { ...opts, dtype: 'bf16' });
+    const x = fromArray(xs, { ...opts, shape: [T, H], dtype: 'bf16' });
+    const biasT = fromArray(bias, opts);
+    let routed: RouteTopKResult | undefined;
+    let layout: ExpertLayout | undefined;
+    let permuted: Tensor | undefined;
+    const graph = captureGraph(s, () => {
+      routed = routeTopK(logits, { ...NOAUX(biasT), stream: s });
+      layout = expertLayout(routed.ids, E, { maxTokensPerExpert: M, stream: s });
+      permuted = permute(x, layout, { stream: s });
+    });
+    for (let step = 0; step < 3; step++) {
+      const rows = fuzzRows(r, T, E, false);
+      convert(fromArray(rows.flat(), { ...opts, shape: [T, E] }), 'bf16', { out: logits, stream: s });
+      graph.replay(s);
+      await s.synchronize();
+      const cpu = routeTopK(fromArray(rows, { device: 'cpu', dtype: 'bf16' }), NOAUX(fromArray(bias, { device: 'cpu' })));
+      expect(Array.from(await routed!.ids.toArray())).toEqual(Array.from(await cpu.ids.toArray()));
+      const cpuLayout = expertLayout(cpu.ids, E, { maxTokensPerExpert: M });
+      expect(await readLayout(layout!)).toEqual(await readLayout(cpuLayout));
+      const cpuPermuted = permute(fromArray(xs, { shape: [T, H], dtype: 'bf16', device: 'cpu' }), cpuLayout);
+      expect(Buffer.compare(Buffer.from(await permuted!.toBytes()), Buffer.from(await cpuPermuted.toBytes()))).toBe(0);
+    }
+    graph.dispose();
+    await s.synchronize();
+    s.dispose();
   });
 
   it('permute and unpermute: the same bytes', async () => {
