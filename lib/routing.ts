@@ -161,7 +161,10 @@ export interface ExpertLayout {
    * padding (contiguous: blocks are multiples of align; masked: offsets[e] = e * maxTokensPerExpert).
    */
   readonly offsets: Tensor<'i32'>;
-  /** i32 [rows]: the pair each row holds, -1 for padding rows and rows past usedRows. */
+  /**
+   * i32 [rows] (masked: [experts, maxTokensPerExpert]): the pair each row holds, -1 for padding
+   * rows and rows past usedRows.
+   */
   readonly sourceIndex: Tensor<'i32'>;
   /** i32 [tokens, k]: the row each pair went to, -1 where it was dropped (or, on CUDA, its id was out of range). */
   readonly rowIndex: Tensor<'i32'>;
@@ -208,7 +211,7 @@ export function expertLayout(ids: Tensor<'i32'>, numExperts: number, options?: E
     rows,
     counts: make([experts]),
     offsets: make([experts + 1]),
-    sourceIndex: make([rows]),
+    sourceIndex: make(masked ? [experts, maxPerExpert] : [rows]),
     rowIndex: make([tokens, k]),
     usedRows: make([1]),
     dropped: make([1]),

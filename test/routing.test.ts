@@ -328,7 +328,7 @@ forEachBackend('expertLayout', (device: Device) => {
     const ids = [2, 0, 2, 1, 2, 0, 2, 2, 1, 0];
     const l = expertLayout(idsTensor(ids, 2, device), 4, { maxTokensPerExpert: 3 });
     expect(l.form).toBe('masked');
-    expect(l.sourceIndex.shape).toEqual([12]);
+    expect(l.sourceIndex.shape).toEqual([4, 3]);
     const got = await readLayout(l);
     expect(got).toEqual(layoutOracle(ids, 2, 4, 1, 3));
     expect(got.dropped).toEqual([2]);
