@@ -180,8 +180,8 @@ function enqueueGlobalScale(x: Tensor, out: Tensor<'f32'>, stream: Stream): void
   const amax = empty([1], { dtype: 'f32', device: x.device, stream });
   try {
     useOn(stream, [x, out, amax]);
-    b.nvfp4Amax(dev, x.dataPtr, DTYPES[x.dtype].id, x.numel, amax.dataPtr, stream.handle);
-    b.nvfp4GlobalScaleFromAmax(dev, amax.dataPtr, out.dataPtr, stream.handle);
+    b.nvfp4Amax(dev, stream.handle, x.dataPtr, DTYPES[x.dtype].id, x.numel, amax.dataPtr);
+    b.nvfp4GlobalScaleFromAmax(dev, stream.handle, amax.dataPtr, out.dataPtr);
   } finally {
     // stream-ordered: the memory is reused only by work queued after these kernels
     amax.dispose();
@@ -271,7 +271,7 @@ export function quantizeNvfp4(x: Tensor, options: QuantizeNvfp4Options = {}): Nv
       }
     }
     useOn(stream, [t, data, scales, gs]);
-    native().nvfp4Quantize(t.deviceIndex, t.dataPtr, DTYPES[t.dtype].id, rows, K, gs.dataPtr, data.dataPtr, scales.dataPtr, stream.handle);
+    native().nvfp4Quantize(t.deviceIndex, stream.handle, t.dataPtr, DTYPES[t.dtype].id, rows, K, gs.dataPtr, data.dataPtr, scales.dataPtr, 0n);
     return new Nvfp4Tensor(data, scales, gs, t.shape);
   } catch (e) {
     for (const c of created) c.dispose();
@@ -325,6 +325,7 @@ export function dequantizeNvfp4<D extends Nvfp4SourceDType = 'bf16'>(
       const r0 = s * rows;
       b.nvfp4Dequantize(
         dev,
+        stream.handle,
         q.data.dataPtr + BigInt(r0 * (K / 2)),
         q.scales.dataPtr + BigInt(r0 * (K / NVFP4_BLOCK)),
         q.globalScale.dataPtr + BigInt(4 * s),
@@ -332,7 +333,6 @@ export function dequantizeNvfp4<D extends Nvfp4SourceDType = 'bf16'>(
         K,
         out.dataPtr + BigInt(r0 * K * elem),
         DTYPES[dtype].id,
-        stream.handle,
       );
     }
   } catch (e) {
@@ -340,6 +340,11 @@ export function dequantizeNvfp4<D extends Nvfp4SourceDType = 'bf16'>(
     throw e;
   }
   return out;
+}
+
+/** Bytes of one matrix's swizzled scales: the layout pads rows to 128 and blocks to 4. */
+function swizzledBytes(rows: number, kBlocks: number): number {
+  return roundUp(rows, 128) * roundUp(kBlocks, 4);
 }
 
 function checkScales(value: unknown, argument: string): Tensor<'fp8e4m3' | 'u8'> {
@@ -368,13 +373,13 @@ export function swizzleScales<D extends 'fp8e4m3' | 'u8'>(scales: Tensor<D>, opt
   const kBlocks = t.shape[t.ndim - 1];
   const lead = t.shape.slice(0, -2);
   const b = native();
-  const per = b.nvfp4SwizzledScaleBytes(rows, kBlocks * NVFP4_BLOCK);
+  const per = swizzledBytes(rows, kBlocks);
   const out = empty([...lead, roundUp(rows, 128), roundUp(kBlocks, 4)], { dtype: t.dtype, device: t.device, stream });
   try {
     useOn(stream, [t, out]);
     const dev = t.deviceIndex;
     for (let i = 0, n = product(lead); i < n; i++) {
-      b.nvfp4SwizzleScales(dev, t.dataPtr + BigInt(i * rows * kBlocks), rows, kBlocks * NVFP4_BLOCK, out.dataPtr + BigInt(i * per), stream.handle);
+      b.nvfp4SwizzleScales(dev, stream.handle, t.dataPtr + BigInt(i * rows * kBlocks), rows, kBlocks * NVFP4_BLOCK, out.dataPtr + BigInt(i * per));
     }
   } catch (e) {
     out.dispose();
@@ -401,7 +406,7 @@ export function unswizzleScales<D extends 'fp8e4m3' | 'u8'>(
   const kBlocks = s[s.length - 1];
   const lead = s.slice(0, -2);
   const b = native();
-  const per = b.nvfp4SwizzledScaleBytes(rows, kBlocks * NVFP4_BLOCK);
+  const per = swizzledBytes(rows, kBlocks);
   const padded = [...lead, roundUp(rows, 128), roundUp(kBlocks, 4)];
   if (!sameShape(t.shape, padded) && !(t.ndim === 1 && t.numel === per * product(lead))) {
     throw new MoeError(
@@ -415,7 +420,7 @@ export function unswizzleScales<D extends 'fp8e4m3' | 'u8'>(
     useOn(stream, [t, out]);
     const dev = t.deviceIndex;
     for (let i = 0, n = product(lead); i < n; i++) {
-      b.nvfp4UnswizzleScales(dev, t.dataPtr + BigInt(i * per), rows, kBlocks * NVFP4_BLOCK, out.dataPtr + BigInt(i * rows * kBlocks), stream.handle);
+      b.nvfp4UnswizzleScales(dev, stream.handle, t.dataPtr + BigInt(i * per), rows, kBlocks * NVFP4_BLOCK, out.dataPtr + BigInt(i * rows * kBlocks));
     }
   } catch (e) {
     out.dispose();
@@ -556,14 +561,12 @@ export function gemmNvfp4<D extends GemmNvfp4OutDType = 'bf16'>(
   const b = native();
   const dev = w.data.deviceIndex;
   const aType = aFp4 ? DTYPES.u8.id : DTYPES.bf16.id;
-  let workspace: Tensor<'u8'> | undefined;
   try {
-    const wsBytes = b.nvfp4GemmWorkspaceBytes(dev, M, N, K, aType, forcePortable);
-    if (wsBytes > 0) workspace = empty([wsBytes], { dtype: 'u8', device, stream });
-    useOn(stream, [...aTensors, ...parts(w), out, ...(bias ? [bias] : []), ...(workspace ? [workspace] : [])]);
+    useOn(stream, [...aTensors, ...parts(w), out, ...(bias ? [bias] : [])]);
     const aq = aFp4 ? (a as Nvfp4Tensor) : undefined;
     b.nvfp4Gemm(
       dev,
+      stream.handle,
       aTensors[0].dataPtr,
       aType,
       aq ? aq.scales.dataPtr : 0n,
@@ -580,16 +583,10 @@ export function gemmNvfp4<D extends GemmNvfp4OutDType = 'bf16'>(
       K,
       alpha,
       forcePortable,
-      workspace ? workspace.dataPtr : 0n,
-      wsBytes,
-      stream.handle,
     );
   } catch (e) {
     if (!given) out.dispose();
     throw e;
-  } finally {
-    // Stream-ordered allocator: the workspace is reused only by work queued after the GEMM.
-    workspace?.dispose();
   }
   return out;
 }
