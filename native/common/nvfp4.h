@@ -170,25 +170,22 @@ inline void validate(const DequantizeArgs& a) {
   }
 }
 
-inline void validate(const SwizzleScalesArgs& a) {
-  using namespace nvfp4detail;
-  requireRowsK(a.rows, a.K, "scales");
-  if (a.rows > 0 && a.K > 0) {
-    requirePtr(a.scales, "scales");
-    requirePtr(a.swizzled, "swizzled");
-  } else if (nvfp4SwizzledScaleBytes(a.rows, a.K) > 0) {
-    requirePtr(a.swizzled, "swizzled");  // the padding is written even without scales
+namespace nvfp4detail {
+// Both directions: `from` is read and `to` written only when there is a scale to move (the
+// swizzled size is 0 exactly when rows or K is).
+inline void validateSwizzle(int64_t rows, int64_t K, const uint8_t* from, const char* fromName, const uint8_t* to,
+                            const char* toName) {
+  requireRowsK(rows, K, fromName);
+  if (rows > 0 && K > 0) {
+    requirePtr(from, fromName);
+    requirePtr(to, toName);
   }
 }
+}  // namespace nvfp4detail
 
-inline void validate(const UnswizzleScalesArgs& a) {
-  using namespace nvfp4detail;
-  requireRowsK(a.rows, a.K, "swizzled");
-  if (a.rows > 0 && a.K > 0) {
-    requirePtr(a.swizzled, "swizzled");
-    requirePtr(a.scales, "scales");
-  }
-}
+inline void validate(const SwizzleScalesArgs& a) { nvfp4detail::validateSwizzle(a.rows, a.K, a.scales, "scales", a.swizzled, "swizzled"); }
+
+inline void validate(const UnswizzleScalesArgs& a) { nvfp4detail::validateSwizzle(a.rows, a.K, a.swizzled, "swizzled", a.scales, "scales"); }
 
 inline void validate(const GemmArgs& a) {
   using namespace nvfp4detail;
