@@ -7,6 +7,8 @@
 /** Raw binding: pointers are bigints, dtypes numeric ids, device -1 the CPU. Internal. */
 export interface Binding extends Nvfp4Binding, MtpBinding {
   setErrorClass(cls: unknown): void;
+  buildInfo(): NativeBuildInfo;
+  canAccessPeer(from: number, to: number): boolean;
   deviceCount(): number;
   cudaUnavailableReason(): string;
   deviceInfo(device: number): NativeDeviceInfo;
@@ -47,6 +49,14 @@ export interface Binding extends Nvfp4Binding, MtpBinding {
   launchEmpty(device: number, stream: bigint): void;
   /** Every op `name(device, stream, ...fields)` also has `nameLaunchLoop(n, device, stream, ...fields)`. */
   [launchLoop: `${string}LaunchLoop`]: (n: number, ...args: (bigint | number | boolean)[]) => number;
+}
+
+export interface NativeBuildInfo {
+  cuda: boolean;
+  cudaArchs: string;
+  cudaRuntimeVersion: number;
+  driverVersion: number;
+  ncclLibrary: string;
 }
 
 export interface NativeDeviceInfo {
