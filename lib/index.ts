@@ -36,3 +36,4 @@ export { convert, type ConvertOptions } from './convert';
 export { diagnostics } from './diagnostics';
 export * from './nvfp4';
 export * from './mtp';
+export { initProcessGroup, type ProcessGroup, type ProcessGroupOptions, type InProcessGroupOptions, type GroupKind } from './ep';
