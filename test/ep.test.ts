@@ -12,6 +12,8 @@ import { FrameReader, FrameType, MAGIC, jsonFrame, parseJson } from '../lib/ep/f
 import { expectCode } from './backends';
 
 const root = path.resolve(__dirname, '..');
+const cli = path.join(root, 'dist', 'cli.js');
+const rankScript = path.join(__dirname, 'fixtures', 'ep-rank.js');
 
 // ---- launchers' variables ------------------------------------------------------------------
 
@@ -367,3 +369,154 @@ function runNode(args: string[], env: Record<string, string>, limitMs: number, s
     });
   });
 }
+
+function launcher(n: number, env: Record<string, string>, extra: string[] = [], limitMs = 60_000, started?: (c: ChildProcess) => void): Promise<Run> {
+  return runNode([cli, 'launch', '-n', String(n), rankScript, ...extra], env, limitMs, started);
+}
+
+/** The JSON lines of each rank's output, from a launcher's `[rank i] ` prefixed lines. */
+function byRank(stdout: string): Map<number, Record<string, unknown>[]> {
+  const out = new Map<number, Record<string, unknown>[]>();
+  for (const line of stdout.split('\n')) {
+    const m = /^\[rank (\d+)\] (\{.*\})$/.exec(line);
+    if (!m) continue;
+    const rank = Number(m[1]);
+    if (!out.has(rank)) out.set(rank, []);
+    out.get(rank)?.push(JSON.parse(m[2]));
+  }
+  return out;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Every rank's pid, from its 'started' line: after the launcher has ended, none may be left. */
+function startedPids(ranks: Map<number, Record<string, unknown>[]>): number[] {
+  return [...ranks.values()].flatMap((lines) => lines.filter((l) => l.started).map((l) => l.pid as number));
+}
+
+describe('moe-kernels launch', () => {
+  for (const n of [4, 8]) {
+    it(`${n} ranks form a group: every rank gathers [0..${n - 1}]; output is prefixed by rank; arguments pass through`, async () => {
+      const r = await launcher(n, {}, ['--flag', 'x']);
+      expect(r.status, r.stderr).toBe(0);
+      const ranks = byRank(r.stdout);
+      expect([...ranks.keys()].sort((a, b) => a - b)).toEqual([...Array(n).keys()]);
+      for (const [rank, lines] of ranks) {
+        const result = lines.find((l) => 'gathered' in l);
+        expect(result, `rank ${rank}: ${r.stdout}`).toMatchObject({
+          rank,
+          worldSize: n,
+          localRank: rank,
+          localWorldSize: n,
+          gathered: [...Array(n).keys()],
+          broadcast: 'from root',
+          args: ['--flag', 'x'],
+        });
+      }
+    });
+  }
+
+  it('one rank: a world of one, output not prefixed', async () => {
+    const r = await launcher(1, {});
+    expect(r.status, r.stderr).toBe(0);
+    expect(r.stdout).not.toContain('[rank');
+    expect(JSON.parse(r.stdout.trim().split('\n').at(-1) as string)).toMatchObject({ rank: 0, worldSize: 1, gathered: [0] });
+  });
+
+  it('a rank that exits before the rendezvous: the launcher exits with its status and the others are stopped', async () => {
+    const r = await launcher(4, { EP_MODE: 'exit-early', EP_BAD_RANK: '2' });
+    expect(r.status).toBe(7);
+    expect(r.stderr).toContain('rank 2 exited with status 7; stopping the other ranks');
+    const pids = startedPids(byRank(r.stdout));
+    expect(pids.length).toBeGreaterThanOrEqual(1);
+    expect(pids.filter(alive)).toEqual([]);
+  });
+
+  it('a rank that hangs before joining: the others get E_TIMEOUT within the timeout; all end', async () => {
+    const r = await launcher(4, { EP_MODE: 'hang', EP_BAD_RANK: '2', EP_TIMEOUT_MS: '1500' });
+    expect(r.status).toBe(3);
+    expect(r.ms).toBeLessThan(20_000);
+    const ranks = byRank(r.stdout);
+    // the first rank to give up ends the launch; the others may be stopped before they report
+    const errors = [...ranks.values()].flat().filter((l) => l.code !== undefined);
+    expect(errors.length).toBeGreaterThanOrEqual(1);
+    for (const e of errors) expect(e.code).toBe('E_TIMEOUT');
+    expect(startedPids(ranks).filter(alive)).toEqual([]);
+  });
+
+  it('SIGTERM to the launcher ends every rank', async () => {
+    let launched: ChildProcess | undefined;
+    let seen = '';
+    const r = await launcher(3, { EP_MODE: 'sleep' }, [], 30_000, (c) => {
+      launched = c;
+      c.stdout?.on('data', (d: Buffer) => {
+        seen += d;
+        // every rank has started: stop them through the launcher
+        if ((seen.match(/"started":true/g) ?? []).length === 3) c.kill('SIGTERM');
+      });
+    });
+    expect(launched).toBeDefined();
+    expect(r.status).toBe(128 + 15);
+    const pids = startedPids(byRank(r.stdout));
+    expect(pids).toHaveLength(3);
+    expect(pids.filter(alive)).toEqual([]);
+  });
+
+  it('argument errors print usage and exit non-zero, without a stack trace', async () => {
+    for (const args of [['launch', rankScript], ['launch', '-n', '0', rankScript], ['launch', '-n', 'two', rankScript], ['launch', '-n', '2']]) {
+      const r = await runNode([cli, ...args], {}, 30_000);
+      expect(r.status, args.join(' ')).not.toBe(0);
+      expect(r.stderr).toContain('Usage: moe-kernels launch');
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    }
+  });
+});
+
+// Ranks started directly with the launcher's variables, without the launcher: here no one stops
+// the survivors, so each can be seen reporting its own error.
+describe('ranks without a launcher', () => {
+  function ranks(ids: number[], n: number, env: Record<string, string>): Promise<Run[]> {
+    return freePort().then((port) =>
+      Promise.all(
+        ids.map((rank) =>
+          runNode(
+            [rankScript],
+            { RANK: String(rank), WORLD_SIZE: String(n), LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: String(n), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), ...env },
+            30_000,
+          ),
+        ),
+      ),
+    );
+  }
+  const last = (r: Run) => JSON.parse(r.stdout.trim().split('\n').at(-1) as string);
+
+  it('a rank that never starts: every other rank gets E_TIMEOUT within the timeout', async () => {
+    const runs = await ranks([0, 1, 3], 4, { EP_TIMEOUT_MS: '1500' });
+    for (const r of runs) {
+      expect(r.status, r.stdout + r.stderr).toBe(3);
+      expect(last(r)).toMatchObject({ code: 'E_TIMEOUT' });
+      expect(r.ms).toBeLessThan(15_000);
+    }
+    // rank 0 knows who is missing, whichever rank's deadline passed first
+    expect(last(runs[0]).message).toMatch(/rank 2 (did|had) not join/);
+  });
+
+  it('a rank killed during an allGather: the survivors get E_COMM naming it, well within the timeout', async () => {
+    const runs = await ranks([0, 1, 2, 3], 4, { EP_MODE: 'die-in-gather', EP_BAD_RANK: '2', EP_TIMEOUT_MS: '20000' });
+    expect(runs[2].signal).toBe('SIGKILL');
+    for (const r of [runs[0], runs[1], runs[3]]) {
+      const out = last(r);
+      expect(out.code, out.message).toBe('E_COMM');
+      expect(out.message).toMatch(/rank 2 disconnected/);
+      expect(out.ms).toBeLessThan(20_000);
+      expect(r.status).toBe(0);
+    }
+  });
+});
