@@ -21,6 +21,7 @@ export interface BenchFamily {
 export const BENCH_FAMILIES: readonly BenchFamily[] = [
   { name: 'nvfp4', script: 'benchmarks/run_nvfp4.sh', peers: true, description: 'NVFP4 GEMM (W4A16), DeepSeek-V3 shapes, M = 1 to 16384; peers cuBLAS BF16 and FP8' },
   { name: 'mtp', script: 'benchmarks/run_mtp.sh', peers: true, description: 'MTP draft verification (verifyDrafts), greedy and rejection, B = 1 and 256; peer PyTorch' },
+  { name: 'routing', script: 'benchmarks/run_routing.sh', peers: true, description: 'MoE routing: routeTopK alone and with the contiguous or masked layout, T = 1 to 16384; peer PyTorch' },
   { name: 'launch', script: 'benchmarks/run_launch.sh', peers: false, description: 'launch overhead: each op from JS against the same launcher looped in C++' },
 ];
 

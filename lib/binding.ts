@@ -5,7 +5,7 @@
 // the numeric ids of dtype.ts.
 
 /** Raw binding: pointers are bigints, dtypes numeric ids, device -1 the CPU. Internal. */
-export interface Binding extends Nvfp4Binding, MtpBinding {
+export interface Binding extends Nvfp4Binding, MtpBinding, RoutingBinding {
   setErrorClass(cls: unknown): void;
   buildInfo(): NativeBuildInfo;
   canAccessPeer(from: number, to: number): boolean;
@@ -82,27 +82,27 @@ export interface MemoryStats {
   driverAllocations: number;
 }
 
-/** Native entry points of the nvfp4 family: device -1 runs the CPU reference. @internal */
+/**
+ * Native ops of the nvfp4 family (native/common/nvfp4.h): `(device, stream, ...fields)` with
+ * the fields of the op's struct in order; null pointers are 0n. @internal
+ */
 export interface Nvfp4Binding {
-  nvfp4Amax(device: number, x: bigint, xType: number, numel: number, amaxOut: bigint, stream: bigint): void;
-  nvfp4GlobalScaleFromAmax(device: number, amax: bigint, globalScale: bigint, stream: bigint): void;
+  nvfp4Amax(device: number, stream: bigint, x: bigint, xType: number, numel: number, amax: bigint): void;
+  nvfp4GlobalScaleFromAmax(device: number, stream: bigint, amax: bigint, globalScale: bigint): void;
   nvfp4Quantize(
-    device: number, x: bigint, xType: number, rows: number, K: number, globalScale: bigint,
-    data: bigint, scales: bigint, stream: bigint,
+    device: number, stream: bigint, x: bigint, xType: number, rows: number, K: number, globalScale: bigint,
+    data: bigint, scales: bigint, globalScaleOut: bigint,
   ): void;
   nvfp4Dequantize(
-    device: number, data: bigint, scales: bigint, globalScale: bigint, rows: number, K: number,
-    out: bigint, outType: number, stream: bigint,
+    device: number, stream: bigint, data: bigint, scales: bigint, globalScale: bigint, rows: number, K: number,
+    out: bigint, outType: number,
   ): void;
-  nvfp4SwizzledScaleBytes(rows: number, K: number): number;
-  nvfp4SwizzleScales(device: number, scales: bigint, rows: number, K: number, swizzled: bigint, stream: bigint): void;
-  nvfp4UnswizzleScales(device: number, swizzled: bigint, rows: number, K: number, scales: bigint, stream: bigint): void;
-  nvfp4GemmWorkspaceBytes(device: number, M: number, N: number, K: number, aType: number, forcePortable: boolean): number;
+  nvfp4SwizzleScales(device: number, stream: bigint, scales: bigint, rows: number, K: number, swizzled: bigint): void;
+  nvfp4UnswizzleScales(device: number, stream: bigint, swizzled: bigint, rows: number, K: number, scales: bigint): void;
   nvfp4Gemm(
-    device: number, a: bigint, aType: number, aScales: bigint, aGlobalScale: bigint,
+    device: number, stream: bigint, a: bigint, aType: number, aScales: bigint, aGlobalScale: bigint,
     wData: bigint, wScales: bigint, wGlobalScale: bigint, bias: bigint, biasType: number,
-    out: bigint, outType: number, M: number, N: number, K: number, alpha: number,
-    forcePortable: boolean, workspace: bigint, workspaceBytes: number, stream: bigint,
+    out: bigint, outType: number, M: number, N: number, K: number, alpha: number, portable: boolean,
   ): void;
 }
 
@@ -139,5 +139,27 @@ export interface MtpBinding {
     workspace: bigint,
     workspaceBytes: number,
     stream: bigint,
+  ): void;
+}
+
+/** Native entry points of the routing family (native/common/routing.h). @internal */
+export interface RoutingBinding {
+  routeTopK(
+    device: number, stream: bigint, logits: bigint, logitsType: number, bias: bigint, ids: bigint, weights: bigint,
+    tokens: number, experts: number, k: number, scoring: number, groups: number, topkGroups: number,
+    renormalize: boolean, scale: number,
+  ): void;
+  expertLayout(
+    device: number, stream: bigint, ids: bigint, tokens: number, k: number, experts: number, align: number,
+    maxPerExpert: number, rows: number, counts: bigint, offsets: bigint, sourceIndex: bigint, rowIndex: bigint,
+    usedRows: bigint, dropped: bigint, errors: bigint,
+  ): void;
+  permute(
+    device: number, stream: bigint, x: bigint, type: number, sourceIndex: bigint, usedRows: bigint, out: bigint,
+    tokens: number, k: number, hidden: number, rows: number,
+  ): void;
+  unpermute(
+    device: number, stream: bigint, y: bigint, yType: number, rowIndex: bigint, weights: bigint, out: bigint,
+    outType: number, tokens: number, k: number, hidden: number, rows: number,
   ): void;
 }

@@ -105,6 +105,18 @@ export function checkFunction(value: unknown, argument: string): void {
   if (typeof value !== 'function') throw new MoeError('E_ARGUMENT', `${argument}: expected a function, got ${describe(value)}`);
 }
 
+/** A byte buffer: a Uint8Array (a Buffer is one). */
+export function checkBytes(value: unknown, argument: string): Uint8Array {
+  if (!(value instanceof Uint8Array)) throw new MoeError('E_ARGUMENT', `${argument}: expected a Uint8Array, got ${describe(value)}`);
+  return value;
+}
+
+/** A non-empty string. */
+export function checkString(value: unknown, argument: string): string {
+  if (typeof value !== 'string' || value === '') throw new MoeError('E_ARGUMENT', `${argument}: expected a non-empty string, got ${describe(value)}`);
+  return value;
+}
+
 // ---- dtypes, shapes, devices --------------------------------------------------------------
 
 export function checkDType(value: unknown, argument: string): DType {
@@ -199,11 +211,63 @@ export function checkOut<T extends TensorLike = TensorLike>(value: unknown, argu
   return t;
 }
 
+/** A tensor of exactly `shape` (E_SHAPE otherwise); `names` label the dimensions in the message. */
+export function checkShapeIs(t: TensorLike, argument: string, shape: readonly number[], names?: readonly string[]): void {
+  if (!sameShape(t.shape, shape)) {
+    const want = names ? `[${names.map((n, i) => `${n} = ${shape[i]}`).join(', ')}]` : `[${shape}]`;
+    throw new MoeError('E_SHAPE', `${argument}: expected shape ${want}, got [${t.shape}]`);
+  }
+}
+
+/** A tensor with `ndim` dimensions (E_SHAPE otherwise); `layout` names them, e.g. "[tokens, experts]". */
+export function checkRank(t: TensorLike, argument: string, ndim: number, layout: string): void {
+  if (t.shape.length !== ndim) throw new MoeError('E_SHAPE', `${argument}: expected ${layout}, got shape [${t.shape}]`);
+}
+
+/**
+ * checkOut for the shape [...like without its last size, last], compared without building it:
+ * the per-op path of an op whose output replaces the last dimension of an input.
+ */
+export function checkOutLastDim<T extends TensorLike = TensorLike>(
+  value: unknown,
+  argument: string,
+  dtypes: readonly DType[],
+  like: readonly number[],
+  last: number,
+  device: Device,
+): T {
+  const t = checkTensor<T>(value, argument, dtypes, device);
+  const s = t.shape;
+  const n = like.length;
+  let ok = s.length === n && n > 0 && s[n - 1] === last;
+  for (let i = 0; ok && i < n - 1; i++) ok = s[i] === like[i];
+  if (!ok) throw new MoeError('E_SHAPE', `${argument}: expected shape [${[...like.slice(0, -1), last]}], got [${s}]`);
+  return t;
+}
+
 /** A tensor whose data the kernels read with `bytes`-wide vector loads. */
 export function checkAligned(ptr: bigint, numel: number, argument: string, bytes: number): void {
   if (numel > 0 && ptr % BigInt(bytes) !== 0n) {
     throw new MoeError('E_ARGUMENT', `${argument}: the data must start at a ${bytes}-byte aligned address, got 0x${ptr.toString(16)}`);
   }
+}
+
+/** What the checks read of an NVFP4 tensor. @internal */
+export interface Nvfp4Like {
+  readonly shape: readonly number[];
+  readonly device: Device;
+  readonly disposed: boolean;
+}
+
+/** A live Nvfp4Tensor (all three parts alive), on `device` when given. */
+export function checkNvfp4<T extends Nvfp4Like = Nvfp4Like>(value: unknown, argument: string, device?: Device): T {
+  if (!branded(value, NVFP4)) throw new MoeError('E_ARGUMENT', `${argument}: expected an Nvfp4Tensor, got ${describe(value)}`);
+  const q = value as T;
+  if (q.disposed) throw new MoeError('E_DISPOSED', `${argument}: the NVFP4 tensor (or one of its parts) was disposed`);
+  if (device !== undefined && q.device !== device) {
+    throw new MoeError('E_DEVICE', `${argument}: expected a tensor on ${device}, got one on ${q.device}`);
+  }
+  return q;
 }
 
 /** A live Stream, on `device` when given. */
