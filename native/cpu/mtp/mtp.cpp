@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "cpu/common/numeric.h"
-#include "kernels/mtp/rules.h"
+#include "common/mtp_rules.h"
 
 namespace moe::cpu::mtp {
 

@@ -34,7 +34,7 @@
 #include <climits>
 #include <cmath>
 
-#include "kernels/mtp/rules.h"
+#include "common/mtp_rules.h"
 
 namespace moe::kernels::mtp {
 

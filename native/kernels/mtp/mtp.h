@@ -58,7 +58,7 @@
 //  * Sampling is an exponential race: token = argmax over x with w(x) > 0 of w(x) / E(x), ties
 //    to the lowest id, with E(x) = Exp(1) from Philox. The one-hot and bonus cases use the
 //    unnormalized weight exp((l - max)/T), so they do not depend on any float sum.
-//  * RNG (rules.h): Philox4x32-10, key = (seed lo, seed hi), counter = (index >> 2, stream,
+//  * RNG (common/mtp_rules.h): Philox4x32-10, key = (seed lo, seed hi), counter = (index >> 2, stream,
 //    offset lo, offset hi), word = index & 3. Acceptance uniform of position i: stream
 //    0xFFFFFFFF, index i, u = (word >> 8) * 2^-24. Race draw of token x in row i: stream i,
 //    index x, E = -log1p(-(word * 2^-32 + 2^-33)).
