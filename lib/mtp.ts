@@ -290,7 +290,6 @@ export function verifyDrafts(options: VerifyDraftsOptions): VerifyDraftsResult {
   // Everything that allocates or uploads comes after the checks above, and is released below.
   const uploaded: Tensor[] = [];
   const allocated: Tensor[] = [];
-  let workspace: Tensor | undefined;
   try {
     let lengths: Tensor | undefined;
     if (options.draftLengths !== undefined) {
@@ -336,20 +335,16 @@ export function verifyDrafts(options: VerifyDraftsOptions): VerifyDraftsResult {
     };
     if (given.acceptMask || options.acceptMask) result.acceptMask = given.acceptMask ?? alloc([batch, n], 'u8');
 
-    const dev = deviceIndex(device);
-    const b = native();
-    const bytes = b.verifyDraftsWorkspaceBytes(dev, batch, n, vocab);
-    // Stream-ordered: freed right after the launch, reused only by work queued after it.
-    if (bytes > 0) workspace = empty([bytes], { dtype: 'u8', device, stream });
     const used = [...inputs.map((e) => e[1]), result.tokens, result.numAccepted, result.inThinking];
     if (result.acceptMask) used.push(result.acceptMask);
-    if (workspace) used.push(workspace);
     useOn(stream, used);
 
     const p = (t: Tensor | undefined): bigint => (t === undefined || t.numel === 0 ? 0n : t.dataPtr);
     const param = (name: keyof VerifyDraftsParams): bigint => p(resolved.get(name));
-    b.verifyDrafts(
-      dev,
+    // The kernels' scratch comes from the stream's workspace arena, inside the native op.
+    native().verifyDrafts(
+      deviceIndex(device),
+      stream.handle,
       target.dataPtr,
       DTYPES[target.dtype].id,
       p(drafts),
@@ -375,15 +370,11 @@ export function verifyDrafts(options: VerifyDraftsOptions): VerifyDraftsResult {
       batch,
       n,
       vocab,
-      p(workspace),
-      bytes,
-      stream.handle,
     );
     allocated.length = 0;
     return result;
   } finally {
     for (const t of uploaded) t.dispose();
     for (const t of allocated) t.dispose();
-    workspace?.dispose();
   }
 }

@@ -15,6 +15,7 @@ import {
   type VerifyDraftsParams,
   type VerifyMode,
 } from '../lib';
+import { native } from '../lib/native';
 import { expectCode, forEachBackend, freshSeed, hasCuda, rng } from './backends';
 
 // ---- oracles and helpers ------------------------------------------------------------------
@@ -974,5 +975,76 @@ forEachBackend('verifyDrafts temperature limits', (device: Device) => {
     const got = await run({ targetLogits, draftTokens, params });
     expect(Array.from(got.tokens)).toEqual([1, 2]);
     expect(Array.from(got.numAccepted)).toEqual([2]);
+  });
+});
+
+describe('verifyDrafts native preconditions', () => {
+  // The raw binding, on the CPU (device -1): the shared preconditions (native/common/mtp.h) run
+  // before either backend and name the argument; none of them is a CUDA error.
+  const B = 2, n = 3, V = 5;
+  const target = fromArray(new Float32Array(B * (n + 1) * V), { shape: [B, n + 1, V], device: 'cpu' });
+  const drafts = fromArray(new Int32Array(B * n), { dtype: 'i32', shape: [B, n], device: 'cpu' });
+  const thinking = fromArray(new Int32Array(B), { dtype: 'i32', device: 'cpu' });
+  const tokens = empty([B, n + 1], { dtype: 'i32', device: 'cpu' });
+  const num = empty([B], { dtype: 'i32', device: 'cpu' });
+  interface Fields {
+    logitsDType: number;
+    draftTokens: bigint;
+    draftData: bigint;
+    draftDType: number;
+    draftKind: number;
+    inThinking: bigint;
+    outTokens: bigint;
+    outInThinking: bigint;
+    batch: number;
+    numDrafts: number;
+    vocab: number;
+  }
+  const good: Fields = {
+    logitsDType: 0,
+    draftTokens: drafts.dataPtr,
+    draftData: 0n,
+    draftDType: 0,
+    draftKind: 0,
+    inThinking: thinking.dataPtr,
+    outTokens: tokens.dataPtr,
+    outInThinking: 0n,
+    batch: B,
+    numDrafts: n,
+    vocab: V,
+  };
+  const fields = (f: Fields): [bigint, number, bigint, bigint, bigint, number, number, ...(bigint | number)[]] => [
+    target.dataPtr, f.logitsDType, f.draftTokens, 0n, f.draftData, f.draftDType, f.draftKind,
+    0n, 0n, 0n, 0n, 0n, 0n, 0n, 0n, 0n, 0n, f.inThinking,
+    f.outTokens, num.dataPtr, 0n, f.outInThinking, f.batch, f.numDrafts, f.vocab,
+  ];
+  const call = (patch: Partial<Fields>) => () =>
+    (native().verifyDrafts as (...a: unknown[]) => void)(-1, 0n, ...fields({ ...good, ...patch }));
+  const loop = (patch: Partial<Fields>) => () => native().verifyDraftsLaunchLoop(2, -1, 0n, ...fields({ ...good, ...patch }));
+
+  it('the arguments above are accepted', () => {
+    call({})();
+    expect(loop({})()).toBeGreaterThanOrEqual(0);
+  });
+
+  it('each precondition fails with a code that names the argument', async () => {
+    await expectCode(call({ vocab: 0 }), 'E_SHAPE', 'targetLogits');
+    await expectCode(call({ vocab: 2 ** 31 }), 'E_SHAPE', 'targetLogits');
+    await expectCode(call({ batch: -1 }), 'E_SHAPE', 'targetLogits');
+    await expectCode(call({ numDrafts: -1 }), 'E_SHAPE', 'targetLogits');
+    await expectCode(call({ batch: 2 ** 30, numDrafts: 1 }), 'E_SHAPE', 'targetLogits');
+    await expectCode(call({ logitsDType: 4 }), 'E_DTYPE', 'targetLogits');
+    await expectCode(call({ draftKind: 3 }), 'E_ARGUMENT', 'draftKind');
+    await expectCode(call({ draftKind: 1, draftData: target.dataPtr, draftDType: 5 }), 'E_DTYPE', 'draftProbs');
+    await expectCode(call({ draftKind: 2, draftData: target.dataPtr, draftDType: 5 }), 'E_DTYPE', 'draftLogits');
+    await expectCode(call({ draftTokens: 0n }), 'E_ARGUMENT', 'draftTokens');
+    await expectCode(call({ outTokens: 0n }), 'E_ARGUMENT', 'out.tokens');
+    await expectCode(call({ outInThinking: thinking.dataPtr }), 'E_ARGUMENT', 'out.inThinking');
+    // the C++ launch loop checks the same way
+    await expectCode(loop({ vocab: 0 }), 'E_SHAPE', 'targetLogits');
+  });
+
+  it('has no separate workspace query: the op takes its scratch from the runtime', () => {
+    expect('verifyDraftsWorkspaceBytes' in native()).toBe(false);
   });
 });

@@ -1,11 +1,14 @@
-// Definitions shared bit-for-bit by the MTP verification kernels and the CPU reference:
-// the Philox4x32-10 generator, the random draws taken from it, and the order-preserving key
-// used for top-k / top-p thresholds. Both backends must compute these identically, so this
-// header is plain C++ that also compiles as __host__ __device__ code.
+// Rules shared bit-for-bit by the MTP verification kernels and the CPU reference: how a
+// request's parameters are read (defaults, greedy fallbacks), the acceptance tests, the
+// thinking-phase update, the Philox4x32-10 generator and the draws taken from it, and the
+// order-preserving key used for top-k / top-p thresholds. Both backends must compute these
+// identically, so this header is plain C++ that also compiles as __host__ __device__ code.
 #pragma once
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+
+#include "common/mtp.h"
 
 #if defined(__CUDACC__)
 #define MTP_HD __host__ __device__ __forceinline__
@@ -14,16 +17,6 @@
 #endif
 
 namespace moe::mtp_rules {
-
-// Verification modes (per request).
-constexpr int32_t kModeGreedy = 0;
-constexpr int32_t kModeRejection = 1;
-constexpr int32_t kModeRelaxed = 2;
-
-// What the optional draft tensor holds.
-constexpr int32_t kDraftNone = 0;
-constexpr int32_t kDraftProbs = 1;
-constexpr int32_t kDraftLogits = 2;
 
 // Philox counter word c1 that selects the acceptance-uniform stream; race draws for
 // row i use c1 = i (rows are 0..numDrafts, far below this value).
@@ -117,6 +110,100 @@ MTP_HD float weightOf(float v, float m, float invT) {
 #else
   return std::exp((v - m) * invT);
 #endif
+}
+
+
+// ---- per-request parameters -------------------------------------------------------------
+
+// What draftData holds for this call: none without data or without drafts.
+MTP_HD int32_t draftKindOf(const VerifyDraftsArgs& a) {
+  return a.draftData == nullptr || a.numDrafts == 0 ? kDraftNone : a.draftKind;
+}
+
+// A request's mode and filter, defaults applied: every row of the request is read with these.
+struct Request {
+  int32_t len;   // drafts to verify, clamped to [0, n]
+  int32_t mode;  // kModeGreedy, kModeRejection or kModeRelaxed
+  float invT;    // 1 / temperature for rejection, else 1
+  int32_t topK;
+  float topP;
+  bool filtered;  // rejection with top-k or top-p in effect
+};
+
+MTP_HD Request loadRequest(const VerifyDraftsArgs& a, int64_t b) {
+  Request r;
+  const int32_t n = static_cast<int32_t>(a.numDrafts);
+  const int32_t len = a.draftLengths ? a.draftLengths[b] : n;
+  r.len = len < 0 ? 0 : (len > n ? n : len);
+  int32_t md = a.mode ? a.mode[b] : kModeGreedy;
+  const float t = a.temperature ? a.temperature[b] : 1.0f;
+  // 1/t must be finite: a temperature so small that it overflows is the greedy limit
+#if defined(__CUDA_ARCH__)
+  const bool invertible = t > 0.0f && isfinite(1.0f / t);
+#else
+  const bool invertible = t > 0.0f && std::isfinite(1.0f / t);
+#endif
+  if (md == kModeRejection && !invertible) md = kModeGreedy;
+  if (md != kModeRejection && md != kModeRelaxed) md = kModeGreedy;
+  r.mode = md;
+  r.invT = md == kModeRejection ? 1.0f / t : 1.0f;
+  r.topK = a.topK ? a.topK[b] : 0;
+  r.topP = a.topP ? a.topP[b] : 1.0f;
+  r.filtered = md == kModeRejection && ((r.topK > 0 && static_cast<int64_t>(r.topK) < a.vocab) || r.topP < 1.0f);
+  return r;
+}
+
+// The rest of a request's parameters, read where its drafts are walked.
+struct Walk {
+  uint64_t seed, offset;
+  int32_t relaxedTopK;
+  float relaxedDelta;
+  int32_t beginId, endId;
+  int32_t state;  // thinking state (0 or 1) at the first draft
+};
+
+MTP_HD Walk loadWalk(const VerifyDraftsArgs& a, int64_t b) {
+  Walk w;
+  w.seed = a.seed ? a.seed[b] : 0ull;
+  w.offset = a.offset ? a.offset[b] : 0ull;
+  w.relaxedTopK = a.relaxedTopK ? a.relaxedTopK[b] : 1;
+  w.relaxedDelta = a.relaxedDelta ? a.relaxedDelta[b] : 0.0f;
+  w.beginId = a.thinkBeginId ? a.thinkBeginId[b] : -1;
+  w.endId = a.thinkEndId ? a.thinkEndId[b] : -1;
+  w.state = a.inThinking ? (a.inThinking[b] != 0 ? 1 : 0) : 1;
+  return w;
+}
+
+// ---- decisions ---------------------------------------------------------------------------
+
+// Thinking state after emitting or accepting `token` (begin checked first).
+MTP_HD int32_t updateThinking(int32_t state, int32_t token, int32_t beginId, int32_t endId) {
+  return token == beginId ? 1 : (token == endId ? 0 : state);
+}
+
+// Probability of logit v in a filtered row: kept iff its key reaches tau, weight over z.
+MTP_HD float keptProb(float v, uint32_t tau, float m, float invT, float z) {
+  return orderKey(v) >= tau ? weightOf(v, m, invT) / z : 0.0f;
+}
+
+// Relaxed acceptance of a draft that is not the argmax, in the thinking phase: fewer than
+// relaxedTopK logits above its logit lx, and softmax(lx) within delta of the top token's
+// (row maximum m, softmax normalizer z at temperature 1).
+MTP_HD bool relaxedAccepts(int64_t countGreater, int32_t relaxedTopK, float lx, float m, float z, float delta) {
+  const float pd = weightOf(lx, m, 1.0f) / z;
+  const float p1 = 1.0f / z;
+  return countGreater < relaxedTopK && pd >= p1 - delta;
+}
+
+// Rejection acceptance of draft position i: u * q(x) < p(x), u from the acceptance stream.
+MTP_HD bool rejectionAccepts(uint64_t seed, uint64_t offset, int32_t i, float px, float qx) {
+  const float u = uniformFromWord(philoxWord(seed, offset, kAcceptStream, static_cast<uint32_t>(i)));
+  return u * qx < px;
+}
+
+// Element i of a request's output tokens: accepted drafts, the emitted token, then -1.
+MTP_HD int32_t outputToken(int64_t i, int32_t accepted, const int32_t* drafts, int32_t emitted) {
+  return i < accepted ? drafts[i] : (i == accepted ? emitted : -1);
 }
 
 }  // namespace moe::mtp_rules
