@@ -700,6 +700,55 @@ forEachBackend('verifyDrafts', (device: Device) => {
     expect(partial.tokens.shape).toEqual([B, 4]);
   });
 
+  it('greedy with tensor parameters and given outputs makes exactly one native call', async () => {
+    const B = GREEDY_TABLE.length, n = 3, V = 5;
+    const targetLogits = logitsTensor(flatten(GREEDY_TABLE.map((c) => c.rows)), [B, n + 1, V], 'bf16', device);
+    const draftTokens = i32(GREEDY_TABLE.flatMap((c) => c.drafts), [B, n], device);
+    const options: VerifyDraftsOptions = {
+      targetLogits,
+      draftTokens,
+      draftLengths: i32(GREEDY_TABLE.map((c) => c.length), [B], device),
+      params: {
+        mode: i32(new Array(B).fill(VERIFY_MODES.greedy), [B], device),
+        thinkBeginId: i32(new Array(B).fill(4), [B], device),
+        thinkEndId: i32(new Array(B).fill(2), [B], device),
+        inThinking: i32(new Array(B).fill(0), [B], device),
+      },
+      out: {
+        tokens: empty([B, n + 1], { dtype: 'i32', device }),
+        numAccepted: empty([B], { dtype: 'i32', device }),
+        inThinking: empty([B], { dtype: 'i32', device }),
+        acceptMask: empty([B, n], { dtype: 'u8', device }),
+      },
+      stream: defaultStream(device),
+    };
+    verifyDrafts(options); // warm: anything created once per process exists now
+    const b = native() as unknown as Record<string, unknown>;
+    const calls: string[] = [];
+    const saved = new Map<string, unknown>();
+    for (const name of Object.keys(b)) {
+      const f = b[name];
+      if (typeof f !== 'function') continue;
+      saved.set(name, f);
+      b[name] = (...args: unknown[]) => {
+        calls.push(name);
+        return (f as (...a: unknown[]) => unknown)(...args);
+      };
+    }
+    let res: ReturnType<typeof verifyDrafts>;
+    try {
+      res = verifyDrafts(options);
+    } finally {
+      for (const [name, f] of saved) b[name] = f;
+    }
+    expect(calls).toEqual(['verifyDrafts']);
+    expect(res.tokens).toBe(options.out!.tokens);
+    expect(Array.from(await res.tokens.toArray())).toEqual(GREEDY_TABLE.flatMap((c) => c.tokens));
+    // thinking: an emitted 4 turns the phase on, an emitted 2 (after an accepted 4) turns it off
+    const thinking = GREEDY_TABLE.map((c) => c.tokens.filter((t) => t >= 0).reduce((s, t) => (t === 4 ? 1 : t === 2 ? 0 : s), 0));
+    expect(Array.from(await res.inThinking.toArray())).toEqual(thinking);
+  });
+
   it('rejects bad input with codes that name the argument, and writes nothing', async () => {
     const B = 2, n = 3, V = 5;
     const targetLogits = logitsTensor(new Array(B * (n + 1) * V).fill(0).map((_, i) => i % 7), [B, n + 1, V], 'bf16', device);
@@ -744,12 +793,21 @@ forEachBackend('verifyDrafts', (device: Device) => {
     await expectCode(v({ params: { topK: i32([1, 1, 1], [3], device) } }), 'E_SHAPE', 'params.topK');
     await expectCode(v({ params: { topK: [1, 2, 3] } }), 'E_SHAPE', 'params.topK');
     await expectCode(v({ params: { seed: empty([B], { dtype: 'i32', device }) as never } }), 'E_DTYPE', 'params.seed');
-    await expectCode(v({ params: { temprature: 1 } as never }), 'E_ARGUMENT', 'params.temprature');
+    await expectCode(v({ params: { temprature: 1 } as never }), 'E_ARGUMENT', 'params: unknown option "temprature"');
     await expectCode(v({ out: { tokens: empty([B, n], { dtype: 'i32', device }) } }), 'E_SHAPE', 'out.tokens');
     await expectCode(v({ out: { numAccepted: f32([B]) as never } }), 'E_DTYPE', 'out.numAccepted');
     await expectCode(v({ out: { acceptMask: empty([B, n + 1], { dtype: 'u8', device }) } }), 'E_SHAPE', 'out.acceptMask');
     await expectCode(v({ acceptMask: 'yes' as never }), 'E_ARGUMENT', 'acceptMask');
     await expectCode(v({ stream: 'default' as never }), 'E_ARGUMENT', 'stream');
+
+    // options objects: unknown keys (a misspelt option would be ignored) and null
+    await expectCode(v({ draftLength: [1, 1] } as never), 'E_ARGUMENT', 'options: unknown option "draftLength"');
+    await expectCode(v({ out: { token: empty([B, n + 1], { dtype: 'i32', device }) } as never }), 'E_ARGUMENT', 'out: unknown option "token"');
+    await expectCode(v({ out: { numAccepted: empty([B], { dtype: 'i32', device }), mask: 1 } as never }), 'E_ARGUMENT', 'out: unknown option "mask"');
+    await expectCode(() => verifyDrafts(null as never), 'E_ARGUMENT', 'options');
+    await expectCode(v({ params: null as never }), 'E_ARGUMENT', 'params');
+    await expectCode(v({ out: null as never }), 'E_ARGUMENT', 'out');
+    await expectCode(v({ params: [] as never }), 'E_ARGUMENT', 'params');
 
     // overlapping outputs, and an output over an input
     const big = empty([2 * B, n + 1], { dtype: 'i32', device });
