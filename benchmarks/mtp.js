@@ -7,16 +7,15 @@
 // probs where given); the ceiling is a device-to-device copy measured in the same run, counted
 // as bytes read plus written, the DRAM traffic a read-only kernel competes with.
 //
-//   node benchmarks/mtp.js [--out DIR] [--peer FILE]
+//   node benchmarks/mtp.js [--out DIR] [--peer FILE] [--seed N]
 //
 // --peer names the JSON written by benchmarks/peers/mtp.py (same cases, PyTorch); its times
-// join the table. benchmarks/run_mtp.sh runs both.
+// join the table. benchmarks/run_mtp.sh runs both. Without a CUDA GPU it exits with status 3
+// (harness.EXIT_NO_GPU).
 'use strict';
 const fs = require('node:fs');
-const path = require('node:path');
-const moe = require('../dist');
+const h = require('./harness');
 
-const DEVICE = 'cuda:0';
 const N_DRAFTS = 3;
 const VOCAB = 129280;
 const TEMPERATURE = 0.7;
@@ -35,48 +34,8 @@ const CASES = [
 ];
 const BATCHES = [256, 1];
 
-function arg(name, fallback) {
-  const i = process.argv.indexOf(name);
-  return i > 0 ? process.argv[i + 1] : fallback;
-}
-
-function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-// xorshift32 and Box-Muller: fast enough for 10^8 values, reproducible.
-function uniforms(seed) {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return (s + 0.5) / 4294967296;
-  };
-}
-
-function normals(seed) {
-  const u = uniforms(seed);
-  let spare = null;
-  return () => {
-    if (spare !== null) {
-      const v = spare;
-      spare = null;
-      return v;
-    }
-    const r = Math.sqrt(-2 * Math.log(u()));
-    const t = 2 * Math.PI * u();
-    spare = r * Math.sin(t);
-    return r * Math.cos(t);
-  };
-}
-
 /** bf16 bit patterns of N(0, sigma^2) logits, rounded to nearest even, and each row's argmax. */
-function randomLogits(rows, vocab, sigma, seed) {
-  const g = normals(seed);
+function randomLogits(rows, vocab, sigma, rng) {
   const bits = new Uint16Array(rows * vocab);
   const argmax = new Int32Array(rows);
   const f = new Float32Array(1);
@@ -84,7 +43,7 @@ function randomLogits(rows, vocab, sigma, seed) {
   for (let r = 0; r < rows; r++) {
     let best = -Infinity;
     for (let x = 0; x < vocab; x++) {
-      f[0] = g() * sigma;
+      f[0] = rng.normal() * sigma;
       const b = (w[0] + 0x7fff + ((w[0] >>> 16) & 1)) >>> 16;
       bits[r * vocab + x] = b;
       w[0] = b << 16;
@@ -97,13 +56,12 @@ function randomLogits(rows, vocab, sigma, seed) {
   return { bits, argmax };
 }
 
-function randomProbs(rows, vocab, seed) {
-  const g = normals(seed);
+function randomProbs(rows, vocab, rng) {
   const q = new Float32Array(rows * vocab);
   for (let r = 0; r < rows; r++) {
     let s = 0;
     for (let x = 0; x < vocab; x++) {
-      const v = Math.exp(g());
+      const v = Math.exp(rng.normal());
       q[r * vocab + x] = v;
       s += v;
     }
@@ -112,58 +70,18 @@ function randomProbs(rows, vocab, seed) {
   return q;
 }
 
-async function copyBandwidth(stream) {
-  const bytes = 1 << 30;
-  const src = moe.empty([bytes], { dtype: 'u8', device: DEVICE, stream });
-  const start = new moe.Event(DEVICE, { timing: true });
-  const end = new moe.Event(DEVICE, { timing: true });
-  // copyTo resolves at once for a same-device copy: the copy itself stays queued on `stream`
-  const once = async () => (await src.copyTo(DEVICE, { stream })).dispose();
-  for (let i = 0; i < 3; i++) await once();
-  const times = [];
-  for (let r = 0; r < 10; r++) {
-    start.record(stream);
-    for (let i = 0; i < 5; i++) await once();
-    end.record(stream);
-    await end.wait();
-    times.push(start.elapsedMs(end) / 5);
-  }
-  src.dispose();
-  const ms = median(times);
-  return { bytes, ms, gbPerS: (2 * bytes) / (ms * 1e-3) / 1e9 };
-}
-
-async function timeGraph(graph, stream) {
-  const start = new moe.Event(DEVICE, { timing: true });
-  const end = new moe.Event(DEVICE, { timing: true });
-  for (let i = 0; i < WARMUP; i++) graph.replay(stream);
-  await stream.synchronize();
-  const times = [];
-  for (let r = 0; r < REPS; r++) {
-    start.record(stream);
-    for (let i = 0; i < INNER; i++) graph.replay(stream);
-    end.record(stream);
-    await end.wait();
-    times.push(start.elapsedMs(end) / INNER);
-  }
-  start.dispose();
-  end.dispose();
-  return median(times);
-}
-
-async function runBatch(B, stream) {
+async function runBatch(moe, device, B, stream, rng) {
   const n = N_DRAFTS, V = VOCAB;
-  const opts = { device: DEVICE, stream };
-  const target = randomLogits(B * (n + 1), V, 2, 0x9e3779b9 ^ B);
+  const opts = { device, stream };
+  const target = randomLogits(B * (n + 1), V, 2, rng);
   const targetLogits = moe.fromBytes(target.bits, { ...opts, dtype: 'bf16', shape: [B, n + 1, V] });
   // drafts: the row's argmax 60% of the time, otherwise another token
-  const u = uniforms(17 + B);
   const drafts = new Int32Array(B * n);
   for (let b = 0; b < B; b++) {
-    for (let i = 0; i < n; i++) drafts[b * n + i] = u() < 0.6 ? target.argmax[b * (n + 1) + i] : Math.floor(u() * V);
+    for (let i = 0; i < n; i++) drafts[b * n + i] = rng.float() < 0.6 ? target.argmax[b * (n + 1) + i] : rng.int(V);
   }
   const draftTokens = moe.fromArray(drafts, { ...opts, dtype: 'i32', shape: [B, n] });
-  const draftProbs = moe.fromArray(randomProbs(B * n, V, 99 + B), { ...opts, dtype: 'f32', shape: [B, n, V] });
+  const draftProbs = moe.fromArray(randomProbs(B * n, V, rng), { ...opts, dtype: 'f32', shape: [B, n, V] });
   const perRequest = (ctor, dtype, fill) => moe.fromArray(new ctor(B).fill(fill), { ...opts, dtype, shape: [B] });
   const seeds = moe.fromArray(BigInt64Array.from({ length: B }, (_, b) => BigInt(b) * 2654435761n), { ...opts, dtype: 'i64', shape: [B] });
   const offsets = perRequest(BigInt64Array, 'i64', 0n);
@@ -183,8 +101,9 @@ async function runBatch(B, stream) {
     const options = { targetLogits, draftTokens, params, out, stream };
     if (c.probs) options.draftProbs = draftProbs;
     await stream.synchronize();
+    // one verifyDrafts call per graph, as a decode step runs it
     const graph = moe.captureGraph(stream, () => void moe.verifyDrafts(options));
-    const ms = await timeGraph(graph, stream);
+    const ms = h.median(await h.timeReplays(graph, stream, { warmup: WARMUP, replays: INNER, trials: REPS }));
     graph.dispose();
     const accepted = await out.numAccepted.toArray({ stream });
     const meanAccepted = accepted.reduce((a, x) => a + x, 0) / B;
@@ -196,60 +115,71 @@ async function runBatch(B, stream) {
   return rows;
 }
 
-async function main() {
-  const outDir = arg('--out', path.join(__dirname, 'results'));
-  const peerFile = arg('--peer', undefined);
-  const dev = moe.devices()[0];
-  const stream = moe.createStream(DEVICE);
-  const copy = await copyBandwidth(stream);
-  const rows = [];
-  for (const B of BATCHES) rows.push(...(await runBatch(B, stream)));
-  stream.dispose();
-
-  let peer;
-  if (peerFile && fs.existsSync(peerFile)) peer = JSON.parse(fs.readFileSync(peerFile, 'utf8'));
-  else if (peerFile) console.error(`(no PyTorch results at ${peerFile}: the PyTorch columns stay empty)`);
-  const peerRow = (r) => peer && peer.cases.find((p) => p.case === r.case && p.B === r.B);
+/** The Markdown below the title: settings, our rows joined with the peer's cases, the note. */
+function report(rows, copy, peer) {
   const us = (ms) => (ms * 1e3).toFixed(1);
-  const lines = [
-    `MTP draft verification on ${dev.name}: n = ${N_DRAFTS}, V = ${VOCAB}, bf16 logits, T = ${TEMPERATURE}, ` +
+  const table = h.merge(rows, peer ? peer.cases : [], {
+    key: ['case', 'B'],
+    missing: '-',
+    columns: [
+      { title: 'case', cell: ({ ours }) => ours.case },
+      { title: 'B', cell: ({ ours }) => ours.B },
+      { title: 'our time (us)', cell: ({ ours }) => us(ours.ms) },
+      { title: 'GB/s', cell: ({ ours }) => ours.gbPerS.toFixed(0) },
+      { title: '% of copy bw', cell: ({ ours }) => `${((100 * ours.gbPerS) / copy.gbPerS).toFixed(1)}%` },
+      { title: 'PyTorch time (us)', cell: ({ peer: p }) => p && us(p.ms) },
+      { title: 'speedup', cell: ({ ours, peer: p }) => p && h.ratio(p.ms, ours.ms) },
+    ],
+  });
+  return [
+    `n = ${N_DRAFTS}, V = ${VOCAB}, bf16 logits, T = ${TEMPERATURE}, ` +
       `top-k ${TOP_K} / top-p ${TOP_P} where named, draft probs f32. Copy bandwidth ${copy.gbPerS.toFixed(0)} GB/s ` +
       `(1 GiB device-to-device, read + write).` +
       (peer ? ` PyTorch ${peer.torch}, ${peer.timing}.` : ''),
     '',
-    '| case | B | our time (us) | GB/s | % of copy bw | PyTorch time (us) | speedup |',
-    '|---|---|---|---|---|---|---|',
-    ...rows.map((r) => {
-      const p = peerRow(r);
-      return (
-        `| ${r.case} | ${r.B} | ${us(r.ms)} | ${r.gbPerS.toFixed(0)} | ${((100 * r.gbPerS) / copy.gbPerS).toFixed(1)}% | ` +
-        `${p ? us(p.ms) : '-'} | ${p ? `${(p.ms / r.ms).toFixed(2)}x` : '-'} |`
-      );
-    }),
+    ...table.lines,
     '',
     'Ours: one verifyDrafts call captured in a CUDA graph, median over replays. GB/s: bytes of the target ' +
       'logits plus the draft probs where given, over our time; the kernels read every target row up to each ' +
       "request's draft length, but of the draft probs only the probabilities of the drafts and the one row " +
       'they sample the correction from.',
   ];
-  console.log(lines.join('\n'));
-  const card = dev.name.replace(/[^A-Za-z0-9]+/g, '-').replace(/-+$/, '');
-  fs.mkdirSync(outDir, { recursive: true });
+}
+
+async function main() {
+  const args = h.parse({
+    usage: 'usage: node benchmarks/mtp.js [--out DIR] [--peer FILE] [--seed N]',
+    options: {
+      peer: { type: 'string', value: 'FILE', help: 'JSON of benchmarks/peers/mtp.py, joined into the table' },
+      seed: { type: 'string', value: 'N', default: '1', help: 'seed of the logits, drafts and draft probs' },
+    },
+  });
+  const seed = h.intArg(args.seed, 'seed');
+  h.requireGpu();
+  const moe = h.moe();
+  const dev = moe.devices()[0];
+  const stream = moe.createStream(dev.device);
+  const copy = await h.copyBandwidth(stream);
+  const rows = [];
+  for (const B of BATCHES) rows.push(...(await runBatch(moe, dev.device, B, stream, new h.Rng(seed * 4096 + B))));
+  stream.dispose();
+
+  let peer;
+  if (args.peer && fs.existsSync(args.peer)) peer = h.readJson(args.peer);
+  else if (args.peer) console.error(`(no PyTorch results at ${args.peer}: the PyTorch columns stay empty)`);
+  const lines = report(rows, copy, peer);
+  const title = `MTP draft verification on ${dev.name}`;
+  console.log([title, '', ...lines].join('\n'));
   const result = {
     benchmark: 'mtp',
-    device: dev.name,
-    date: new Date().toISOString(),
-    node: process.version,
+    ...h.header(dev),
     copy,
-    settings: { n: N_DRAFTS, V: VOCAB, temperature: TEMPERATURE, topK: TOP_K, topP: TOP_P, warmup: WARMUP, inner: INNER, reps: REPS },
+    settings: { n: N_DRAFTS, V: VOCAB, temperature: TEMPERATURE, topK: TOP_K, topP: TOP_P, warmup: WARMUP, inner: INNER, reps: REPS, seed },
     rows,
     peer: peer ?? null,
   };
-  fs.writeFileSync(path.join(outDir, `mtp-${card}.json`), JSON.stringify(result, null, 2) + '\n');
-  fs.writeFileSync(path.join(outDir, `mtp-${card}.md`), lines.join('\n') + '\n');
+  h.writeResults(args.out, `mtp-${result.card}`, { result, title, lines });
 }
 
-main().catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+if (require.main === module) h.run(main, { gpu: false });
+module.exports = { report };

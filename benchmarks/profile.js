@@ -2,10 +2,14 @@
 // One representative call of each performance target, repeated a few times, for a profiler to
 // attach to (e.g. ncu --kernel-name regex:... node benchmarks/profile.js): NVFP4 decode at
 // M = 1 and 64 and prefill at M = 1024 on 4096 x 7168, MTP greedy and rejection at B = 256.
+// Without a CUDA GPU it exits with status 3 (harness.EXIT_NO_GPU).
 'use strict';
-const moe = require('../dist');
+const h = require('./harness');
 
 async function main() {
+  h.parse({ usage: 'usage: node benchmarks/profile.js', out: false });
+  h.requireGpu();
+  const moe = h.moe();
   const device = 'cuda:0';
   const [N, K] = [4096, 7168];
   const w = moe.quantizeNvfp4(moe.fromArray(Float32Array.from({ length: N * K }, (_, i) => Math.sin(i * 0.37)), { shape: [N, K], dtype: 'bf16', device }));
@@ -23,7 +27,4 @@ async function main() {
   await moe.defaultStream(device).synchronize();
 }
 
-main().catch((e) => {
-  console.error(e);
-  process.exit(1);
-});
+h.run(main, { gpu: false });

@@ -7,6 +7,8 @@
 /** Raw binding: pointers are bigints, dtypes numeric ids, device -1 the CPU. Internal. */
 export interface Binding extends Nvfp4Binding, MtpBinding {
   setErrorClass(cls: unknown): void;
+  buildInfo(): NativeBuildInfo;
+  canAccessPeer(from: number, to: number): boolean;
   deviceCount(): number;
   cudaUnavailableReason(): string;
   deviceInfo(device: number): NativeDeviceInfo;
@@ -49,6 +51,14 @@ export interface Binding extends Nvfp4Binding, MtpBinding {
   [launchLoop: `${string}LaunchLoop`]: (n: number, ...args: (bigint | number | boolean)[]) => number;
 }
 
+export interface NativeBuildInfo {
+  cuda: boolean;
+  cudaArchs: string;
+  cudaRuntimeVersion: number;
+  driverVersion: number;
+  ncclLibrary: string;
+}
+
 export interface NativeDeviceInfo {
   index: number;
   name: string;
@@ -72,27 +82,27 @@ export interface MemoryStats {
   driverAllocations: number;
 }
 
-/** Native entry points of the nvfp4 family: device -1 runs the CPU reference. @internal */
+/**
+ * Native ops of the nvfp4 family (native/common/nvfp4.h): `(device, stream, ...fields)` with
+ * the fields of the op's struct in order; null pointers are 0n. @internal
+ */
 export interface Nvfp4Binding {
-  nvfp4Amax(device: number, x: bigint, xType: number, numel: number, amaxOut: bigint, stream: bigint): void;
-  nvfp4GlobalScaleFromAmax(device: number, amax: bigint, globalScale: bigint, stream: bigint): void;
+  nvfp4Amax(device: number, stream: bigint, x: bigint, xType: number, numel: number, amax: bigint): void;
+  nvfp4GlobalScaleFromAmax(device: number, stream: bigint, amax: bigint, globalScale: bigint): void;
   nvfp4Quantize(
-    device: number, x: bigint, xType: number, rows: number, K: number, globalScale: bigint,
-    data: bigint, scales: bigint, stream: bigint,
+    device: number, stream: bigint, x: bigint, xType: number, rows: number, K: number, globalScale: bigint,
+    data: bigint, scales: bigint, globalScaleOut: bigint,
   ): void;
   nvfp4Dequantize(
-    device: number, data: bigint, scales: bigint, globalScale: bigint, rows: number, K: number,
-    out: bigint, outType: number, stream: bigint,
+    device: number, stream: bigint, data: bigint, scales: bigint, globalScale: bigint, rows: number, K: number,
+    out: bigint, outType: number,
   ): void;
-  nvfp4SwizzledScaleBytes(rows: number, K: number): number;
-  nvfp4SwizzleScales(device: number, scales: bigint, rows: number, K: number, swizzled: bigint, stream: bigint): void;
-  nvfp4UnswizzleScales(device: number, swizzled: bigint, rows: number, K: number, scales: bigint, stream: bigint): void;
-  nvfp4GemmWorkspaceBytes(device: number, M: number, N: number, K: number, aType: number, forcePortable: boolean): number;
+  nvfp4SwizzleScales(device: number, stream: bigint, scales: bigint, rows: number, K: number, swizzled: bigint): void;
+  nvfp4UnswizzleScales(device: number, stream: bigint, swizzled: bigint, rows: number, K: number, scales: bigint): void;
   nvfp4Gemm(
-    device: number, a: bigint, aType: number, aScales: bigint, aGlobalScale: bigint,
+    device: number, stream: bigint, a: bigint, aType: number, aScales: bigint, aGlobalScale: bigint,
     wData: bigint, wScales: bigint, wGlobalScale: bigint, bias: bigint, biasType: number,
-    out: bigint, outType: number, M: number, N: number, K: number, alpha: number,
-    forcePortable: boolean, workspace: bigint, workspaceBytes: number, stream: bigint,
+    out: bigint, outType: number, M: number, N: number, K: number, alpha: number, portable: boolean,
   ): void;
 }
 

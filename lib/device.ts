@@ -1,6 +1,6 @@
 import type { MemoryStats } from './binding';
 import { MoeError } from './errors';
-import { cudaUnavailableReason, forcedBackend, native, type Backend } from './native';
+import { addonSource, cudaUnavailableReason, forcedBackend, native, type AddonSource, type Backend } from './native';
 import { checkDevice, checkInteger, deviceIndex, requireCuda, type Device } from './validate';
 
 export { checkDevice, deviceIndex, type Device };
@@ -27,9 +27,9 @@ export function availableBackends(): Backend[] {
   return cudaAvailable() ? ['cpu', 'cuda'] : ['cpu'];
 }
 
-/** CUDA devices with their properties; throws E_NO_CUDA where there are none. */
+/** CUDA devices with their properties: empty where CUDA is unusable (see cudaUnavailableReason). */
 export function devices(): DeviceInfo[] {
-  requireCuda();
+  if (cudaUnavailableReason() !== undefined) return [];
   const b = native();
   const out: DeviceInfo[] = [];
   for (let i = 0; i < b.deviceCount(); i++) {
@@ -100,3 +100,59 @@ function defaultCudaDevice(): Device {
 }
 
 export type { MemoryStats };
+
+function cudaVersion(v: number): string | null {
+  return v > 0 ? `${Math.floor(v / 1000)}.${Math.floor((v % 1000) / 10)}` : null;
+}
+
+/** What this installation is and runs on: what `npx moe-kernels info` prints. */
+export interface BuildInfo {
+  /** The package version. */
+  version: string;
+  /** The backend ops use by default here. */
+  backend: Backend;
+  backends: Backend[];
+  /** The native addon file loaded, and whether it is a prebuild or a local build. */
+  addon: AddonSource;
+  cuda: {
+    /** The addon was compiled with the CUDA backend. */
+    compiled: boolean;
+    /** Targets it was compiled for, e.g. ["90a", "80"]. */
+    archs: string[];
+    /** CUDA runtime version it was built with, e.g. "13.0". */
+    runtime: string | null;
+    /** Newest CUDA version the installed driver supports. */
+    driver: string | null;
+    /** Why CUDA is not used, when it is not. */
+    unavailableReason: string | null;
+  };
+  devices: DeviceInfo[];
+  /** peerAccess[i][j]: kernels on cuda:i can access memory of cuda:j directly. */
+  peerAccess: boolean[][];
+  /** The NCCL library found at run time (used for expert parallelism across hosts), or null. */
+  nccl: string | null;
+}
+
+export function buildInfo(): BuildInfo {
+  const b = native();
+  const n = b.buildInfo();
+  const list = devices();
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const pkg = require('../package.json') as { version: string };
+  return {
+    version: pkg.version,
+    backend: defaultDevice() === 'cpu' ? 'cpu' : 'cuda',
+    backends: availableBackends(),
+    addon: addonSource(),
+    cuda: {
+      compiled: n.cuda,
+      archs: n.cudaArchs ? n.cudaArchs.split(',').filter((a) => a) : [],
+      runtime: cudaVersion(n.cudaRuntimeVersion),
+      driver: cudaVersion(n.driverVersion),
+      unavailableReason: cudaUnavailableReason() ?? null,
+    },
+    devices: list,
+    peerAccess: list.map((_, i) => list.map((__, j) => b.canAccessPeer(i, j))),
+    nccl: n.ncclLibrary || null,
+  };
+}

@@ -19,38 +19,38 @@ const graphRegistry = new FinalizationRegistry<{ device: number; exec: bigint; s
  */
 export class CudaGraph {
   readonly stream: Stream;
-  #exec: bigint;
-  #storages: Set<CapturedMemory>;
-  #token = {};
+  private _exec: bigint;
+  private _storages: Set<CapturedMemory>;
+  private _token = {};
 
   /** @internal */
   constructor(stream: Stream, exec: bigint, storages: Set<CapturedMemory>) {
     this.stream = stream;
-    this.#exec = exec;
-    this.#storages = storages;
-    graphRegistry.register(this, { device: deviceIndex(stream.device), exec, storages }, this.#token);
+    this._exec = exec;
+    this._storages = storages;
+    graphRegistry.register(this, { device: deviceIndex(stream.device), exec, storages }, this._token);
   }
 
   get disposed(): boolean {
-    return this.#exec === 0n;
+    return this._exec === 0n;
   }
 
   /** Enqueues the whole graph on `stream` (default: the stream it was captured on). */
   replay(stream: Stream = this.stream): void {
-    if (this.#exec === 0n) throw new MoeError('E_DISPOSED', 'graph: the graph was disposed');
+    if (this._exec === 0n) throw new MoeError('E_DISPOSED', 'graph: the graph was disposed');
     checkStream(stream, 'stream', this.stream.device);
     // a replay elsewhere uses the captured memory on that stream: its reuse must wait for it
-    if (stream !== this.stream) for (const s of this.#storages) s.usedOn.add(stream.handle);
-    native().launchGraph(deviceIndex(stream.device), this.#exec, stream.handle);
+    if (stream !== this.stream) for (const s of this._storages) s.usedOn.add(stream.handle);
+    native().launchGraph(deviceIndex(stream.device), this._exec, stream.handle);
   }
 
   dispose(): void {
-    if (this.#exec === 0n) return;
-    graphRegistry.unregister(this.#token);
-    native().destroyGraph(deviceIndex(this.stream.device), this.#exec);
-    this.#exec = 0n;
-    for (const s of this.#storages) s.release();
-    this.#storages = new Set();
+    if (this._exec === 0n) return;
+    graphRegistry.unregister(this._token);
+    native().destroyGraph(deviceIndex(this.stream.device), this._exec);
+    this._exec = 0n;
+    for (const s of this._storages) s.release();
+    this._storages = new Set();
   }
 
   [Symbol.dispose](): void {

@@ -1,8 +1,12 @@
+/// <reference lib="es2022" preserve="true" />
+/// <reference lib="esnext.disposable" preserve="true" />
 export { MoeError, type MoeErrorCode } from './errors';
 export { DTYPES, FLOAT_DTYPES, type DType, type ArrayFor } from './dtype';
 export {
   availableBackends,
   backendDevice,
+  buildInfo,
+  type BuildInfo,
   cudaAvailable,
   cudaUnavailableReason,
   defaultDevice,

@@ -26,7 +26,7 @@ export class Stream {
   readonly isDefault: boolean;
   /** @internal native device index (-1 for the CPU) */
   readonly deviceIndex: number;
-  #disposed = false;
+  private _disposed = false;
 
   /** @internal use createStream() or defaultStream() */
   constructor(device: Device, handle: bigint, isDefault: boolean) {
@@ -38,7 +38,7 @@ export class Stream {
   }
 
   get disposed(): boolean {
-    return this.#disposed;
+    return this._disposed;
   }
 
   /** Resolves once all work queued so far has finished; rejects with E_CUDA if any failed. */
@@ -72,8 +72,8 @@ export class Stream {
    * The default stream is never destroyed.
    */
   dispose(): void {
-    if (this.#disposed || this.isDefault) return;
-    this.#disposed = true;
+    if (this._disposed || this.isDefault) return;
+    this._disposed = true;
     if (this.device !== 'cpu') {
       streamRegistry.unregister(this);
       native().destroyStream(this.deviceIndex, this.handle);
@@ -86,7 +86,7 @@ export class Stream {
 
   /** Disposes the stream and resolves once the work queued on it has finished. */
   async [Symbol.asyncDispose](): Promise<void> {
-    if (this.#disposed || this.isDefault || this.device === 'cpu') {
+    if (this._disposed || this.isDefault || this.device === 'cpu') {
       this.dispose();
       return;
     }
@@ -147,8 +147,8 @@ export class Event {
   readonly device: Device;
   readonly handle: bigint;
   readonly timing: boolean;
-  #disposed = false;
-  #hostTime: number | undefined;
+  private _disposed = false;
+  private _hostTime: number | undefined;
 
   constructor(device: Device | 'cuda' = defaultDevice(), options: { timing?: boolean } = {}) {
     this.device = checkDevice(device, 'device');
@@ -166,14 +166,14 @@ export class Event {
   }
 
   get disposed(): boolean {
-    return this.#disposed;
+    return this._disposed;
   }
 
   /** Records the event at the current end of `stream` (default: the device's default stream). */
   record(stream?: Stream): this {
     checkEvent(this, 'event');
     const s = resolveStream(stream, this.device);
-    if (this.device === 'cpu') this.#hostTime = performance.now();
+    if (this.device === 'cpu') this._hostTime = performance.now();
     else native().recordEvent(deviceIndex(this.device), this.handle, s.handle);
     return this;
   }
@@ -199,17 +199,17 @@ export class Event {
       throw new MoeError('E_ARGUMENT', 'elapsedMs: both events must be created with { timing: true }');
     }
     if (this.device === 'cpu') {
-      if (this.#hostTime === undefined || end.#hostTime === undefined) {
+      if (this._hostTime === undefined || end._hostTime === undefined) {
         throw new MoeError('E_ARGUMENT', 'elapsedMs: both events must be recorded first');
       }
-      return end.#hostTime - this.#hostTime;
+      return end._hostTime - this._hostTime;
     }
     return native().eventElapsedMs(deviceIndex(this.device), this.handle, end.handle);
   }
 
   dispose(): void {
-    if (this.#disposed) return;
-    this.#disposed = true;
+    if (this._disposed) return;
+    this._disposed = true;
     if (this.device !== 'cpu') {
       eventRegistry.unregister(this);
       native().destroyEvent(deviceIndex(this.device), this.handle);

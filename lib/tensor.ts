@@ -33,7 +33,7 @@ export class Storage implements CapturedMemory {
   readonly stream: Stream | undefined;
   /** Other streams that used it; its reuse waits for the work queued on them. */
   readonly usedOn = new Set<bigint>();
-  #refs = 1;
+  private _refs = 1;
 
   constructor(device: Device, ptr: bigint, bytes: number, owned: boolean, stream: Stream | undefined) {
     this.device = device;
@@ -44,16 +44,16 @@ export class Storage implements CapturedMemory {
   }
 
   get alive(): boolean {
-    return this.#refs > 0;
+    return this._refs > 0;
   }
 
   retain(): void {
-    this.#refs++;
+    this._refs++;
   }
 
   release(): void {
-    if (this.#refs <= 0) return;
-    if (--this.#refs > 0 || !this.owned) return;
+    if (this._refs <= 0) return;
+    if (--this._refs > 0 || !this.owned) return;
     if (this.device === 'cpu') native().hostFree(this.ptr, this.bytes);
     else if (this.ptr !== 0n) native().deviceFree(deviceIndex(this.device), this.ptr, this.bytes, [...this.usedOn]);
   }
@@ -92,18 +92,18 @@ export class Tensor<D extends DType = DType> {
   readonly byteOffset: number;
   /** @internal native device index (-1 for the CPU), cached for the per-op path */
   readonly deviceIndex: number;
-  #storage: Storage | null;
-  #ptr: bigint;
+  private _storage: Storage | null;
+  private _ptr: bigint;
 
   /** @internal use empty(), zeros(), fromArray(), fromPointer() */
   constructor(storage: Storage, dtype: D, shape: readonly number[], byteOffset: number) {
-    this.#storage = storage;
+    this._storage = storage;
     this.dtype = dtype;
     this.shape = Object.freeze(shape.slice());
     this.device = storage.device;
     this.byteOffset = byteOffset;
     this.deviceIndex = deviceIndex(storage.device);
-    this.#ptr = storage.ptr + BigInt(byteOffset);
+    this._ptr = storage.ptr + BigInt(byteOffset);
     registry.register(this, storage, this);
   }
 
@@ -120,19 +120,19 @@ export class Tensor<D extends DType = DType> {
   }
 
   get disposed(): boolean {
-    return this.#storage === null;
+    return this._storage === null;
   }
 
   /** Address of element 0 (device or host), for interop; throws E_DISPOSED after dispose(). */
   get dataPtr(): bigint {
     this.storage('tensor');
-    return this.#ptr;
+    return this._ptr;
   }
 
   /** @internal the storage, or E_DISPOSED naming `argument`. */
   storage(argument: string): Storage {
-    if (this.#storage === null) throw new MoeError('E_DISPOSED', `${argument}: the tensor was disposed`);
-    return this.#storage;
+    if (this._storage === null) throw new MoeError('E_DISPOSED', `${argument}: the tensor was disposed`);
+    return this._storage;
   }
 
   /** A tensor of another shape over the same elements; -1 stands for the size that fits. */
@@ -292,9 +292,9 @@ export class Tensor<D extends DType = DType> {
 
   /** Releases this tensor's hold on its memory (views keep it alive). Idempotent. */
   dispose(): void {
-    const s = this.#storage;
+    const s = this._storage;
     if (s === null) return;
-    this.#storage = null;
+    this._storage = null;
     registry.unregister(this);
     s.release();
   }

@@ -235,11 +235,50 @@ export function checkOut<T extends TensorLike = TensorLike>(value: unknown, argu
   return t;
 }
 
+/**
+ * checkOut for the shape [...like without its last size, last], compared without building it:
+ * the per-op path of an op whose output replaces the last dimension of an input.
+ */
+export function checkOutLastDim<T extends TensorLike = TensorLike>(
+  value: unknown,
+  argument: string,
+  dtypes: readonly DType[],
+  like: readonly number[],
+  last: number,
+  device: Device,
+): T {
+  const t = checkTensor<T>(value, argument, dtypes, device);
+  const s = t.shape;
+  const n = like.length;
+  let ok = s.length === n && n > 0 && s[n - 1] === last;
+  for (let i = 0; ok && i < n - 1; i++) ok = s[i] === like[i];
+  if (!ok) throw new MoeError('E_SHAPE', `${argument}: expected shape [${[...like.slice(0, -1), last]}], got [${s}]`);
+  return t;
+}
+
 /** A tensor whose data the kernels read with `bytes`-wide vector loads. */
 export function checkAligned(ptr: bigint, numel: number, argument: string, bytes: number): void {
   if (numel > 0 && ptr % BigInt(bytes) !== 0n) {
     throw new MoeError('E_ARGUMENT', `${argument}: the data must start at a ${bytes}-byte aligned address, got 0x${ptr.toString(16)}`);
   }
+}
+
+/** What the checks read of an NVFP4 tensor. @internal */
+export interface Nvfp4Like {
+  readonly shape: readonly number[];
+  readonly device: Device;
+  readonly disposed: boolean;
+}
+
+/** A live Nvfp4Tensor (all three parts alive), on `device` when given. */
+export function checkNvfp4<T extends Nvfp4Like = Nvfp4Like>(value: unknown, argument: string, device?: Device): T {
+  if (!branded(value, NVFP4)) throw new MoeError('E_ARGUMENT', `${argument}: expected an Nvfp4Tensor, got ${describe(value)}`);
+  const q = value as T;
+  if (q.disposed) throw new MoeError('E_DISPOSED', `${argument}: the NVFP4 tensor (or one of its parts) was disposed`);
+  if (device !== undefined && q.device !== device) {
+    throw new MoeError('E_DEVICE', `${argument}: expected a tensor on ${device}, got one on ${q.device}`);
+  }
+  return q;
 }
 
 /** A live Stream, on `device` when given. */

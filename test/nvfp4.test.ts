@@ -18,13 +18,15 @@ import {
   quantizeNvfp4,
   swizzleScales,
   unswizzleScales,
+  defaultStream,
   type Device,
   type Tensor,
 } from '../lib';
+import { native } from '../lib/native';
 import { expectCode, forEachBackend, freshSeed, hasCuda, rng } from './backends';
 
 // ---------------------------------------------------------------------------------------------
-// Independent oracles, written from the format's definition (DESIGN.md, "NVFP4 facts"). Every
+// Independent oracles, written from the format's definition (native/common/nvfp4.h). Every
 // f32 operation of the quantizer is one IEEE operation on f32 operands, which a double
 // computation followed by Math.fround reproduces exactly.
 
@@ -113,7 +115,7 @@ function oracleQuantize(x: ArrayLike<number>, K: number, gs: number): { data: Ui
   return { data, scales };
 }
 
-/** Swizzled byte offset of (row m, block k): the formula of DESIGN.md. */
+/** Swizzled byte offset of (row m, block k): the layout's formula (see swizzleScales). */
 function swizzledOffset(m: number, k: number, numKTiles: number): number {
   return (Math.floor(m / 128) * numKTiles + Math.floor(k / 4)) * 512 + (m % 32) * 16 + (Math.floor(m / 32) % 4) * 4 + (k % 4);
 }
@@ -913,7 +915,7 @@ describe.skipIf(!hasCuda)('nvfp4: CUDA and the CPU reference agree [cuda]', () =
     }
   });
 
-  it('GEMM workspace is returned after the launch (device memory flat)', async () => {
+  it('GEMM split-K workspace comes from the stream arena: no allocation per call (device memory flat)', async () => {
     const seed = freshSeed('nvfp4 gemm workspace');
     const r = rng(seed);
     const w = place(randomNvfp4(r, 4096, 7168), gpu);
@@ -927,8 +929,12 @@ describe.skipIf(!hasCuda)('nvfp4: CUDA and the CPU reference agree [cuda]', () =
     for (let k = 0; k < 10; k++) gemmNvfp4(a, w, { out });
     await out.toBytes();
     const after = memoryStats(gpu);
-    expect(after.allocations - before.allocations, 'each call allocates a workspace').toBe(10);
+    // the split-K partials live in the stream's workspace arena, grown once by the warm call
+    expect(after.allocations - before.allocations, 'no call allocates').toBe(0);
     expect(after.allocatedBytes, `seed ${seed}`).toBe(before.allocatedBytes);
+    expect(after.reservedBytes, `seed ${seed}`).toBe(before.reservedBytes);
+    // and the split result is the CPU reference's
+    await checkGemm(gpu, { M, N: 4096, K: 7168, outDtype: 'f32', bias: 'bf16' }, seed + 1);
   });
 
   it('decode step captured into a CUDA graph replays like eager', async () => {
@@ -981,5 +987,114 @@ forEachBackend('Nvfp4Tensor assembled from parts', (device: Device) => {
     await expectCode(() => new Nvfp4Tensor(data, scales, fromArray([1, 2], { device }), [4, 64]), 'E_SHAPE', 'globalScale');
     await expectCode(() => new Nvfp4Tensor(data, empty([4, 4], { dtype: 'u8', device }) as never, gs, [4, 64]), 'E_DTYPE', 'scales');
     await expectCode(() => new Nvfp4Tensor(empty([4, 32], { dtype: 'i32', device }) as never, scales, gs, [4, 64]), 'E_DTYPE', 'data');
+  });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The op path: options objects, preconditions the native side applies, native calls per op.
+
+/** Runs fn with every native entry point counted; returns the names called, in order. */
+function nativeCalls(fn: () => void): string[] {
+  const b = native() as unknown as Record<string, unknown>;
+  const calls: string[] = [];
+  const saved = new Map<string, unknown>();
+  for (const name of Object.keys(b)) {
+    const f = b[name];
+    if (typeof f !== 'function') continue;
+    saved.set(name, f);
+    b[name] = (...args: unknown[]) => {
+      calls.push(name);
+      return (f as (...a: unknown[]) => unknown)(...args);
+    };
+  }
+  try {
+    fn();
+  } finally {
+    for (const [name, f] of saved) b[name] = f;
+  }
+  return calls;
+}
+
+forEachBackend('nvfp4 op path', (device: Device) => {
+  const r = rng(7);
+  const x = () => fromArray(Array.from({ length: 64 }, () => r() - 0.5), { dtype: 'bf16', shape: [2, 32], device });
+
+  it('every options object refuses unknown keys and null with E_ARGUMENT', async () => {
+    const a = x();
+    const q = quantizeNvfp4(a);
+    const scales = empty([4, 4], { dtype: 'fp8e4m3', device });
+    const sw = swizzleScales(scales);
+    const checkpoint = { weight: { data: new Uint8Array(8 * 8), shape: [8, 8] }, weight_scale: { data: new Uint8Array(8).fill(0x38), shape: [8, 1] }, weight_scale_2: 1 };
+    const ops: [string, (o: unknown) => unknown][] = [
+      ['globalScaleNvfp4', (o) => globalScaleNvfp4(a, o as never)],
+      ['quantizeNvfp4', (o) => quantizeNvfp4(a, o as never)],
+      ['dequantizeNvfp4', (o) => dequantizeNvfp4(q, 'bf16', o as never)],
+      ['swizzleScales', (o) => swizzleScales(scales, o as never)],
+      ['unswizzleScales', (o) => unswizzleScales(sw, [4, 4], o as never)],
+      ['gemmNvfp4', (o) => gemmNvfp4(a, place(randomNvfp4(rng(1), 8, 32), device), o as never)],
+      ['nvfp4FromCheckpoint', (o) => nvfp4FromCheckpoint(checkpoint, (o !== null && typeof o === 'object' ? { device, ...o } : o) as never)],
+    ];
+    for (const [name, run] of ops) {
+      // each accepts its options (so the refusals below are about the options alone)
+      expect(() => run(undefined), name).not.toThrow();
+      expect(() => run({ stream: defaultStream(device) }), name).not.toThrow();
+      await expectCode(() => run({ stream: defaultStream(device), steram: 1 }), 'E_ARGUMENT', 'steram');
+      await expectCode(() => run(null), 'E_ARGUMENT', 'options');
+    }
+    // misspellings of each op's own keys
+    await expectCode(() => quantizeNvfp4(a, { globalscale: 2 } as never), 'E_ARGUMENT', 'globalscale');
+    await expectCode(() => dequantizeNvfp4(q, 'f32', { outt: empty([2, 32], { device }) } as never), 'E_ARGUMENT', 'outt');
+    await expectCode(() => gemmNvfp4(a, place(randomNvfp4(rng(1), 8, 32), device), { outdtype: 'f32' } as never), 'E_ARGUMENT', 'outdtype');
+    await expectCode(() => nvfp4FromCheckpoint(checkpoint, { device, devcie: device } as never), 'E_ARGUMENT', 'devcie');
+  });
+
+  it('the native side names the argument of a precondition it refuses (not E_CUDA)', async () => {
+    const b = native();
+    const dev = device === 'cpu' ? -1 : 0;
+    const s = defaultStream(device).handle;
+    const a = empty([4, 32], { dtype: 'bf16', device });
+    const w = place(randomNvfp4(rng(2), 8, 32), device);
+    const out = empty([4, 8], { dtype: 'f32', device });
+    const gemm = (K: number, aType = 2, outType = 0) => () =>
+      b.nvfp4Gemm(dev, s, a.dataPtr, aType, 0n, 0n, w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr, 0n, 0, out.dataPtr, outType, 4, 8, K, 1, false);
+    gemm(32)(); // the same call with a valid K runs
+    await expectCode(gemm(24), 'E_SHAPE', 'K');
+    await expectCode(gemm(-16), 'E_SHAPE', 'K');
+    await expectCode(gemm(32, 0), 'E_DTYPE', 'a');
+    await expectCode(gemm(32, 2, 1), 'E_DTYPE', 'out');
+    // W4A4 without the activation's scales
+    await expectCode(gemm(32, 4), 'E_ARGUMENT', 'a.globalScale');
+    // a misaligned activation pointer
+    await expectCode(() => b.nvfp4Gemm(dev, s, a.dataPtr + 2n, 2, 0n, 0n, w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr, 0n, 0, out.dataPtr, 0, 2, 8, 32, 1, false), 'E_ARGUMENT', 'aligned');
+    const q = quantizeNvfp4(a);
+    await expectCode(() => b.nvfp4Quantize(dev, s, a.dataPtr, 2, 4, 24, q.globalScale.dataPtr, q.data.dataPtr, q.scales.dataPtr, 0n), 'E_SHAPE', 'K');
+    await expectCode(() => b.nvfp4Quantize(dev, s, a.dataPtr, 5, 4, 32, q.globalScale.dataPtr, q.data.dataPtr, q.scales.dataPtr, 0n), 'E_DTYPE', 'x');
+    await expectCode(() => b.nvfp4Dequantize(dev, s, q.data.dataPtr, q.scales.dataPtr, q.globalScale.dataPtr, 4, 32, out.dataPtr, 3), 'E_DTYPE', 'dtype');
+    await expectCode(() => b.nvfp4SwizzleScales(dev, s, q.scales.dataPtr, 4, 40, 0n), 'E_SHAPE', 'K');
+    await expectCode(() => b.nvfp4Amax(dev, s, a.dataPtr, 2, 128, 0n), 'E_ARGUMENT', 'amax');
+  });
+
+  it('gemmNvfp4 with out given makes exactly one native call; quantizeNvfp4 with a device global scale two', async () => {
+    const a = x();
+    const w = place(randomNvfp4(rng(3), 8, 32), device);
+    const out = empty([2, 8], { dtype: 'bf16', device });
+    const gs = fromArray([0.01], { device });
+    // warm: the default stream and anything else made on first use
+    gemmNvfp4(a, w, { out });
+    quantizeNvfp4(a, { globalScale: gs }).dispose();
+    expect(nativeCalls(() => gemmNvfp4(a, w, { out }))).toEqual(['nvfp4Gemm']);
+    expect(nativeCalls(() => gemmNvfp4(quantizeNvfp4(a, { globalScale: gs }), w, { out })).filter((n) => n.startsWith('nvfp4'))).toEqual([
+      'nvfp4Quantize',
+      'nvfp4Gemm',
+    ]);
+    // the three parts of the result come from one allocation, and the op copies the scale
+    let q: Nvfp4Tensor | undefined;
+    const calls = nativeCalls(() => void (q = quantizeNvfp4(a, { globalScale: gs })));
+    expect(calls).toEqual([device === 'cpu' ? 'hostAlloc' : 'deviceAlloc', 'nvfp4Quantize']);
+    expect(Array.from(await q!.globalScale.toArray())).toEqual([Math.fround(0.01)]);
+    // each part is usable on its own, aligned for the kernels' vector loads
+    for (const p of [q!.data, q!.scales, q!.globalScale]) expect(p.dataPtr % 16n).toBe(0n);
+    const want = await quantizeNvfp4(a, { globalScale: 0.01 }).data.toBytes();
+    compareBytes('quantize with a device scale vs a number', await q!.data.toBytes(), want);
   });
 });

@@ -1,3 +1,5 @@
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
 import { describe, expect, it, vi } from 'vitest';
 import {
   Event,
@@ -19,13 +21,34 @@ import {
 import { cudaReason, expectCode, hasCuda } from './backends';
 
 describe('backends', () => {
-  it('always offers the CPU reference, and CUDA exactly where a device is usable', () => {
-    expect(availableBackends()).toContain('cpu');
-    expect(availableBackends().includes('cuda')).toBe(cudaUnavailableReason() === undefined);
+  it('MOE_KERNELS_BACKEND forces the backend, and a bad value is refused', () => {
+    // a child process: the setting is read once per process
+    const run = (value: string) =>
+      spawnSync(
+        process.execPath,
+        ['-e', "const m = require('./dist'); try { console.log(JSON.stringify([m.availableBackends(), m.defaultDevice(), m.empty([2]).device])) } catch (e) { console.log(e.code) }"],
+        { cwd: path.resolve(__dirname, '..'), env: { ...process.env, MOE_KERNELS_BACKEND: value }, encoding: 'utf8' },
+      ).stdout.trim();
+    expect(run('cpu')).toBe(JSON.stringify([['cpu'], 'cpu', 'cpu']));
+    expect(run('gpu')).toBe('E_ARGUMENT');
+    expect(run('cuda')).toBe(hasCuda ? JSON.stringify([['cpu', 'cuda'], 'cuda:0', 'cuda:0']) : 'E_NO_CUDA');
   });
 
-  it.skipIf(hasCuda)(`devices() throws E_NO_CUDA without a GPU (${cudaReason})`, async () => {
-    await expectCode(() => devices(), 'E_NO_CUDA');
+  it('options objects refuse unknown keys and null', async () => {
+    await expectCode(() => zeros([2], { devcie: 'cpu' } as never), 'E_ARGUMENT', 'devcie');
+    const x = zeros([2], { device: 'cpu' });
+    const s = createStream('cpu');
+    await expectCode(() => convert(x, 'bf16', { stram: s } as never), 'E_ARGUMENT', 'stram');
+    await expectCode(() => convert(x, 'bf16', null as never), 'E_ARGUMENT', 'options');
+    await expectCode(() => fromArray([1, 2], { dtype: 'f32', shapes: [2] } as never), 'E_ARGUMENT', 'shapes');
+    await expectCode(() => x.toArray({ steam: s } as never), 'E_ARGUMENT', 'steam');
+    await expectCode(() => new Event('cpu', { timed: true } as never), 'E_ARGUMENT', 'timed');
+    // the accepted keys still work
+    expect(Array.from(await convert(x, 'bf16', { stream: s }).toArray())).toEqual([0, 0]);
+  });
+
+  it.skipIf(hasCuda)(`devices() is empty without a GPU, and CUDA uses say why (${cudaReason})`, async () => {
+    expect(devices()).toEqual([]);
     await expectCode(() => empty([1], { device: 'cuda' }), 'E_NO_CUDA');
     await expectCode(() => memoryStats(), 'E_NO_CUDA');
   });
@@ -54,12 +77,18 @@ describe('backends', () => {
     }
   });
 
-  it('CPU streams and events are immediate', async () => {
+  it('CPU streams and events are immediate, and events time host work', async () => {
     const s = createStream('cpu');
     const a = new Event('cpu', { timing: true }).record(s);
+    const until = performance.now() + 20;
+    while (performance.now() < until) {
+      // busy: CPU ops run when called, so this is the work between the two records
+    }
     const b = new Event('cpu', { timing: true }).record(s);
     await b.wait();
-    expect(a.elapsedMs(b)).toBeGreaterThanOrEqual(0);
+    expect(b.query()).toBe(true);
+    expect(a.elapsedMs(b)).toBeGreaterThanOrEqual(19);
+    expect(a.elapsedMs(b)).toBeLessThan(1000);
     await expectCode(() => captureGraph(s, () => {}), 'E_DEVICE', 'stream');
     s.dispose();
     await expectCode(() => s.synchronize(), 'E_DISPOSED', 'stream');
@@ -90,7 +119,9 @@ describe.skipIf(!hasCuda)('CUDA runtime [cuda]', () => {
     await s2.synchronize();
     await done.wait();
     expect(done.query()).toBe(true);
-    expect(start.elapsedMs(done)).toBeGreaterThanOrEqual(0);
+    // two conversions of 4 MiB take microseconds, not zero and not seconds
+    expect(start.elapsedMs(done)).toBeGreaterThan(0);
+    expect(start.elapsedMs(done)).toBeLessThan(1000);
     const back = await z.toArray({ stream: s2 });
     expect(back[255]).toBe(255);
     expect(back[256]).toBe(0);
@@ -117,14 +148,66 @@ describe.skipIf(!hasCuda)('CUDA runtime [cuda]', () => {
   });
 
   it('synchronize() does not block the event loop', async () => {
-    const x = zeros([1 << 24], { device: 'cuda:0' });
-    for (let i = 0; i < 20; i++) convert(x, 'bf16').dispose();
-    let ticks = 0;
-    const timer = setInterval(() => ticks++, 0);
+    // queue about 100 ms of GPU work, then count event-loop turns taken while waiting for it:
+    // a synchronize that blocked the JS thread would leave none
+    const x = zeros([1 << 26], { device: 'cuda:0' });
+    const start = new Event('cuda:0', { timing: true }).record();
+    const t0 = performance.now();
+    let queued = 0;
+    while (performance.now() - t0 < 5 || queued < 8) {
+      convert(x, 'bf16').dispose();
+      queued++;
+    }
+    const end = new Event('cuda:0', { timing: true }).record();
+    let turns = 0;
+    let spinning = true;
+    const spin = () => {
+      if (!spinning) return;
+      turns++;
+      setImmediate(spin);
+    };
+    setImmediate(spin);
     await defaultStream('cuda:0').synchronize();
-    await new Promise((r) => setTimeout(r, 5));
-    clearInterval(timer);
-    expect(ticks).toBeGreaterThan(0);
+    spinning = false;
+    const gpuMs = start.elapsedMs(end);
+    expect(gpuMs).toBeGreaterThan(5);
+    expect(turns).toBeGreaterThan(0);
+    x.dispose();
+  });
+
+  it('dispose() of a busy stream returns at once, and its memory is reused only after its work', async () => {
+    const s = createStream('cuda:0');
+    const x = fromArray(new Float32Array(1 << 22).fill(3), { device: 'cuda:0', stream: s });
+    const big = zeros([1 << 26], { device: 'cuda:0', stream: s });
+    for (let i = 0; i < 16; i++) convert(big, 'bf16', { stream: s }).dispose(); // tens of ms queued
+    const y = convert(x, 'bf16', { stream: s }); // reads x after that work
+    const busy = !s.query();
+    const t0 = performance.now();
+    s.dispose();
+    const disposeMs = performance.now() - t0;
+    expect(busy).toBe(true);
+    expect(disposeMs).toBeLessThan(5);
+    // x's block must not serve a new allocation while the destroyed stream may still read it
+    x.dispose();
+    const z = fromArray(new Float32Array(1 << 22).fill(-7), { device: 'cuda:0' });
+    const back = await y.toArray();
+    expect(back[0]).toBe(3);
+    expect(back[(1 << 22) - 1]).toBe(3);
+    expect((await z.toArray())[0]).toBe(-7);
+    big.dispose();
+  });
+
+  it('await using a stream waits for its work', async () => {
+    const x = zeros([1 << 24], { device: 'cuda:0' });
+    let marker: Event;
+    {
+      await using s = createStream('cuda:0');
+      for (let i = 0; i < 8; i++) convert(x, 'bf16', { stream: s }).dispose();
+      marker = new Event('cuda:0').record(s);
+    }
+    expect(marker.query()).toBe(true);
+    marker.dispose();
+    x.dispose();
   });
 
   it('10,000 allocate/free cycles leave device memory flat', () => {

@@ -12,16 +12,20 @@ sampler does it, vectorized over the batch, on the same shapes and cases.
 
 Each case is timed with CUDA events over back-to-back calls (warm-up, median of repeated
 measurements), inside a CUDA graph where capture works, else eagerly; the JSON says which.
-Also measures a device-to-device copy (bytes read + written).
+Also measures a device-to-device copy (bytes read + written). Timing, the copy, the seeded
+generators and the JSON header come from peers/harness.py.
 
-  python3 benchmarks/peers/mtp.py [--out FILE]
+  python3 benchmarks/peers/mtp.py [--out FILE] [--seed 1]
+
+--out defaults to benchmarks/results/mtp-pytorch-<card>.json. Without PyTorch or a CUDA GPU it
+exits with status 3.
 """
 import argparse
-import json
-import statistics
-import time
+import os
 
-import torch
+import harness
+
+torch = None  # bound by main() once harness.require_cuda() has found PyTorch and a GPU
 
 N_DRAFTS = 3
 VOCAB = 129280
@@ -103,47 +107,12 @@ def rejection(target, drafts, draft_probs, temperature, top_k, top_p):
 
 
 def time_fn(fn, stream):
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    with torch.cuda.stream(stream):
-        for _ in range(WARMUP):
-            fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(REPS):
-        with torch.cuda.stream(stream):
-            start.record()
-            for _ in range(INNER):
-                fn()
-            end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / INNER)
-    return statistics.median(times)
+    return harness.median(harness.time_replays(fn, stream, REPS, replays=INNER, warmup=WARMUP))
 
 
-def copy_bandwidth():
-    nbytes = 1 << 30
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    for _ in range(3):
-        dst.copy_(src)
-    times = []
-    for _ in range(10):
-        start.record()
-        for _ in range(5):
-            dst.copy_(src)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 5)
-    ms = statistics.median(times)
-    return {"bytes": nbytes, "ms": ms, "gbPerS": 2 * nbytes / (ms * 1e-3) / 1e9}
-
-
-def run_batch(B):
+def run_batch(B, seed):
     n, V = N_DRAFTS, VOCAB
-    gen = torch.Generator(device="cuda").manual_seed(1234 + B)
+    gen = harness.generator(seed * 4096 + B)
     target = (torch.randn(B, n + 1, V, device="cuda", generator=gen) * 2).to(torch.bfloat16)
     argmax = target[:, :n].argmax(dim=-1).to(torch.int32)
     other = torch.randint(0, V, (B, n), device="cuda", generator=gen, dtype=torch.int32)
@@ -183,29 +152,30 @@ def run_batch(B):
 
 
 def main():
+    global torch
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="benchmarks/results/mtp-pytorch.json", help="JSON file to write")
+    ap.add_argument("--out", help="JSON file to write (default benchmarks/results/mtp-pytorch-<card>.json)")
+    ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
+    torch = harness.require_cuda()
+    harness.seed_all(args.seed)
     dev = torch.cuda.get_device_name(0)
     print(f"PyTorch {torch.__version__} on {dev}", flush=True)
-    copy = copy_bandwidth()
+    copy = harness.copy_bandwidth()
     cases = []
     for B in BATCHES:
-        cases += run_batch(B)
+        cases += run_batch(B, args.seed)
     timings = sorted({c["timing"].split(" ")[0] for c in cases})
     result = {
         "benchmark": "mtp-pytorch",
-        "device": dev,
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **harness.header(dev),
         "timing": "timed as " + " / ".join(timings),
+        "seed": args.seed,
         "copy": copy,
         "cases": cases,
     }
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    harness.write_json(args.out or os.path.join(harness.RESULTS_DIR, f"mtp-pytorch-{result['card']}.json"), result)
 
 
 if __name__ == "__main__":
-    main()
+    harness.run(main)

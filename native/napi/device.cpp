@@ -30,6 +30,26 @@ Napi::Value DeviceInfo(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value BuildInfo(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    runtime::BuildInfo b = runtime::buildInfo();
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("cuda", b.cuda);
+    o.Set("cudaArchs", b.cudaArchs);
+    o.Set("cudaRuntimeVersion", b.cudaRuntimeVersion);
+    o.Set("driverVersion", b.driverVersion);
+    o.Set("ncclLibrary", b.ncclLibrary);
+    return o;
+  });
+}
+
+Napi::Value CanAccessPeer(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    return Napi::Boolean::New(info.Env(), runtime::canAccessPeer(i32(info[0]), i32(info[1])));
+  });
+}
+
 Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     runtime::MemoryStats s = runtime::memoryStats(i32(info[0]));
@@ -62,6 +82,8 @@ Napi::Value SetMemoryLimit(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void registerDevice(Napi::Env env, Napi::Object exports) {
+  exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
+  exports.Set("canAccessPeer", Napi::Function::New(env, CanAccessPeer));
   exports.Set("deviceCount", Napi::Function::New(env, DeviceCount));
   exports.Set("cudaUnavailableReason", Napi::Function::New(env, UnavailableReason));
   exports.Set("deviceInfo", Napi::Function::New(env, DeviceInfo));

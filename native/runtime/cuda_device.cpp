@@ -1,4 +1,5 @@
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <algorithm>
 #include <memory>
@@ -153,6 +154,33 @@ int deviceCount() {
 std::string cudaUnavailableReason() {
   probe();
   return g_reason;
+}
+
+BuildInfo buildInfo() {
+  BuildInfo b;
+  b.cuda = true;
+#ifdef MOE_CUDA_ARCHS
+  b.cudaArchs = MOE_CUDA_ARCHS;
+#endif
+  if (cudaRuntimeGetVersion(&b.cudaRuntimeVersion) != cudaSuccess) (void)cudaGetLastError();
+  if (cudaDriverGetVersion(&b.driverVersion) != cudaSuccess) (void)cudaGetLastError();
+  for (const char* name : {"libnccl.so.2", "libnccl.so"}) {
+    if (void* h = dlopen(name, RTLD_LAZY | RTLD_LOCAL)) {
+      dlclose(h);
+      b.ncclLibrary = name;
+      break;
+    }
+  }
+  return b;
+}
+
+bool canAccessPeer(int from, int to) {
+  state(from);
+  state(to);
+  if (from == to) return true;
+  int ok = 0;
+  checkCuda(cudaDeviceCanAccessPeer(&ok, from, to), "cudaDeviceCanAccessPeer");
+  return ok != 0;
 }
 
 void setDevice(int device) {

@@ -35,6 +35,18 @@ struct MemoryStats {
 
 // Throws E_NO_CUDA saying why: a CPU-only build was asked to run on a GPU.
 [[noreturn]] void noCudaBackend();
+// What this build and machine offer, for reporting (buildInfo / `moe-kernels info`).
+struct BuildInfo {
+  bool cuda = false;             // compiled with the CUDA backend
+  std::string cudaArchs;         // the targets it was compiled for, e.g. "90a;80"
+  int cudaRuntimeVersion = 0;    // e.g. 13000; 0 without CUDA
+  int driverVersion = 0;         // the CUDA version the driver supports; 0 without a driver
+  std::string ncclLibrary;       // the NCCL library found by dlopen, or empty
+};
+BuildInfo buildInfo();
+// Whether kernels on device `from` can access memory of device `to` directly (NVLink or PCIe P2P).
+bool canAccessPeer(int from, int to);
+
 // Number of CUDA devices; 0 when CUDA is not compiled in, there is no driver or no GPU.
 int deviceCount();
 // Why deviceCount() is 0, in words a user can act on; empty when devices exist.

@@ -1,5 +1,5 @@
 // The error the native layers throw; the N-API glue turns it into a JS MoeError with the
-// same code. Codes are the stable ones listed in DESIGN.md.
+// same code. Codes are the ones MoeErrorCode lists in lib/errors.ts.
 #pragma once
 #include <stdexcept>
 #include <string>

@@ -15,6 +15,8 @@ namespace {
 [[noreturn]] void noCuda() { noCudaBackend(); }
 }  // namespace
 
+BuildInfo buildInfo() { return BuildInfo{}; }
+bool canAccessPeer(int, int) { noCuda(); }
 int deviceCount() { return 0; }
 std::string cudaUnavailableReason() { return "this build of @moe/kernels was compiled without CUDA (no nvcc at build time)"; }
 DeviceInfo deviceInfo(int) { noCuda(); }

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <system_error>
 #include <thread>
 #include <vector>
@@ -68,23 +69,31 @@ int64_t swizzledOffset(int64_t m, int64_t k, int64_t numKTiles) {
 
 }  // namespace
 
-void amax(const void* x, DType xType, int64_t numel, float* amaxOut) {
+void amax(const AmaxArgs& args) {
   uint32_t key = 0;
-  for (int64_t i = 0; i < numel; ++i) key = std::max(key, absKey(x, xType, i));
-  *amaxOut = bitsFloat(key);
+  for (int64_t i = 0; i < args.numel; ++i) key = std::max(key, absKey(args.x, args.xType, i));
+  *args.amax = bitsFloat(key);
 }
 
-void globalScaleFromAmax(const float* amaxIn, float* globalScale) {
-  const float a = *amaxIn;
+void globalScaleFromAmax(const GlobalScaleArgs& args) {
+  const float a = *args.amax;
   float s = a / 2688.0f;  // 6 * 448
   if (s == 0.0f) s = 1.0f;
   // NaN passes through with its bits, independent of how the host FPU propagates payloads.
-  *globalScale = std::isnan(a) ? a : s;
+  *args.globalScale = std::isnan(a) ? a : s;
 }
 
-void quantize(const void* x, DType xType, int64_t rows, int64_t K, const float* globalScale,
-              uint8_t* data, uint8_t* scales) {
-  const float gs = *globalScale;
+void quantize(const QuantizeArgs& args) {
+  const void* x = args.x;
+  const DType xType = args.xType;
+  const int64_t rows = args.rows, K = args.K;
+  uint8_t* data = args.data;
+  uint8_t* scales = args.scales;
+  const float gs = *args.globalScale;
+  // bits, not value: the copy is the scale the data was quantized with, exactly
+  if (args.globalScaleOut != nullptr && args.globalScaleOut != args.globalScale) {
+    std::memcpy(args.globalScaleOut, args.globalScale, sizeof(float));
+  }
   const int64_t numBlocks = rows * (K / 16);  // blocks are contiguous since K % 16 == 0
   for (int64_t b = 0; b < numBlocks; ++b) {
     const int64_t base = b * 16;
@@ -111,10 +120,14 @@ void quantize(const void* x, DType xType, int64_t rows, int64_t K, const float* 
   }
 }
 
-void dequantize(const uint8_t* data, const uint8_t* scales, const float* globalScale, int64_t rows,
-                int64_t K, void* out, DType outType) {
-  const float gs = *globalScale;
-  const int64_t numel = rows * K;
+void dequantize(const DequantizeArgs& args) {
+  const uint8_t* data = args.data;
+  const uint8_t* scales = args.scales;
+  void* out = args.out;
+  const DType outType = args.outType;
+  const int64_t numel = args.rows * args.K;
+  if (numel <= 0) return;
+  const float gs = *args.globalScale;
   for (int64_t i = 0; i < numel; ++i) {
     const uint32_t code = (data[i / 2] >> ((i % 2) * 4)) & 0xFu;
     float r = (e2m1ToFloat(code) * e4m3BitsToF32(scales[i / 16])) * gs;
@@ -127,34 +140,39 @@ void dequantize(const uint8_t* data, const uint8_t* scales, const float* globalS
   }
 }
 
-int64_t swizzledScaleBytes(int64_t rows, int64_t K) {
-  const int64_t kBlocks = K / 16;
-  return ((rows + 127) / 128 * 128) * ((kBlocks + 3) / 4 * 4);
-}
-
-void swizzleScales(const uint8_t* scales, int64_t rows, int64_t K, uint8_t* swizzled) {
+void swizzleScales(const SwizzleScalesArgs& args) {
+  const uint8_t* scales = args.scales;
+  uint8_t* swizzled = args.swizzled;
+  const int64_t rows = args.rows, K = args.K;
   const int64_t kBlocks = K / 16, numKTiles = (kBlocks + 3) / 4;
-  std::fill(swizzled, swizzled + swizzledScaleBytes(rows, K), uint8_t{0});
+  std::fill(swizzled, swizzled + nvfp4SwizzledScaleBytes(rows, K), uint8_t{0});
   for (int64_t m = 0; m < rows; ++m)
     for (int64_t k = 0; k < kBlocks; ++k)
       swizzled[swizzledOffset(m, k, numKTiles)] = scales[m * kBlocks + k];
 }
 
-void unswizzleScales(const uint8_t* swizzled, int64_t rows, int64_t K, uint8_t* scales) {
+void unswizzleScales(const UnswizzleScalesArgs& args) {
+  const uint8_t* swizzled = args.swizzled;
+  uint8_t* scales = args.scales;
+  const int64_t rows = args.rows, K = args.K;
   const int64_t kBlocks = K / 16, numKTiles = (kBlocks + 3) / 4;
   for (int64_t m = 0; m < rows; ++m)
     for (int64_t k = 0; k < kBlocks; ++k)
       scales[m * kBlocks + k] = swizzled[swizzledOffset(m, k, numKTiles)];
 }
 
-size_t gemmWorkspaceBytes(int64_t, int64_t, int64_t, DType, bool) { return 0; }
-
-void gemm(const void* a, DType aType, const uint8_t* aScales, const float* aGlobalScale,
-          const uint8_t* wData, const uint8_t* wScales, const float* wGlobalScale, const void* bias,
-          DType biasType, void* out, DType outType, int64_t M, int64_t N, int64_t K, float alpha,
-          bool /*forcePortable*/, void* /*workspace*/, size_t /*workspaceBytes*/) {
+void gemm(const GemmArgs& args) {
+  const void* a = args.a;
+  const uint8_t* aScales = args.aScales;
+  const uint8_t* wData = args.wData;
+  const uint8_t* wScales = args.wScales;
+  const void* bias = args.bias;
+  const DType biasType = args.biasType;
+  void* out = args.out;
+  const DType outType = args.outType;
+  const int64_t M = args.M, N = args.N, K = args.K;
   if (M <= 0 || N <= 0) return;
-  const bool aFp4 = aType == DType::U8;
+  const bool aFp4 = args.aType == DType::U8;
   const int64_t kBlocks = K / 16;
 
   // Exact operand values (both fit in fp32 without rounding).
@@ -166,8 +184,8 @@ void gemm(const void* a, DType aType, const uint8_t* aScales, const float* aGlob
                : bf16BitsToF32(static_cast<const uint16_t*>(a)[m * K + k]);
     }
   }
-  const double scale = static_cast<double>(alpha) * (aFp4 ? static_cast<double>(*aGlobalScale) : 1.0) *
-                       static_cast<double>(*wGlobalScale);
+  const double scale = static_cast<double>(args.alpha) * (aFp4 ? static_cast<double>(*args.aGlobalScale) : 1.0) *
+                       static_cast<double>(*args.wGlobalScale);
 
   auto columns = [&](int64_t nBegin, int64_t nEnd) {
     std::vector<float> wRow(static_cast<size_t>(K));

@@ -14,14 +14,13 @@
 // side forms the same pairs from eight consecutive bf16 with byte permutes (pairBf16), or with
 // dequantWord again when A is NVFP4.
 #pragma once
-#include <atomic>
 #include <cstdint>
 
 #include "kernels/nvfp4/common.cuh"
 
 namespace moe::kernels::nvfp4::detail {
 
-struct GemmArgs {
+struct GemmParams {
   const void* a;               // bf16 [M, K] or packed E2M1 [M, K/2]
   const uint8_t* aScales;      // e4m3 [M, K/16] (NVFP4 A only)
   const float* aGlobalScale;   // device (NVFP4 A only)
@@ -108,7 +107,7 @@ __device__ __forceinline__ void loadScaleChunk(uint8_t* dst, const uint8_t* src,
 }
 
 template <class S>
-__device__ __forceinline__ void loadStage(const GemmArgs& p, uint8_t* stage, int64_t n0,
+__device__ __forceinline__ void loadStage(const GemmParams& p, uint8_t* stage, int64_t n0,
                                           int64_t m0, int c) {
   uint8_t* sW = stage;
   uint8_t* sWs = sW + S::kWBytes;
@@ -202,7 +201,7 @@ __device__ __forceinline__ void computeStage(const uint8_t* stage, int warpW, in
 }
 
 template <class S>
-__global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const GemmArgs p) {
+__global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const GemmParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
   constexpr int MT = S::kMT, NT = S::kNT;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -273,21 +272,17 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const G
 // Enqueues gemmKernel<S> on a grid of (ceil(N/tileN), ceil(M/tileM), splits); defined in the
 // per-regime .cu files so the variants compile in parallel.
 template <class S>
-cudaError_t launchGemm(const GemmArgs& p, dim3 grid, cudaStream_t stream);
+cudaError_t launchGemm(const GemmParams& p, dim3 grid, cudaStream_t stream);
 
 template <class S>
-cudaError_t launchGemmImpl(const GemmArgs& p, dim3 grid, cudaStream_t stream) {
-  // Raising the dynamic shared memory limit is per device; do it once for each.
-  static std::atomic<bool> configured[64] = {};
-  int dev = 0;
-  cudaError_t err = cudaGetDevice(&dev);
-  if (err != cudaSuccess) return err;
-  const bool cached = dev >= 0 && dev < 64;
-  if (!cached || !configured[dev].load(std::memory_order_acquire)) {
-    err = cudaFuncSetAttribute(gemmKernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               S::kSmemBytes);
+cudaError_t launchGemmImpl(const GemmParams& p, dim3 grid, cudaStream_t stream) {
+  // Above the 48 KB default the kernel must be allowed its dynamic shared memory. The attribute
+  // belongs to the current device's context; setting it at each launch keeps no per-device
+  // state, and it costs nothing where it is not needed (every shape with M <= 16).
+  if constexpr (S::kSmemBytes > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(gemmKernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
     if (err != cudaSuccess) return err;
-    if (cached) configured[dev].store(true, std::memory_order_release);
   }
   gemmKernel<S><<<grid, S::kThreads, S::kSmemBytes, stream>>>(p);
   return cudaGetLastError();

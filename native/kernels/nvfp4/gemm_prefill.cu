@@ -4,11 +4,11 @@
 namespace moe::kernels::nvfp4::detail {
 
 template <class S>
-cudaError_t launchGemm(const GemmArgs& p, dim3 grid, cudaStream_t stream) {
+cudaError_t launchGemm(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   return launchGemmImpl<S>(p, grid, stream);
 }
 
-template cudaError_t launchGemm<PrefillShape<false>>(const GemmArgs&, dim3, cudaStream_t);
-template cudaError_t launchGemm<PrefillShape<true>>(const GemmArgs&, dim3, cudaStream_t);
+template cudaError_t launchGemm<PrefillShape<false>>(const GemmParams&, dim3, cudaStream_t);
+template cudaError_t launchGemm<PrefillShape<true>>(const GemmParams&, dim3, cudaStream_t);
 
 }  // namespace moe::kernels::nvfp4::detail

@@ -24,7 +24,7 @@
 
 namespace moe::kernels::nvfp4::detail {
 
-struct GemvArgs {
+struct GemvParams {
   const __nv_bfloat16* a;    // [M, K]
   const uint8_t* w;          // packed E2M1 [N, K/2]
   const uint8_t* wScales;    // e4m3 [N, K/16]
@@ -60,7 +60,7 @@ __device__ __forceinline__ uint32_t wordOf(const uint4& v, int w) {
 }
 
 template <int NT, int MT, int MinBlocks>
-__global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const GemvArgs p) {
+__global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const GemvParams p) {
   extern __shared__ float red[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -232,6 +232,6 @@ constexpr int gemvSmemBytes(int kWarps) {
 
 // Defined in gemm_decode.cu, one instantiation per (NT, MT) the heuristic picks.
 template <int NT, int MT, int MinBlocks>
-cudaError_t launchGemv(const GemvArgs& p, cudaStream_t stream);
+cudaError_t launchGemv(const GemvParams& p, cudaStream_t stream);
 
 }  // namespace moe::kernels::nvfp4::detail

@@ -40,8 +40,7 @@ inline constexpr int64_t kMaxSplitWorkspaceBytes = int64_t{64} << 20;
 // SMs at all, keeping at least eight chunks per split.
 // Every configuration here is the portable mma.sync kernel; preferSm90 below says when the
 // Hopper wgmma kernel (sm90_gemm.h) takes the problem instead.
-inline GemmConfig selectGemmConfig(int64_t M, int64_t N, int64_t K, int numSMs,
-                                   bool /*forcePortable*/) {
+inline GemmConfig selectGemmConfig(int64_t M, int64_t N, int64_t K, int numSMs) {
   GemmConfig c{};
   c.numChunks = (K + kGemmChunkK - 1) / kGemmChunkK;
   if (M <= kDecodeMaxM) {
@@ -121,6 +120,6 @@ inline size_t gemmConfigWorkspaceBytes(const GemmConfig& c, int64_t M, int64_t N
 // Above the decode sizes the wgmma kernel wins wherever it can run (W4A16, K % 32 == 0, aligned
 // operands on a CC 9.0 device; sm90GemmSupported checks): on the DeepSeek-V3 shapes it measured
 // 3.5-4.5x the mma.sync kernel at M >= 1024. Decode stays on the streaming kernel, which splits K.
-inline bool preferSm90(int64_t M, bool forcePortable) { return !forcePortable && M > kDecodeMaxM; }
+inline bool preferSm90(int64_t M, bool portable) { return !portable && M > kDecodeMaxM; }
 
 }  // namespace moe::kernels::nvfp4

@@ -2,6 +2,7 @@
 // All of these are memory bound; one thread owns one 16-element block where that is the unit.
 #include <algorithm>
 
+#include "common/align.h"
 #include "kernels/nvfp4/common.cuh"
 #include "kernels/nvfp4/nvfp4.h"
 
@@ -10,10 +11,6 @@ namespace detail {
 namespace {
 
 constexpr int kThreads = 256;
-
-inline bool isAligned(const void* p, uintptr_t n) {
-  return (reinterpret_cast<uintptr_t>(p) & (n - 1)) == 0;
-}
 
 inline int gridFor(int64_t items, int64_t cap) {
   int64_t blocks = (items + kThreads - 1) / kThreads;
@@ -250,14 +247,18 @@ __global__ void __launch_bounds__(kThreads) unswizzleKernel(const uint8_t* __res
 
 using namespace detail;
 
-cudaError_t amax(const void* x, DType xType, int64_t numel, float* amaxOut, cudaStream_t stream) {
-  cudaError_t err = cudaMemsetAsync(amaxOut, 0, sizeof(float), stream);
+cudaError_t amax(const AmaxArgs& a, const Launch& l) {
+  const void* x = a.x;
+  const DType xType = a.xType;
+  const int64_t numel = a.numel;
+  const cudaStream_t stream = l.stream;
+  cudaError_t err = cudaMemsetAsync(a.amax, 0, sizeof(float), stream);
   if (err != cudaSuccess) return err;
   if (numel <= 0) return cudaSuccess;
-  const bool vec = isAligned(x, 16);
+  const bool vec = moe::isAligned(x, 16);
   const int perVec = xType == DType::F32 ? 4 : 8;
   const int grid = gridFor(vec ? (numel + perVec - 1) / perVec : numel, 1024);
-  uint32_t* out = reinterpret_cast<uint32_t*>(amaxOut);
+  uint32_t* out = reinterpret_cast<uint32_t*>(a.amax);
   switch (xType) {
     case DType::F32: amaxKernel<DType::F32><<<grid, kThreads, 0, stream>>>(x, numel, vec, out); break;
     case DType::F16: amaxKernel<DType::F16><<<grid, kThreads, 0, stream>>>(x, numel, vec, out); break;
@@ -267,66 +268,68 @@ cudaError_t amax(const void* x, DType xType, int64_t numel, float* amaxOut, cuda
   return cudaGetLastError();
 }
 
-cudaError_t globalScaleFromAmax(const float* amaxIn, float* globalScale, cudaStream_t stream) {
-  globalScaleKernel<<<1, 1, 0, stream>>>(amaxIn, globalScale);
+cudaError_t globalScaleFromAmax(const GlobalScaleArgs& a, const Launch& l) {
+  globalScaleKernel<<<1, 1, 0, l.stream>>>(a.amax, a.globalScale);
   return cudaGetLastError();
 }
 
-cudaError_t quantize(const void* x, DType xType, int64_t rows, int64_t K, const float* globalScale,
-                     uint8_t* data, uint8_t* scales, cudaStream_t stream) {
-  const int64_t numBlocks = rows * (K / 16);
+cudaError_t quantize(const QuantizeArgs& a, const Launch& l) {
+  const cudaStream_t stream = l.stream;
+  if (a.globalScaleOut != nullptr && a.globalScaleOut != a.globalScale) {
+    const cudaError_t err =
+        cudaMemcpyAsync(a.globalScaleOut, a.globalScale, sizeof(float), cudaMemcpyDeviceToDevice, stream);
+    if (err != cudaSuccess) return err;
+  }
+  const int64_t numBlocks = a.rows * (a.K / 16);
   if (numBlocks <= 0) return cudaSuccess;
-  if (!isAligned(x, 16) || !isAligned(data, 8)) return cudaErrorMisalignedAddress;
   const int64_t grid = (numBlocks + kThreads - 1) / kThreads;
-  uint2* d = reinterpret_cast<uint2*>(data);
-  switch (xType) {
-    case DType::F32: quantizeKernel<DType::F32><<<grid, kThreads, 0, stream>>>(x, numBlocks, globalScale, d, scales); break;
-    case DType::F16: quantizeKernel<DType::F16><<<grid, kThreads, 0, stream>>>(x, numBlocks, globalScale, d, scales); break;
-    case DType::BF16: quantizeKernel<DType::BF16><<<grid, kThreads, 0, stream>>>(x, numBlocks, globalScale, d, scales); break;
+  const void* x = a.x;
+  const float* gs = a.globalScale;
+  uint2* d = reinterpret_cast<uint2*>(a.data);
+  uint8_t* scales = a.scales;
+  switch (a.xType) {
+    case DType::F32: quantizeKernel<DType::F32><<<grid, kThreads, 0, stream>>>(x, numBlocks, gs, d, scales); break;
+    case DType::F16: quantizeKernel<DType::F16><<<grid, kThreads, 0, stream>>>(x, numBlocks, gs, d, scales); break;
+    case DType::BF16: quantizeKernel<DType::BF16><<<grid, kThreads, 0, stream>>>(x, numBlocks, gs, d, scales); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }
 
-cudaError_t dequantize(const uint8_t* data, const uint8_t* scales, const float* globalScale,
-                       int64_t rows, int64_t K, void* out, DType outType, cudaStream_t stream) {
-  const int64_t numBlocks = rows * (K / 16);
+cudaError_t dequantize(const DequantizeArgs& a, const Launch& l) {
+  const int64_t numBlocks = a.rows * (a.K / 16);
   if (numBlocks <= 0) return cudaSuccess;
-  if (!isAligned(data, 8) || !isAligned(out, 16)) return cudaErrorMisalignedAddress;
+  const cudaStream_t stream = l.stream;
   const int64_t grid = (numBlocks + kThreads - 1) / kThreads;
-  const uint2* d = reinterpret_cast<const uint2*>(data);
-  switch (outType) {
-    case DType::F32: dequantizeKernel<DType::F32><<<grid, kThreads, 0, stream>>>(d, scales, globalScale, numBlocks, out); break;
-    case DType::F16: dequantizeKernel<DType::F16><<<grid, kThreads, 0, stream>>>(d, scales, globalScale, numBlocks, out); break;
-    case DType::BF16: dequantizeKernel<DType::BF16><<<grid, kThreads, 0, stream>>>(d, scales, globalScale, numBlocks, out); break;
+  const uint2* d = reinterpret_cast<const uint2*>(a.data);
+  const uint8_t* scales = a.scales;
+  const float* gs = a.globalScale;
+  void* out = a.out;
+  switch (a.outType) {
+    case DType::F32: dequantizeKernel<DType::F32><<<grid, kThreads, 0, stream>>>(d, scales, gs, numBlocks, out); break;
+    case DType::F16: dequantizeKernel<DType::F16><<<grid, kThreads, 0, stream>>>(d, scales, gs, numBlocks, out); break;
+    case DType::BF16: dequantizeKernel<DType::BF16><<<grid, kThreads, 0, stream>>>(d, scales, gs, numBlocks, out); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }
 
-int64_t swizzledScaleBytes(int64_t rows, int64_t K) {
-  const int64_t kBlocks = K / 16;
-  return ((rows + 127) / 128 * 128) * ((kBlocks + 3) / 4 * 4);
-}
-
-cudaError_t swizzleScales(const uint8_t* scales, int64_t rows, int64_t K, uint8_t* swizzled,
-                          cudaStream_t stream) {
-  const int64_t total = swizzledScaleBytes(rows, K);
+cudaError_t swizzleScales(const SwizzleScalesArgs& a, const Launch& l) {
+  const int64_t total = nvfp4SwizzledScaleBytes(a.rows, a.K);
   if (total <= 0) return cudaSuccess;
-  const int64_t kBlocks = K / 16;
+  const int64_t kBlocks = a.K / 16;
   const int64_t grid = (total + kThreads - 1) / kThreads;
-  swizzleKernel<<<grid, kThreads, 0, stream>>>(scales, rows, kBlocks, (kBlocks + 3) / 4, total,
-                                               swizzled);
+  swizzleKernel<<<grid, kThreads, 0, l.stream>>>(a.scales, a.rows, kBlocks, (kBlocks + 3) / 4, total,
+                                                 a.swizzled);
   return cudaGetLastError();
 }
 
-cudaError_t unswizzleScales(const uint8_t* swizzled, int64_t rows, int64_t K, uint8_t* scales,
-                            cudaStream_t stream) {
-  const int64_t kBlocks = K / 16;
-  if (rows * kBlocks <= 0) return cudaSuccess;
-  const int64_t grid = (rows * kBlocks + kThreads - 1) / kThreads;
-  unswizzleKernel<<<grid, kThreads, 0, stream>>>(swizzled, rows, kBlocks, (kBlocks + 3) / 4,
-                                                 scales);
+cudaError_t unswizzleScales(const UnswizzleScalesArgs& a, const Launch& l) {
+  const int64_t kBlocks = a.K / 16;
+  if (a.rows * kBlocks <= 0) return cudaSuccess;
+  const int64_t grid = (a.rows * kBlocks + kThreads - 1) / kThreads;
+  unswizzleKernel<<<grid, kThreads, 0, l.stream>>>(a.swizzled, a.rows, kBlocks, (kBlocks + 3) / 4,
+                                                   a.scales);
   return cudaGetLastError();
 }
 

@@ -1,12 +1,11 @@
 // Host launcher of the Hopper NVFP4 GEMM (sm90_gemm.cuh): capability checks, TMA descriptors,
 // persistent grid.
-#include <atomic>
 #include <climits>
 #include <cstring>
-#include <mutex>
 
 #include <cudaTypedefs.h>
 
+#include "common/align.h"
 #include "kernels/nvfp4/sm90_gemm.cuh"
 #include "kernels/nvfp4/sm90_gemm.h"
 
@@ -14,8 +13,6 @@ namespace moe::kernels::nvfp4 {
 namespace {
 
 using sm90::Params;
-
-bool aligned(const void* p, uintptr_t n) { return (reinterpret_cast<uintptr_t>(p) & (n - 1)) == 0; }
 
 // The driver entry point is looked up through the runtime so the addon never links libcuda.
 PFN_cuTensorMapEncodeTiled_v12000 encodeTiledFn() {
@@ -33,23 +30,24 @@ PFN_cuTensorMapEncodeTiled_v12000 encodeTiledFn() {
   return fn;
 }
 
-constexpr int kMaxDevices = 64;
-
-template <class Kernel>
-bool raiseSmemLimit(Kernel kernel, int bytes) {
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) ==
-         cudaSuccess;
+template <int BM, bool OutF32>
+cudaError_t launchVariant(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
+                          const Params& p, int grid, cudaStream_t stream) {
+  const int smem = sm90::Config<BM>::kSmemBytes;
+  // The shared-memory allowance belongs to the current device's context: set at each launch,
+  // so that no per-device state is kept here.
+  const cudaError_t err =
+      cudaFuncSetAttribute(sm90::gemmKernel<BM, OutF32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  sm90::gemmKernel<BM, OutF32><<<grid, sm90::kThreads, smem, stream>>>(mapA, mapW, mapOut, p);
+  return cudaGetLastError();
 }
 
 template <int BM>
-void launch(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
-            const Params& p, int grid, bool outF32, cudaStream_t stream) {
-  const int smem = sm90::Config<BM>::kSmemBytes;
-  if (outF32) {
-    sm90::gemmKernel<BM, true><<<grid, sm90::kThreads, smem, stream>>>(mapA, mapW, mapOut, p);
-  } else {
-    sm90::gemmKernel<BM, false><<<grid, sm90::kThreads, smem, stream>>>(mapA, mapW, mapOut, p);
-  }
+cudaError_t launch(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
+                   const Params& p, int grid, bool outF32, cudaStream_t stream) {
+  return outF32 ? launchVariant<BM, true>(mapA, mapW, mapOut, p, grid, stream)
+                : launchVariant<BM, false>(mapA, mapW, mapOut, p, grid, stream);
 }
 
 // 256-token tiles halve the decode work per FLOP and are much faster per tile; 128-token tiles
@@ -60,50 +58,22 @@ int chooseTileM(int64_t M, int64_t tilesN, int sms) {
   return t128 <= sms ? 128 : 256;
 }
 
-struct DeviceInfo {
-  int sms = 0;
-  bool usable = false;  // CC 9.0 and the sm_90a image is present
-};
-
-// Per-device facts, computed once: SM count, capability, and whether the kernel was built for
-// sm_90a (a build without 90a would JIT the compute_80 PTX, whose body traps). Also raises the
-// dynamic shared memory limit of both instantiations.
-const DeviceInfo* deviceInfo() {
-  static DeviceInfo info[kMaxDevices];
-  static std::once_flag once[kMaxDevices];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) {
-    cudaGetLastError();
-    return nullptr;
-  }
-  std::call_once(once[dev], [dev] {
-    DeviceInfo d{};
-    int major = 0, minor = 0, sms = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-      cudaGetLastError();
-      info[dev] = d;
-      return;
-    }
-    d.sms = sms;
-    bool ok = major == 9 && minor == 0 && encodeTiledFn() != nullptr;
+// Whether this build carries the sm_90a image of the kernel (a build without 90a would JIT the
+// compute_80 PTX, whose body traps) and the driver has the tensor-map encoder. A property of
+// the build and the driver, the same on every compute capability 9.0 device, so it is asked
+// once, on the first such device that needs it.
+bool sm90ImagePresent() {
+  static const bool present = [] {
+    bool ok = encodeTiledFn() != nullptr;
     if (ok) {
       cudaFuncAttributes attr{};
       ok = cudaFuncGetAttributes(&attr, sm90::gemmKernel<256, false>) == cudaSuccess &&
            attr.ptxVersion == 90 && attr.binaryVersion == 90;
     }
-    if (ok) {
-      ok = raiseSmemLimit(sm90::gemmKernel<256, false>, sm90::Config<256>::kSmemBytes) &&
-           raiseSmemLimit(sm90::gemmKernel<256, true>, sm90::Config<256>::kSmemBytes) &&
-           raiseSmemLimit(sm90::gemmKernel<128, false>, sm90::Config<128>::kSmemBytes) &&
-           raiseSmemLimit(sm90::gemmKernel<128, true>, sm90::Config<128>::kSmemBytes);
-    }
-    if (!ok) cudaGetLastError();
-    d.usable = ok;
-    info[dev] = d;
-  });
-  return &info[dev];
+    if (!ok) (void)cudaGetLastError();
+    return ok;
+  }();
+  return present;
 }
 
 // 2-D row-major [rows, cols] tensor map with a box of boxCols x boxRows elements.
@@ -122,32 +92,24 @@ bool encode2d(CUtensorMap* map, CUtensorMapDataType type, size_t elemBytes, cons
 
 }  // namespace
 
-bool sm90GemmSupported(int64_t M, int64_t N, int64_t K, DType aType, DType outType, const void* a,
-                       const uint8_t* wData) {
-  if (aType != DType::BF16) return false;
-  if (outType != DType::BF16 && outType != DType::F32) return false;
-  if (M < 0 || N < 0 || K < 32 || K % 32 != 0) return false;
-  if (M > INT_MAX || N > INT_MAX || K > INT_MAX / 2) return false;
-  if (!aligned(a, 16) || !aligned(wData, 16)) return false;
-  const DeviceInfo* d = deviceInfo();
-  return d != nullptr && d->usable;
+bool sm90GemmSupported(const GemmArgs& g, const DeviceFacts& facts) {
+  if (!facts.hopper || g.aType != DType::BF16) return false;
+  if (g.K < 32 || g.K % 32 != 0) return false;
+  if (!isAligned(g.a, 16) || !isAligned(g.wData, 16)) return false;
+  if (facts.sharedMemoryPerBlockOptin < static_cast<size_t>(sm90::Config<256>::kSmemBytes)) return false;
+  return sm90ImagePresent();
 }
 
-cudaError_t sm90Gemm(const void* a, DType aType, const uint8_t* /*aScales*/,
-                     const float* /*aGlobalScale*/, const uint8_t* wData, const uint8_t* wScales,
-                     const float* wGlobalScale, const void* bias, DType biasType, void* out,
-                     DType outType, int64_t M, int64_t N, int64_t K, float alpha,
-                     cudaStream_t stream) {
-  if (aType != DType::BF16) return cudaErrorInvalidValue;
-  if (outType != DType::BF16 && outType != DType::F32) return cudaErrorInvalidValue;
-  if (bias != nullptr && biasType != DType::BF16 && biasType != DType::F32) {
-    return cudaErrorInvalidValue;
-  }
-  if (!sm90GemmSupported(M, N, K, aType, outType, a, wData)) return cudaErrorNotSupported;
+cudaError_t sm90Gemm(const GemmArgs& g, const Launch& l) {
+  const void* a = g.a;
+  const uint8_t* wData = g.wData;
+  const uint8_t* wScales = g.wScales;
+  void* out = g.out;
+  const int64_t M = g.M, N = g.N, K = g.K;
   if (M == 0 || N == 0) return cudaSuccess;
 
-  const bool outF32 = outType == DType::F32;
-  const int sms = deviceInfo()->sms;
+  const bool outF32 = g.outType == DType::F32;
+  const int sms = l.facts.multiprocessors;
   const int64_t tilesN = (N + sm90::kTileN - 1) / sm90::kTileN;
   const int BM = chooseTileM(M, tilesN, sms);
   const int64_t tilesM = (M + BM - 1) / BM;
@@ -162,14 +124,14 @@ cudaError_t sm90Gemm(const void* a, DType aType, const uint8_t* /*aScales*/,
   p.tilesN = static_cast<int>(tilesN);
   p.numTiles = static_cast<int>(tilesM * tilesN);
   p.wScales = wScales;
-  p.wGlobalScale = wGlobalScale;
-  p.bias = bias;
+  p.wGlobalScale = g.wGlobalScale;
+  p.bias = g.bias;
   p.out = out;
-  p.alpha = alpha;
-  p.biasF32 = biasType == DType::F32;
+  p.alpha = g.alpha;
+  p.biasF32 = g.biasType == DType::F32;
   p.outF32 = outF32;
-  p.scalesVec4 = K % 64 == 0 && aligned(wScales, 4);
-  p.outVec16 = (N * (outF32 ? 4 : 2)) % 16 == 0 && aligned(out, 16);
+  p.scalesVec4 = K % 64 == 0 && isAligned(wScales, 4);
+  p.outVec16 = (N * (outF32 ? 4 : 2)) % 16 == 0 && isAligned(out, 16);
   p.tmaStore = !outF32 && p.outVec16;
 
   CUtensorMap mapA, mapW, mapOut;
@@ -186,9 +148,8 @@ cudaError_t sm90Gemm(const void* a, DType aType, const uint8_t* /*aScales*/,
   }
 
   const int grid = static_cast<int>(std::min<int64_t>(p.numTiles, sms));
-  if (BM == 256) launch<256>(mapA, mapW, mapOut, p, grid, outF32, stream);
-  else launch<128>(mapA, mapW, mapOut, p, grid, outF32, stream);
-  return cudaGetLastError();
+  return BM == 256 ? launch<256>(mapA, mapW, mapOut, p, grid, outF32, l.stream)
+                   : launch<128>(mapA, mapW, mapOut, p, grid, outF32, l.stream);
 }
 
 }  // namespace moe::kernels::nvfp4

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch peers of the NVFP4 GEMM benchmark, on the same shapes and with the same method.
 
-  python3 benchmarks/peers/gemm.py [--out DIR] [--shapes 4096x7168,...] [--m 1,4,...] [--trials 20]
+  python3 benchmarks/peers/nvfp4.py [--out DIR] [--shapes 4096x7168,...] [--m 1,4,...] [--trials 20] [--seed 1]
 
 - cuBLAS BF16: a @ w.T with a bf16 [M, K], w bf16 [N, K].
 - FP8: torch._scaled_mm with e4m3 operands and bf16 out; row-wise scales where this PyTorch
@@ -10,77 +10,19 @@
 
 Each (shape, M) is a CUDA graph of R back-to-back calls rotating over S >= 3 weight sets
 (at least 4x the L2 cache in total), timed with CUDA events; time per call = median over
-trials of replay time / R. Writes nvfp4_gemm-peers-<card>.json.
+trials of replay time / R (peers/harness.py, as benchmarks/harness.js does for ours). Writes
+nvfp4_gemm-peers-<card>.json. Without PyTorch or a CUDA GPU it exits with status 3.
 """
 import argparse
-import datetime
-import json
-import math
 import os
-import re
-import statistics
 
-import torch
+import harness
 
 SHAPES = "4096x7168,7168x2048,2048x7168,24576x1536,7168x16384"
 MS = "1,4,16,64,256,1024,4096,16384"
 
 
-def card_name(name):
-    return re.sub(r"-+$", "", re.sub(r"[^A-Za-z0-9]+", "-", name))
-
-
-def time_graph(fn, launches, trials, stream):
-    """Median per-call milliseconds of a graph of `launches` calls fn(i)."""
-    # warm-up outside capture: cuBLAS picks algorithms and allocates its workspace here
-    with torch.cuda.stream(stream):
-        for i in range(3):
-            fn(i)
-    stream.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for i in range(launches):
-            fn(i)
-    graph.replay()
-    torch.cuda.synchronize()
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    samples = []
-    for _ in range(trials):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / launches)
-    del graph
-    return statistics.median(samples)
-
-
-def timed(fn, sets, trials, stream):
-    estimate = time_graph(fn, sets, 3, stream)
-    launches = max(sets, min(200, math.ceil(3.0 / estimate / sets) * sets))
-    return time_graph(fn, launches, trials, stream)
-
-
-def copy_bandwidth():
-    n = 1 << 30
-    x = torch.zeros(n, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
-    samples = []
-    for i in range(23):
-        start.record()
-        y.copy_(x)
-        end.record()
-        end.synchronize()
-        if i >= 3:
-            samples.append(start.elapsed_time(end))
-    ms = statistics.median(samples)
-    return {"bytes": n, "ms": ms, "tbs": 2 * n / (ms * 1e-3) / 1e12}
-
-
-def fp8_call(a8_all, w8, M, N):
+def fp8_call(torch, a8_all, w8, M, N):
     """(fn(i) -> bf16 product over weight set i, mode) for the first scaled_mm form that runs
     here, or (None, why none did). Tried: row-wise, then tensor-wise scales; then both with M
     padded to a multiple of 16, as a serving stack would pad."""
@@ -111,38 +53,45 @@ def fp8_call(a8_all, w8, M, N):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "results"))
+    p.add_argument("--out", default=harness.RESULTS_DIR)
     p.add_argument("--shapes", default=SHAPES)
     p.add_argument("--m", default=MS)
     p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     ms = [int(v) for v in args.m.split(",")]
 
-    torch.manual_seed(0)
+    torch = harness.require_cuda()
+    harness.seed_all(args.seed)
+    gen = harness.generator(args.seed)
     props = torch.cuda.get_device_properties(0)
-    l2 = getattr(props, "L2_cache_size", 0) or 50 << 20
+    l2 = harness.l2_bytes(props)
     stream = torch.cuda.Stream()
-    copy = copy_bandwidth()
+    copy = harness.copy_bandwidth()
     print(f"{props.name}: device-to-device copy {copy['tbs']:.3f} TB/s")
+
+    def timed(fn, sets):
+        """Median per-call milliseconds, R picked for a few ms per replay."""
+        return harness.median(harness.time_launches_auto(fn, sets, args.trials, stream)[1])
 
     rows = []
     fp8_modes = set()
     for N, K in shapes:
-        sets16 = min(32, max(3, math.ceil(4 * l2 / (N * K * 2))))
-        sets8 = min(32, max(3, math.ceil(4 * l2 / (N * K))))
-        w16 = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) for _ in range(sets16)]
-        w8 = [torch.randn(N, K, device="cuda").to(torch.float8_e4m3fn) for _ in range(sets8)]
-        a16_all = torch.randn(max(ms), K, device="cuda", dtype=torch.bfloat16)
+        sets16 = harness.rotation_sets(N * K * 2, l2)
+        sets8 = harness.rotation_sets(N * K, l2)
+        w16 = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(sets16)]
+        w8 = [torch.randn(N, K, device="cuda", generator=gen).to(torch.float8_e4m3fn) for _ in range(sets8)]
+        a16_all = torch.randn(max(ms), K, device="cuda", dtype=torch.bfloat16, generator=gen)
         a8_all = a16_all.to(torch.float8_e4m3fn)
         for M in ms:
             a16 = a16_all[:M]
             out = torch.empty(M, N, device="cuda", dtype=torch.bfloat16)
-            bf16 = timed(lambda i: torch.matmul(a16, w16[i % sets16].t(), out=out), sets16, args.trials, stream)
-            call, mode = fp8_call(a8_all, w8, M, N)
+            bf16 = timed(lambda i: torch.matmul(a16, w16[i % sets16].t(), out=out), sets16)
+            call, mode = fp8_call(torch, a8_all, w8, M, N)
             fp8 = None
             if call is not None:
-                fp8 = timed(call, sets8, args.trials, stream)
+                fp8 = timed(call, sets8)
                 fp8_modes.add(mode.split(",")[0])
             row = {"shape": f"{N}x{K}", "N": N, "K": K, "M": M, "bf16Ms": bf16, "fp8Ms": fp8, "fp8Mode": mode,
                    "bf16Tflops": 2 * M * N * K / (bf16 * 1e-3) / 1e12, "sets": {"bf16": sets16, "fp8": sets8}}
@@ -154,23 +103,16 @@ def main():
 
     result = {
         "benchmark": "nvfp4_gemm_peers",
-        "device": props.name,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
+        **harness.header(props.name),
         "fp8Note": " / ".join(sorted(fp8_modes)) + " scales" if fp8_modes else "no scaled_mm mode that runs here",
         "method": "CUDA graph of R calls rotating over S weight sets (>= 4x L2), CUDA events, median over trials of replay time / R",
+        "seed": args.seed,
         "l2CacheBytes": l2,
         "copy": copy,
         "rows": rows,
     }
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, f"nvfp4_gemm-peers-{card_name(props.name)}.json")
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    print(f"wrote {path}")
+    harness.write_json(os.path.join(args.out, f"nvfp4_gemm-peers-{result['card']}.json"), result)
 
 
 if __name__ == "__main__":
-    main()
+    harness.run(main)

@@ -1,0 +1,217 @@
+// The nvfp4 family's argument structs, shared by the CPU reference, the CUDA launchers and the
+// N-API glue, with the preconditions both backends share.
+//
+// Format (NVIDIA ModelOpt convention):
+//   data    u8    [rows, K/2]   E2M1 codes, element 2i in the low nibble of byte i
+//   scales  e4m3  [rows, K/16]  one positive scale per 16 consecutive elements (linear layout)
+//   global  f32   (one value)   weight_scale_2 = amax / (6 * 448)
+//   value(r, k) = e2m1(data) * e4m3(scales[r, k/16]) * global
+//
+// Pointers are device pointers on CUDA and host pointers on the CPU; "device scalars" (global
+// scales, amax) are single f32 values in that memory. The alignments below are the kernels'
+// vector loads; both backends require them so that a tensor works alike on either. Any
+// pointer the package's allocators return qualifies.
+#pragma once
+#include <climits>
+#include <cstdint>
+#include <string>
+
+#include "common/align.h"
+#include "common/check.h"
+#include "common/dtype.h"
+
+namespace moe {
+
+// Elements per scale block.
+inline constexpr int64_t kNvfp4Block = 16;
+
+inline bool isNvfp4Source(DType t) { return t == DType::F32 || t == DType::F16 || t == DType::BF16; }
+
+// *amax = max |x| over numel elements (0 when numel == 0); NaN anywhere gives 0x7FC00000.
+struct AmaxArgs {
+  const void* x;
+  DType xType;  // F32, F16 or BF16
+  int64_t numel;
+  float* amax;
+};
+
+// *globalScale = *amax / (6 * 448); a zero quotient gives 1; NaN and inf pass through.
+struct GlobalScaleArgs {
+  const float* amax;
+  float* globalScale;
+};
+
+// x [rows, K] -> data [rows, K/2], scales [rows, K/16] with the global scale *globalScale.
+// When globalScaleOut is set (and differs from globalScale) the scale used is also copied
+// there, so that a quantized tensor's three parts come from one op.
+struct QuantizeArgs {
+  const void* x;  // 16-byte aligned
+  DType xType;    // F32, F16 or BF16
+  int64_t rows;
+  int64_t K;      // a multiple of 16
+  const float* globalScale;
+  uint8_t* data;  // 8-byte aligned
+  uint8_t* scales;
+  float* globalScaleOut;  // or nullptr
+};
+
+// out [rows, K] = e2m1 * scale * *globalScale, rounded once to outType.
+struct DequantizeArgs {
+  const uint8_t* data;  // 8-byte aligned
+  const uint8_t* scales;
+  const float* globalScale;
+  int64_t rows;
+  int64_t K;  // a multiple of 16
+  void* out;  // 16-byte aligned
+  DType outType;  // F32, F16 or BF16
+};
+
+// Linear scales [rows, K/16] -> the Blackwell 128x4 swizzled layout (nvfp4SwizzledScaleBytes
+// bytes, padding written as 0).
+struct SwizzleScalesArgs {
+  const uint8_t* scales;
+  int64_t rows;
+  int64_t K;  // a multiple of 16
+  uint8_t* swizzled;
+};
+
+// The inverse: swizzled -> linear [rows, K/16] (padding dropped).
+struct UnswizzleScalesArgs {
+  const uint8_t* swizzled;
+  int64_t rows;
+  int64_t K;  // a multiple of 16
+  uint8_t* scales;
+};
+
+// out[M, N] = alpha * gsA * gsW * (A . W^T) (+ bias[N]), fp32 accumulation.
+//   W: NVFP4 [N, K] (wData, wScales, *wGlobalScale).
+//   A: aType BF16: bf16 [M, K] (W4A16; aScales and aGlobalScale unused, gsA = 1);
+//      aType U8: NVFP4 [M, K] (a = data [M, K/2], aScales [M, K/16], *aGlobalScale; W4A4).
+//   bias: nullptr or [N] of biasType F32 or BF16. out: [M, N] of outType BF16 or F32.
+struct GemmArgs {
+  const void* a;  // 16-byte aligned (BF16) or 8-byte aligned (U8)
+  DType aType;
+  const uint8_t* aScales;
+  const float* aGlobalScale;
+  const uint8_t* wData;  // 8-byte aligned
+  const uint8_t* wScales;
+  const float* wGlobalScale;
+  const void* bias;
+  DType biasType;
+  void* out;
+  DType outType;
+  int64_t M, N, K;  // K a multiple of 16
+  float alpha;
+  bool portable;  // keep to the mma.sync kernels where the Hopper one would run
+};
+
+// Bytes of the swizzled layout of a [rows, K/16] scale tensor: roundUp(rows, 128) * roundUp(K/16, 4).
+inline int64_t nvfp4SwizzledScaleBytes(int64_t rows, int64_t K) {
+  const int64_t kBlocks = K / kNvfp4Block;
+  return ((rows + 127) / 128 * 128) * ((kBlocks + 3) / 4 * 4);
+}
+
+namespace nvfp4detail {
+
+inline void requireRowsK(int64_t rows, int64_t K, const char* argument) {
+  require(rows >= 0 && K >= 0, "E_SHAPE", argument,
+          "negative size (rows " + std::to_string(rows) + ", K " + std::to_string(K) + ")");
+  require(K % kNvfp4Block == 0, "E_SHAPE", "K", "expected a multiple of 16, got " + std::to_string(K));
+}
+
+inline void requirePtr(const void* p, const char* argument) { require(p != nullptr, "E_ARGUMENT", argument, "null pointer"); }
+
+inline void requireAligned(const void* p, size_t bytes, const char* argument) {
+  require(isAligned(p, bytes), "E_ARGUMENT", argument,
+          "the data must start at a " + std::to_string(bytes) + "-byte aligned address");
+}
+
+}  // namespace nvfp4detail
+
+inline void validate(const AmaxArgs& a) {
+  using namespace nvfp4detail;
+  require(isNvfp4Source(a.xType), "E_DTYPE", "x", "expected dtype f32, f16 or bf16");
+  require(a.numel >= 0, "E_SHAPE", "x", "negative element count " + std::to_string(a.numel));
+  if (a.numel > 0) requirePtr(a.x, "x");
+  requirePtr(a.amax, "amax");
+}
+
+inline void validate(const GlobalScaleArgs& a) {
+  using namespace nvfp4detail;
+  requirePtr(a.amax, "amax");
+  requirePtr(a.globalScale, "globalScale");
+}
+
+inline void validate(const QuantizeArgs& a) {
+  using namespace nvfp4detail;
+  require(isNvfp4Source(a.xType), "E_DTYPE", "x", "expected dtype f32, f16 or bf16");
+  requireRowsK(a.rows, a.K, "x");
+  requirePtr(a.globalScale, "globalScale");
+  if (a.rows > 0 && a.K > 0) {
+    requirePtr(a.x, "x");
+    requirePtr(a.data, "data");
+    requirePtr(a.scales, "scales");
+    requireAligned(a.x, 16, "x");
+    requireAligned(a.data, 8, "data");
+  }
+}
+
+inline void validate(const DequantizeArgs& a) {
+  using namespace nvfp4detail;
+  require(isNvfp4Source(a.outType), "E_DTYPE", "dtype", "expected f32, f16 or bf16");
+  requireRowsK(a.rows, a.K, "q");
+  if (a.rows > 0 && a.K > 0) {
+    requirePtr(a.data, "q.data");
+    requirePtr(a.scales, "q.scales");
+    requirePtr(a.globalScale, "q.globalScale");
+    requirePtr(a.out, "out");
+    requireAligned(a.data, 8, "q.data");
+    requireAligned(a.out, 16, "out");
+  }
+}
+
+namespace nvfp4detail {
+// Both directions: `from` is read and `to` written only when there is a scale to move (the
+// swizzled size is 0 exactly when rows or K is).
+inline void validateSwizzle(int64_t rows, int64_t K, const uint8_t* from, const char* fromName, const uint8_t* to,
+                            const char* toName) {
+  requireRowsK(rows, K, fromName);
+  if (rows > 0 && K > 0) {
+    requirePtr(from, fromName);
+    requirePtr(to, toName);
+  }
+}
+}  // namespace nvfp4detail
+
+inline void validate(const SwizzleScalesArgs& a) { nvfp4detail::validateSwizzle(a.rows, a.K, a.scales, "scales", a.swizzled, "swizzled"); }
+
+inline void validate(const UnswizzleScalesArgs& a) { nvfp4detail::validateSwizzle(a.rows, a.K, a.swizzled, "swizzled", a.scales, "scales"); }
+
+inline void validate(const GemmArgs& a) {
+  using namespace nvfp4detail;
+  const bool aFp4 = a.aType == DType::U8;
+  require(a.aType == DType::BF16 || aFp4, "E_DTYPE", "a", "expected bf16 (W4A16) or u8 codes of an NVFP4 tensor (W4A4)");
+  require(a.outType == DType::BF16 || a.outType == DType::F32, "E_DTYPE", "out", "expected bf16 or f32");
+  require(a.bias == nullptr || a.biasType == DType::BF16 || a.biasType == DType::F32, "E_DTYPE", "bias",
+          "expected bf16 or f32");
+  require(a.M >= 0, "E_SHAPE", "M", "negative size " + std::to_string(a.M));
+  require(a.N >= 0, "E_SHAPE", "N", "negative size " + std::to_string(a.N));
+  require(a.K >= 0 && a.K % kNvfp4Block == 0, "E_SHAPE", "K", "expected a multiple of 16, got " + std::to_string(a.K));
+  // The kernels keep per-dimension indices (and K/2 bytes per row) in 32-bit ints.
+  require(a.M <= INT_MAX, "E_SHAPE", "M", "at most 2^31 - 1 rows are supported");
+  require(a.N <= INT_MAX, "E_SHAPE", "N", "at most 2^31 - 1 rows are supported");
+  require(a.K <= INT_MAX / 2, "E_SHAPE", "K", "at most 2^30 - 1 is supported");
+  if (a.M == 0 || a.N == 0) return;
+  requirePtr(a.out, "out");
+  requirePtr(a.wGlobalScale, "w.globalScale");
+  if (aFp4) requirePtr(a.aGlobalScale, "a.globalScale");
+  if (a.K == 0) return;
+  requirePtr(a.a, "a");
+  requirePtr(a.wData, "w.data");
+  requirePtr(a.wScales, "w.scales");
+  if (aFp4) requirePtr(a.aScales, "a.scales");
+  requireAligned(a.a, aFp4 ? 8 : 16, aFp4 ? "a.data" : "a");
+  requireAligned(a.wData, 8, "w.data");
+}
+
+}  // namespace moe
