@@ -5,7 +5,7 @@
 // the numeric ids of dtype.ts.
 
 /** Raw binding: pointers are bigints, dtypes numeric ids, device -1 the CPU. Internal. */
-export interface Binding extends Nvfp4Binding, MtpBinding {
+export interface Binding extends Nvfp4Binding, MtpBinding, RoutingBinding {
   setErrorClass(cls: unknown): void;
   buildInfo(): NativeBuildInfo;
   canAccessPeer(from: number, to: number): boolean;
@@ -136,5 +136,27 @@ export interface MtpBinding {
     batch: number,
     numDrafts: number,
     vocab: number,
+  ): void;
+}
+
+/** Native entry points of the routing family (native/common/routing.h). @internal */
+export interface RoutingBinding {
+  routeTopK(
+    device: number, stream: bigint, logits: bigint, logitsType: number, bias: bigint, ids: bigint, weights: bigint,
+    tokens: number, experts: number, k: number, scoring: number, groups: number, topkGroups: number,
+    renormalize: boolean, scale: number,
+  ): void;
+  expertLayout(
+    device: number, stream: bigint, ids: bigint, tokens: number, k: number, experts: number, align: number,
+    maxPerExpert: number, rows: number, counts: bigint, offsets: bigint, sourceIndex: bigint, rowIndex: bigint,
+    usedRows: bigint, dropped: bigint, errors: bigint,
+  ): void;
+  permute(
+    device: number, stream: bigint, x: bigint, type: number, sourceIndex: bigint, usedRows: bigint, out: bigint,
+    tokens: number, k: number, hidden: number, rows: number,
+  ): void;
+  unpermute(
+    device: number, stream: bigint, y: bigint, yType: number, rowIndex: bigint, weights: bigint, out: bigint,
+    outType: number, tokens: number, k: number, hidden: number, rows: number,
   ): void;
 }

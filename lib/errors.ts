@@ -10,6 +10,7 @@ export type MoeErrorCode =
   | 'E_TIMEOUT'
   | 'E_COMM'
   | 'E_ARGUMENT'
+  | 'E_RANGE'
   | 'E_CAPTURE'
   | 'E_LOAD'
   | 'E_INTERNAL';

@@ -36,3 +36,20 @@ export { convert, type ConvertOptions } from './convert';
 export { diagnostics } from './diagnostics';
 export * from './nvfp4';
 export * from './mtp';
+export {
+  routeTopK,
+  expertLayout,
+  permute,
+  unpermute,
+  MAX_ROUTED_EXPERTS,
+  MAX_TOP_K,
+  MAX_LAYOUT_EXPERTS,
+  MAX_LAYOUT_ALIGN,
+  type Scoring,
+  type RouteTopKOptions,
+  type RouteTopKResult,
+  type ExpertLayout,
+  type ExpertLayoutOptions,
+  type PermuteOptions,
+  type UnpermuteOptions,
+} from './routing';

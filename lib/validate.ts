@@ -235,6 +235,19 @@ export function checkOut<T extends TensorLike = TensorLike>(value: unknown, argu
   return t;
 }
 
+/** A tensor of exactly `shape` (E_SHAPE otherwise); `names` label the dimensions in the message. */
+export function checkShapeIs(t: TensorLike, argument: string, shape: readonly number[], names?: readonly string[]): void {
+  if (!sameShape(t.shape, shape)) {
+    const want = names ? `[${names.map((n, i) => `${n} = ${shape[i]}`).join(', ')}]` : `[${shape}]`;
+    throw new MoeError('E_SHAPE', `${argument}: expected shape ${want}, got [${t.shape}]`);
+  }
+}
+
+/** A tensor with `ndim` dimensions (E_SHAPE otherwise); `layout` names them, e.g. "[tokens, experts]". */
+export function checkRank(t: TensorLike, argument: string, ndim: number, layout: string): void {
+  if (t.shape.length !== ndim) throw new MoeError('E_SHAPE', `${argument}: expected ${layout}, got shape [${t.shape}]`);
+}
+
 /**
  * checkOut for the shape [...like without its last size, last], compared without building it:
  * the per-op path of an op whose output replaces the last dimension of an input.

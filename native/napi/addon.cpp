@@ -23,6 +23,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   registerDiagnostics(env, exports);
   registerNvfp4(env, exports);
   registerMtp(env, exports);
+  registerRouting(env, exports);
   return exports;
 }
 

@@ -58,5 +58,6 @@ void registerConvert(Napi::Env env, Napi::Object exports);
 void registerDiagnostics(Napi::Env env, Napi::Object exports);
 void registerNvfp4(Napi::Env env, Napi::Object exports);
 void registerMtp(Napi::Env env, Napi::Object exports);
+void registerRouting(Napi::Env env, Napi::Object exports);
 
 }  // namespace moe::napi

@@ -1,4 +1,4 @@
-// Transitional: the nvfp4 glue still calls launchers with a bare stream.
+// Transitional: the nvfp4 and mtp glue still call launchers with a bare stream.
 #pragma once
 #if MOE_WITH_CUDA
 #include "runtime/cuda_check.h"
