@@ -11,8 +11,8 @@ import {
   checkOptions,
   checkOut,
   checkRequiredOptions,
+  checkShapeIs,
   checkTensor,
-  checkTensorOf,
   checkUint64,
   keys,
   type Device,
@@ -106,6 +106,10 @@ const DRAFT_NONE = 0;
 const DRAFT_PROBS = 1;
 const DRAFT_LOGITS = 2;
 const I32_MAX = 2 ** 31 - 1;
+// dimension names for shape messages: B, n, V of targetLogits [B, n+1, V]
+const BATCH = ['B'];
+const DRAFT_DIMS = ['B', 'n'];
+const DRAFT_DATA_DIMS = ['B', 'n', 'V'];
 const MODE_NAMES = Object.keys(VERIFY_MODES) as VerifyMode[];
 
 const OPTIONS = keys('targetLogits', 'draftTokens', 'draftLengths', 'draftProbs', 'draftLogits', 'params', 'acceptMask', 'out', 'stream');
@@ -151,7 +155,9 @@ const PARAM_KEYS = keys(...PARAMS.map((p) => p.key));
 
 /** A per-request tensor argument: one value per request, on the op's device. */
 function perRequestTensor(value: unknown, argument: string, dtypes: readonly DType[], batch: number, device: Device): Tensor {
-  return checkTensorOf<Tensor>(value, argument, dtypes, [batch], device);
+  const t = checkTensor<Tensor>(value, argument, dtypes, device);
+  checkShapeIs(t, argument, [batch], BATCH);
+  return t;
 }
 
 /** Plain per-request values (one for all, or an array of B), checked and uploaded for this call. */
@@ -257,17 +263,20 @@ export function verifyDrafts(options: VerifyDraftsOptions): VerifyDraftsResult {
   }
   const device = target.device;
   const batch = shape[0], n = shape[1] - 1, vocab = shape[2];
-  const drafts = checkTensorOf<Tensor<'i32'>>(o.draftTokens, 'draftTokens', I32, [batch, n], device);
+  const drafts = checkTensor<Tensor<'i32'>>(o.draftTokens, 'draftTokens', I32, device);
+  checkShapeIs(drafts, 'draftTokens', [batch, n], DRAFT_DIMS);
   if (o.draftProbs !== undefined && o.draftLogits !== undefined) {
     throw new MoeError('E_ARGUMENT', 'draftProbs, draftLogits: expected at most one of them, got both');
   }
   let draftKind = DRAFT_NONE;
   let draft: Tensor | undefined;
   if (o.draftProbs !== undefined) {
-    draft = checkTensorOf<Tensor>(o.draftProbs, 'draftProbs', LOGIT_DTYPES, [batch, n, vocab], device);
+    draft = checkTensor<Tensor>(o.draftProbs, 'draftProbs', LOGIT_DTYPES, device);
+    checkShapeIs(draft, 'draftProbs', [batch, n, vocab], DRAFT_DATA_DIMS);
     draftKind = DRAFT_PROBS;
   } else if (o.draftLogits !== undefined) {
-    draft = checkTensorOf<Tensor>(o.draftLogits, 'draftLogits', LOGIT_DTYPES, [batch, n, vocab], device);
+    draft = checkTensor<Tensor>(o.draftLogits, 'draftLogits', LOGIT_DTYPES, device);
+    checkShapeIs(draft, 'draftLogits', [batch, n, vocab], DRAFT_DATA_DIMS);
     draftKind = DRAFT_LOGITS;
   }
   const params = checkOptions(o.params, 'params', PARAM_KEYS) as VerifyDraftsParams;

@@ -215,19 +215,6 @@ export function checkTensor<T extends TensorLike = TensorLike>(
   return t;
 }
 
-/** A live tensor of one of `dtypes`, of exactly this shape, on `device`. */
-export function checkTensorOf<T extends TensorLike = TensorLike>(
-  value: unknown,
-  argument: string,
-  dtypes: readonly DType[],
-  shape: readonly number[],
-  device: Device,
-): T {
-  const t = checkTensor<T>(value, argument, dtypes, device);
-  if (!sameShape(t.shape, shape)) throw new MoeError('E_SHAPE', `${argument}: expected shape [${shape}], got [${t.shape}]`);
-  return t;
-}
-
 /** A caller-supplied output tensor of exactly this dtype, shape and device. */
 export function checkOut<T extends TensorLike = TensorLike>(value: unknown, argument: string, dtype: DType, shape: readonly number[], device: Device): T {
   const t = checkTensor<T>(value, argument, [dtype], device);
