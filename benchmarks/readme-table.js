@@ -87,6 +87,37 @@ function mtp(file) {
   ];
 }
 
+function routing(file) {
+  const r = h.readJson(file);
+  const peer = r.peer && Array.isArray(r.peer.cases) ? r.peer : undefined;
+  const s = r.settings;
+  const table = h.merge(r.rows, peer ? peer.cases : [], {
+    key: ['case', 'T'],
+    missing: 'n/a',
+    columns: [
+      { title: 'case', cell: ({ ours }) => ours.case },
+      { title: 'T', cell: ({ ours }) => ours.T },
+      { title: 'ours (µs)', cell: ({ ours }) => us(ours.ms) },
+      { title: 'PyTorch (µs)', cell: ({ peer: p }) => p && us(p.ms) },
+      // an eager peer pays launch overhead a graph would not: its speedup is not like for like
+      { title: 'PyTorch timed as', cell: ({ peer: p }) => p && String(p.timing).split(' ')[0] },
+      { title: 'speedup', cell: ({ ours, peer: p }) => p && h.ratio(p.ms, ours.ms) },
+    ],
+  });
+  return [
+    `### MoE routing (\`routeTopK\`, \`expertLayout\`) on ${r.device}`,
+    '',
+    `${s.experts} experts, top-${s.k}, ${s.groups} groups of which ${s.topkGroups} are kept, scale ${s.scale}, f32 logits; ` +
+      `our calls captured in one CUDA graph. Layout: contiguous padded to ${s.align} rows, or masked.` +
+      (peer ? ` PyTorch ${peer.torch}: the same math with torch ops, in a CUDA graph where it can be captured, else eager.` : ' No peer measured.'),
+    '',
+    ...table.lines,
+    '',
+    `${h.headerLine(r)}.`,
+    ...chart(file, `MoE routing on ${r.device}`),
+  ];
+}
+
 function launch(file) {
   const r = h.readJson(file);
   const first = r.rows[0];
@@ -134,6 +165,7 @@ function section(dir = h.RESULTS_DIR) {
   const parts = [
     ...resultFiles(dir, 'nvfp4_gemm', ['ours', 'peers']).map(nvfp4),
     ...resultFiles(dir, 'mtp', ['pytorch']).map(mtp),
+    ...resultFiles(dir, 'routing', ['pytorch']).map(routing),
     ...resultFiles(dir, 'launch_overhead', []).map(launch),
   ];
   return [BEGIN, '', ...parts.flatMap((p) => [...p, '']), END].join('\n');
