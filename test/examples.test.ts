@@ -48,7 +48,10 @@ function tslabMissing(): string | undefined {
   return undefined;
 }
 
-describe.skipIf(!built)(`examples${built ? '' : ' (skipped: dist/ is not built; npm run build:ts)'}`, () => {
+// the scripts import @moe/kernels as a user would, through the examples' project
+const linked = fs.existsSync(path.join(examples, 'node_modules', '@moe', 'kernels'));
+const scriptsSkip = !built ? 'dist/ is not built; npm run build:ts' : !linked ? '@moe/kernels is not linked into examples; npm install --prefix examples' : '';
+describe.skipIf(scriptsSkip !== '')(`examples${scriptsSkip ? ` (skipped: ${scriptsSkip})` : ''}`, () => {
   for (const name of fs.readdirSync(examples).filter((f) => f.endsWith('.js'))) {
     it(`${name} runs`, () => {
       expect(run(path.join(examples, name))).toMatch(/relative error/);
