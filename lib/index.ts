@@ -53,3 +53,4 @@ export {
   type PermuteOptions,
   type UnpermuteOptions,
 } from './routing';
+export { initProcessGroup, type ProcessGroup, type ProcessGroupOptions, type InProcessGroupOptions, type GroupKind } from './ep';

@@ -107,6 +107,18 @@ export function checkFunction(value: unknown, argument: string): void {
   if (typeof value !== 'function') throw new MoeError('E_ARGUMENT', `${argument}: expected a function, got ${describe(value)}`);
 }
 
+/** A byte buffer: a Uint8Array (a Buffer is one). */
+export function checkBytes(value: unknown, argument: string): Uint8Array {
+  if (!(value instanceof Uint8Array)) throw new MoeError('E_ARGUMENT', `${argument}: expected a Uint8Array, got ${describe(value)}`);
+  return value;
+}
+
+/** A non-empty string. */
+export function checkString(value: unknown, argument: string): string {
+  if (typeof value !== 'string' || value === '') throw new MoeError('E_ARGUMENT', `${argument}: expected a non-empty string, got ${describe(value)}`);
+  return value;
+}
+
 // ---- dtypes, shapes, devices --------------------------------------------------------------
 
 export function checkDType(value: unknown, argument: string): DType {
