@@ -71,7 +71,6 @@ struct GemmParams {
   bool biasF32, outF32;
   bool wVec16;   // weight/packed-A rows are 16-byte aligned (K % 32 == 0 and aligned base)
   bool sVec4;    // scale rows are 4-byte aligned (K % 64 == 0 and aligned base)
-  GroupParams group;  // grouped kernels only
 };
 
 template <int WarpsW, int WarpsT, int MT, int NT, int Stages, bool AFp4, int MinBlocks>
@@ -95,24 +94,16 @@ struct GemmShape {
 
 // Copies `rows` rows x 32 bytes of packed E2M1 (K chunk `c`) into dst (row stride 32 bytes).
 // Rows at or past `rowLimit`, and bytes past K/2, are zero-filled.
-// With Remap and swigluI > 0, rows are virtual rows in the swiglu order (swigluRow).
-template <int Threads, bool Remap = false>
+template <int Threads>
 __device__ __forceinline__ void loadPackedChunk(uint8_t* dst, const uint8_t* src, int rows,
                                                 int64_t row0, int rowLimit, int rowBytes, int c,
-                                                bool vec16, int swigluI = 0) {
+                                                bool vec16) {
   const int tid = threadIdx.x;
   for (int idx = tid; idx < rows * 2; idx += Threads) {
     const int r = idx >> 1, piece = idx & 1;
-    int64_t row = row0 + r;
-    bool inRange = row < rowLimit;
-    if constexpr (Remap) {
-      if (swigluI > 0) {
-        row = swigluRow(row, swigluI);
-        inRange = row >= 0;
-      }
-    }
+    const int64_t row = row0 + r;
     const int off = c * 32 + piece * 16;
-    int valid = inRange ? min(max(rowBytes - off, 0), 16) : 0;
+    int valid = row < rowLimit ? min(max(rowBytes - off, 0), 16) : 0;
     const uint8_t* s = src + row * rowBytes + off;
     uint8_t* d = dst + r * 32 + piece * 16;
     if (vec16) {
@@ -128,22 +119,15 @@ __device__ __forceinline__ void loadPackedChunk(uint8_t* dst, const uint8_t* src
 
 // Copies `rows` rows x 4 scale bytes (K chunk `c`) into dst (row stride 4 bytes), zero-filled
 // past the tensor.
-template <int Threads, bool Remap = false>
+template <int Threads>
 __device__ __forceinline__ void loadScaleChunk(uint8_t* dst, const uint8_t* src, int rows,
                                                int64_t row0, int rowLimit, int kBlocks, int c,
-                                               bool vec4, int swigluI = 0) {
+                                               bool vec4) {
   const int tid = threadIdx.x;
   for (int r = tid; r < rows; r += Threads) {
-    int64_t row = row0 + r;
-    bool inRange = row < rowLimit;
-    if constexpr (Remap) {
-      if (swigluI > 0) {
-        row = swigluRow(row, swigluI);
-        inRange = row >= 0;
-      }
-    }
+    const int64_t row = row0 + r;
     const int off = c * 4;
-    const int valid = inRange ? min(max(kBlocks - off, 0), 4) : 0;
+    const int valid = row < rowLimit ? min(max(kBlocks - off, 0), 4) : 0;
     const uint8_t* s = src + row * kBlocks + off;
     if (vec4) {
       cpAsync4(dst + r * 4, valid > 0 ? s : src, valid);
@@ -157,7 +141,7 @@ __device__ __forceinline__ void loadScaleChunk(uint8_t* dst, const uint8_t* src,
   }
 }
 
-template <class S, bool Grouped = false>
+template <class S>
 __device__ __forceinline__ void loadStage(const GemmParams& p, uint8_t* stage, int64_t n0,
                                           int64_t m0, int c) {
   uint8_t* sW = stage;
@@ -165,13 +149,8 @@ __device__ __forceinline__ void loadStage(const GemmParams& p, uint8_t* stage, i
   uint8_t* sA = sWs + S::kWsBytes;
   uint8_t* sAs = sA + S::kABytes;
   const int kBlocks = p.K / 16;
-  if constexpr (Grouped) {
-    loadPackedChunk<S::kThreads, true>(sW, p.w, S::kTileN, n0, p.N, p.K / 2, c, p.wVec16, p.group.swigluI);
-    loadScaleChunk<S::kThreads, true>(sWs, p.wScales, S::kTileN, n0, p.N, kBlocks, c, p.sVec4, p.group.swigluI);
-  } else {
-    loadPackedChunk<S::kThreads>(sW, p.w, S::kTileN, n0, p.N, p.K / 2, c, p.wVec16);
-    loadScaleChunk<S::kThreads>(sWs, p.wScales, S::kTileN, n0, p.N, kBlocks, c, p.sVec4);
-  }
+  loadPackedChunk<S::kThreads>(sW, p.w, S::kTileN, n0, p.N, p.K / 2, c, p.wVec16);
+  loadScaleChunk<S::kThreads>(sWs, p.wScales, S::kTileN, n0, p.N, kBlocks, c, p.sVec4);
   if constexpr (S::kAFp4) {
     loadPackedChunk<S::kThreads>(sA, static_cast<const uint8_t*>(p.a), S::kTileM, m0, p.M,
                                  p.K / 2, c, p.wVec16);
@@ -189,6 +168,79 @@ __device__ __forceinline__ void loadStage(const GemmParams& p, uint8_t* stage, i
       const uint8_t* s = a + row * rowBytes + off;
       cpAsync16(sA + r * 128 + ((piece ^ (r & 7)) << 4), valid > 0 ? s : a, valid);
     }
+  }
+}
+
+// The grouped kernel's weight loads: loadPackedChunk / loadScaleChunk with the rows read in the
+// swiglu order (swigluRow) when swigluI > 0.
+template <int Threads>
+__device__ __forceinline__ void loadPackedChunkGrouped(uint8_t* dst, const uint8_t* src, int rows, int64_t row0,
+                                                       int rowLimit, int rowBytes, int c, bool vec16, int swigluI) {
+  for (int idx = threadIdx.x; idx < rows * 2; idx += Threads) {
+    const int r = idx >> 1, piece = idx & 1;
+    int64_t row = row0 + r;
+    bool inRange = row < rowLimit;
+    if (swigluI > 0) {
+      row = swigluRow(row, swigluI);
+      inRange = row >= 0;
+    }
+    const int off = c * 32 + piece * 16;
+    const int valid = inRange ? min(max(rowBytes - off, 0), 16) : 0;
+    const uint8_t* s = src + row * rowBytes + off;
+    uint8_t* d = dst + r * 32 + piece * 16;
+    if (vec16) {
+      cpAsync16(d, valid > 0 ? s : src, valid);
+    } else {
+      const int v0 = min(valid, 8), v1 = max(valid - 8, 0);
+      cpAsync8(d, v0 > 0 ? s : src, v0);
+      cpAsync8(d + 8, v1 > 0 ? s + 8 : src, v1);
+    }
+  }
+}
+
+template <int Threads>
+__device__ __forceinline__ void loadScaleChunkGrouped(uint8_t* dst, const uint8_t* src, int rows, int64_t row0,
+                                                      int rowLimit, int kBlocks, int c, bool vec4, int swigluI) {
+  for (int r = threadIdx.x; r < rows; r += Threads) {
+    int64_t row = row0 + r;
+    bool inRange = row < rowLimit;
+    if (swigluI > 0) {
+      row = swigluRow(row, swigluI);
+      inRange = row >= 0;
+    }
+    const int off = c * 4;
+    const int valid = inRange ? min(max(kBlocks - off, 0), 4) : 0;
+    const uint8_t* s = src + row * kBlocks + off;
+    if (vec4) {
+      cpAsync4(dst + r * 4, valid > 0 ? s : src, valid);
+    } else {
+      uint32_t v = 0;
+      for (int j = 0; j < valid; ++j) v |= static_cast<uint32_t>(s[j]) << (8 * j);
+      *reinterpret_cast<uint32_t*>(dst + r * 4) = v;
+    }
+  }
+}
+
+// loadStage for the grouped kernel (W4A16 only): the weights through the loaders above, the
+// activations as loadStage reads them.
+template <class S>
+__device__ __forceinline__ void loadStageGrouped(const GemmParams& p, int swigluI, uint8_t* stage, int64_t n0, int64_t m0,
+                                                 int c) {
+  static_assert(!S::kAFp4, "the grouped GEMM takes bf16 activations");
+  uint8_t* sW = stage;
+  uint8_t* sWs = sW + S::kWBytes;
+  uint8_t* sA = sWs + S::kWsBytes;
+  loadPackedChunkGrouped<S::kThreads>(sW, p.w, S::kTileN, n0, p.N, p.K / 2, c, p.wVec16, swigluI);
+  loadScaleChunkGrouped<S::kThreads>(sWs, p.wScales, S::kTileN, n0, p.N, p.K / 16, c, p.sVec4, swigluI);
+  const uint8_t* a = static_cast<const uint8_t*>(p.a);
+  const int rowBytes = p.K * 2;
+  for (int idx = threadIdx.x; idx < S::kTileM * 8; idx += S::kThreads) {
+    const int r = idx >> 3, piece = idx & 7;
+    const int64_t row = m0 + r;
+    const int off = c * 128 + piece * 16;
+    const int valid = row < p.M ? min(max(rowBytes - off, 0), 16) : 0;
+    const uint8_t* s = a + row * rowBytes + off;
+    cpAsync16(sA + r * 128 + ((piece ^ (r & 7)) << 4), valid > 0 ? s : a, valid);
   }
 }
 
@@ -256,11 +308,13 @@ __device__ __forceinline__ void computeStage(const uint8_t* stage, int warpW, in
   }
 }
 
-// One output tile: weight rows [n0, n0 + kTileN) x tokens [m0, m0 + kTileM), K chunks
-// [cBegin, cBegin + numLocal). Grouped: p holds one expert's pointers and rows, no split.
-template <class S, bool Grouped>
-__device__ __forceinline__ void gemmTile(const GemmParams& p, uint8_t* smem, int64_t n0, int64_t m0,
-                                         int cBegin, int numLocal) {
+// gemmKernel's pipeline and epilogue for one output tile of the grouped kernel: weight rows
+// [n0, n0 + kTileN) x tokens [m0, m0 + kTileM), all K chunks; p holds one expert's pointers and
+// rows. (The dense kernel keeps its own copy and its parameters unchanged, so that its code
+// generation stays what was measured.)
+template <class S>
+__device__ __forceinline__ void gemmTile(const GemmParams& p, int swigluI, uint8_t* smem, int64_t n0, int64_t m0) {
+  const int cBegin = 0, numLocal = p.numChunks;
   constexpr int MT = S::kMT, NT = S::kNT;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
@@ -278,7 +332,7 @@ __device__ __forceinline__ void gemmTile(const GemmParams& p, uint8_t* smem, int
   // "the chunk about to be consumed has landed".
 #pragma unroll
   for (int s = 0; s < S::kStages - 1; ++s) {
-    if (s < numLocal) loadStage<S, Grouped>(p, smem + s * S::kStageBytes, n0, m0, cBegin + s);
+    if (s < numLocal) loadStageGrouped<S>(p, swigluI, smem + s * S::kStageBytes, n0, m0, cBegin + s);
     cpAsyncCommit();
   }
   for (int i = 0; i < numLocal; ++i) {
@@ -287,7 +341,85 @@ __device__ __forceinline__ void gemmTile(const GemmParams& p, uint8_t* smem, int
     // whose slot the next load overwrites.
     __syncthreads();
     const int next = i + S::kStages - 1;
-    if (next < numLocal) loadStage<S, Grouped>(p, smem + (next % S::kStages) * S::kStageBytes, n0, m0, cBegin + next);
+    if (next < numLocal) loadStageGrouped<S>(p, swigluI, smem + (next % S::kStages) * S::kStageBytes, n0, m0, cBegin + next);
+    cpAsyncCommit();
+    computeStage<S>(smem + (i % S::kStages) * S::kStageBytes, warpW, warpT, g, t, acc);
+  }
+  cpAsyncWait<0>();
+
+  // The dequantized weights carry 2^-8 (see scaleToBf16x2).
+  const float factor = p.alpha * __ldg(p.wGlobalScale) * 0x1p8f;
+  if (swigluI > 0) {
+    const int I = swigluI;
+    // acc[..][i]: i & 2 selects the fragment's up row, i & 1 the second token.
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int64_t j = ((n0 + (warpW * MT + mt) * 16) >> 1) + g;
+      if (j >= I) continue;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+          const int64_t m = m0 + (warpT * NT + nt) * 8 + 2 * t + jj;
+          if (m >= p.M) continue;
+          const float v = swiglu(acc[mt][nt][jj] * factor, acc[mt][nt][2 + jj] * factor);
+          static_cast<__nv_bfloat16*>(p.out)[m * I + j] = __float2bfloat16_rn(v);
+        }
+      }
+    }
+    return;
+  }
+  // bf16 out, no bias, no split
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t n = n0 + (warpW * MT + mt) * 16 + g + ((i & 2) ? 8 : 0);
+        const int64_t m = m0 + (warpT * NT + nt) * 8 + 2 * t + (i & 1);
+        if (n >= p.N || m >= p.M) continue;
+        static_cast<__nv_bfloat16*>(p.out)[m * p.N + n] = __float2bfloat16_rn(acc[mt][nt][i] * factor);
+      }
+    }
+  }
+}
+
+// The dense kernel: grid (ceil(N/tileN), ceil(M/tileM), splits).
+template <class S>
+__global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const GemmParams p) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  constexpr int MT = S::kMT, NT = S::kNT;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int warpW = warp % S::kWarpsW, warpT = warp / S::kWarpsW;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * S::kTileN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * S::kTileM;
+  const int cBegin = blockIdx.z * p.chunksPerSplit;
+  const int numLocal = max(0, min(p.numChunks - cBegin, p.chunksPerSplit));
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+
+  // One commit group per stage, empty ones included, so wait_group<kStages-2> always means
+  // "the chunk about to be consumed has landed".
+#pragma unroll
+  for (int s = 0; s < S::kStages - 1; ++s) {
+    if (s < numLocal) loadStage<S>(p, smem + s * S::kStageBytes, n0, m0, cBegin + s);
+    cpAsyncCommit();
+  }
+  for (int i = 0; i < numLocal; ++i) {
+    cpAsyncWait<S::kStages - 2>();
+    // Makes chunk i visible to all warps, and guarantees every warp is done with chunk i-1,
+    // whose slot the next load overwrites.
+    __syncthreads();
+    const int next = i + S::kStages - 1;
+    if (next < numLocal) loadStage<S>(p, smem + (next % S::kStages) * S::kStageBytes, n0, m0, cBegin + next);
     cpAsyncCommit();
     computeStage<S>(smem + (i % S::kStages) * S::kStageBytes, warpW, warpT, g, t, acc);
   }
@@ -296,28 +428,6 @@ __device__ __forceinline__ void gemmTile(const GemmParams& p, uint8_t* smem, int
   // The dequantized operands carry 2^-8 each (see scaleToBf16x2).
   const float gsA = S::kAFp4 ? __ldg(p.aGlobalScale) : 1.0f;
   const float factor = p.alpha * gsA * __ldg(p.wGlobalScale) * (S::kAFp4 ? 0x1p16f : 0x1p8f);
-  if constexpr (Grouped) {
-    const int I = p.group.swigluI;
-    if (I > 0) {
-      // acc[..][i]: i & 2 selects the fragment's up row, i & 1 the second token.
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const int64_t j = ((n0 + (warpW * MT + mt) * 16) >> 1) + g;
-        if (j >= I) continue;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-          for (int jj = 0; jj < 2; ++jj) {
-            const int64_t m = m0 + (warpT * NT + nt) * 8 + 2 * t + jj;
-            if (m >= p.M) continue;
-            const float v = swiglu(acc[mt][nt][jj] * factor, acc[mt][nt][2 + jj] * factor);
-            static_cast<__nv_bfloat16*>(p.out)[m * I + j] = __float2bfloat16_rn(v);
-          }
-        }
-      }
-      return;
-    }
-  }
   const int64_t MN = static_cast<int64_t>(p.M) * p.N;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
@@ -330,7 +440,7 @@ __device__ __forceinline__ void gemmTile(const GemmParams& p, uint8_t* smem, int
         if (n >= p.N || m >= p.M) continue;
         float v = acc[mt][nt][i] * factor;
         const int64_t idx = m * p.N + n;
-        if (!Grouped && p.partial != nullptr) {
+        if (p.partial != nullptr) {
           p.partial[blockIdx.z * MN + idx] = v;
           continue;
         }
@@ -345,41 +455,33 @@ __device__ __forceinline__ void gemmTile(const GemmParams& p, uint8_t* smem, int
   }
 }
 
-// Dense: grid (ceil(N/tileN), ceil(M/tileM), splits).
-// Grouped: grid (N tiles, mSlots, E). CTA (x, y, e) takes tiles y, y + mSlots, ... of expert e's
-// rows, so every tile lies inside one expert whatever the layout's alignment, and the grid is
-// the same for any counts. An expert without rows costs its CTAs two loads.
-template <class S, bool Grouped = false>
-__global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const GemmParams p) {
+// The grouped kernel: grid (N tiles, mSlots, E). CTA (x, y, e) takes tiles y, y + mSlots, ...
+// of expert e's rows, so every tile lies inside one expert whatever the layout's alignment, and
+// the grid is the same for any counts. An expert without rows costs its CTAs two loads.
+template <class S>
+__global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) groupedGemmKernel(const GemmParams p, const GroupParams group) {
   extern __shared__ __align__(16) uint8_t smem[];
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * S::kTileN;
-  if constexpr (Grouped) {
-    const int e = blockIdx.z;
-    int64_t start;
-    int count;
-    if (!groupSlot(p.group, e, start, count)) return;
+  const int e = blockIdx.z;
+  int64_t start;
+  int count;
+  if (!groupSlot(group, e, start, count)) return;
 #pragma unroll 1
-    for (int tile = blockIdx.y; tile * S::kTileM < count; tile += gridDim.y) {
-      // every warp is done with the previous tile's stages before they are refilled
-      if (tile != static_cast<int>(blockIdx.y)) __syncthreads();
-      // Opaque to the compiler, so the expert's addresses are formed per tile instead of being
-      // hoisted out of the loop into registers (ptxas: fewer registers per thread).
-      int64_t s0 = start;
-      asm volatile("mov.b64 %0, %0;" : "+l"(s0));
-      GemmParams q = p;
-      q.a = static_cast<const __nv_bfloat16*>(p.a) + s0 * p.K;
-      q.out = static_cast<__nv_bfloat16*>(p.out) + s0 * (p.group.swigluI > 0 ? p.group.swigluI : p.N);
-      q.w = p.w + e * p.group.wStride;
-      q.wScales = p.wScales + e * p.group.sStride;
-      q.wGlobalScale = p.wGlobalScale + e;
-      q.M = count;
-      gemmTile<S, true>(q, smem, n0, static_cast<int64_t>(tile) * S::kTileM, 0, p.numChunks);
-    }
-  } else {
-    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * S::kTileM;
-    const int cBegin = blockIdx.z * p.chunksPerSplit;
-    const int numLocal = max(0, min(p.numChunks - cBegin, p.chunksPerSplit));
-    gemmTile<S, false>(p, smem, n0, m0, cBegin, numLocal);
+  for (int tile = blockIdx.y; tile * S::kTileM < count; tile += gridDim.y) {
+    // every warp is done with the previous tile's stages before they are refilled
+    if (tile != static_cast<int>(blockIdx.y)) __syncthreads();
+    // Opaque to the compiler, so the expert's addresses are formed per tile instead of being
+    // hoisted out of the loop into registers (ptxas: fewer registers per thread).
+    int64_t s0 = start;
+    asm volatile("mov.b64 %0, %0;" : "+l"(s0));
+    GemmParams q = p;
+    q.a = static_cast<const __nv_bfloat16*>(p.a) + s0 * p.K;
+    q.out = static_cast<__nv_bfloat16*>(p.out) + s0 * (group.swigluI > 0 ? group.swigluI : p.N);
+    q.w = p.w + e * group.wStride;
+    q.wScales = p.wScales + e * group.sStride;
+    q.wGlobalScale = p.wGlobalScale + e;
+    q.M = count;
+    gemmTile<S>(q, group.swigluI, smem, n0, static_cast<int64_t>(tile) * S::kTileM);
   }
 }
 
@@ -390,19 +492,30 @@ cudaError_t launchGemm(const GemmParams& p, dim3 grid, cudaStream_t stream);
 
 // The grouped variants (grid above), defined in grouped_gemm*.cu.
 template <class S>
-cudaError_t launchGroupedGemm(const GemmParams& p, dim3 grid, cudaStream_t stream);
+cudaError_t launchGroupedGemm(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream);
 
-template <class S, bool Grouped = false>
+template <class S>
+cudaError_t launchGroupedGemmImpl(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream) {
+  if constexpr (S::kSmemBytes > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(groupedGemmKernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
+    if (err != cudaSuccess) return err;
+  }
+  groupedGemmKernel<S><<<grid, S::kThreads, S::kSmemBytes, stream>>>(p, group);
+  return cudaGetLastError();
+}
+
+template <class S>
 cudaError_t launchGemmImpl(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   // Above the 48 KB default the kernel must be allowed its dynamic shared memory. The attribute
   // belongs to the current device's context; setting it at each launch keeps no per-device
   // state, and it costs nothing where it is not needed (every shape with M <= 16).
   if constexpr (S::kSmemBytes > 48 * 1024) {
     const cudaError_t err =
-        cudaFuncSetAttribute(gemmKernel<S, Grouped>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
+        cudaFuncSetAttribute(gemmKernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
     if (err != cudaSuccess) return err;
   }
-  gemmKernel<S, Grouped><<<grid, S::kThreads, S::kSmemBytes, stream>>>(p);
+  gemmKernel<S><<<grid, S::kThreads, S::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -18,14 +18,14 @@ static_assert(DecodeShape<2, false>::kTileM == 16 && DecodeShape<8, false>::kTil
               "heuristics.h out of sync");
 
 template <class S>
-cudaError_t launchGroupedGemm(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  return launchGemmImpl<S, true>(p, grid, stream);
+cudaError_t launchGroupedGemm(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream) {
+  return launchGroupedGemmImpl<S>(p, group, grid, stream);
 }
 
-template cudaError_t launchGroupedGemm<DecodeShape<2, false>>(const GemmParams&, dim3, cudaStream_t);
-template cudaError_t launchGroupedGemm<DecodeShape<8, false>>(const GemmParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<DecodeShape<2, false>>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<DecodeShape<8, false>>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
 // compiled in grouped_prefill.cu
-extern template cudaError_t launchGroupedGemm<PrefillShape<false>>(const GemmParams&, dim3, cudaStream_t);
+extern template cudaError_t launchGroupedGemm<PrefillShape<false>>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
 
 template <int NT, int MT, int MinBlocks>
 cudaError_t launchGroupedGemv(const GemvParams& p, dim3 grid, cudaStream_t stream) {
@@ -102,13 +102,12 @@ cudaError_t groupedGemm(const GroupedGemmArgs& g, const Launch& l) {
   // Expert strides keep these: N * K/2 is a multiple of 16 when K % 32 == 0, N * K/16 of 4 when K % 64 == 0.
   p.wVec16 = K % 32 == 0 && isAligned(g.wData, 16);
   p.sVec4 = K % 64 == 0 && isAligned(g.wScales, 4);
-  p.group = group;
   if (c.tilesN > INT_MAX) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(c.tilesN), static_cast<unsigned>(c.mSlots), static_cast<unsigned>(E));
   switch (c.kernel) {
-    case GroupedKernel::Tile16: return launchGroupedGemm<DecodeShape<2, false>>(p, grid, l.stream);
-    case GroupedKernel::Tile64: return launchGroupedGemm<DecodeShape<8, false>>(p, grid, l.stream);
-    case GroupedKernel::Tile128: return launchGroupedGemm<PrefillShape<false>>(p, grid, l.stream);
+    case GroupedKernel::Tile16: return launchGroupedGemm<DecodeShape<2, false>>(p, group, grid, l.stream);
+    case GroupedKernel::Tile64: return launchGroupedGemm<DecodeShape<8, false>>(p, group, grid, l.stream);
+    case GroupedKernel::Tile128: return launchGroupedGemm<PrefillShape<false>>(p, group, grid, l.stream);
     default: return cudaErrorInvalidConfiguration;
   }
 }

@@ -5,10 +5,10 @@
 namespace moe::kernels::nvfp4::detail {
 
 template <class S>
-cudaError_t launchGroupedGemm(const GemmParams& p, dim3 grid, cudaStream_t stream) {
-  return launchGemmImpl<S, true>(p, grid, stream);
+cudaError_t launchGroupedGemm(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream) {
+  return launchGroupedGemmImpl<S>(p, group, grid, stream);
 }
 
-template cudaError_t launchGroupedGemm<PrefillShape<false>>(const GemmParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<PrefillShape<false>>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
 
 }  // namespace moe::kernels::nvfp4::detail
