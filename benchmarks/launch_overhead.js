@@ -50,6 +50,7 @@ function ops(moe) {
   const out16 = moe.empty([16, 4096], { dtype: 'bf16', device: dev });
   const xq = bf16([1, 7168]);
   const gs = moe.fromArray([0.01], { device: dev });
+  const q = moe.quantizeNvfp4(xq, { globalScale: gs });
   const B = 1, n = 3, V = 129280;
   const logits = bf16([B, n + 1, V]);
   const drafts = moe.fromArray(new Int32Array(B * n).map(() => rng.int(V)), { dtype: 'i32', shape: [B, n], device: dev });
@@ -62,7 +63,7 @@ function ops(moe) {
   return {
     gemm1: (s) => moe.gemmNvfp4(a1, w, { out: out1, stream: s }),
     gemm16: (s) => moe.gemmNvfp4(a16, w, { out: out16, stream: s }),
-    quantize: (s) => moe.quantizeNvfp4(xq, { globalScale: gs, stream: s }).dispose(),
+    quantize: (s) => moe.quantizeNvfp4(xq, { globalScale: gs, out: q, stream: s }),
     verifyGreedy: (s) => moe.verifyDrafts({ targetLogits: logits, draftTokens: drafts, params: { mode }, out, stream: s }),
     convert: (s) => moe.convert(x1, 'bf16', { out: y1, stream: s }),
   };
@@ -75,7 +76,7 @@ function paths(moe, o) {
   ];
   const named = [
     ['gemmNvfp4 W4A16 4096x7168, M = 1, out given', o.gemm1],
-    ['quantizeNvfp4 [1, 7168], global scale given', o.quantize],
+    ['quantizeNvfp4 [1, 7168], global scale and out given', o.quantize],
     ['verifyDrafts greedy, B = 1, n = 3, tensor params, out given', o.verifyGreedy],
     ['convert, 1 element, out given', o.convert],
   ];

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // `npx moe-kernels <command>`: what a new user runs first.
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
+import { BenchUsageError, bench } from './bench';
 import { buildInfo, type BuildInfo } from './device';
 import { launch, MAX_LOCAL_RANKS } from './ep/launch';
 import { MoeError } from './errors';
@@ -67,6 +68,21 @@ export async function main(argv: string[]): Promise<number> {
     .passThroughOptions()
     .action(async (script: string, args: string[], opts: { nprocPerNode: number; masterPort?: number }) => {
       status = await launch({ nproc: opts.nprocPerNode, script, args, masterPort: opts.masterPort });
+    });
+  const benchCommand = program
+    .command('bench')
+    .description('run the benchmarks of the kernel families on cuda:0 (results: JSON, Markdown, SVG); exits 3 without a CUDA GPU')
+    .argument('[family...]', 'the families to run (default: all; see --list)')
+    .option('--list', 'list the families')
+    .option('--peers', 'also run the PyTorch peers (python3 with torch; PYTHON picks another)')
+    .option('--out <dir>', 'folder for the results', 'bench-results')
+    .action((families: string[], opts: { list?: boolean; peers?: boolean; out: string }) => {
+      try {
+        status = bench(families, opts);
+      } catch (e) {
+        if (e instanceof BenchUsageError) benchCommand.error(`error: ${e.message}`);
+        throw e;
+      }
     });
   try {
     await program.parseAsync(argv, { from: 'node' });

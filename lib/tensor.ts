@@ -92,6 +92,10 @@ export class Tensor<D extends DType = DType> {
   readonly byteOffset: number;
   /** @internal native device index (-1 for the CPU), cached for the per-op path */
   readonly deviceIndex: number;
+  /** Number of elements. */
+  readonly numel: number;
+  /** Bytes of the elements. */
+  readonly byteLength: number;
   private _storage: Storage | null;
   private _ptr: bigint;
 
@@ -103,20 +107,15 @@ export class Tensor<D extends DType = DType> {
     this.device = storage.device;
     this.byteOffset = byteOffset;
     this.deviceIndex = deviceIndex(storage.device);
+    // the shape is frozen: what the per-op path reads is computed once
+    this.numel = product(this.shape);
+    this.byteLength = this.numel * DTYPES[dtype].bytes;
     this._ptr = storage.ptr + BigInt(byteOffset);
     registry.register(this, storage, this);
   }
 
-  get numel(): number {
-    return product(this.shape);
-  }
-
   get ndim(): number {
     return this.shape.length;
-  }
-
-  get byteLength(): number {
-    return this.numel * DTYPES[this.dtype].bytes;
   }
 
   get disposed(): boolean {
@@ -323,7 +322,7 @@ function refuseDuringCapture(stream: Stream, what: string): void {
  */
 export function useOn(stream: Stream, tensors: readonly Tensor[]): void {
   if (stream.device === 'cpu') return;
-  const capture = openCaptures.get(stream.handle);
+  const capture = openCaptures.size === 0 ? undefined : openCaptures.get(stream.handle);
   for (const t of tensors) {
     const s = t.storage('tensor');
     // by object: a new stream may reuse the handle of a destroyed one

@@ -26,3 +26,12 @@ console.log('ESM: ok');
 JS
 node esm.mjs
 test -f node_modules/@moe/kernels/dist/index.d.ts && echo "types: ok"
+# the benchmarks travel without their results; bench lists them and, without a GPU, exits 3
+test ! -e node_modules/@moe/kernels/benchmarks/results
+npx --no-install moe-kernels bench --list | grep -q '^nvfp4 ' && echo "bench --list: ok"
+if ! node -e "process.exit(require('@moe/kernels').cudaAvailable() ? 0 : 1)"; then
+  status=0
+  npx --no-install moe-kernels bench 2>bench.err || status=$?
+  if [ "$status" -ne 3 ]; then cat bench.err; echo "bench without a GPU: expected status 3, got $status" >&2; exit 1; fi
+  echo "bench without a GPU: exits 3"
+fi

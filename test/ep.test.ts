@@ -88,14 +88,14 @@ describe('ranks from the environment', () => {
     await expectCode(() => initProcessGroup({ worldsize: 2 } as never), 'E_ARGUMENT', 'worldsize');
     await expectCode(() => initProcessGroup({ timeoutMs: 0 }), 'E_ARGUMENT', 'timeoutMs');
     await expectCode(() => initProcessGroup({ masterPort: 65536, rank: 0, worldSize: 2, localRank: 0 }), 'E_ARGUMENT', 'masterPort');
-    await expectCode(() => initProcessGroup({ rank: -1 }), 'E_ARGUMENT', 'rank');
-    await expectCode(() => initProcessGroup({ ranks: 'some' } as never), 'E_ARGUMENT', 'ranks');
-    await expectCode(() => initProcessGroup({ ranks: 'all', worldSize: 2, rank: 0 } as never), 'E_ARGUMENT', '"rank"');
+    await expectCode(() => initProcessGroup({ device: 'cpu', rank: -1 }), 'E_ARGUMENT', 'rank');
+    await expectCode(() => initProcessGroup({ device: 'cpu', ranks: 'some' } as never), 'E_ARGUMENT', 'ranks');
+    await expectCode(() => initProcessGroup({ device: 'cpu', ranks: 'all', worldSize: 2, rank: 0 } as never), 'E_ARGUMENT', '"rank"');
     await expectCode(() => initProcessGroup({ device: 'gpu' } as never), 'E_DEVICE', 'device');
   });
 
   it('a world of one needs no network', async () => {
-    const pg = await initProcessGroup({ rank: 0, worldSize: 1 });
+    const pg = await initProcessGroup({ device: 'cpu', rank: 0, worldSize: 1 });
     expect(pg).toMatchObject({ rank: 0, worldSize: 1, localRank: 0, localWorldSize: 1, kind: 'single' });
     expect((await pg.allGather(Uint8Array.of(4))).map((b) => [...b])).toEqual([[4]]);
     expect([...(await pg.broadcast(Uint8Array.of(5), 0))]).toEqual([5]);
@@ -137,7 +137,7 @@ afterEach(() => {
 
 async function tcpGroup(worldSize: number, port: number, timeoutMs = 10_000): Promise<ProcessGroup[]> {
   const groups = await Promise.all(
-    Array.from({ length: worldSize }, (_, rank) => initProcessGroup({ rank, worldSize, localRank: rank, masterAddr: '127.0.0.1', masterPort: port, timeoutMs })),
+    Array.from({ length: worldSize }, (_, rank) => initProcessGroup({ device: 'cpu', rank, worldSize, localRank: rank, masterAddr: '127.0.0.1', masterPort: port, timeoutMs })),
   );
   open.push(...groups);
   return groups;
@@ -177,7 +177,7 @@ describe('TCP rendezvous', () => {
   it('a world-size mismatch, a duplicate rank and a protocol version mismatch are E_COMM naming both sides', async () => {
     let port = await freePort();
     const opts = { masterAddr: '127.0.0.1', masterPort: port, timeoutMs: 10_000 };
-    const sizes = await outcomes([initProcessGroup({ ...opts, rank: 0, worldSize: 2, localRank: 0 }), initProcessGroup({ ...opts, rank: 1, worldSize: 3, localRank: 1 })]);
+    const sizes = await outcomes([initProcessGroup({ device: 'cpu', ...opts, rank: 0, worldSize: 2, localRank: 0 }), initProcessGroup({ device: 'cpu', ...opts, rank: 1, worldSize: 3, localRank: 1 })]);
     for (const [code, e] of sizes) {
       expect(code).toBe('E_COMM');
       expect((e as MoeError).message).toMatch(/world size mismatch: rank 1 has worldSize 3, rank 0 has worldSize 2/);
@@ -185,14 +185,14 @@ describe('TCP rendezvous', () => {
 
     port = await freePort();
     const dup = await outcomes(
-      [0, 1, 1].map((rank) => initProcessGroup({ ...opts, masterPort: port, rank, worldSize: 3, localRank: rank })),
+      [0, 1, 1].map((rank) => initProcessGroup({ device: 'cpu', ...opts, masterPort: port, rank, worldSize: 3, localRank: rank })),
     );
     expect(dup.map(([code]) => code)).toEqual(['E_COMM', 'E_COMM', 'E_COMM']);
     for (const [, e] of dup) expect((e as MoeError).message).toMatch(/duplicate rank: rank 1 joined twice/);
 
     // a rank of another release: its hello has another version; rank 0 refuses it and says why
     port = await freePort();
-    const zero = outcomes([initProcessGroup({ ...opts, masterPort: port, rank: 0, worldSize: 2, localRank: 0 })]);
+    const zero = outcomes([initProcessGroup({ device: 'cpu', ...opts, masterPort: port, rank: 0, worldSize: 2, localRank: 0 })]);
     const sock = net.connect({ host: '127.0.0.1', port });
     await new Promise((resolve) => sock.once('connect', resolve));
     sock.write(jsonFrame(FrameType.Hello, { magic: MAGIC, version: 99, rank: 1, worldSize: 2 }));
@@ -212,7 +212,7 @@ describe('TCP rendezvous', () => {
 
   it('a stray connection is dropped without failing the group', async () => {
     const port = await freePort();
-    const pending = Promise.all([0, 1].map((rank) => initProcessGroup({ rank, worldSize: 2, localRank: rank, masterAddr: '127.0.0.1', masterPort: port, timeoutMs: 10_000 })));
+    const pending = Promise.all([0, 1].map((rank) => initProcessGroup({ device: 'cpu', rank, worldSize: 2, localRank: rank, masterAddr: '127.0.0.1', masterPort: port, timeoutMs: 10_000 })));
     await new Promise((r) => setTimeout(r, 50));
     const stray = net.connect({ host: '127.0.0.1', port });
     stray.on('error', () => {});
@@ -228,14 +228,14 @@ describe('TCP rendezvous', () => {
     await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', r));
     const port = (blocker.address() as net.AddressInfo).port;
     try {
-      await expectCode(() => initProcessGroup({ rank: 0, worldSize: 2, localRank: 0, masterAddr: '127.0.0.1', masterPort: port }), 'E_COMM', 'EADDRINUSE');
+      await expectCode(() => initProcessGroup({ device: 'cpu', rank: 0, worldSize: 2, localRank: 0, masterAddr: '127.0.0.1', masterPort: port }), 'E_COMM', 'EADDRINUSE');
     } finally {
       blocker.close();
     }
     const nobody = await freePort();
     const t0 = Date.now();
     await expectCode(
-      () => initProcessGroup({ rank: 1, worldSize: 2, localRank: 1, masterAddr: '127.0.0.1', masterPort: nobody, timeoutMs: 1500 }),
+      () => initProcessGroup({ device: 'cpu', rank: 1, worldSize: 2, localRank: 1, masterAddr: '127.0.0.1', masterPort: nobody, timeoutMs: 1500 }),
       'E_TIMEOUT',
       'could not reach rank 0',
     );
@@ -296,7 +296,7 @@ describe('TCP rendezvous', () => {
 
 describe('in-process group', () => {
   it('n handles whose collectives meet, with copies per rank', async () => {
-    const pgs = await initProcessGroup({ ranks: 'all', worldSize: 4, timeoutMs: 10_000 });
+    const pgs = await initProcessGroup({ device: 'cpu', ranks: 'all', worldSize: 4, timeoutMs: 10_000 });
     open.push(...pgs);
     expect(pgs.map((pg) => [pg.rank, pg.worldSize, pg.localRank, pg.localWorldSize, pg.kind])).toEqual([0, 1, 2, 3].map((r) => [r, 4, r, 4, 'in-process']));
     const got = await Promise.all(pgs.map((pg) => pg.allGather(Uint8Array.of(pg.rank * 10))));
@@ -309,7 +309,7 @@ describe('in-process group', () => {
   });
 
   it('a handle that never calls: the others get E_TIMEOUT naming it; the group stays failed', async () => {
-    const pgs = await initProcessGroup({ ranks: 'all', worldSize: 3, timeoutMs: 300 });
+    const pgs = await initProcessGroup({ device: 'cpu', ranks: 'all', worldSize: 3, timeoutMs: 300 });
     open.push(...pgs);
     const r = await outcomes([pgs[0].barrier(), pgs[1].barrier()]);
     expect(r.map(([code]) => code)).toEqual(['E_TIMEOUT', 'E_TIMEOUT']);
@@ -318,12 +318,12 @@ describe('in-process group', () => {
   });
 
   it('destroying one handle fails the others; a new group can be made', async () => {
-    const pgs = await initProcessGroup({ ranks: 'all', worldSize: 2 });
+    const pgs = await initProcessGroup({ device: 'cpu', ranks: 'all', worldSize: 2 });
     open.push(...pgs);
     const pending = pgs[0].allGather(Uint8Array.of(0));
     pgs[1].destroy();
     await expectCode(() => pending, 'E_COMM', 'rank 1 left the group');
-    const again = await initProcessGroup({ ranks: 'all', worldSize: 2 });
+    const again = await initProcessGroup({ device: 'cpu', ranks: 'all', worldSize: 2 });
     open.push(...again);
     expect((await Promise.all(again.map((pg) => pg.allGather(Uint8Array.of(pg.rank)))))[0].map((x) => x[0])).toEqual([0, 1]);
   });
@@ -331,7 +331,7 @@ describe('in-process group', () => {
   it('without CUDA, worldSize is required', async () => {
     const { cudaAvailable } = await import('../lib');
     if (cudaAvailable()) return;
-    await expectCode(() => initProcessGroup({ ranks: 'all' }), 'E_ARGUMENT', 'worldSize is required');
+    await expectCode(() => initProcessGroup({ device: 'cpu', ranks: 'all' }), 'E_ARGUMENT', 'worldSize is required');
   });
 });
 
@@ -348,7 +348,7 @@ interface Run {
 /** Runs node with `args` in its own process group, killed (with its children) after `limitMs`. */
 function runNode(args: string[], env: Record<string, string>, limitMs: number, started?: (child: ChildProcess) => void): Promise<Run> {
   const t0 = Date.now();
-  const child = spawn(process.execPath, args, { cwd: root, env: { ...process.env, ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, args, { cwd: root, env: { ...process.env, MOE_KERNELS_BACKEND: 'cpu', ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   let stdout = '';
   let stderr = '';

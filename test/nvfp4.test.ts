@@ -370,6 +370,23 @@ forEachBackend('nvfp4 quantize', (device: Device) => {
     expect(Array.from(await q.globalScale.toArray())).toEqual([0.5]);
   });
 
+  it('quantizes into a given NVFP4 tensor, the same bytes as a new one, and refuses a wrong one', async () => {
+    const r = rng(freshSeed(`nvfp4 quantize out ${device}`));
+    const x = fromArray(Array.from({ length: 3 * 64 }, () => (r() - 0.5) * 8), { shape: [3, 64], dtype: 'bf16', device });
+    const gs = fromArray([0.01], { device });
+    const fresh = quantizeNvfp4(x, { globalScale: gs });
+    const out = quantizeNvfp4(fromArray(new Array(3 * 64).fill(1), { shape: [3, 64], dtype: 'bf16', device }));
+    const same = quantizeNvfp4(x, { globalScale: gs, out });
+    expect(same).toBe(out);
+    expect(Array.from(await out.data.toBytes())).toEqual(Array.from(await fresh.data.toBytes()));
+    expect(Array.from(await out.scales.toBytes())).toEqual(Array.from(await fresh.scales.toBytes()));
+    expect(Array.from(await out.globalScale.toArray())).toEqual([Math.fround(0.01)]);
+    const small = quantizeNvfp4(fromArray(new Array(64).fill(1), { shape: [1, 64], dtype: 'bf16', device }));
+    await expectCode(() => quantizeNvfp4(x, { globalScale: gs, out: small }), 'E_SHAPE', 'out');
+    await expectCode(() => quantizeNvfp4(x, { globalScale: gs, out: x as never }), 'E_ARGUMENT', 'out');
+    for (const t of [x, gs, fresh, out, small]) t.dispose();
+  });
+
   for (const dtype of SOURCE_DTYPES) {
     it(`${dtype}: random tensors match the oracle quantizer byte for byte`, async () => {
       const seed = freshSeed(`nvfp4 quantize ${dtype} ${device}`);

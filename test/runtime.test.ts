@@ -147,18 +147,27 @@ describe.skipIf(!hasCuda)('CUDA runtime [cuda]', () => {
     expect((await z.toArray())[4095]).toBe(2);
   });
 
+  // Enqueues about `ms` of GPU work on `stream` (64 Mi-element conversions into a preallocated
+  // output: no allocation, so no implicit device synchronization, between the launches).
+  function queueGpuWork(stream: ReturnType<typeof createStream>, ms: number): () => void {
+    const x = zeros([1 << 26], { device: 'cuda:0', stream });
+    const y = empty([1 << 26], { dtype: 'bf16', device: 'cuda:0', stream });
+    // one conversion reads 256 MiB and writes 128 MiB: at least 0.05 ms on any current GPU
+    for (let i = 0; i < ms * 20; i++) convert(x, 'bf16', { out: y, stream });
+    return () => {
+      x.dispose();
+      y.dispose();
+    };
+  }
+
   it('synchronize() does not block the event loop', async () => {
-    // queue about 100 ms of GPU work, then count event-loop turns taken while waiting for it:
+    // queue tens of ms of GPU work, then count event-loop turns taken while waiting for it:
     // a synchronize that blocked the JS thread would leave none
-    const x = zeros([1 << 26], { device: 'cuda:0' });
-    const start = new Event('cuda:0', { timing: true }).record();
-    const t0 = performance.now();
-    let queued = 0;
-    while (performance.now() - t0 < 5 || queued < 8) {
-      convert(x, 'bf16').dispose();
-      queued++;
-    }
-    const end = new Event('cuda:0', { timing: true }).record();
+    const stream = defaultStream('cuda:0');
+    await stream.synchronize();
+    const start = new Event('cuda:0', { timing: true }).record(stream);
+    const release = queueGpuWork(stream, 40);
+    const end = new Event('cuda:0', { timing: true }).record(stream);
     let turns = 0;
     let spinning = true;
     const spin = () => {
@@ -167,20 +176,20 @@ describe.skipIf(!hasCuda)('CUDA runtime [cuda]', () => {
       setImmediate(spin);
     };
     setImmediate(spin);
-    await defaultStream('cuda:0').synchronize();
+    await stream.synchronize();
     spinning = false;
-    const gpuMs = start.elapsedMs(end);
-    expect(gpuMs).toBeGreaterThan(5);
+    expect(start.elapsedMs(end)).toBeGreaterThan(5);
     expect(turns).toBeGreaterThan(0);
-    x.dispose();
+    release();
   });
 
   it('dispose() of a busy stream returns at once, and its memory is reused only after its work', async () => {
     const s = createStream('cuda:0');
     const x = fromArray(new Float32Array(1 << 22).fill(3), { device: 'cuda:0', stream: s });
-    const big = zeros([1 << 26], { device: 'cuda:0', stream: s });
-    for (let i = 0; i < 16; i++) convert(big, 'bf16', { stream: s }).dispose(); // tens of ms queued
-    const y = convert(x, 'bf16', { stream: s }); // reads x after that work
+    const y = empty([1 << 22], { dtype: 'bf16', device: 'cuda:0', stream: s });
+    await s.synchronize();
+    const release = queueGpuWork(s, 40);
+    convert(x, 'bf16', { out: y, stream: s }); // reads x after that work
     const busy = !s.query();
     const t0 = performance.now();
     s.dispose();
@@ -194,7 +203,7 @@ describe.skipIf(!hasCuda)('CUDA runtime [cuda]', () => {
     expect(back[0]).toBe(3);
     expect(back[(1 << 22) - 1]).toBe(3);
     expect((await z.toArray())[0]).toBe(-7);
-    big.dispose();
+    release();
   });
 
   it('await using a stream waits for its work', async () => {

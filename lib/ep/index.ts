@@ -47,10 +47,12 @@ export interface InProcessGroupOptions {
   worldSize?: number;
   /** Bound on each collective, in ms. Default 60 000. */
   timeoutMs?: number;
+  /** "cpu": every rank on the CPU reference. Default: rank i on cuda:i where CUDA is usable. */
+  device?: 'cpu';
 }
 
 const PROCESS_KEYS = keys('rank', 'worldSize', 'localRank', 'localWorldSize', 'masterAddr', 'masterPort', 'timeoutMs', 'device', 'ranks');
-const IN_PROCESS_KEYS = keys('ranks', 'worldSize', 'timeoutMs');
+const IN_PROCESS_KEYS = keys('ranks', 'worldSize', 'timeoutMs', 'device');
 const MAX_RANKS = 65536;
 
 /**
@@ -76,7 +78,7 @@ export async function initProcessGroup(options?: ProcessGroupOptions | InProcess
   if (o.ranks !== undefined) {
     checkOneOf(o.ranks, 'initProcessGroup: ranks', ['all']);
     checkOptions(options, 'initProcessGroup: options (with ranks: "all")', IN_PROCESS_KEYS);
-    return inProcess(o.worldSize, timeoutMs);
+    return inProcess(o.worldSize, timeoutMs, o.device);
   }
 
   const given: RankOptions = {};
@@ -119,8 +121,12 @@ function rankDevice(localRank: number): Device {
   return `cuda:${localRank}`;
 }
 
-function inProcess(worldSizeOption: unknown, timeoutMs: number): ProcessGroup[] {
-  const cuda = cudaUnavailableReason() === undefined;
+function inProcess(worldSizeOption: unknown, timeoutMs: number, deviceOption: unknown): ProcessGroup[] {
+  // device: "cpu" puts every rank on the CPU reference (as where CUDA is unusable)
+  if (deviceOption !== undefined && checkDevice(deviceOption, 'initProcessGroup: device') !== 'cpu') {
+    throw new MoeError('E_DEVICE', 'initProcessGroup: device: with ranks: "all", rank i runs on cuda:i; only "cpu" may be given, to put every rank on the CPU');
+  }
+  const cuda = deviceOption === undefined && cudaUnavailableReason() === undefined;
   const count = cuda ? native().deviceCount() : 0;
   let worldSize: number;
   if (worldSizeOption !== undefined) {
@@ -128,7 +134,7 @@ function inProcess(worldSizeOption: unknown, timeoutMs: number): ProcessGroup[] 
   } else if (cuda) {
     worldSize = count;
   } else {
-    throw new MoeError('E_ARGUMENT', `initProcessGroup: worldSize is required with ranks: "all" where no CUDA device is usable (${cudaUnavailableReason()})`);
+    throw new MoeError('E_ARGUMENT', `initProcessGroup: worldSize is required with ranks: "all" on the CPU (${deviceOption === 'cpu' ? 'device: "cpu"' : cudaUnavailableReason()})`);
   }
   const hub = new LocalHub();
   for (let r = 0; r < worldSize; r++) {

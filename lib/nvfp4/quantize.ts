@@ -24,7 +24,7 @@ const SOURCE_DTYPES: readonly Nvfp4SourceDType[] = ['bf16', 'f16', 'f32'];
 const F32_ONLY = ['f32'] as const;
 
 const STREAM_OPTIONS = keys('stream');
-const QUANTIZE_OPTIONS = keys('globalScale', 'stream');
+const QUANTIZE_OPTIONS = keys('globalScale', 'out', 'stream');
 const DEQUANTIZE_OPTIONS = keys('out', 'stream');
 
 function roundUp(x: number, m: number): number {
@@ -89,6 +89,11 @@ export interface QuantizeNvfp4Options {
    * amax(|x|) / (6 * 448) computed on the device (no host sync).
    */
   globalScale?: number | Tensor<'f32'>;
+  /**
+   * Written in place of a new NVFP4 tensor (for a decode loop or a graph): same shape as x, on
+   * x's device, one global scale; it receives the codes, the scales and the global scale used.
+   */
+  out?: Nvfp4Tensor;
   stream?: Stream;
 }
 
@@ -122,7 +127,19 @@ export function quantizeNvfp4(x: Tensor, options?: QuantizeNvfp4Options): Nvfp4T
   const shape = t.shape;
   const K = shape[shape.length - 1];
   const rows = K === 0 ? 0 : t.numel / K;
-  const q = allocateNvfp4(shape, device, stream);
+  let q: Nvfp4Tensor;
+  const outGiven = o.out !== undefined;
+  if (outGiven) {
+    q = checkNvfp4<Nvfp4Tensor>(o.out, 'out', device);
+    if (!sameShape(q.shape, shape)) throw new MoeError('E_SHAPE', `out: expected an NVFP4 tensor of shape [${shape}], got [${q.shape}]`);
+    if (q.globalScale.numel !== 1) throw new MoeError('E_SHAPE', `out: expected one global scale, got [${q.globalScale.shape}]`);
+    checkAligned(q.data.dataPtr, q.data.numel, 'out.data', 8);
+    if (overlaps(t, q.data) || overlaps(t, q.scales) || overlaps(t, q.globalScale) || (given !== undefined && (overlaps(given, q.data) || overlaps(given, q.scales)))) {
+      throw new MoeError('E_ARGUMENT', 'out: overlaps x or globalScale; pass a separate NVFP4 tensor');
+    }
+  } else {
+    q = allocateNvfp4(shape, device, stream);
+  }
   const b = native();
   const dev = t.deviceIndex;
   try {
@@ -132,9 +149,9 @@ export function quantizeNvfp4(x: Tensor, options?: QuantizeNvfp4Options): Nvfp4T
     let scaleFrom = gs;
     if (given !== undefined) {
       scaleFrom = given;
-      useOn(stream, [t, q.data, given]);
+      useOn(stream, outGiven ? [t, q.data, q.scales, gs, given] : [t, q.data, given]);
     } else {
-      useOn(stream, [t, q.data]);
+      useOn(stream, outGiven ? [t, q.data, q.scales, gs] : [t, q.data]);
       if (typeof g === 'number') {
         const value = new Float32Array([givenNumber]);
         if (dev < 0) b.hostWrite(gs.dataPtr, value);
@@ -149,7 +166,7 @@ export function quantizeNvfp4(x: Tensor, options?: QuantizeNvfp4Options): Nvfp4T
     );
     return q;
   } catch (e) {
-    q.dispose();
+    if (!outGiven) q.dispose();
     throw e;
   }
 }
