@@ -20,6 +20,41 @@
 
 namespace moe::kernels::nvfp4::detail {
 
+// The expert grid of the grouped GEMM (GroupedGemmArgs): an expert's rows of x and out start at
+// offsets[e], its weights at e * wStride / e * sStride bytes.
+struct GroupParams {
+  const int32_t* counts;   // [E], device
+  const int32_t* offsets;  // [E + 1], device
+  int64_t wStride;         // bytes of one expert's packed weights (N * K/2)
+  int64_t sStride;         // bytes of one expert's scales (N * K/16)
+  int rows;                // rows of x and out: no expert reads or writes past them
+  int maxRows;             // masked form: rows per expert; 0 in the contiguous form
+  int swigluI;             // I = N/2 when the epilogue is swiglu, else 0
+};
+
+// Expert e's first row and row count, clamped to its block; false when it has no rows (the CTA
+// then leaves before reading any weight).
+__device__ __forceinline__ bool groupSlot(const GroupParams& g, int e, int64_t& start, int& count) {
+  const int c = __ldg(g.counts + e);
+  const int s = __ldg(g.offsets + e);
+  if (c <= 0 || s < 0 || s >= g.rows) return false;
+  count = min(c, g.rows - s);
+  if (g.maxRows > 0) count = min(count, g.maxRows);
+  start = s;
+  return true;
+}
+
+// Swiglu row order: virtual row v of 16-row group G = v/16 is gate row 8G + v%8 when v%16 < 8
+// and up row I + 8G + v%8 otherwise, so one MMA fragment holds gate and up of the same output
+// column. -1 past the I columns.
+__device__ __forceinline__ int64_t swigluRow(int64_t v, int I) {
+  const int64_t j = (v >> 4) * 8 + (v & 7);
+  return j < I ? ((v & 8) ? I + j : j) : -1;
+}
+
+// silu(gate) * up in f32, as the CPU reference computes it.
+__device__ __forceinline__ float swiglu(float gate, float up) { return gate / (1.0f + expf(-gate)) * up; }
+
 struct GemmParams {
   const void* a;               // bf16 [M, K] or packed E2M1 [M, K/2]
   const uint8_t* aScales;      // e4m3 [M, K/16] (NVFP4 A only)
@@ -136,6 +171,79 @@ __device__ __forceinline__ void loadStage(const GemmParams& p, uint8_t* stage, i
   }
 }
 
+// The grouped kernel's weight loads: loadPackedChunk / loadScaleChunk with the rows read in the
+// swiglu order (swigluRow) when swigluI > 0.
+template <int Threads>
+__device__ __forceinline__ void loadPackedChunkGrouped(uint8_t* dst, const uint8_t* src, int rows, int64_t row0,
+                                                       int rowLimit, int rowBytes, int c, bool vec16, int swigluI) {
+  for (int idx = threadIdx.x; idx < rows * 2; idx += Threads) {
+    const int r = idx >> 1, piece = idx & 1;
+    int64_t row = row0 + r;
+    bool inRange = row < rowLimit;
+    if (swigluI > 0) {
+      row = swigluRow(row, swigluI);
+      inRange = row >= 0;
+    }
+    const int off = c * 32 + piece * 16;
+    const int valid = inRange ? min(max(rowBytes - off, 0), 16) : 0;
+    const uint8_t* s = src + row * rowBytes + off;
+    uint8_t* d = dst + r * 32 + piece * 16;
+    if (vec16) {
+      cpAsync16(d, valid > 0 ? s : src, valid);
+    } else {
+      const int v0 = min(valid, 8), v1 = max(valid - 8, 0);
+      cpAsync8(d, v0 > 0 ? s : src, v0);
+      cpAsync8(d + 8, v1 > 0 ? s + 8 : src, v1);
+    }
+  }
+}
+
+template <int Threads>
+__device__ __forceinline__ void loadScaleChunkGrouped(uint8_t* dst, const uint8_t* src, int rows, int64_t row0,
+                                                      int rowLimit, int kBlocks, int c, bool vec4, int swigluI) {
+  for (int r = threadIdx.x; r < rows; r += Threads) {
+    int64_t row = row0 + r;
+    bool inRange = row < rowLimit;
+    if (swigluI > 0) {
+      row = swigluRow(row, swigluI);
+      inRange = row >= 0;
+    }
+    const int off = c * 4;
+    const int valid = inRange ? min(max(kBlocks - off, 0), 4) : 0;
+    const uint8_t* s = src + row * kBlocks + off;
+    if (vec4) {
+      cpAsync4(dst + r * 4, valid > 0 ? s : src, valid);
+    } else {
+      uint32_t v = 0;
+      for (int j = 0; j < valid; ++j) v |= static_cast<uint32_t>(s[j]) << (8 * j);
+      *reinterpret_cast<uint32_t*>(dst + r * 4) = v;
+    }
+  }
+}
+
+// loadStage for the grouped kernel (W4A16 only): the weights through the loaders above, the
+// activations as loadStage reads them.
+template <class S>
+__device__ __forceinline__ void loadStageGrouped(const GemmParams& p, int swigluI, uint8_t* stage, int64_t n0, int64_t m0,
+                                                 int c) {
+  static_assert(!S::kAFp4, "the grouped GEMM takes bf16 activations");
+  uint8_t* sW = stage;
+  uint8_t* sWs = sW + S::kWBytes;
+  uint8_t* sA = sWs + S::kWsBytes;
+  loadPackedChunkGrouped<S::kThreads>(sW, p.w, S::kTileN, n0, p.N, p.K / 2, c, p.wVec16, swigluI);
+  loadScaleChunkGrouped<S::kThreads>(sWs, p.wScales, S::kTileN, n0, p.N, p.K / 16, c, p.sVec4, swigluI);
+  const uint8_t* a = static_cast<const uint8_t*>(p.a);
+  const int rowBytes = p.K * 2;
+  for (int idx = threadIdx.x; idx < S::kTileM * 8; idx += S::kThreads) {
+    const int r = idx >> 3, piece = idx & 7;
+    const int64_t row = m0 + r;
+    const int off = c * 128 + piece * 16;
+    const int valid = row < p.M ? min(max(rowBytes - off, 0), 16) : 0;
+    const uint8_t* s = a + row * rowBytes + off;
+    cpAsync16(sA + r * 128 + ((piece ^ (r & 7)) << 4), valid > 0 ? s : a, valid);
+  }
+}
+
 template <class S>
 __device__ __forceinline__ void computeStage(const uint8_t* stage, int warpW, int warpT, int g,
                                              int t, float (&acc)[S::kMT][S::kNT][4]) {
@@ -200,6 +308,84 @@ __device__ __forceinline__ void computeStage(const uint8_t* stage, int warpW, in
   }
 }
 
+// gemmKernel's pipeline and epilogue for one output tile of the grouped kernel: weight rows
+// [n0, n0 + kTileN) x tokens [m0, m0 + kTileM), all K chunks; p holds one expert's pointers and
+// rows. (The dense kernel keeps its own copy and its parameters unchanged, so that its code
+// generation stays what was measured.)
+template <class S>
+__device__ __forceinline__ void gemmTile(const GemmParams& p, int swigluI, uint8_t* smem, int64_t n0, int64_t m0) {
+  const int cBegin = 0, numLocal = p.numChunks;
+  constexpr int MT = S::kMT, NT = S::kNT;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int warpW = warp % S::kWarpsW, warpT = warp / S::kWarpsW;
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+
+  // One commit group per stage, empty ones included, so wait_group<kStages-2> always means
+  // "the chunk about to be consumed has landed".
+#pragma unroll
+  for (int s = 0; s < S::kStages - 1; ++s) {
+    if (s < numLocal) loadStageGrouped<S>(p, swigluI, smem + s * S::kStageBytes, n0, m0, cBegin + s);
+    cpAsyncCommit();
+  }
+  for (int i = 0; i < numLocal; ++i) {
+    cpAsyncWait<S::kStages - 2>();
+    // Makes chunk i visible to all warps, and guarantees every warp is done with chunk i-1,
+    // whose slot the next load overwrites.
+    __syncthreads();
+    const int next = i + S::kStages - 1;
+    if (next < numLocal) loadStageGrouped<S>(p, swigluI, smem + (next % S::kStages) * S::kStageBytes, n0, m0, cBegin + next);
+    cpAsyncCommit();
+    computeStage<S>(smem + (i % S::kStages) * S::kStageBytes, warpW, warpT, g, t, acc);
+  }
+  cpAsyncWait<0>();
+
+  // The dequantized weights carry 2^-8 (see scaleToBf16x2).
+  const float factor = p.alpha * __ldg(p.wGlobalScale) * 0x1p8f;
+  if (swigluI > 0) {
+    const int I = swigluI;
+    // acc[..][i]: i & 2 selects the fragment's up row, i & 1 the second token.
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int64_t j = ((n0 + (warpW * MT + mt) * 16) >> 1) + g;
+      if (j >= I) continue;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+          const int64_t m = m0 + (warpT * NT + nt) * 8 + 2 * t + jj;
+          if (m >= p.M) continue;
+          const float v = swiglu(acc[mt][nt][jj] * factor, acc[mt][nt][2 + jj] * factor);
+          static_cast<__nv_bfloat16*>(p.out)[m * I + j] = __float2bfloat16_rn(v);
+        }
+      }
+    }
+    return;
+  }
+  // bf16 out, no bias, no split
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int64_t n = n0 + (warpW * MT + mt) * 16 + g + ((i & 2) ? 8 : 0);
+        const int64_t m = m0 + (warpT * NT + nt) * 8 + 2 * t + (i & 1);
+        if (n >= p.N || m >= p.M) continue;
+        static_cast<__nv_bfloat16*>(p.out)[m * p.N + n] = __float2bfloat16_rn(acc[mt][nt][i] * factor);
+      }
+    }
+  }
+}
+
+// The dense kernel: grid (ceil(N/tileN), ceil(M/tileM), splits).
 template <class S>
 __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const GemmParams p) {
   extern __shared__ __align__(16) uint8_t smem[];
@@ -269,10 +455,55 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const G
   }
 }
 
+// The grouped kernel: grid (N tiles, mSlots, E). CTA (x, y, e) takes tiles y, y + mSlots, ...
+// of expert e's rows, so every tile lies inside one expert whatever the layout's alignment, and
+// the grid is the same for any counts. An expert without rows costs its CTAs two loads.
+template <class S>
+__global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) groupedGemmKernel(const GemmParams p, const GroupParams group) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * S::kTileN;
+  const int e = blockIdx.z;
+  int64_t start;
+  int count;
+  if (!groupSlot(group, e, start, count)) return;
+#pragma unroll 1
+  for (int tile = blockIdx.y; tile * S::kTileM < count; tile += gridDim.y) {
+    // every warp is done with the previous tile's stages before they are refilled
+    if (tile != static_cast<int>(blockIdx.y)) __syncthreads();
+    // Opaque to the compiler, so the expert's addresses are formed per tile instead of being
+    // hoisted out of the loop into registers (ptxas: fewer registers per thread).
+    int64_t s0 = start;
+    asm volatile("mov.b64 %0, %0;" : "+l"(s0));
+    GemmParams q = p;
+    q.a = static_cast<const __nv_bfloat16*>(p.a) + s0 * p.K;
+    q.out = static_cast<__nv_bfloat16*>(p.out) + s0 * (group.swigluI > 0 ? group.swigluI : p.N);
+    q.w = p.w + e * group.wStride;
+    q.wScales = p.wScales + e * group.sStride;
+    q.wGlobalScale = p.wGlobalScale + e;
+    q.M = count;
+    gemmTile<S>(q, group.swigluI, smem, n0, static_cast<int64_t>(tile) * S::kTileM);
+  }
+}
+
 // Enqueues gemmKernel<S> on a grid of (ceil(N/tileN), ceil(M/tileM), splits); defined in the
 // per-regime .cu files so the variants compile in parallel.
 template <class S>
 cudaError_t launchGemm(const GemmParams& p, dim3 grid, cudaStream_t stream);
+
+// The grouped variants (grid above), defined in grouped_gemm*.cu.
+template <class S>
+cudaError_t launchGroupedGemm(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream);
+
+template <class S>
+cudaError_t launchGroupedGemmImpl(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream) {
+  if constexpr (S::kSmemBytes > 48 * 1024) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(groupedGemmKernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
+    if (err != cudaSuccess) return err;
+  }
+  groupedGemmKernel<S><<<grid, S::kThreads, S::kSmemBytes, stream>>>(p, group);
+  return cudaGetLastError();
+}
 
 template <class S>
 cudaError_t launchGemmImpl(const GemmParams& p, dim3 grid, cudaStream_t stream) {
