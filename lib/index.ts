@@ -53,3 +53,4 @@ export {
   type PermuteOptions,
   type UnpermuteOptions,
 } from './routing';
+export * from './moe';
