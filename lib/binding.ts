@@ -104,6 +104,11 @@ export interface Nvfp4Binding {
     wData: bigint, wScales: bigint, wGlobalScale: bigint, bias: bigint, biasType: number,
     out: bigint, outType: number, M: number, N: number, K: number, alpha: number, portable: boolean,
   ): void;
+  nvfp4GroupedGemm(
+    device: number, stream: bigint, x: bigint, xType: number, wData: bigint, wScales: bigint, wGlobalScale: bigint,
+    counts: bigint, offsets: bigint, out: bigint, outType: number, E: number, rows: number, N: number, K: number,
+    maxRowsPerExpert: number, pairs: number, epilogue: number,
+  ): void;
 }
 
 /** Native entry points of the mtp family. @internal */

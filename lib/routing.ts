@@ -17,6 +17,7 @@ import {
   checkRank,
   checkShapeIs,
   checkTensor,
+  EXPERT_LAYOUT,
   keys,
   type Device,
 } from './validate';
@@ -224,6 +225,7 @@ export function expertLayout(ids: Tensor<'i32'>, numExperts: number, options?: E
     L.sourceIndex.dataPtr, L.rowIndex.dataPtr, L.usedRows.dataPtr, L.dropped.dataPtr, L.errors.dataPtr,
   );
   layouts.add(layout);
+  Object.defineProperty(layout, EXPERT_LAYOUT, { value: true });
   return layout;
 }
 

@@ -20,6 +20,8 @@ export const STREAM: unique symbol = Symbol('@moe/kernels Stream');
 export const EVENT: unique symbol = Symbol('@moe/kernels Event');
 /** @internal */
 export const NVFP4: unique symbol = Symbol('@moe/kernels Nvfp4Tensor');
+/** @internal Carried by the layouts expertLayout() returns. */
+export const EXPERT_LAYOUT: unique symbol = Symbol('@moe/kernels ExpertLayout');
 
 /** What the checks read of a tensor. @internal */
 export interface TensorLike {
@@ -256,6 +258,27 @@ export function checkNvfp4<T extends Nvfp4Like = Nvfp4Like>(value: unknown, argu
     throw new MoeError('E_DEVICE', `${argument}: expected a tensor on ${device}, got one on ${q.device}`);
   }
   return q;
+}
+
+/** What the checks read of an expert layout. @internal */
+export interface ExpertLayoutLike {
+  readonly form: 'contiguous' | 'masked';
+  readonly numExperts: number;
+  readonly rows: number;
+  readonly counts: TensorLike;
+  readonly offsets: TensorLike;
+}
+
+/**
+ * A layout made by expertLayout() (a copy or a hand-made object is refused: kernels trust its
+ * sizes), with its counts and offsets alive on `device`.
+ */
+export function checkExpertLayout<T extends ExpertLayoutLike = ExpertLayoutLike>(value: unknown, argument: string, device: Device): T {
+  if (!branded(value, EXPERT_LAYOUT)) throw new MoeError('E_ARGUMENT', `${argument}: expected a layout returned by expertLayout(), got ${describe(value)}`);
+  const l = value as T;
+  checkTensor(l.counts, `${argument}.counts`, ['i32'], device);
+  checkTensor(l.offsets, `${argument}.offsets`, ['i32'], device);
+  return l;
 }
 
 /** A live Stream, on `device` when given. */

@@ -1,5 +1,5 @@
 // The NVFP4 family: the tensor and its checkpoint import, quantization and the scale swizzle,
-// and the GEMM.
+// the GEMM and the grouped (expert) GEMM.
 export {
   NVFP4_BLOCK,
   Nvfp4Tensor,
@@ -21,3 +21,4 @@ export {
   type SwizzleScalesOptions,
 } from './quantize';
 export { gemmNvfp4, type GemmNvfp4Options, type GemmNvfp4OutDType } from './gemm';
+export { groupedGemmNvfp4, type GroupedEpilogue, type GroupedGemmNvfp4Options } from './grouped';

@@ -105,6 +105,32 @@ struct GemmArgs {
   bool portable;  // keep to the mma.sync kernels where the Hopper one would run
 };
 
+// The expert GEMM of a Mixture-of-Experts layer (W4A16), over the rows of an expert layout:
+//   expert e owns rows offsets[e] .. offsets[e] + counts[e] - 1 of x and out (the contiguous
+//   form's blocks, or the masked form's offsets[e] = e * maxRowsPerExpert), and
+//   out[r, :] = gs[e] * (x[r, :] . W_e^T), W_e = w[e] of w [E, N, K], fp32 accumulation.
+//   Epilogue Swiglu: N = 2I with W_e's first I rows the gate and the last I the up projection
+//   (ModelOpt w13 = concat(w1, w3)); out[r, j] = silu(gate[r, j]) * up[r, j], out [rows, I].
+// Rows that hold no pair (padding, rows past counts[e]) are not written. counts and offsets are
+// read where the op runs (device memory on CUDA), so the launch never depends on them.
+enum class GroupedEpilogue : int32_t { None = 0, Swiglu = 1 };
+
+struct GroupedGemmArgs {
+  const void* x;  // [rows, K], 16-byte aligned
+  DType xType;    // BF16
+  const uint8_t* wData;        // [E, N, K/2], 8-byte aligned
+  const uint8_t* wScales;      // [E, N, K/16]
+  const float* wGlobalScale;   // [E]
+  const int32_t* counts;       // [E]
+  const int32_t* offsets;      // [E + 1]
+  void* out;                   // [rows, N] (None) or [rows, N/2] (Swiglu)
+  DType outType;               // BF16
+  int64_t E, rows, N, K;       // K a multiple of 16; N even for Swiglu
+  int64_t maxRowsPerExpert;    // masked form: rows = E * maxRowsPerExpert; contiguous form: 0
+  int64_t pairs;               // tokens * k of the layout: the host's size hint for the kernel choice
+  GroupedEpilogue epilogue;
+};
+
 // Bytes of the swizzled layout of a [rows, K/16] scale tensor: roundUp(rows, 128) * roundUp(K/16, 4).
 inline int64_t nvfp4SwizzledScaleBytes(int64_t rows, int64_t K) {
   const int64_t kBlocks = K / kNvfp4Block;
@@ -211,6 +237,37 @@ inline void validate(const GemmArgs& a) {
   requirePtr(a.wScales, "w.scales");
   if (aFp4) requirePtr(a.aScales, "a.scales");
   requireAligned(a.a, aFp4 ? 8 : 16, aFp4 ? "a.data" : "a");
+  requireAligned(a.wData, 8, "w.data");
+}
+
+inline int64_t groupedOutColumns(const GroupedGemmArgs& a) { return a.epilogue == GroupedEpilogue::Swiglu ? a.N / 2 : a.N; }
+
+inline void validate(const GroupedGemmArgs& a) {
+  using namespace nvfp4detail;
+  require(a.xType == DType::BF16, "E_DTYPE", "x", "expected bf16");
+  require(a.outType == DType::BF16, "E_DTYPE", "out", "expected bf16");
+  require(a.epilogue == GroupedEpilogue::None || a.epilogue == GroupedEpilogue::Swiglu, "E_ARGUMENT", "epilogue",
+          "expected none (0) or swiglu (1)");
+  require(a.E >= 1 && a.E <= INT_MAX, "E_SHAPE", "w", "expected at least one expert, got E = " + std::to_string(a.E));
+  require(a.rows >= 0 && a.rows <= INT_MAX, "E_SHAPE", "x", "expected 0 .. 2^31 - 1 rows, got " + std::to_string(a.rows));
+  require(a.N >= 0 && a.N <= INT_MAX, "E_SHAPE", "w", "expected 0 .. 2^31 - 1 rows per expert, got N = " + std::to_string(a.N));
+  require(a.K >= 0 && a.K % kNvfp4Block == 0 && a.K <= INT_MAX / 2, "E_SHAPE", "K",
+          "expected a multiple of 16 below 2^30, got " + std::to_string(a.K));
+  require(a.epilogue != GroupedEpilogue::Swiglu || a.N % 2 == 0, "E_SHAPE", "w",
+          "swiglu needs N = 2 * I (gate rows, then up rows), got N = " + std::to_string(a.N));
+  require(a.maxRowsPerExpert >= 0 && a.pairs >= 0, "E_ARGUMENT", "layout", "negative size");
+  require(a.maxRowsPerExpert == 0 || a.rows == a.E * a.maxRowsPerExpert, "E_SHAPE", "layout",
+          "the masked form has E * maxTokensPerExpert rows, got " + std::to_string(a.rows));
+  if (a.rows == 0 || a.N == 0) return;
+  requirePtr(a.counts, "layout.counts");
+  requirePtr(a.offsets, "layout.offsets");
+  requirePtr(a.out, "out");
+  requirePtr(a.wGlobalScale, "w.globalScale");
+  if (a.K == 0) return;
+  requirePtr(a.x, "x");
+  requirePtr(a.wData, "w.data");
+  requirePtr(a.wScales, "w.scales");
+  requireAligned(a.x, 16, "x");
   requireAligned(a.wData, 8, "w.data");
 }
 

@@ -110,6 +110,30 @@ void registerNvfp4(Napi::Env env, Napi::Object exports) {
         return a;
       },
       cpu::nvfp4::gemm, MOE_GPU(kernels::nvfp4::gemm));
+
+  registerOp<GroupedGemmArgs>(
+      env, exports, "nvfp4GroupedGemm",
+      [](ArgReader& r) {
+        GroupedGemmArgs a;
+        a.x = r.ptr();
+        a.xType = r.dtype();
+        a.wData = r.ptr<const uint8_t>();
+        a.wScales = r.ptr<const uint8_t>();
+        a.wGlobalScale = r.ptr<const float>();
+        a.counts = r.ptr<const int32_t>();
+        a.offsets = r.ptr<const int32_t>();
+        a.out = r.ptr();
+        a.outType = r.dtype();
+        a.E = r.i64();
+        a.rows = r.i64();
+        a.N = r.i64();
+        a.K = r.i64();
+        a.maxRowsPerExpert = r.i64();
+        a.pairs = r.i64();
+        a.epilogue = static_cast<GroupedEpilogue>(r.i32());
+        return a;
+      },
+      cpu::nvfp4::groupedGemm, MOE_GPU(kernels::nvfp4::groupedGemm));
 }
 
 }  // namespace moe::napi

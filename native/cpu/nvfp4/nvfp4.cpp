@@ -228,4 +228,49 @@ void gemm(const GemmArgs& args) {
   for (auto& th : pool) th.join();
 }
 
+void groupedGemm(const GroupedGemmArgs& args) {
+  const int64_t E = args.E, rows = args.rows, N = args.N, K = args.K;
+  if (rows == 0 || N == 0) return;
+  const bool swiglu = args.epilogue == GroupedEpilogue::Swiglu;
+  const int64_t I = N / 2, outN = groupedOutColumns(args);
+  std::vector<float> pre;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t start = args.offsets[e];
+    int64_t count = args.counts[e];
+    // The kernels' bounds: an expert's rows stay inside x (and inside its masked block).
+    if (start < 0 || start >= rows || count <= 0) continue;
+    count = std::min(count, rows - start);
+    if (args.maxRowsPerExpert > 0) count = std::min(count, args.maxRowsPerExpert);
+    GemmArgs g{};
+    g.a = static_cast<const uint16_t*>(args.x) + start * K;
+    g.aType = DType::BF16;
+    g.wData = args.wData + e * N * (K / 2);
+    g.wScales = args.wScales + e * N * (K / kNvfp4Block);
+    g.wGlobalScale = args.wGlobalScale + e;
+    g.biasType = DType::F32;
+    g.M = count;
+    g.N = N;
+    g.K = K;
+    g.alpha = 1.0f;
+    uint16_t* out = static_cast<uint16_t*>(args.out) + start * outN;
+    if (!swiglu) {
+      g.out = out;
+      g.outType = DType::BF16;
+      gemm(g);
+      continue;
+    }
+    // Gate and up as the dense GEMM rounds them to f32, then silu(gate) * up in f32.
+    pre.resize(static_cast<size_t>(count * N));
+    g.out = pre.data();
+    g.outType = DType::F32;
+    gemm(g);
+    for (int64_t m = 0; m < count; ++m) {
+      for (int64_t j = 0; j < I; ++j) {
+        const float gate = pre[m * N + j], up = pre[m * N + I + j];
+        out[m * outN + j] = f32ToBf16Bits(gate / (1.0f + std::exp(-gate)) * up);
+      }
+    }
+  }
+}
+
 }  // namespace moe::cpu::nvfp4

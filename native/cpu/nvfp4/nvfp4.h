@@ -23,4 +23,9 @@ void unswizzleScales(const UnswizzleScalesArgs& args);
 // are spread over std::thread workers. args.portable does not apply here.
 void gemm(const GemmArgs& args);
 
+// Expert by expert, the dense reference above on the expert's rows (counts and offsets read
+// from host memory); with Swiglu, gate and up are rounded to f32 like gemm's f32 output and
+// silu(g) * u = g / (1 + exp(-g)) * u is computed in f32, then rounded once to bf16.
+void groupedGemm(const GroupedGemmArgs& args);
+
 }  // namespace moe::cpu::nvfp4

@@ -20,6 +20,41 @@
 
 namespace moe::kernels::nvfp4::detail {
 
+// The expert grid of the grouped GEMM (GroupedGemmArgs): an expert's rows of x and out start at
+// offsets[e], its weights at e * wStride / e * sStride bytes.
+struct GroupParams {
+  const int32_t* counts;   // [E], device
+  const int32_t* offsets;  // [E + 1], device
+  int64_t wStride;         // bytes of one expert's packed weights (N * K/2)
+  int64_t sStride;         // bytes of one expert's scales (N * K/16)
+  int rows;                // rows of x and out: no expert reads or writes past them
+  int maxRows;             // masked form: rows per expert; 0 in the contiguous form
+  int swigluI;             // I = N/2 when the epilogue is swiglu, else 0
+};
+
+// Expert e's first row and row count, clamped to its block; false when it has no rows (the CTA
+// then leaves before reading any weight).
+__device__ __forceinline__ bool groupSlot(const GroupParams& g, int e, int64_t& start, int& count) {
+  const int c = __ldg(g.counts + e);
+  const int s = __ldg(g.offsets + e);
+  if (c <= 0 || s < 0 || s >= g.rows) return false;
+  count = min(c, g.rows - s);
+  if (g.maxRows > 0) count = min(count, g.maxRows);
+  start = s;
+  return true;
+}
+
+// Swiglu row order: virtual row v of 16-row group G = v/16 is gate row 8G + v%8 when v%16 < 8
+// and up row I + 8G + v%8 otherwise, so one MMA fragment holds gate and up of the same output
+// column. -1 past the I columns.
+__device__ __forceinline__ int64_t swigluRow(int64_t v, int I) {
+  const int64_t j = (v >> 4) * 8 + (v & 7);
+  return j < I ? ((v & 8) ? I + j : j) : -1;
+}
+
+// silu(gate) * up in f32, as the CPU reference computes it.
+__device__ __forceinline__ float swiglu(float gate, float up) { return gate / (1.0f + expf(-gate)) * up; }
+
 struct GemmParams {
   const void* a;               // bf16 [M, K] or packed E2M1 [M, K/2]
   const uint8_t* aScales;      // e4m3 [M, K/16] (NVFP4 A only)
@@ -36,6 +71,7 @@ struct GemmParams {
   bool biasF32, outF32;
   bool wVec16;   // weight/packed-A rows are 16-byte aligned (K % 32 == 0 and aligned base)
   bool sVec4;    // scale rows are 4-byte aligned (K % 64 == 0 and aligned base)
+  GroupParams group;  // grouped kernels only
 };
 
 template <int WarpsW, int WarpsT, int MT, int NT, int Stages, bool AFp4, int MinBlocks>
@@ -59,16 +95,24 @@ struct GemmShape {
 
 // Copies `rows` rows x 32 bytes of packed E2M1 (K chunk `c`) into dst (row stride 32 bytes).
 // Rows at or past `rowLimit`, and bytes past K/2, are zero-filled.
-template <int Threads>
+// With Remap and swigluI > 0, rows are virtual rows in the swiglu order (swigluRow).
+template <int Threads, bool Remap = false>
 __device__ __forceinline__ void loadPackedChunk(uint8_t* dst, const uint8_t* src, int rows,
                                                 int64_t row0, int rowLimit, int rowBytes, int c,
-                                                bool vec16) {
+                                                bool vec16, int swigluI = 0) {
   const int tid = threadIdx.x;
   for (int idx = tid; idx < rows * 2; idx += Threads) {
     const int r = idx >> 1, piece = idx & 1;
-    const int64_t row = row0 + r;
+    int64_t row = row0 + r;
+    bool inRange = row < rowLimit;
+    if constexpr (Remap) {
+      if (swigluI > 0) {
+        row = swigluRow(row, swigluI);
+        inRange = row >= 0;
+      }
+    }
     const int off = c * 32 + piece * 16;
-    int valid = row < rowLimit ? min(max(rowBytes - off, 0), 16) : 0;
+    int valid = inRange ? min(max(rowBytes - off, 0), 16) : 0;
     const uint8_t* s = src + row * rowBytes + off;
     uint8_t* d = dst + r * 32 + piece * 16;
     if (vec16) {
@@ -84,15 +128,22 @@ __device__ __forceinline__ void loadPackedChunk(uint8_t* dst, const uint8_t* src
 
 // Copies `rows` rows x 4 scale bytes (K chunk `c`) into dst (row stride 4 bytes), zero-filled
 // past the tensor.
-template <int Threads>
+template <int Threads, bool Remap = false>
 __device__ __forceinline__ void loadScaleChunk(uint8_t* dst, const uint8_t* src, int rows,
                                                int64_t row0, int rowLimit, int kBlocks, int c,
-                                               bool vec4) {
+                                               bool vec4, int swigluI = 0) {
   const int tid = threadIdx.x;
   for (int r = tid; r < rows; r += Threads) {
-    const int64_t row = row0 + r;
+    int64_t row = row0 + r;
+    bool inRange = row < rowLimit;
+    if constexpr (Remap) {
+      if (swigluI > 0) {
+        row = swigluRow(row, swigluI);
+        inRange = row >= 0;
+      }
+    }
     const int off = c * 4;
-    const int valid = row < rowLimit ? min(max(kBlocks - off, 0), 4) : 0;
+    const int valid = inRange ? min(max(kBlocks - off, 0), 4) : 0;
     const uint8_t* s = src + row * kBlocks + off;
     if (vec4) {
       cpAsync4(dst + r * 4, valid > 0 ? s : src, valid);
@@ -106,7 +157,7 @@ __device__ __forceinline__ void loadScaleChunk(uint8_t* dst, const uint8_t* src,
   }
 }
 
-template <class S>
+template <class S, bool Grouped = false>
 __device__ __forceinline__ void loadStage(const GemmParams& p, uint8_t* stage, int64_t n0,
                                           int64_t m0, int c) {
   uint8_t* sW = stage;
@@ -114,8 +165,13 @@ __device__ __forceinline__ void loadStage(const GemmParams& p, uint8_t* stage, i
   uint8_t* sA = sWs + S::kWsBytes;
   uint8_t* sAs = sA + S::kABytes;
   const int kBlocks = p.K / 16;
-  loadPackedChunk<S::kThreads>(sW, p.w, S::kTileN, n0, p.N, p.K / 2, c, p.wVec16);
-  loadScaleChunk<S::kThreads>(sWs, p.wScales, S::kTileN, n0, p.N, kBlocks, c, p.sVec4);
+  if constexpr (Grouped) {
+    loadPackedChunk<S::kThreads, true>(sW, p.w, S::kTileN, n0, p.N, p.K / 2, c, p.wVec16, p.group.swigluI);
+    loadScaleChunk<S::kThreads, true>(sWs, p.wScales, S::kTileN, n0, p.N, kBlocks, c, p.sVec4, p.group.swigluI);
+  } else {
+    loadPackedChunk<S::kThreads>(sW, p.w, S::kTileN, n0, p.N, p.K / 2, c, p.wVec16);
+    loadScaleChunk<S::kThreads>(sWs, p.wScales, S::kTileN, n0, p.N, kBlocks, c, p.sVec4);
+  }
   if constexpr (S::kAFp4) {
     loadPackedChunk<S::kThreads>(sA, static_cast<const uint8_t*>(p.a), S::kTileM, m0, p.M,
                                  p.K / 2, c, p.wVec16);
@@ -200,17 +256,15 @@ __device__ __forceinline__ void computeStage(const uint8_t* stage, int warpW, in
   }
 }
 
-template <class S>
-__global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const GemmParams p) {
-  extern __shared__ __align__(16) uint8_t smem[];
+// One output tile: weight rows [n0, n0 + kTileN) x tokens [m0, m0 + kTileM), K chunks
+// [cBegin, cBegin + numLocal). Grouped: p holds one expert's pointers and rows, no split.
+template <class S, bool Grouped>
+__device__ __forceinline__ void gemmTile(const GemmParams& p, uint8_t* smem, int64_t n0, int64_t m0,
+                                         int cBegin, int numLocal) {
   constexpr int MT = S::kMT, NT = S::kNT;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
   const int warpW = warp % S::kWarpsW, warpT = warp / S::kWarpsW;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * S::kTileN;
-  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * S::kTileM;
-  const int cBegin = blockIdx.z * p.chunksPerSplit;
-  const int numLocal = max(0, min(p.numChunks - cBegin, p.chunksPerSplit));
 
   float acc[MT][NT][4];
 #pragma unroll
@@ -224,7 +278,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const G
   // "the chunk about to be consumed has landed".
 #pragma unroll
   for (int s = 0; s < S::kStages - 1; ++s) {
-    if (s < numLocal) loadStage<S>(p, smem + s * S::kStageBytes, n0, m0, cBegin + s);
+    if (s < numLocal) loadStage<S, Grouped>(p, smem + s * S::kStageBytes, n0, m0, cBegin + s);
     cpAsyncCommit();
   }
   for (int i = 0; i < numLocal; ++i) {
@@ -233,7 +287,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const G
     // whose slot the next load overwrites.
     __syncthreads();
     const int next = i + S::kStages - 1;
-    if (next < numLocal) loadStage<S>(p, smem + (next % S::kStages) * S::kStageBytes, n0, m0, cBegin + next);
+    if (next < numLocal) loadStage<S, Grouped>(p, smem + (next % S::kStages) * S::kStageBytes, n0, m0, cBegin + next);
     cpAsyncCommit();
     computeStage<S>(smem + (i % S::kStages) * S::kStageBytes, warpW, warpT, g, t, acc);
   }
@@ -242,6 +296,28 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const G
   // The dequantized operands carry 2^-8 each (see scaleToBf16x2).
   const float gsA = S::kAFp4 ? __ldg(p.aGlobalScale) : 1.0f;
   const float factor = p.alpha * gsA * __ldg(p.wGlobalScale) * (S::kAFp4 ? 0x1p16f : 0x1p8f);
+  if constexpr (Grouped) {
+    const int I = p.group.swigluI;
+    if (I > 0) {
+      // acc[..][i]: i & 2 selects the fragment's up row, i & 1 the second token.
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const int64_t j = ((n0 + (warpW * MT + mt) * 16) >> 1) + g;
+        if (j >= I) continue;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj) {
+            const int64_t m = m0 + (warpT * NT + nt) * 8 + 2 * t + jj;
+            if (m >= p.M) continue;
+            const float v = swiglu(acc[mt][nt][jj] * factor, acc[mt][nt][2 + jj] * factor);
+            static_cast<__nv_bfloat16*>(p.out)[m * I + j] = __float2bfloat16_rn(v);
+          }
+        }
+      }
+      return;
+    }
+  }
   const int64_t MN = static_cast<int64_t>(p.M) * p.N;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
@@ -254,7 +330,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const G
         if (n >= p.N || m >= p.M) continue;
         float v = acc[mt][nt][i] * factor;
         const int64_t idx = m * p.N + n;
-        if (p.partial != nullptr) {
+        if (!Grouped && p.partial != nullptr) {
           p.partial[blockIdx.z * MN + idx] = v;
           continue;
         }
@@ -269,22 +345,64 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const G
   }
 }
 
+// Dense: grid (ceil(N/tileN), ceil(M/tileM), splits).
+// Grouped: grid (N tiles, mSlots, E). CTA (x, y, e) takes tiles y, y + mSlots, ... of expert e's
+// rows, so every tile lies inside one expert whatever the layout's alignment, and the grid is
+// the same for any counts. An expert without rows costs its CTAs two loads.
+template <class S, bool Grouped = false>
+__global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const GemmParams p) {
+  extern __shared__ __align__(16) uint8_t smem[];
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * S::kTileN;
+  if constexpr (Grouped) {
+    const int e = blockIdx.z;
+    int64_t start;
+    int count;
+    if (!groupSlot(p.group, e, start, count)) return;
+#pragma unroll 1
+    for (int tile = blockIdx.y; tile * S::kTileM < count; tile += gridDim.y) {
+      // every warp is done with the previous tile's stages before they are refilled
+      if (tile != static_cast<int>(blockIdx.y)) __syncthreads();
+      // Opaque to the compiler, so the expert's addresses are formed per tile instead of being
+      // hoisted out of the loop into registers (ptxas: fewer registers per thread).
+      int64_t s0 = start;
+      asm volatile("mov.b64 %0, %0;" : "+l"(s0));
+      GemmParams q = p;
+      q.a = static_cast<const __nv_bfloat16*>(p.a) + s0 * p.K;
+      q.out = static_cast<__nv_bfloat16*>(p.out) + s0 * (p.group.swigluI > 0 ? p.group.swigluI : p.N);
+      q.w = p.w + e * p.group.wStride;
+      q.wScales = p.wScales + e * p.group.sStride;
+      q.wGlobalScale = p.wGlobalScale + e;
+      q.M = count;
+      gemmTile<S, true>(q, smem, n0, static_cast<int64_t>(tile) * S::kTileM, 0, p.numChunks);
+    }
+  } else {
+    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * S::kTileM;
+    const int cBegin = blockIdx.z * p.chunksPerSplit;
+    const int numLocal = max(0, min(p.numChunks - cBegin, p.chunksPerSplit));
+    gemmTile<S, false>(p, smem, n0, m0, cBegin, numLocal);
+  }
+}
+
 // Enqueues gemmKernel<S> on a grid of (ceil(N/tileN), ceil(M/tileM), splits); defined in the
 // per-regime .cu files so the variants compile in parallel.
 template <class S>
 cudaError_t launchGemm(const GemmParams& p, dim3 grid, cudaStream_t stream);
 
+// The grouped variants (grid above), defined in grouped_gemm*.cu.
 template <class S>
+cudaError_t launchGroupedGemm(const GemmParams& p, dim3 grid, cudaStream_t stream);
+
+template <class S, bool Grouped = false>
 cudaError_t launchGemmImpl(const GemmParams& p, dim3 grid, cudaStream_t stream) {
   // Above the 48 KB default the kernel must be allowed its dynamic shared memory. The attribute
   // belongs to the current device's context; setting it at each launch keeps no per-device
   // state, and it costs nothing where it is not needed (every shape with M <= 16).
   if constexpr (S::kSmemBytes > 48 * 1024) {
     const cudaError_t err =
-        cudaFuncSetAttribute(gemmKernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
+        cudaFuncSetAttribute(gemmKernel<S, Grouped>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
     if (err != cudaSuccess) return err;
   }
-  gemmKernel<S><<<grid, S::kThreads, S::kSmemBytes, stream>>>(p);
+  gemmKernel<S, Grouped><<<grid, S::kThreads, S::kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 

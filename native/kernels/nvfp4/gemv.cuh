@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "kernels/nvfp4/common.cuh"
+#include "kernels/nvfp4/gemm.cuh"
 
 namespace moe::kernels::nvfp4::detail {
 
@@ -35,6 +36,7 @@ struct GemvParams {
   int kWarps;                // 1, 2, 4 or 8 warps along K
   float alpha;
   bool biasF32, outF32;
+  GroupParams group;         // grouped kernel only (gemm.cuh)
 };
 
 inline constexpr int kGemvThreads = 256;
@@ -59,7 +61,10 @@ __device__ __forceinline__ uint32_t wordOf(const uint4& v, int w) {
   return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
 }
 
-template <int NT, int MT, int MinBlocks>
+// Grouped: grid (CTAs per expert, E), blockIdx.y the expert; its weights, rows and global
+// scale come from p.group, and M is its row count. All M rows are covered in passes of NT * 8
+// tokens (one pass whenever M <= NT * 8, the masked decode case), each streaming the weights.
+template <int NT, int MT, int MinBlocks, bool Grouped = false>
 __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const GemvParams p) {
   extern __shared__ float red[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -70,6 +75,25 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const Gemv
   const int rowBase = blockIdx.x * rowsPerCta + wr * MT * 16;
   const int K = p.K;
 
+  const __nv_bfloat16* a = p.a;
+  const uint8_t* w = p.w;
+  const uint8_t* wScales = p.wScales;
+  const float* wGlobalScale = p.wGlobalScale;
+  void* out = p.out;
+  int M = p.M;
+  int swigluI = 0;
+  if constexpr (Grouped) {
+    const int e = blockIdx.y;
+    int64_t start;
+    if (!groupSlot(p.group, e, start, M)) return;
+    swigluI = p.group.swigluI;
+    a += start * K;
+    w += e * p.group.wStride;
+    wScales += e * p.group.sStride;
+    wGlobalScale += e;
+    out = static_cast<__nv_bfloat16*>(out) + start * (swigluI > 0 ? swigluI : p.N);
+  }
+
   // Rows past N and tokens past M read a valid row instead (no branch in the loop); their
   // results only reach output elements that are never written.
   const uint8_t* wRow[MT][2];
@@ -78,149 +102,183 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const Gemv
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const int64_t row = min(rowBase + mt * 16 + h * 8 + g, p.N - 1);
-      wRow[mt][h] = p.w + row * (K / 2) + 16 * t;
-      sRow[mt][h] = p.wScales + row * (K / 16) + 2 * t;
+      int64_t row = min(rowBase + mt * 16 + h * 8 + g, p.N - 1);
+      if (Grouped && swigluI > 0) {
+        // the swiglu order of gemm.cuh (swigluRow): gate rows, then the matching up rows
+        const int j = min(((rowBase + mt * 16) >> 1) + g, swigluI - 1);
+        row = h ? swigluI + j : j;
+      }
+      wRow[mt][h] = w + row * (K / 2) + 16 * t;
+      sRow[mt][h] = wScales + row * (K / 16) + 2 * t;
     }
   }
-  const __nv_bfloat16* aRow[NT];
-#pragma unroll
-  for (int nt = 0; nt < NT; ++nt) {
-    aRow[nt] = p.a + static_cast<int64_t>(min(nt * 8 + g, p.M - 1)) * K + 32 * t;
-  }
 
-  float acc[MT][NT][4];
+  for (int m0 = 0; m0 < M; m0 += NT * 8) {
+    const __nv_bfloat16* aRow[NT];
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
-
-  // One batch: two 128-k steps x MT x 2 rows of 16 bytes, and their two scale bytes each. A
-  // thread's 32 k of a step are all in range or all out (K % 32 == 0); out of range is zero.
-  struct Batch {
-    uint4 q[2][MT][2];
-    uint32_t s[2][MT][2];
-  };
-  auto load = [&](int b, Batch& B) {
-#pragma unroll
-    for (int s = 0; s < 2; ++s) {
-      const int k0 = b * kGemvBatch + s * 128;
-      const bool valid = k0 + 32 * t < K;
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          B.q[s][mt][h] = valid ? ldStream16(wRow[mt][h] + k0 / 2) : make_uint4(0, 0, 0, 0);
-          B.s[s][mt][h] = valid ? ldStream2(sRow[mt][h] + k0 / 16) : 0u;
-        }
-      }
+    for (int nt = 0; nt < NT; ++nt) {
+      aRow[nt] = a + static_cast<int64_t>(min(m0 + nt * 8 + g, M - 1)) * K + 32 * t;
     }
-  };
-  auto compute = [&](int b, const Batch& B) {
-#pragma unroll
-    for (int s = 0; s < 2; ++s) {
-      const int k0 = b * kGemvBatch + s * 128;
-      const bool valid = k0 + 32 * t < K;
-      uint32_t sc[MT][2][2];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          sc[mt][h][0] = scaleToBf16x2(B.s[s][mt][h] & 0xFFu);
-          sc[mt][h][1] = scaleToBf16x2(B.s[s][mt][h] >> 8);
-        }
-#pragma unroll
-      for (int w = 0; w < 4; ++w) {
-        uint32_t bf[NT][4];
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-          const uint4 v = valid ? __ldg(reinterpret_cast<const uint4*>(aRow[nt] + k0 + 8 * w))
-                                : make_uint4(0, 0, 0, 0);
-          const uint32_t raw[4] = {v.x, v.y, v.z, v.w};
-          pairBf16(raw, bf[nt]);
-        }
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          uint32_t lo[4], hi[4];
-          dequantWord(wordOf(B.q[s][mt][0], w), sc[mt][0][w >> 1], lo);
-          dequantWord(wordOf(B.q[s][mt][1], w), sc[mt][1][w >> 1], hi);
-#pragma unroll
-          for (int hh = 0; hh < 2; ++hh)
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-              mmaBf16(acc[mt][nt], lo[2 * hh], hi[2 * hh], lo[2 * hh + 1], hi[2 * hh + 1],
-                      bf[nt][2 * hh], bf[nt][2 * hh + 1]);
-        }
-      }
-    }
-  };
 
-  const int numBatches = (K + kGemvBatch - 1) / kGemvBatch;
-  // Two register buffers used in turn (no copy between them: a copy would wait for the loads).
-  Batch x0, x1;
-  int b = wk;
-  if (b < numBatches) load(b, x0);
-  for (; b < numBatches; b += 2 * kWarps) {
-    if (b + kWarps < numBatches) load(b + kWarps, x1);
-    compute(b, x0);
-    if (b + kWarps >= numBatches) break;
-    if (b + 2 * kWarps < numBatches) load(b + 2 * kWarps, x0);
-    compute(b + kWarps, x1);
-  }
-
-  // Partial sums of the K warps, added in a fixed order: (((w1 + w2) + w3) ...) + w0. Lane-major
-  // layout keeps the shared-memory accesses conflict-free.
-  constexpr int kAcc = MT * NT * 4;
-  if (kWarps > 1) {
-    float* mine = red + wr * kAcc * 32 + lane;
-    for (int i = 1; i < kWarps; ++i) {
-      if (wk == i) {
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-              float* slot = mine + ((mt * NT + nt) * 4 + j) * 32;
-              *slot = i == 1 ? acc[mt][nt][j] : *slot + acc[mt][nt][j];
-            }
-      }
-      __syncthreads();
-    }
-    if (wk != 0) return;
+    float acc[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[mt][nt][j] += mine[((mt * NT + nt) * 4 + j) * 32];
-  }
+        for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
 
-  // The dequantized weights carry 2^-8 (see scaleToBf16x2).
-  const float factor = p.alpha * __ldg(p.wGlobalScale) * 0x1p8f;
+    // One batch: two 128-k steps x MT x 2 rows of 16 bytes, and their two scale bytes each. A
+    // thread's 32 k of a step are all in range or all out (K % 32 == 0); out of range is zero.
+    struct Batch {
+      uint4 q[2][MT][2];
+      uint32_t s[2][MT][2];
+    };
+    auto load = [&](int b, Batch& B) {
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
+      for (int s = 0; s < 2; ++s) {
+        const int k0 = b * kGemvBatch + s * 128;
+        const bool valid = k0 + 32 * t < K;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int n = rowBase + mt * 16 + g + ((j & 2) ? 8 : 0);
-      if (n >= p.N) continue;
-      float bias = 0.0f;
-      if (p.bias != nullptr) {
-        bias = p.biasF32 ? static_cast<const float*>(p.bias)[n]
-                         : __bfloat162float(static_cast<const __nv_bfloat16*>(p.bias)[n]);
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            B.q[s][mt][h] = valid ? ldStream16(wRow[mt][h] + k0 / 2) : make_uint4(0, 0, 0, 0);
+            B.s[s][mt][h] = valid ? ldStream2(sRow[mt][h] + k0 / 16) : 0u;
+          }
+        }
       }
+    };
+    auto compute = [&](int b, const Batch& B) {
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        const int m = nt * 8 + 2 * t + (j & 1);
-        if (m >= p.M) continue;
-        const float v = acc[mt][nt][j] * factor + bias;
-        const int64_t idx = static_cast<int64_t>(m) * p.N + n;
-        if (p.outF32) static_cast<float*>(p.out)[idx] = v;
-        else static_cast<__nv_bfloat16*>(p.out)[idx] = __float2bfloat16_rn(v);
+      for (int s = 0; s < 2; ++s) {
+        const int k0 = b * kGemvBatch + s * 128;
+        const bool valid = k0 + 32 * t < K;
+        uint32_t sc[MT][2][2];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            sc[mt][h][0] = scaleToBf16x2(B.s[s][mt][h] & 0xFFu);
+            sc[mt][h][1] = scaleToBf16x2(B.s[s][mt][h] >> 8);
+          }
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          uint32_t bf[NT][4];
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const uint4 v = valid ? __ldg(reinterpret_cast<const uint4*>(aRow[nt] + k0 + 8 * w))
+                                  : make_uint4(0, 0, 0, 0);
+            const uint32_t raw[4] = {v.x, v.y, v.z, v.w};
+            pairBf16(raw, bf[nt]);
+          }
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            uint32_t lo[4], hi[4];
+            dequantWord(wordOf(B.q[s][mt][0], w), sc[mt][0][w >> 1], lo);
+            dequantWord(wordOf(B.q[s][mt][1], w), sc[mt][1][w >> 1], hi);
+#pragma unroll
+            for (int hh = 0; hh < 2; ++hh)
+#pragma unroll
+              for (int nt = 0; nt < NT; ++nt)
+                mmaBf16(acc[mt][nt], lo[2 * hh], hi[2 * hh], lo[2 * hh + 1], hi[2 * hh + 1],
+                        bf[nt][2 * hh], bf[nt][2 * hh + 1]);
+          }
+        }
+      }
+    };
+
+    const int numBatches = (K + kGemvBatch - 1) / kGemvBatch;
+    // Two register buffers used in turn (no copy between them: a copy would wait for the loads).
+    Batch x0, x1;
+    int b = wk;
+    if (b < numBatches) load(b, x0);
+    for (; b < numBatches; b += 2 * kWarps) {
+      if (b + kWarps < numBatches) load(b + kWarps, x1);
+      compute(b, x0);
+      if (b + kWarps >= numBatches) break;
+      if (b + 2 * kWarps < numBatches) load(b + 2 * kWarps, x0);
+      compute(b + kWarps, x1);
+    }
+
+    // Partial sums of the K warps, added in a fixed order: (((w1 + w2) + w3) ...) + w0. Lane-major
+    // layout keeps the shared-memory accesses conflict-free.
+    constexpr int kAcc = MT * NT * 4;
+    bool writer = true;
+    if (kWarps > 1) {
+      float* mine = red + wr * kAcc * 32 + lane;
+      for (int i = 1; i < kWarps; ++i) {
+        if (wk == i) {
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+              for (int j = 0; j < 4; ++j) {
+                float* slot = mine + ((mt * NT + nt) * 4 + j) * 32;
+                *slot = i == 1 ? acc[mt][nt][j] : *slot + acc[mt][nt][j];
+              }
+        }
+        __syncthreads();
+      }
+      if (!Grouped && wk != 0) return;
+      writer = wk == 0;
+      if (writer) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[mt][nt][j] += mine[((mt * NT + nt) * 4 + j) * 32];
       }
     }
+
+    // The dequantized weights carry 2^-8 (see scaleToBf16x2).
+    const float factor = p.alpha * __ldg(wGlobalScale) * 0x1p8f;
+    if (Grouped && writer && swigluI > 0) {
+      // acc[..][j]: j & 2 selects the fragment's up row, j & 1 the second token.
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const int col = ((rowBase + mt * 16) >> 1) + g;
+        if (col >= swigluI) continue;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+          for (int jj = 0; jj < 2; ++jj) {
+            const int m = m0 + nt * 8 + 2 * t + jj;
+            if (m >= M) continue;
+            const float v = swiglu(acc[mt][nt][jj] * factor, acc[mt][nt][2 + jj] * factor);
+            static_cast<__nv_bfloat16*>(out)[static_cast<int64_t>(m) * swigluI + col] = __float2bfloat16_rn(v);
+          }
+        }
+      }
+    } else if (writer) {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int n = rowBase + mt * 16 + g + ((j & 2) ? 8 : 0);
+          if (n >= p.N) continue;
+          float bias = 0.0f;
+          if (p.bias != nullptr) {
+            bias = p.biasF32 ? static_cast<const float*>(p.bias)[n]
+                             : __bfloat162float(static_cast<const __nv_bfloat16*>(p.bias)[n]);
+          }
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt) {
+            const int m = m0 + nt * 8 + 2 * t + (j & 1);
+            if (m >= M) continue;
+            const float v = acc[mt][nt][j] * factor + bias;
+            const int64_t idx = static_cast<int64_t>(m) * p.N + n;
+            if (p.outF32) static_cast<float*>(out)[idx] = v;
+            else static_cast<__nv_bfloat16*>(out)[idx] = __float2bfloat16_rn(v);
+          }
+        }
+      }
+    }
+    if constexpr (!Grouped) break;  // the dense kernel has M <= NT * 8: one pass
+    // the next pass reuses `red`
+    if (kWarps > 1) __syncthreads();
   }
 }
 
@@ -233,5 +291,9 @@ constexpr int gemvSmemBytes(int kWarps) {
 // Defined in gemm_decode.cu, one instantiation per (NT, MT) the heuristic picks.
 template <int NT, int MT, int MinBlocks>
 cudaError_t launchGemv(const GemvParams& p, cudaStream_t stream);
+
+// The grouped kernel on a grid of (ctasPerExpert, E); defined in grouped_gemm.cu.
+template <int NT, int MT, int MinBlocks>
+cudaError_t launchGroupedGemv(const GemvParams& p, dim3 grid, cudaStream_t stream);
 
 }  // namespace moe::kernels::nvfp4::detail

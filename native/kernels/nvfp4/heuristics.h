@@ -122,4 +122,64 @@ inline size_t gemmConfigWorkspaceBytes(const GemmConfig& c, int64_t M, int64_t N
 // 3.5-4.5x the mma.sync kernel at M >= 1024. Decode stays on the streaming kernel, which splits K.
 inline bool preferSm90(int64_t M, bool portable) { return !portable && M > kDecodeMaxM; }
 
+// ---- grouped (expert) GEMM ----
+
+enum class GroupedKernel : int {
+  Gemv,     // the streaming kernel, blockIdx.y = expert
+  Tile16,   // DecodeShape<2>:  128 weight rows x 16 tokens per CTA, z = expert
+  Tile64,   // DecodeShape<8>:  128 x 64
+  Tile128,  // PrefillShape:    256 x 128
+};
+
+struct GroupedConfig {
+  GroupedKernel kernel;
+  int64_t virtualN;  // weight rows the grid covers: N, or 16 * ceil(I / 8) in the swiglu order
+  GemvConfig gemv;   // Gemv
+  int64_t tileN, tileM;
+  int64_t tilesN;    // grid.x of the tiled kernels
+  int64_t mSlots;    // grid.y: CTAs per (expert, N tile); each takes every mSlots-th m-tile
+};
+
+// The streaming kernel streams an expert's weights once per 16 tokens. Masked with
+// maxRowsPerExpert <= 16 that is exactly once (the dense rule, kGemvMaxM). The contiguous form
+// bounds no expert's rows, so it goes there only while the mean is at most 4 rows per expert
+// (decode: T <= 128 at top-8 of 256), where few experts need a second pass.
+inline constexpr int64_t kGroupedGemvMaxMean = 4;
+
+// Tiled kernels by the expected rows per expert R (the mean pairs / E, capped by the masked
+// capacity): the tile's token width is the smallest of 16 / 64 / 128 that holds R, so the last,
+// partial m-tile of an expert wastes little (Decode8 and Decode32 add little next to these and
+// are not instantiated for the grouped GEMM). Above 64 rows the prefill tile's 256 x 128 reuse
+// wins, as in the dense heuristic.
+// gemvAligned: the weights and activations allow the streaming kernel's 16-byte loads.
+inline GroupedConfig selectGroupedConfig(int64_t E, int64_t N, int64_t K, bool swiglu, int64_t maxRowsPerExpert,
+                                         int64_t pairs, bool gemvAligned, int numSMs) {
+  GroupedConfig c{};
+  const int64_t sms = std::max(1, numSMs);
+  c.virtualN = swiglu ? 16 * ((N / 2 + 7) / 8) : N;
+  const bool masked = maxRowsPerExpert > 0;
+  const int64_t mean = std::max<int64_t>(1, (pairs + E - 1) / std::max<int64_t>(1, E));
+  const bool gemvShape = gemvAligned && K > 0 && K % 32 == 0;
+  if (gemvShape && (masked ? maxRowsPerExpert <= kGemvMaxM : mean <= kGroupedGemvMaxMean)) {
+    c.kernel = GroupedKernel::Gemv;
+    // At most min(E, pairs) experts have rows: each needs enough CTAs of its own for the
+    // dense rule (about 1.5 CTAs per SM over all of them).
+    const int64_t active = std::max<int64_t>(1, std::min(E, pairs));
+    const int64_t bound = masked ? maxRowsPerExpert : std::min<int64_t>(pairs, kGemvMaxM);
+    c.gemv = selectGemvConfig(std::max<int64_t>(1, bound), c.virtualN, K,
+                              static_cast<int>((sms + active - 1) / active));
+    return c;
+  }
+  const int64_t rows = masked ? std::min(maxRowsPerExpert, mean) : mean;
+  if (rows <= 16) { c.kernel = GroupedKernel::Tile16; c.tileN = kDecodeTileN; c.tileM = 16; }
+  else if (rows <= 64) { c.kernel = GroupedKernel::Tile64; c.tileN = kDecodeTileN; c.tileM = 64; }
+  else { c.kernel = GroupedKernel::Tile128; c.tileN = kPrefillTileN; c.tileM = kPrefillTileM; }
+  c.tilesN = (c.virtualN + c.tileN - 1) / c.tileN;
+  // Masked: enough slots for the capacity, so no CTA loops. Contiguous: slots for twice the
+  // mean, so an expert up to twice as busy as the mean finishes in one round; busier ones loop.
+  const int64_t cover = masked ? maxRowsPerExpert : std::min(2 * mean, std::max<int64_t>(1, pairs));
+  c.mSlots = std::min<int64_t>(65535, std::max<int64_t>(1, (cover + c.tileM - 1) / c.tileM));
+  return c;
+}
+
 }  // namespace moe::kernels::nvfp4

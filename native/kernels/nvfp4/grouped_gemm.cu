@@ -1,0 +1,116 @@
+// Grouped (expert) GEMM launcher: one configuration from heuristics.h, one launch of the
+// streaming kernel or of a tiled one with the expert in the grid. Also the decode-sized grouped
+// variants; the prefill-sized one is in grouped_prefill.cu.
+#include <algorithm>
+#include <climits>
+
+#include "common/align.h"
+#include "kernels/nvfp4/gemm.cuh"
+#include "kernels/nvfp4/gemv.cuh"
+#include "kernels/nvfp4/heuristics.h"
+#include "kernels/nvfp4/nvfp4.h"
+
+namespace moe::kernels::nvfp4 {
+namespace detail {
+
+static_assert(DecodeShape<2, false>::kTileM == 16 && DecodeShape<8, false>::kTileM == 64 &&
+                  DecodeShape<2, false>::kTileN == kDecodeTileN,
+              "heuristics.h out of sync");
+
+template <class S>
+cudaError_t launchGroupedGemm(const GemmParams& p, dim3 grid, cudaStream_t stream) {
+  return launchGemmImpl<S, true>(p, grid, stream);
+}
+
+template cudaError_t launchGroupedGemm<DecodeShape<2, false>>(const GemmParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<DecodeShape<8, false>>(const GemmParams&, dim3, cudaStream_t);
+// compiled in grouped_prefill.cu
+extern template cudaError_t launchGroupedGemm<PrefillShape<false>>(const GemmParams&, dim3, cudaStream_t);
+
+template <int NT, int MT, int MinBlocks>
+cudaError_t launchGroupedGemv(const GemvParams& p, dim3 grid, cudaStream_t stream) {
+  gemvKernel<NT, MT, MinBlocks, true><<<grid, kGemvThreads, gemvSmemBytes<NT, MT>(p.kWarps), stream>>>(p);
+  return cudaGetLastError();
+}
+
+template cudaError_t launchGroupedGemv<1, 1, 2>(const GemvParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemv<2, 1, 2>(const GemvParams&, dim3, cudaStream_t);
+
+}  // namespace detail
+
+using namespace detail;
+
+cudaError_t groupedGemm(const GroupedGemmArgs& g, const Launch& l) {
+  const int64_t E = g.E, N = g.N, K = g.K;
+  if (g.rows == 0 || N == 0) return cudaSuccess;
+  if (E > 65535) return cudaErrorInvalidConfiguration;  // a grid dimension
+  const bool swiglu = g.epilogue == GroupedEpilogue::Swiglu;
+  const bool gemvAligned = isAligned(g.wData, 16) && isAligned(g.x, 16) && isAligned(g.wScales, 2);
+  const GroupedConfig c = selectGroupedConfig(E, N, K, swiglu, g.maxRowsPerExpert, g.pairs, gemvAligned,
+                                              l.facts.multiprocessors);
+
+  GroupParams group{};
+  group.counts = g.counts;
+  group.offsets = g.offsets;
+  group.wStride = N * (K / 2);
+  group.sStride = N * (K / kNvfp4Block);
+  group.rows = static_cast<int>(g.rows);
+  group.maxRows = static_cast<int>(std::min<int64_t>(g.maxRowsPerExpert, INT_MAX));
+  group.swigluI = swiglu ? static_cast<int>(N / 2) : 0;
+
+  if (c.kernel == GroupedKernel::Gemv) {
+    if (c.gemv.ctas > INT_MAX) return cudaErrorInvalidConfiguration;
+    GemvParams p{};
+    p.a = static_cast<const __nv_bfloat16*>(g.x);
+    p.w = g.wData;
+    p.wScales = g.wScales;
+    p.wGlobalScale = g.wGlobalScale;
+    p.bias = nullptr;
+    p.out = g.out;
+    p.M = 0;  // per expert: its count
+    p.N = static_cast<int>(N);
+    p.K = static_cast<int>(K);
+    p.kWarps = c.gemv.kWarps;
+    p.alpha = 1.0f;
+    p.biasF32 = false;
+    p.outF32 = false;
+    p.group = group;
+    const dim3 grid(static_cast<unsigned>(c.gemv.ctas), static_cast<unsigned>(E));
+    if (c.gemv.nt == 1 && c.gemv.mt == 1) return launchGroupedGemv<1, 1, 2>(p, grid, l.stream);
+    if (c.gemv.nt == 2 && c.gemv.mt == 1) return launchGroupedGemv<2, 1, 2>(p, grid, l.stream);
+    return cudaErrorInvalidConfiguration;
+  }
+
+  GemmParams p{};
+  p.a = g.x;
+  p.aScales = nullptr;
+  p.aGlobalScale = nullptr;
+  p.w = g.wData;
+  p.wScales = g.wScales;
+  p.wGlobalScale = g.wGlobalScale;
+  p.bias = nullptr;
+  p.out = g.out;
+  p.partial = nullptr;
+  p.M = 0;  // per expert: its count
+  p.N = static_cast<int>(N);
+  p.K = static_cast<int>(K);
+  p.numChunks = static_cast<int>((K + kGemmChunkK - 1) / kGemmChunkK);
+  p.chunksPerSplit = p.numChunks;
+  p.alpha = 1.0f;
+  p.biasF32 = false;
+  p.outF32 = false;
+  // Expert strides keep these: N * K/2 is a multiple of 16 when K % 32 == 0, N * K/16 of 4 when K % 64 == 0.
+  p.wVec16 = K % 32 == 0 && isAligned(g.wData, 16);
+  p.sVec4 = K % 64 == 0 && isAligned(g.wScales, 4);
+  p.group = group;
+  if (c.tilesN > INT_MAX) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(c.tilesN), static_cast<unsigned>(c.mSlots), static_cast<unsigned>(E));
+  switch (c.kernel) {
+    case GroupedKernel::Tile16: return launchGroupedGemm<DecodeShape<2, false>>(p, grid, l.stream);
+    case GroupedKernel::Tile64: return launchGroupedGemm<DecodeShape<8, false>>(p, grid, l.stream);
+    case GroupedKernel::Tile128: return launchGroupedGemm<PrefillShape<false>>(p, grid, l.stream);
+    default: return cudaErrorInvalidConfiguration;
+  }
+}
+
+}  // namespace moe::kernels::nvfp4

@@ -1,0 +1,528 @@
+// groupedGemmNvfp4: the expert GEMM over routing's layouts, against a loop of gemmNvfp4 over the
+// experts' row blocks (on the CPU reference), on every backend.
+import { describe, expect, it } from 'vitest';
+import {
+  captureGraph,
+  convert,
+  createStream,
+  defaultStream,
+  empty,
+  expertLayout,
+  fromArray,
+  fromBytes,
+  gemmNvfp4,
+  groupedGemmNvfp4,
+  nvfp4FromCheckpoint,
+  permute,
+  quantizeNvfp4,
+  routeTopK,
+  type Device,
+  type ExpertLayout,
+  type ExpertLayoutOptions,
+  type Nvfp4Tensor,
+  type Tensor,
+} from '../lib';
+import { native } from '../lib/native';
+import { expectCode, forEachBackend, freshSeed, hasCuda, rng } from './backends';
+
+const f32Scratch = new Float32Array(1);
+const u32Scratch = new Uint32Array(f32Scratch.buffer);
+
+function bf16Bits(v: number): number {
+  f32Scratch[0] = v;
+  const u = u32Scratch[0];
+  if ((u & 0x7fffffff) > 0x7f800000) return 0x7fff;
+  return Math.floor((u + 0x7fff + ((u >>> 16) & 1)) / 65536) & 0xffff;
+}
+
+function bf16Value(bits: number): number {
+  u32Scratch[0] = bits << 16;
+  return f32Scratch[0];
+}
+
+const E2M1 = [0, 0.5, 1, 1.5, 2, 3, 4, 6];
+const e2m1Value = (code: number): number => (code & 8 ? -E2M1[code & 7] : E2M1[code & 7]);
+function e4m3Value(b: number): number {
+  const e = (b >> 3) & 15, m = b & 7;
+  const v = e === 0 ? m * 2 ** -9 : (1 + m / 8) * 2 ** (e - 7);
+  return b & 0x80 ? -v : v;
+}
+
+/** silu(gate) * up with the f32 operations of the reference. */
+function swigluF32(gate: number, up: number): number {
+  const e = Math.fround(Math.exp(-gate));
+  return Math.fround(Math.fround(gate / Math.fround(1 + e)) * up);
+}
+
+/** Relative Frobenius error of got vs want, with the worst element in the message. */
+function expectClose(label: string, got: ArrayLike<number>, want: ArrayLike<number>, tolerance: number): void {
+  expect(got.length, `${label}: length`).toBe(want.length);
+  let num = 0, den = 0, worst = 0, worstAt = -1, firstBad = -1;
+  for (let i = 0; i < want.length; i++) {
+    const d = got[i] - want[i];
+    if (!Number.isFinite(got[i]) && firstBad < 0) firstBad = i;
+    num += d * d;
+    den += want[i] * want[i];
+    if (Math.abs(d) > worst || Number.isNaN(d)) {
+      worst = Math.abs(d);
+      worstAt = i;
+    }
+  }
+  const rel = den === 0 ? Math.sqrt(num) : Math.sqrt(num) / Math.sqrt(den);
+  if (!(Number.isFinite(rel) && rel <= tolerance && firstBad < 0)) {
+    throw new Error(
+      `${label}: relative Frobenius error ${rel.toExponential(3)} > ${tolerance} (max |error| ${worst.toExponential(3)} at ` +
+        `${worstAt}: got ${got[worstAt]}, want ${want[worstAt]}${firstBad >= 0 ? `; first non-finite at ${firstBad}` : ''})`,
+    );
+  }
+}
+
+// the GEMM's stated error for bf16 output (test/nvfp4.test.ts)
+const TOLERANCE = 1e-3;
+
+// ---------------------------------------------------------------------------------------------
+// Random experts as checkpoint bytes, placed through the package's checkpoint import.
+
+interface RawExperts {
+  E: number;
+  N: number;
+  K: number;
+  data: Uint8Array;
+  scales: Uint8Array;
+  gs: number[];
+}
+
+function randomExperts(r: () => number, E: number, N: number, K: number): RawExperts {
+  const data = new Uint8Array((E * N * K) / 2);
+  for (let i = 0; i < data.length; i++) data[i] = Math.floor(r() * 256);
+  const scales = new Uint8Array((E * N * K) / 16);
+  for (let i = 0; i < scales.length; i++) scales[i] = 0x20 + Math.floor(r() * 40);
+  const gs = Array.from({ length: E }, () => Math.fround(0.01 + r() * 0.02));
+  return { E, N, K, data, scales, gs };
+}
+
+function placeExperts(q: RawExperts, device: Device): Nvfp4Tensor {
+  return nvfp4FromCheckpoint(
+    {
+      weight: { data: q.data, shape: [q.E, q.N, q.K / 2], dtype: 'U8' },
+      weight_scale: { data: q.scales, shape: [q.E, q.N, q.K / 16], dtype: 'F8_E4M3' },
+      weight_scale_2: q.gs,
+    },
+    { device },
+  );
+}
+
+function randomBf16Bits(r: () => number, n: number): Uint16Array {
+  const bits = new Uint16Array(n);
+  for (let i = 0; i < n; i++) {
+    let v = 0;
+    while (v === 0) v = (r() * 2 - 1) * 2 ** Math.floor(r() * 4 - 2);
+    bits[i] = bf16Bits(v);
+  }
+  return bits;
+}
+
+/** ids [T, 1] giving expert e exactly counts[e] tokens, in a shuffled token order. */
+function idsForCounts(r: () => number, counts: number[]): number[][] {
+  const ids: number[][] = [];
+  counts.forEach((c, e) => {
+    for (let i = 0; i < c; i++) ids.push([e]);
+  });
+  for (let i = ids.length - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [ids[i], ids[j]] = [ids[j], ids[i]];
+  }
+  return ids;
+}
+
+/** Top-k ids without repeats; `hot` of the picks go to expert 0 (an imbalanced router). */
+function randomIds(r: () => number, T: number, k: number, E: number, hot = 0): number[][] {
+  const ids: number[][] = [];
+  for (let t = 0; t < T; t++) {
+    const row = new Set<number>();
+    while (row.size < k) row.add(r() < hot ? 0 : Math.floor(r() * E));
+    ids.push([...row]);
+  }
+  return ids;
+}
+
+function layoutOf(ids: number[][], k: number, E: number, options: ExpertLayoutOptions, device: Device): ExpertLayout {
+  const flat = new Int32Array(ids.flat());
+  return expertLayout(fromArray(flat, { shape: [ids.length, k], device }), E, options);
+}
+
+async function readI32(t: Tensor<'i32'>): Promise<number[]> {
+  return Array.from(await t.toArray());
+}
+
+const SENTINEL = bf16Bits(12345);
+
+/**
+ * The unfused reference on the CPU backend: gemmNvfp4 over each expert's rows (f32 out for
+ * swiglu, then silu(gate) * up in f32), and the list of rows that hold pairs.
+ */
+async function reference(xp: Tensor<'bf16'>, q: RawExperts, layout: ExpertLayout, epilogue: 'none' | 'swiglu') {
+  const counts = await readI32(layout.counts);
+  const offsets = await readI32(layout.offsets);
+  const x = xp.device === 'cpu' ? xp : await xp.copyTo('cpu');
+  const w = placeExperts(q, 'cpu');
+  const outN = epilogue === 'swiglu' ? q.N / 2 : q.N;
+  const rows: number[] = [];
+  const want: number[] = [];
+  for (let e = 0; e < q.E; e++) {
+    const c = counts[e];
+    if (c === 0) continue;
+    const y = Array.from(await gemmNvfp4(x.slice(offsets[e], offsets[e] + c), w.select(e), { outDtype: epilogue === 'swiglu' ? 'f32' : 'bf16' }).toArray());
+    for (let m = 0; m < c; m++) {
+      rows.push(offsets[e] + m);
+      for (let j = 0; j < outN; j++) {
+        want.push(epilogue === 'swiglu' ? bf16Value(bf16Bits(swigluF32(y[m * q.N + j], y[m * q.N + outN + j]))) : y[m * outN + j]);
+      }
+    }
+  }
+  return { rows, want, outN };
+}
+
+interface Case {
+  E: number;
+  N: number;
+  K: number;
+  ids: number[][];
+  k: number;
+  layout: ExpertLayoutOptions;
+  epilogue: 'none' | 'swiglu';
+}
+
+/**
+ * Runs one case on `device`: permute, grouped GEMM into a sentinel-filled out, compared with the
+ * reference on the pair rows; every other row must keep the sentinel.
+ */
+async function checkCase(device: Device, c: Case, seed: number): Promise<void> {
+  const r = rng(seed);
+  const q = randomExperts(r, c.E, c.N, c.K);
+  const T = c.ids.length;
+  const label = `seed ${seed} E=${c.E} N=${c.N} K=${c.K} T=${T} k=${c.k} ${JSON.stringify(c.layout)} ${c.epilogue} on ${device}`;
+  const x = fromBytes(randomBf16Bits(r, T * c.K), { dtype: 'bf16', shape: [T, c.K], device });
+  const layout = layoutOf(c.ids, c.k, c.E, c.layout, device);
+  const xp = permute(x, layout);
+  const w = placeExperts(q, device);
+  const outN = c.epilogue === 'swiglu' ? c.N / 2 : c.N;
+  const out = fromBytes(new Uint16Array(layout.rows * outN).fill(SENTINEL), { dtype: 'bf16', shape: [layout.rows, outN], device });
+  expect(groupedGemmNvfp4(xp, w, layout, { epilogue: c.epilogue, out }), label).toBe(out);
+  const got = new Uint16Array((await out.toBytes()).slice().buffer);
+  const ref = await reference(xp, q, layout, c.epilogue);
+  const holds = new Uint8Array(layout.rows);
+  const gotRows: number[] = [];
+  for (const row of ref.rows) {
+    holds[row] = 1;
+    for (let j = 0; j < outN; j++) gotRows.push(bf16Value(got[row * outN + j]));
+  }
+  if (device === 'cpu' && c.epilogue === 'none') {
+    // the CPU reference is that loop: the same bits
+    expect(gotRows, label).toEqual(ref.want);
+  } else {
+    expectClose(label, gotRows, ref.want, TOLERANCE);
+  }
+  let untouched = true;
+  for (let row = 0; row < layout.rows && untouched; row++) {
+    if (holds[row]) continue;
+    for (let j = 0; j < outN; j++) if (got[row * outN + j] !== SENTINEL) untouched = false;
+  }
+  expect(untouched, `${label}: rows without a pair are not written`).toBe(true);
+  // a new out has the layout's shape
+  const fresh = groupedGemmNvfp4(xp, w, layout, { epilogue: c.epilogue });
+  expect(fresh.shape).toEqual([layout.rows, outN]);
+  expect(fresh.dtype).toBe('bf16');
+}
+
+// Per-expert counts across every kernel's boundaries (heuristics.h, selectGroupedConfig): with
+// N = 200 and K = 96 the contiguous form has a mean of 53 rows (Tile64, experts past 2 * 53 rows
+// loop over their tiles), masked at 129 the same, masked at 16 the streaming kernel (16 tokens
+// per pass); K = 80 (not a multiple of 32) keeps to the tiled kernels (Tile16 at masked 16).
+const COUNTS = [0, 1, 16, 17, 64, 65, 128, 129];
+const FORMS: ExpertLayoutOptions[] = [{ align: 1 }, { align: 128 }, { maxTokensPerExpert: 129 }, { maxTokensPerExpert: 16 }];
+
+forEachBackend('grouped nvfp4 gemm', (device: Device) => {
+  for (const epilogue of ['none', 'swiglu'] as const) {
+    it(`${epilogue}: counts ${COUNTS.join(', ')}, both forms, N and K off the tiles`, async () => {
+      const seed = freshSeed(`grouped ${epilogue} ${device}`);
+      let i = 0;
+      for (const K of [96, 80]) {
+        for (const layout of FORMS) {
+          const ids = idsForCounts(rng(seed + i), COUNTS);
+          await checkCase(device, { E: 8, N: 200, K, ids, k: 1, layout, epilogue }, seed + i++);
+        }
+      }
+    });
+
+    it(`${epilogue}: every kernel the heuristic picks (streaming 8 and 16 tokens, tiles of 16, 64, 128)`, async () => {
+      const seed = freshSeed(`grouped kernels ${epilogue} ${device}`);
+      let i = 0;
+      const cases: [number[], ExpertLayoutOptions, number][] = [
+        // mean 124 rows: Tile128 (the 300-row expert loops over 3 tiles with 2 slots)
+        [[0, 65, 129, 300], { align: 1 }, 96],
+        [[0, 65, 129, 300], { maxTokensPerExpert: 300 }, 80],
+        // contiguous mean 4: the streaming kernel, the 17-row expert in two passes; K = 1056 splits K over warps
+        [[0, 1, 0, 17, 2, 3, 0, 5], { align: 1 }, 1056],
+        [[0, 1, 0, 17, 2, 3, 0, 5], { align: 16 }, 80],
+        // masked at 8: the streaming kernel with 8-token passes
+        [[0, 1, 8, 3, 0, 0, 5, 2], { maxTokensPerExpert: 8 }, 288],
+        // contiguous mean 9: Tile16
+        [[9, 0, 16, 17, 1, 3, 15, 11], { align: 8 }, 96],
+      ];
+      for (const [counts, layout, K] of cases) {
+        const E = counts.length;
+        await checkCase(device, { E, N: 136, K, ids: idsForCounts(rng(seed + i), counts), k: 1, layout, epilogue }, seed + i++);
+      }
+    });
+  }
+
+  it('edge routings: T = 0, T = 1 (k = 1 and k = 8), every token to one expert, top-8 with a hot expert', async () => {
+    const seed = freshSeed(`grouped edges ${device}`);
+    const r = rng(seed);
+    let i = 0;
+    const routings: [number[][], number, number][] = [
+      [[], 8, 16],
+      [[[5]], 1, 16],
+      [randomIds(r, 1, 8, 16), 8, 16],
+      [Array.from({ length: 40 }, () => [3]), 1, 6],
+      [randomIds(r, 37, 8, 32, 0.3), 8, 32],
+    ];
+    for (const [ids, k, E] of routings) {
+      for (const layout of [{ align: 1 }, { align: 64 }, { maxTokensPerExpert: Math.max(1, ids.length) }, { maxTokensPerExpert: 4 }]) {
+        for (const epilogue of ['none', 'swiglu'] as const) {
+          await checkCase(device, { E, N: 48, K: 64, ids, k, layout, epilogue }, seed + i++);
+        }
+      }
+    }
+  });
+
+  it('swiglu takes the gate from the first half of w13 (a checkpoint built from separate gate and up matrices)', async () => {
+    const seed = freshSeed(`grouped w13 ${device}`);
+    const r = rng(seed);
+    const E = 3, I = 24, K = 64, N = 2 * I;
+    const gate = randomExperts(r, E, I, K);
+    const up = randomExperts(r, E, I, K);
+    const gs = gate.gs; // ModelOpt gives w1 and w3 of an expert one weight_scale_2
+    // w13[e] = concat(w1[e], w3[e]) along N, bytes as a checkpoint stores them
+    const cat = (a: Uint8Array, b: Uint8Array, per: number) => {
+      const outBytes = new Uint8Array(a.length + b.length);
+      for (let e = 0; e < E; e++) {
+        outBytes.set(a.subarray(e * per, (e + 1) * per), 2 * e * per);
+        outBytes.set(b.subarray(e * per, (e + 1) * per), (2 * e + 1) * per);
+      }
+      return outBytes;
+    };
+    const w13 = nvfp4FromCheckpoint(
+      {
+        weight: { data: cat(gate.data, up.data, (I * K) / 2), shape: [E, N, K / 2], dtype: 'U8' },
+        weight_scale: { data: cat(gate.scales, up.scales, (I * K) / 16), shape: [E, N, K / 16], dtype: 'F8_E4M3' },
+        weight_scale_2: gs,
+      },
+      { device },
+    );
+    const value = (q: RawExperts, e: number, n: number, kk: number) => {
+      const i = (e * q.N + n) * K + kk;
+      return e2m1Value((q.data[i >> 1] >> ((i & 1) * 4)) & 15) * e4m3Value(q.scales[i >> 4]);
+    };
+    const T = 5;
+    const xBits = randomBf16Bits(r, T * K);
+    const ids = [[0], [2], [2], [1], [0]];
+    for (const layout of [{ align: 1 }, { maxTokensPerExpert: 2 }]) {
+      const l = layoutOf(ids, 1, E, layout, device);
+      const xp = permute(fromBytes(xBits, { dtype: 'bf16', shape: [T, K], device }), l);
+      const got = Array.from(await groupedGemmNvfp4(xp, w13, l, { epilogue: 'swiglu' }).toArray());
+      const rowIndex = await readI32(l.rowIndex);
+      const g: number[] = [];
+      const want: number[] = [];
+      for (let t = 0; t < T; t++) {
+        const e = ids[t][0];
+        for (let j = 0; j < I; j++) {
+          let a = 0, b = 0;
+          for (let kk = 0; kk < K; kk++) {
+            const xv = bf16Value(xBits[t * K + kk]);
+            a += xv * value(gate, e, j, kk);
+            b += xv * value(up, e, j, kk);
+          }
+          const gv = a * gs[e], uv = b * gs[e];
+          want.push(bf16Value(bf16Bits((gv / (1 + Math.exp(-gv))) * uv)));
+          g.push(got[rowIndex[t] * I + j]);
+        }
+      }
+      expectClose(`seed ${seed} ${JSON.stringify(layout)} on ${device}`, g, want, TOLERANCE);
+    }
+  });
+
+  it('refuses bad input with codes that name the argument', async () => {
+    const r = rng(11);
+    const E = 4, N = 24, K = 32;
+    const w = placeExperts(randomExperts(r, E, N, K), device);
+    const ids = [[0], [1], [1], [3]];
+    const layout = layoutOf(ids, 1, E, { align: 1 }, device);
+    const x = permute(fromBytes(randomBf16Bits(r, 4 * K), { dtype: 'bf16', shape: [4, K], device }), layout);
+    expect(groupedGemmNvfp4(x, w, layout).shape).toEqual([layout.rows, N]);
+    // wrong number of experts
+    const w3 = placeExperts(randomExperts(r, 3, N, K), device);
+    await expectCode(() => groupedGemmNvfp4(x, w3, layout), 'E_SHAPE', 'layout.numExperts');
+    // wrong K
+    const w48 = placeExperts(randomExperts(r, E, N, 48), device);
+    await expectCode(() => groupedGemmNvfp4(x, w48, layout), 'E_SHAPE', 'x');
+    // wrong rows
+    await expectCode(() => groupedGemmNvfp4(empty([layout.rows + 1, K], { dtype: 'bf16', device }), w, layout), 'E_SHAPE', 'layout.rows');
+    // dtypes
+    await expectCode(() => groupedGemmNvfp4(empty([layout.rows, K], { dtype: 'f32', device }) as never, w, layout), 'E_DTYPE', 'x');
+    await expectCode(() => groupedGemmNvfp4(x, w, layout, { out: empty([layout.rows, N], { dtype: 'f32', device }) as never }), 'E_DTYPE', 'options.out');
+    await expectCode(() => groupedGemmNvfp4(x, w, layout, { out: empty([layout.rows, N / 2], { dtype: 'bf16', device }) }), 'E_SHAPE', 'options.out');
+    await expectCode(() => groupedGemmNvfp4(x, w, layout, { out: x }), 'E_SHAPE', 'options.out');
+    // a dense weight, or one global scale for all the experts
+    await expectCode(() => groupedGemmNvfp4(x, w.select(0), layout), 'E_SHAPE', '[E, N, K]');
+    const oneScale = quantizeNvfp4(empty([E, N, K], { dtype: 'bf16', device }));
+    await expectCode(() => groupedGemmNvfp4(x, oneScale, layout), 'E_SHAPE', 'global scale per expert');
+    await expectCode(() => groupedGemmNvfp4(x, x as never, layout), 'E_ARGUMENT', 'w');
+    // layouts not made by expertLayout
+    await expectCode(() => groupedGemmNvfp4(x, w, { ...layout }), 'E_ARGUMENT', 'layout');
+    await expectCode(() => groupedGemmNvfp4(x, w, {} as never), 'E_ARGUMENT', 'layout');
+    // options
+    await expectCode(() => groupedGemmNvfp4(x, w, layout, { epilogue: 'gelu' as never }), 'E_ARGUMENT', 'epilogue');
+    await expectCode(() => groupedGemmNvfp4(x, w, layout, { epilog: 'swiglu' } as never), 'E_ARGUMENT', 'epilog');
+    await expectCode(() => groupedGemmNvfp4(x, w, layout, null as never), 'E_ARGUMENT', 'options');
+    const odd = placeExperts(randomExperts(r, E, 25, K), device);
+    await expectCode(() => groupedGemmNvfp4(x, odd, layout, { epilogue: 'swiglu' }), 'E_SHAPE', 'swiglu');
+    const gone = placeExperts(randomExperts(r, E, N, K), device);
+    gone.dispose();
+    await expectCode(() => groupedGemmNvfp4(x, gone, layout), 'E_DISPOSED', 'w');
+  });
+
+  it('the native side names the argument of a precondition it refuses', async () => {
+    const b = native();
+    const dev = device === 'cpu' ? -1 : 0;
+    const s = defaultStream(device).handle;
+    const r = rng(12);
+    const E = 2, N = 16, K = 32;
+    const w = placeExperts(randomExperts(r, E, N, K), device);
+    const layout = layoutOf([[0], [1]], 1, E, { maxTokensPerExpert: 2 }, device);
+    const x = empty([4, K], { dtype: 'bf16', device });
+    const out = empty([4, N], { dtype: 'bf16', device });
+    const call = (o: { K?: number; xType?: number; outType?: number; rows?: number; maxRows?: number; epilogue?: number; N?: number; x?: bigint }) => () =>
+      b.nvfp4GroupedGemm(
+        dev, s, o.x ?? x.dataPtr, o.xType ?? 2, w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr, layout.counts.dataPtr,
+        layout.offsets.dataPtr, out.dataPtr, o.outType ?? 2, E, o.rows ?? 4, o.N ?? N, o.K ?? K, o.maxRows ?? 2, 2, o.epilogue ?? 0,
+      );
+    call({})();
+    await expectCode(call({ K: 24 }), 'E_SHAPE', 'K');
+    await expectCode(call({ xType: 0 }), 'E_DTYPE', 'x');
+    await expectCode(call({ outType: 0 }), 'E_DTYPE', 'out');
+    await expectCode(call({ rows: 5 }), 'E_SHAPE', 'layout');
+    await expectCode(call({ epilogue: 7 }), 'E_ARGUMENT', 'epilogue');
+    await expectCode(call({ epilogue: 1, N: 15 }), 'E_SHAPE', 'swiglu');
+    await expectCode(call({ x: x.dataPtr + 2n }), 'E_ARGUMENT', 'aligned');
+  });
+
+  it('makes exactly one native call with out given', async () => {
+    const r = rng(13);
+    const w = placeExperts(randomExperts(r, 4, 16, 32), device);
+    const layout = layoutOf([[0], [2]], 1, 4, { maxTokensPerExpert: 2 }, device);
+    const x = empty([layout.rows, 32], { dtype: 'bf16', device });
+    const out = empty([layout.rows, 8], { dtype: 'bf16', device });
+    groupedGemmNvfp4(x, w, layout, { out, epilogue: 'swiglu' });
+    const b = native() as unknown as Record<string, unknown>;
+    const calls: string[] = [];
+    const saved = new Map<string, unknown>();
+    for (const name of Object.keys(b)) {
+      const f = b[name];
+      if (typeof f !== 'function') continue;
+      saved.set(name, f);
+      b[name] = (...args: unknown[]) => {
+        calls.push(name);
+        return (f as (...a: unknown[]) => unknown)(...args);
+      };
+    }
+    try {
+      groupedGemmNvfp4(x, w, layout, { out, epilogue: 'swiglu' });
+    } finally {
+      for (const [name, f] of saved) b[name] = f;
+    }
+    expect(calls).toEqual(['nvfp4GroupedGemm']);
+  });
+});
+
+describe.skipIf(!hasCuda)('grouped nvfp4 gemm: CUDA against the CPU reference', () => {
+  const gpu: Device = 'cuda:0';
+
+  it('DeepSeek-V3-like widths (K = 7168 and 2048, swiglu and none), decode and prefill routings', async () => {
+    const seed = freshSeed('grouped large');
+    const r = rng(seed);
+    let i = 0;
+    for (const [T, k, E] of [[1, 8, 32], [16, 8, 32], [256, 8, 32]]) {
+      const ids = randomIds(r, T, k, E, 0.1);
+      for (const layout of [{ align: 128 }, { maxTokensPerExpert: Math.min(T, 32) }]) {
+        await checkCase(gpu, { E, N: 512, K: 7168, ids, k, layout, epilogue: 'swiglu' }, seed + i++);
+        await checkCase(gpu, { E, N: 1024, K: 2048, ids, k, layout, epilogue: 'none' }, seed + i++);
+      }
+    }
+  });
+
+  it('a masked decode step in a CUDA graph replays with new routing (counts) and gives the new results', async () => {
+    const seed = freshSeed('grouped graph');
+    const r = rng(seed);
+    const T = 8, k = 4, E = 16, K = 256, N = 96, M = 4;
+    const s = createStream(gpu);
+    const q13 = randomExperts(r, E, N, K);
+    const q2 = randomExperts(r, E, K, N / 2);
+    const w13 = placeExperts(q13, gpu);
+    const w2 = placeExperts(q2, gpu);
+    const logits = empty([T, E], { dtype: 'bf16', device: gpu, stream: s });
+    const xBits = randomBf16Bits(r, T * K);
+    const x = fromBytes(xBits, { dtype: 'bf16', shape: [T, K], device: gpu, stream: s });
+    let layout: ExpertLayout | undefined;
+    let h: Tensor<'bf16'> | undefined;
+    let y: Tensor<'bf16'> | undefined;
+    let xp: Tensor<'bf16'> | undefined;
+    const graph = captureGraph(s, () => {
+      const routed = routeTopK(logits, { k, scoring: 'softmax', stream: s });
+      layout = expertLayout(routed.ids, E, { maxTokensPerExpert: M, stream: s });
+      xp = permute(x, layout, { stream: s });
+      h = groupedGemmNvfp4(xp, w13, layout, { epilogue: 'swiglu', stream: s });
+      y = groupedGemmNvfp4(h, w2, layout, { stream: s });
+    });
+    let previous = '';
+    for (let step = 0; step < 3; step++) {
+      const rows = Array.from({ length: T }, () => Array.from({ length: E }, () => (r() - 0.5) * 8));
+      convert(fromArray(rows.flat(), { shape: [T, E], device: gpu, stream: s }), 'bf16', { out: logits, stream: s });
+      graph.replay(s);
+      await s.synchronize();
+      const counts = (await readI32(layout!.counts)).join(',');
+      expect(counts, 'the routing changed between replays').not.toBe(previous);
+      previous = counts;
+      // the same step eagerly on the CPU, from the same logits
+      const cpuRouted = routeTopK(fromArray(rows, { device: 'cpu', dtype: 'bf16' }), { k, scoring: 'softmax' });
+      const cpuLayout = expertLayout(cpuRouted.ids, E, { maxTokensPerExpert: M });
+      expect(await readI32(layout!.counts)).toEqual(await readI32(cpuLayout.counts));
+      const cpuXp = permute(fromBytes(xBits, { dtype: 'bf16', shape: [T, K], device: 'cpu' }), cpuLayout);
+      const cpuH = groupedGemmNvfp4(cpuXp, placeExperts(q13, 'cpu'), cpuLayout, { epilogue: 'swiglu' });
+      const cpuY = groupedGemmNvfp4(cpuH, placeExperts(q2, 'cpu'), cpuLayout);
+      const counted = await readI32(cpuLayout.counts);
+      const pick = async (t: Tensor<'bf16'>, width: number) => {
+        const v = Array.from(await t.toArray());
+        const outRows: number[] = [];
+        for (let e = 0; e < E; e++) for (let m = 0; m < counted[e]; m++) outRows.push(...v.slice((e * M + m) * width, (e * M + m + 1) * width));
+        return outRows;
+      };
+      expectClose(`seed ${seed} step ${step}: h`, await pick(h!, N / 2), await pick(cpuH, N / 2), TOLERANCE);
+      expectClose(`seed ${seed} step ${step}: y`, await pick(y!, K), await pick(cpuY, K), 2 * TOLERANCE);
+    }
+    graph.dispose();
+    await s.synchronize();
+    s.dispose();
+  });
+
+  it('tensors on different devices are refused', async () => {
+    const r = rng(14);
+    const w = placeExperts(randomExperts(r, 2, 16, 32), 'cpu');
+    const layout = layoutOf([[0]], 1, 2, { align: 1 }, gpu);
+    const x = empty([layout.rows, 32], { dtype: 'bf16', device: gpu });
+    await expectCode(() => groupedGemmNvfp4(x, w, layout), 'E_DEVICE', 'w');
+    const cpuLayout = layoutOf([[0]], 1, 2, { align: 1 }, 'cpu');
+    await expectCode(() => groupedGemmNvfp4(x, placeExperts(randomExperts(r, 2, 16, 32), gpu), cpuLayout), 'E_DEVICE', 'layout');
+  });
+});
