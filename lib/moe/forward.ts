@@ -5,7 +5,7 @@
 //   gemm w2 (f32)] -> one add rounded to bf16.
 import { MoeError, describe } from '../errors';
 import { native } from '../native';
-import { gemmNvfp4, type Nvfp4Tensor } from '../nvfp4';
+import { gemmNvfp4, groupedGemmNvfp4, type Nvfp4Tensor } from '../nvfp4';
 import { expertLayout, permute, routeTopK, unpermute, MAX_TOP_K, type ExpertLayout, type Scoring } from '../routing';
 import { resolveStream, type Stream } from '../stream';
 import { empty, overlaps, useOn, zeros, type Tensor } from '../tensor';
@@ -24,7 +24,6 @@ import {
   keys,
   type Device,
 } from '../validate';
-import { groupedGemmNvfp4 } from './grouped_interim';
 import { MAX_ROUTER_EXPERTS, addInto, routerLogits, swiglu } from './ops';
 
 /** The router of a MoE block: its gate weight and the routing options of routeTopK. */
