@@ -29,6 +29,8 @@ if has bench; then
   note "mtp benchmark: rc=$?"
   bash benchmarks/run_routing.sh "$out/results" > "$out/routing.log" 2>&1
   note "routing benchmark: rc=$?"
+  bash benchmarks/run_moe.sh "$out/results" > "$out/moe.log" 2>&1
+  note "moe benchmark: rc=$?"
 fi
 # memcheck on every file's cases; racecheck on the kernels that share memory between threads
 if has memcheck; then
