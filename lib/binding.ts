@@ -111,11 +111,11 @@ export interface Nvfp4Binding {
   ): void;
 }
 
-/** Native entry points of the mtp family. @internal */
+/** Native entry points of the mtp family (fields of VerifyDraftsArgs, native/common/mtp.h). @internal */
 export interface MtpBinding {
-  verifyDraftsWorkspaceBytes(device: number, batch: number, numDrafts: number, vocab: number): number;
   verifyDrafts(
     device: number,
+    stream: bigint,
     targetLogits: bigint,
     logitsDType: number,
     draftTokens: bigint,
@@ -141,9 +141,6 @@ export interface MtpBinding {
     batch: number,
     numDrafts: number,
     vocab: number,
-    workspace: bigint,
-    workspaceBytes: number,
-    stream: bigint,
   ): void;
 }
 

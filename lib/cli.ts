@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // `npx moe-kernels <command>`: what a new user runs first.
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { buildInfo, type BuildInfo } from './device';
+import { launch, MAX_LOCAL_RANKS } from './ep/launch';
 import { MoeError } from './errors';
 
 function formatBytes(n: number): string {
@@ -32,12 +33,21 @@ function printInfo(info: BuildInfo): void {
   console.log(lines.join('\n'));
 }
 
-export function main(argv: string[]): number {
+function integerIn(lo: number, hi: number): (value: string) => number {
+  return (value) => {
+    if (!/^\d+$/.test(value) || Number(value) < lo || Number(value) > hi) throw new InvalidArgumentError(`expected an integer in [${lo}, ${hi}]`);
+    return Number(value);
+  };
+}
+
+export async function main(argv: string[]): Promise<number> {
+  let status = 0;
   const program = new Command('moe-kernels')
     .description('CUDA kernels for serving Mixture-of-Experts models in NVFP4, with a CPU reference backend')
     .exitOverride()
     .showHelpAfterError()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) })
+    .enablePositionalOptions();
   program
     .command('info')
     .description('the package, the addon loaded, its CUDA build, the devices and what links them')
@@ -47,9 +57,20 @@ export function main(argv: string[]): number {
       if (opts.json) console.log(JSON.stringify(info, null, 2));
       else printInfo(info);
     });
+  program
+    .command('launch')
+    .description("start N ranks of a Node program on this host with torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT); when one rank dies the others are stopped")
+    .requiredOption('-n, --nproc-per-node <N>', 'ranks to start', integerIn(1, MAX_LOCAL_RANKS))
+    .option('--master-port <port>', "rank 0's port (default: a free one)", integerIn(1, 65535))
+    .argument('<script>', 'the program each rank runs with node')
+    .argument('[args...]', "the program's arguments")
+    .passThroughOptions()
+    .action(async (script: string, args: string[], opts: { nprocPerNode: number; masterPort?: number }) => {
+      status = await launch({ nproc: opts.nprocPerNode, script, args, masterPort: opts.masterPort });
+    });
   try {
-    program.parse(argv, { from: 'node' });
-    return 0;
+    await program.parseAsync(argv, { from: 'node' });
+    return status;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode;
     // a library error is reported as its code and message, never as a stack trace
@@ -59,4 +80,8 @@ export function main(argv: string[]): number {
   }
 }
 
-if (require.main === module) process.exitCode = main(process.argv);
+if (require.main === module) {
+  void main(process.argv).then((code) => {
+    process.exitCode = code;
+  });
+}

@@ -54,3 +54,4 @@ export {
   type UnpermuteOptions,
 } from './routing';
 export * from './moe';
+export { initProcessGroup, type ProcessGroup, type ProcessGroupOptions, type InProcessGroupOptions, type GroupKind } from './ep';

@@ -1,11 +1,22 @@
-import { deviceIndex, type Device } from './device';
 import { DTYPES, type DType } from './dtype';
-import { MoeError, describe } from './errors';
+import { MoeError } from './errors';
 import { native } from './native';
 import { isCapturing, resolveStream, type Stream } from './stream';
-import { empty, fromArray, overlaps, useOn, Tensor } from './tensor';
-import { checkOut, checkTensor } from './validate';
-
+import { empty, fromArray, overlaps, useOn, type Tensor } from './tensor';
+import {
+  checkBoolean,
+  checkInteger,
+  checkNumber,
+  checkOneOf,
+  checkOptions,
+  checkOut,
+  checkRequiredOptions,
+  checkShapeIs,
+  checkTensor,
+  checkUint64,
+  keys,
+  type Device,
+} from './validate';
 
 /**
  * How a request verifies its drafts:
@@ -89,87 +100,68 @@ export interface VerifyDraftsOptions {
 }
 
 const LOGIT_DTYPES: readonly DType[] = ['f32', 'f16', 'bf16'];
+const I32: readonly DType[] = ['i32'];
+// draftKind of the native op (common/mtp.h)
 const DRAFT_NONE = 0;
 const DRAFT_PROBS = 1;
 const DRAFT_LOGITS = 2;
 const I32_MAX = 2 ** 31 - 1;
-const U64_LIMIT = 1n << 64n;
+// dimension names for shape messages: B, n, V of targetLogits [B, n+1, V]
+const BATCH = ['B'];
+const DRAFT_DIMS = ['B', 'n'];
+const DRAFT_DATA_DIMS = ['B', 'n', 'V'];
+const MODE_NAMES = Object.keys(VERIFY_MODES) as VerifyMode[];
+
+const OPTIONS = keys('targetLogits', 'draftTokens', 'draftLengths', 'draftProbs', 'draftLogits', 'params', 'acceptMask', 'out', 'stream');
+const OUT_KEYS = keys('tokens', 'numAccepted', 'inThinking', 'acceptMask');
 
 interface ParamSpec {
-  name: keyof VerifyDraftsParams;
+  key: keyof VerifyDraftsParams;
+  /** Spelled out once, so that the per-call path builds no strings. */
+  argument: string;
   dtype: 'i32' | 'f32' | 'i64';
+  dtypes: readonly DType[];
   /** Turns one plain value into what the tensor stores, or throws naming `argument`. */
   encode(value: unknown, argument: string): number | bigint;
 }
 
-function fail(argument: string, expected: string, value: unknown): never {
-  throw new MoeError('E_ARGUMENT', `${argument}: expected ${expected}, got ${describe(value)}`);
+function param(key: keyof VerifyDraftsParams, dtype: 'i32' | 'f32' | 'i64', encode: ParamSpec['encode']): ParamSpec {
+  return { key, argument: `params.${key}`, dtype, dtypes: [dtype], encode };
 }
 
-function integerIn(lo: number, hi: number, what: string) {
-  return (v: unknown, argument: string): number => {
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < lo || v > hi) fail(argument, what, v);
-    return v;
-  };
-}
+const int32In = (lo: number) => (v: unknown, argument: string) => checkInteger(v, argument, lo, I32_MAX);
+// i64 tensors hold the unsigned 64-bit values the kernels read, in two's complement
+const uint64 = (v: unknown, argument: string) => BigInt.asIntN(64, checkUint64(v, argument));
 
-function floatWhere(ok: (v: number) => boolean, what: string) {
-  return (v: unknown, argument: string): number => {
-    if (typeof v !== 'number' || !ok(v)) fail(argument, what, v);
-    return v;
-  };
-}
-
-function uint64(v: unknown, argument: string): bigint {
-  const big = typeof v === 'bigint' ? v : typeof v === 'number' && Number.isSafeInteger(v) ? BigInt(v) : undefined;
-  if (big === undefined || big < 0n || big >= U64_LIMIT) fail(argument, 'an integer in [0, 2^64): a bigint, or a number up to 2^53 - 1', v);
-  return BigInt.asIntN(64, big);
-}
-
-// The kernel's defaults are what an absent parameter means; these only check plain values.
+// In the order of VerifyDraftsArgs. The kernels' defaults are what an absent parameter means;
+// these only check plain values.
 const PARAMS: readonly ParamSpec[] = [
-  {
-    name: 'mode',
-    dtype: 'i32',
-    encode: (v, argument) => {
-      if (typeof v !== 'string' || !Object.prototype.hasOwnProperty.call(VERIFY_MODES, v)) {
-        fail(argument, `one of ${Object.keys(VERIFY_MODES).map((m) => `"${m}"`).join(', ')}`, v);
-      }
-      return VERIFY_MODES[v as VerifyMode];
-    },
-  },
-  {
-    name: 'temperature',
-    dtype: 'f32',
-    // the kernels divide by it in f32: its reciprocal must stay finite
-    encode: floatWhere((v) => v === 0 || (v > 0 && Number.isFinite(Math.fround(1 / Math.fround(v)))), 'a finite number >= 0 (0 = greedy) with a finite f32 reciprocal'),
-  },
-  { name: 'topK', dtype: 'i32', encode: integerIn(0, I32_MAX, 'an integer >= 0 (0 = off)') },
-  { name: 'topP', dtype: 'f32', encode: floatWhere((v) => v > 0 && v <= 1, 'a number in (0, 1] (1 = off)') },
-  { name: 'seed', dtype: 'i64', encode: uint64 },
-  { name: 'offset', dtype: 'i64', encode: uint64 },
-  { name: 'relaxedTopK', dtype: 'i32', encode: integerIn(0, I32_MAX, 'an integer >= 0') },
-  { name: 'relaxedDelta', dtype: 'f32', encode: floatWhere((v) => v >= 0 && v <= 1, 'a number in [0, 1]') },
-  { name: 'thinkBeginId', dtype: 'i32', encode: integerIn(-1, I32_MAX, 'a token id or -1 (none)') },
-  { name: 'thinkEndId', dtype: 'i32', encode: integerIn(-1, I32_MAX, 'a token id or -1 (none)') },
-  {
-    name: 'inThinking',
-    dtype: 'i32',
-    encode: (v, argument) => {
-      if (typeof v === 'boolean') return v ? 1 : 0;
-      if (v === 0 || v === 1) return v;
-      return fail(argument, 'a boolean, 0 or 1', v);
-    },
-  },
+  param('mode', 'i32', (v, argument) => VERIFY_MODES[checkOneOf(v, argument, MODE_NAMES)]),
+  // the kernels divide by it in f32: its reciprocal must stay finite
+  param('temperature', 'f32', (v, argument) =>
+    checkNumber(v, argument, (t) => t === 0 || (t > 0 && Number.isFinite(Math.fround(1 / Math.fround(t)))), 'a finite number >= 0 (0 = greedy) with a finite f32 reciprocal'),
+  ),
+  param('topK', 'i32', int32In(0)),
+  param('topP', 'f32', (v, argument) => checkNumber(v, argument, (p) => p > 0 && p <= 1, 'a number in (0, 1] (1 = off)')),
+  param('seed', 'i64', uint64),
+  param('offset', 'i64', uint64),
+  param('relaxedTopK', 'i32', int32In(0)),
+  param('relaxedDelta', 'f32', (v, argument) => checkNumber(v, argument, (d) => d >= 0 && d <= 1, 'a number in [0, 1]')),
+  param('thinkBeginId', 'i32', int32In(-1)),
+  param('thinkEndId', 'i32', int32In(-1)),
+  param('inThinking', 'i32', (v, argument) => (typeof v === 'boolean' ? (v ? 1 : 0) : checkInteger(v, argument, 0, 1))),
 ];
+const PARAM_KEYS = keys(...PARAMS.map((p) => p.key));
 
-/** A per-request array: the given tensor, or plain values uploaded for this call (`owned`). */
-interface Resolved {
-  tensor: Tensor | undefined;
-  owned: boolean;
+/** A per-request tensor argument: one value per request, on the op's device. */
+function perRequestTensor(value: unknown, argument: string, dtypes: readonly DType[], batch: number, device: Device): Tensor {
+  const t = checkTensor<Tensor>(value, argument, dtypes, device);
+  checkShapeIs(t, argument, [batch], BATCH);
+  return t;
 }
 
-function resolvePerRequest(
+/** Plain per-request values (one for all, or an array of B), checked and uploaded for this call. */
+function uploadPerRequest(
   value: unknown,
   argument: string,
   dtype: 'i32' | 'f32' | 'i64',
@@ -177,15 +169,7 @@ function resolvePerRequest(
   batch: number,
   device: Device,
   stream: Stream,
-): Resolved {
-  if (value === undefined) return { tensor: undefined, owned: false };
-  if (value instanceof Tensor) {
-    const t = checkTensor<Tensor>(value, argument, [dtype], device);
-    if (t.ndim !== 1 || t.shape[0] !== batch) {
-      throw new MoeError('E_SHAPE', `${argument}: expected shape [${batch}] (one value per request), got [${t.shape}]`);
-    }
-    return { tensor: t, owned: false };
-  }
+): Tensor {
   let encoded: (number | bigint)[];
   if (Array.isArray(value)) {
     if (value.length !== batch) {
@@ -207,15 +191,47 @@ function resolvePerRequest(
       : dtype === 'i32'
         ? Int32Array.from(encoded as number[])
         : Float32Array.from(encoded as number[]);
-  return { tensor: fromArray(data, { dtype, device, stream, shape: [batch] }), owned: true };
+  return fromArray(data, { dtype, device, stream, shape: [batch] });
 }
 
-function checkLogits(value: unknown, argument: string, shape: readonly number[], device: Device): Tensor {
-  const t = checkTensor<Tensor>(value, argument, LOGIT_DTYPES, device);
-  if (t.ndim !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-    throw new MoeError('E_SHAPE', `${argument}: expected shape [${shape}] (B, n, V of targetLogits), got [${t.shape}]`);
+/** A tensor given where plain values are also accepted: any object that is not an array. */
+function isObject(value: unknown): boolean {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * A given output, checked against the tensors the op already uses and added to them: the
+ * kernels read inputs while writing outputs, from many CTAs, so no output may share bytes with
+ * an input or another output.
+ */
+function claimOutput(t: Tensor, name: string, used: Tensor[], o: VerifyDraftsOptions): void {
+  for (let k = 0; k < used.length; k++) {
+    if (overlaps(t, used[k])) throw new MoeError('E_ARGUMENT', `${name}: overlaps ${usedNames(o)[k]}; outputs need memory of their own`);
   }
+  used.push(t);
+}
+
+/** The names of what verifyDrafts puts in `used`, in its order; built only for a message. */
+function usedNames(o: VerifyDraftsOptions): string[] {
+  const names = ['targetLogits', 'draftTokens'];
+  if (o.draftProbs !== undefined) names.push('draftProbs');
+  else if (o.draftLogits !== undefined) names.push('draftLogits');
+  if (o.draftLengths !== undefined) names.push('draftLengths');
+  for (const spec of PARAMS) if (o.params?.[spec.key] !== undefined) names.push(spec.argument);
+  for (const key of ['tokens', 'numAccepted', 'inThinking', 'acceptMask'] as const) if (o.out?.[key] !== undefined) names.push(`out.${key}`);
+  return names;
+}
+
+/** A missing output, allocated on `stream` and added to `used`. */
+function allocate<D extends DType>(shape: number[], dtype: D, device: Device, stream: Stream, used: Tensor[]): Tensor<D> {
+  const t = empty(shape, { dtype, device, stream });
+  used.push(t);
   return t;
+}
+
+/** The data pointer the native op reads; 0n (null) for an absent tensor. */
+function ptr(t: Tensor | undefined): bigint {
+  return t === undefined ? 0n : t.dataPtr;
 }
 
 /**
@@ -238,152 +254,122 @@ function checkLogits(value: unknown, argument: string, shape: readonly number[],
  * ```
  */
 export function verifyDrafts(options: VerifyDraftsOptions): VerifyDraftsResult {
-  if (typeof options !== 'object' || options === null) {
-    throw new MoeError('E_ARGUMENT', `options: expected an object with targetLogits and draftTokens, got ${describe(options)}`);
-  }
-  const target = checkTensor<Tensor>(options.targetLogits, 'targetLogits', LOGIT_DTYPES);
-  if (target.ndim !== 3 || target.shape[1] < 1 || target.shape[2] < 1) {
-    throw new MoeError('E_SHAPE', `targetLogits: expected shape [B, n+1, V] with n+1 >= 1 and V >= 1, got [${target.shape}]`);
+  checkRequiredOptions(options, 'options', OPTIONS);
+  const o = options;
+  const target = checkTensor<Tensor>(o.targetLogits, 'targetLogits', LOGIT_DTYPES);
+  const shape = target.shape;
+  if (shape.length !== 3 || shape[1] < 1 || shape[2] < 1) {
+    throw new MoeError('E_SHAPE', `targetLogits: expected shape [B, n+1, V] with n+1 >= 1 and V >= 1, got [${shape}]`);
   }
   const device = target.device;
-  const [batch, rows, vocab] = target.shape;
-  const n = rows - 1;
-  const drafts = checkTensor<Tensor<'i32'>>(options.draftTokens, 'draftTokens', ['i32'], device);
-  if (drafts.ndim !== 2 || drafts.shape[0] !== batch || drafts.shape[1] !== n) {
-    throw new MoeError('E_SHAPE', `draftTokens: expected shape [${batch}, ${n}] (B, n of targetLogits [B, n+1, V]), got [${drafts.shape}]`);
-  }
-  if (options.draftProbs !== undefined && options.draftLogits !== undefined) {
+  const batch = shape[0], n = shape[1] - 1, vocab = shape[2];
+  const drafts = checkTensor<Tensor<'i32'>>(o.draftTokens, 'draftTokens', I32, device);
+  checkShapeIs(drafts, 'draftTokens', [batch, n], DRAFT_DIMS);
+  if (o.draftProbs !== undefined && o.draftLogits !== undefined) {
     throw new MoeError('E_ARGUMENT', 'draftProbs, draftLogits: expected at most one of them, got both');
   }
   let draftKind = DRAFT_NONE;
   let draft: Tensor | undefined;
-  if (options.draftProbs !== undefined) {
-    draft = checkLogits(options.draftProbs, 'draftProbs', [batch, n, vocab], device);
+  if (o.draftProbs !== undefined) {
+    draft = checkTensor<Tensor>(o.draftProbs, 'draftProbs', LOGIT_DTYPES, device);
+    checkShapeIs(draft, 'draftProbs', [batch, n, vocab], DRAFT_DATA_DIMS);
     draftKind = DRAFT_PROBS;
-  } else if (options.draftLogits !== undefined) {
-    draft = checkLogits(options.draftLogits, 'draftLogits', [batch, n, vocab], device);
+  } else if (o.draftLogits !== undefined) {
+    draft = checkTensor<Tensor>(o.draftLogits, 'draftLogits', LOGIT_DTYPES, device);
+    checkShapeIs(draft, 'draftLogits', [batch, n, vocab], DRAFT_DATA_DIMS);
     draftKind = DRAFT_LOGITS;
   }
-  const params = options.params ?? {};
-  if (typeof params !== 'object' || params === null) {
-    throw new MoeError('E_ARGUMENT', `params: expected an object, got ${describe(params)}`);
-  }
-  for (const key of Object.keys(params)) {
-    if (!PARAMS.some((p) => p.name === key)) {
-      throw new MoeError('E_ARGUMENT', `params.${key}: unknown parameter (expected one of ${PARAMS.map((p) => p.name).join(', ')})`);
-    }
-  }
-  const stream = resolveStream(options.stream, device);
+  const params = checkOptions(o.params, 'params', PARAM_KEYS) as VerifyDraftsParams;
+  const out = checkOptions(o.out, 'out', OUT_KEYS) as Partial<VerifyDraftsResult>;
+  const outTokens = out.tokens === undefined ? undefined : checkOut<Tensor<'i32'>>(out.tokens, 'out.tokens', 'i32', [batch, n + 1], device);
+  const outNum = out.numAccepted === undefined ? undefined : checkOut<Tensor<'i32'>>(out.numAccepted, 'out.numAccepted', 'i32', [batch], device);
+  const outThinking = out.inThinking === undefined ? undefined : checkOut<Tensor<'i32'>>(out.inThinking, 'out.inThinking', 'i32', [batch], device);
+  const outMask = out.acceptMask === undefined ? undefined : checkOut<Tensor<'u8'>>(out.acceptMask, 'out.acceptMask', 'u8', [batch, n], device);
+  const wantMask = outMask !== undefined || (o.acceptMask !== undefined && checkBoolean(o.acceptMask, 'acceptMask'));
+  const stream = resolveStream(o.stream, device);
 
-  const out = options.out ?? {};
-  if (typeof out !== 'object' || out === null) throw new MoeError('E_ARGUMENT', `out: expected an object, got ${describe(out)}`);
-  const given = {
-    tokens: out.tokens === undefined ? undefined : checkOut<Tensor<'i32'>>(out.tokens, 'out.tokens', 'i32', [batch, n + 1], device),
-    numAccepted: out.numAccepted === undefined ? undefined : checkOut<Tensor<'i32'>>(out.numAccepted, 'out.numAccepted', 'i32', [batch], device),
-    inThinking: out.inThinking === undefined ? undefined : checkOut<Tensor<'i32'>>(out.inThinking, 'out.inThinking', 'i32', [batch], device),
-    acceptMask: out.acceptMask === undefined ? undefined : checkOut<Tensor<'u8'>>(out.acceptMask, 'out.acceptMask', 'u8', [batch, n], device),
-  };
-  if (options.acceptMask !== undefined && typeof options.acceptMask !== 'boolean') {
-    throw new MoeError('E_ARGUMENT', `acceptMask: expected a boolean, got ${describe(options.acceptMask)}`);
-  }
-
-  // Everything that allocates or uploads comes after the checks above, and is released below.
-  const uploaded: Tensor[] = [];
-  const allocated: Tensor[] = [];
-  let workspace: Tensor | undefined;
+  // Inputs the op reads (in the order usedNames gives): checked against the outputs, then
+  // marked used on the stream.
+  const used: Tensor[] = [target, drafts];
+  if (draft) used.push(draft);
+  // Plain values are uploaded, and missing outputs allocated, only once every argument above
+  // has passed; what this call made is released below.
+  let uploaded: Tensor[] | undefined;
+  let allocatedFrom = Infinity; // used[allocatedFrom..] were allocated here; kept once launched
   try {
     let lengths: Tensor | undefined;
-    if (options.draftLengths !== undefined) {
-      const r = resolvePerRequest(options.draftLengths, 'draftLengths', 'i32', integerIn(0, n, `an integer in [0, ${n}] (n)`), batch, device, stream);
-      lengths = r.tensor;
-      if (r.owned) uploaded.push(r.tensor!);
-    }
-    const resolved = new Map<string, Tensor | undefined>();
-    for (const spec of PARAMS) {
-      const r = resolvePerRequest(params[spec.name], `params.${spec.name}`, spec.dtype, spec.encode, batch, device, stream);
-      resolved.set(spec.name, r.tensor);
-      if (r.owned) uploaded.push(r.tensor!);
-    }
-
-    const inputs: [string, Tensor][] = [
-      ['targetLogits', target],
-      ['draftTokens', drafts],
-      ...(draft ? [[draftKind === DRAFT_PROBS ? 'draftProbs' : 'draftLogits', draft] as [string, Tensor]] : []),
-      ...(lengths ? [['draftLengths', lengths] as [string, Tensor]] : []),
-      ...[...resolved].filter((e): e is [string, Tensor] => e[1] !== undefined).map(([k, t]) => [`params.${k}`, t] as [string, Tensor]),
-    ];
-    const outputs: [string, Tensor][] = [];
-    for (const [name, t] of Object.entries(given)) if (t) outputs.push([`out.${name}`, t]);
-    // The kernels read inputs while writing outputs, from many CTAs: no output may share bytes
-    // with an input or another output.
-    for (let i = 0; i < outputs.length; i++) {
-      for (const [other, t] of [...inputs, ...outputs.slice(0, i)]) {
-        if (overlaps(outputs[i][1], t)) {
-          throw new MoeError('E_ARGUMENT', `${outputs[i][0]}: overlaps ${other}; outputs need memory of their own`);
-        }
+    if (o.draftLengths !== undefined) {
+      if (isObject(o.draftLengths)) {
+        lengths = perRequestTensor(o.draftLengths, 'draftLengths', I32, batch, device);
+      } else {
+        lengths = uploadPerRequest(o.draftLengths, 'draftLengths', 'i32', (v, a) => checkInteger(v, a, 0, n), batch, device, stream);
+        (uploaded ??= []).push(lengths);
       }
+      used.push(lengths);
+    }
+    // The values in PARAMS order, each read by name (one load site per name stays fast where a
+    // loop over names would not), then replaced by the pointers the native op reads.
+    const p: unknown[] = [
+      params.mode, params.temperature, params.topK, params.topP, params.seed, params.offset,
+      params.relaxedTopK, params.relaxedDelta, params.thinkBeginId, params.thinkEndId, params.inThinking,
+    ];
+    for (let i = 0; i < PARAMS.length; i++) {
+      const v = p[i];
+      if (v === undefined) {
+        p[i] = 0n;
+        continue;
+      }
+      const spec = PARAMS[i];
+      let t: Tensor;
+      if (isObject(v)) {
+        t = perRequestTensor(v, spec.argument, spec.dtypes, batch, device);
+      } else {
+        t = uploadPerRequest(v, spec.argument, spec.dtype, spec.encode, batch, device, stream);
+        (uploaded ??= []).push(t);
+      }
+      p[i] = t.dataPtr;
+      used.push(t);
     }
 
-    const alloc = <D extends DType>(shape: number[], dtype: D): Tensor<D> => {
-      const t = empty(shape, { dtype, device, stream });
-      allocated.push(t);
-      return t;
-    };
-    const result: VerifyDraftsResult = {
-      tokens: given.tokens ?? alloc([batch, n + 1], 'i32'),
-      numAccepted: given.numAccepted ?? alloc([batch], 'i32'),
-      inThinking: given.inThinking ?? alloc([batch], 'i32'),
-    };
-    if (given.acceptMask || options.acceptMask) result.acceptMask = given.acceptMask ?? alloc([batch, n], 'u8');
+    // Outputs allocated here share memory with nothing.
+    if (outTokens) claimOutput(outTokens, 'out.tokens', used, o);
+    if (outNum) claimOutput(outNum, 'out.numAccepted', used, o);
+    if (outThinking) claimOutput(outThinking, 'out.inThinking', used, o);
+    if (outMask) claimOutput(outMask, 'out.acceptMask', used, o);
 
-    const dev = deviceIndex(device);
-    const b = native();
-    const bytes = b.verifyDraftsWorkspaceBytes(dev, batch, n, vocab);
-    // Stream-ordered: freed right after the launch, reused only by work queued after it.
-    if (bytes > 0) workspace = empty([bytes], { dtype: 'u8', device, stream });
-    const used = [...inputs.map((e) => e[1]), result.tokens, result.numAccepted, result.inThinking];
-    if (result.acceptMask) used.push(result.acceptMask);
-    if (workspace) used.push(workspace);
+    allocatedFrom = used.length;
+    const result: VerifyDraftsResult = {
+      tokens: outTokens ?? allocate([batch, n + 1], 'i32', device, stream, used),
+      numAccepted: outNum ?? allocate([batch], 'i32', device, stream, used),
+      inThinking: outThinking ?? allocate([batch], 'i32', device, stream, used),
+    };
+    if (wantMask) result.acceptMask = outMask ?? allocate([batch, n], 'u8', device, stream, used);
     useOn(stream, used);
 
-    const p = (t: Tensor | undefined): bigint => (t === undefined || t.numel === 0 ? 0n : t.dataPtr);
-    const param = (name: keyof VerifyDraftsParams): bigint => p(resolved.get(name));
-    b.verifyDrafts(
-      dev,
+    native().verifyDrafts(
+      target.deviceIndex,
+      stream.handle,
       target.dataPtr,
       DTYPES[target.dtype].id,
-      p(drafts),
-      p(lengths),
-      p(draft),
-      draft ? DTYPES[draft.dtype].id : DTYPES[target.dtype].id,
+      ptr(drafts),
+      ptr(lengths),
+      ptr(draft),
+      DTYPES[(draft ?? target).dtype].id,
       draftKind,
-      param('mode'),
-      param('temperature'),
-      param('topK'),
-      param('topP'),
-      param('seed'),
-      param('offset'),
-      param('relaxedTopK'),
-      param('relaxedDelta'),
-      param('thinkBeginId'),
-      param('thinkEndId'),
-      param('inThinking'),
-      p(result.tokens),
-      p(result.numAccepted),
-      p(result.acceptMask),
-      p(result.inThinking),
+      p[0] as bigint, p[1] as bigint, p[2] as bigint, p[3] as bigint, p[4] as bigint, p[5] as bigint,
+      p[6] as bigint, p[7] as bigint, p[8] as bigint, p[9] as bigint, p[10] as bigint,
+      ptr(result.tokens),
+      ptr(result.numAccepted),
+      ptr(result.acceptMask),
+      ptr(result.inThinking),
       batch,
       n,
       vocab,
-      p(workspace),
-      bytes,
-      stream.handle,
     );
-    allocated.length = 0;
+    allocatedFrom = used.length;
     return result;
   } finally {
-    for (const t of uploaded) t.dispose();
-    for (const t of allocated) t.dispose();
-    workspace?.dispose();
+    if (uploaded) for (const t of uploaded) t.dispose();
+    for (let k = allocatedFrom; k < used.length; k++) used[k].dispose();
   }
 }

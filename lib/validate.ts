@@ -70,6 +70,12 @@ export function checkOptions(value: unknown, argument: string, keys: ReadonlySet
   return value as Record<string, unknown>;
 }
 
+/** An options object the call cannot do without: like checkOptions, but undefined is E_ARGUMENT too. */
+export function checkRequiredOptions(value: unknown, argument: string, keys: ReadonlySet<string>): Readonly<Record<string, unknown>> {
+  if (value === undefined) throw new MoeError('E_ARGUMENT', `${argument}: expected an options object, got undefined`);
+  return checkOptions(value, argument, keys);
+}
+
 /** The keys of an options object, as checkOptions takes them. */
 export function keys(...names: string[]): ReadonlySet<string> {
   return new Set(names);
@@ -91,6 +97,23 @@ export function checkFinite(value: unknown, argument: string): number {
   return value;
 }
 
+/** A number for which `ok` holds; `expected` says what that is, for the message. */
+export function checkNumber(value: unknown, argument: string, ok: (v: number) => boolean, expected: string): number {
+  if (typeof value !== 'number' || !ok(value)) throw new MoeError('E_ARGUMENT', `${argument}: expected ${expected}, got ${describe(value)}`);
+  return value;
+}
+
+const U64_LIMIT = 1n << 64n;
+
+/** An unsigned 64-bit integer: a bigint, or a number up to 2^53 - 1 (larger ones are inexact). */
+export function checkUint64(value: unknown, argument: string): bigint {
+  const big = typeof value === 'bigint' ? value : typeof value === 'number' && Number.isSafeInteger(value) ? BigInt(value) : undefined;
+  if (big === undefined || big < 0n || big >= U64_LIMIT) {
+    throw new MoeError('E_ARGUMENT', `${argument}: expected an integer in [0, 2^64): a bigint, or a number up to 2^53 - 1, got ${describe(value)}`);
+  }
+  return big;
+}
+
 export function checkBoolean(value: unknown, argument: string): boolean {
   if (typeof value !== 'boolean') throw new MoeError('E_ARGUMENT', `${argument}: expected true or false, got ${describe(value)}`);
   return value;
@@ -105,6 +128,18 @@ export function checkOneOf<T extends string>(value: unknown, argument: string, a
 
 export function checkFunction(value: unknown, argument: string): void {
   if (typeof value !== 'function') throw new MoeError('E_ARGUMENT', `${argument}: expected a function, got ${describe(value)}`);
+}
+
+/** A byte buffer: a Uint8Array (a Buffer is one). */
+export function checkBytes(value: unknown, argument: string): Uint8Array {
+  if (!(value instanceof Uint8Array)) throw new MoeError('E_ARGUMENT', `${argument}: expected a Uint8Array, got ${describe(value)}`);
+  return value;
+}
+
+/** A non-empty string. */
+export function checkString(value: unknown, argument: string): string {
+  if (typeof value !== 'string' || value === '') throw new MoeError('E_ARGUMENT', `${argument}: expected a non-empty string, got ${describe(value)}`);
+  return value;
 }
 
 // ---- dtypes, shapes, devices --------------------------------------------------------------

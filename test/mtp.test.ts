@@ -15,6 +15,7 @@ import {
   type VerifyDraftsParams,
   type VerifyMode,
 } from '../lib';
+import { native } from '../lib/native';
 import { expectCode, forEachBackend, freshSeed, hasCuda, rng } from './backends';
 
 // ---- oracles and helpers ------------------------------------------------------------------
@@ -699,6 +700,55 @@ forEachBackend('verifyDrafts', (device: Device) => {
     expect(partial.tokens.shape).toEqual([B, 4]);
   });
 
+  it('greedy with tensor parameters and given outputs makes exactly one native call', async () => {
+    const B = GREEDY_TABLE.length, n = 3, V = 5;
+    const targetLogits = logitsTensor(flatten(GREEDY_TABLE.map((c) => c.rows)), [B, n + 1, V], 'bf16', device);
+    const draftTokens = i32(GREEDY_TABLE.flatMap((c) => c.drafts), [B, n], device);
+    const options: VerifyDraftsOptions = {
+      targetLogits,
+      draftTokens,
+      draftLengths: i32(GREEDY_TABLE.map((c) => c.length), [B], device),
+      params: {
+        mode: i32(new Array(B).fill(VERIFY_MODES.greedy), [B], device),
+        thinkBeginId: i32(new Array(B).fill(4), [B], device),
+        thinkEndId: i32(new Array(B).fill(2), [B], device),
+        inThinking: i32(new Array(B).fill(0), [B], device),
+      },
+      out: {
+        tokens: empty([B, n + 1], { dtype: 'i32', device }),
+        numAccepted: empty([B], { dtype: 'i32', device }),
+        inThinking: empty([B], { dtype: 'i32', device }),
+        acceptMask: empty([B, n], { dtype: 'u8', device }),
+      },
+      stream: defaultStream(device),
+    };
+    verifyDrafts(options); // warm: anything created once per process exists now
+    const b = native() as unknown as Record<string, unknown>;
+    const calls: string[] = [];
+    const saved = new Map<string, unknown>();
+    for (const name of Object.keys(b)) {
+      const f = b[name];
+      if (typeof f !== 'function') continue;
+      saved.set(name, f);
+      b[name] = (...args: unknown[]) => {
+        calls.push(name);
+        return (f as (...a: unknown[]) => unknown)(...args);
+      };
+    }
+    let res: ReturnType<typeof verifyDrafts>;
+    try {
+      res = verifyDrafts(options);
+    } finally {
+      for (const [name, f] of saved) b[name] = f;
+    }
+    expect(calls).toEqual(['verifyDrafts']);
+    expect(res.tokens).toBe(options.out!.tokens);
+    expect(Array.from(await res.tokens.toArray())).toEqual(GREEDY_TABLE.flatMap((c) => c.tokens));
+    // thinking: an emitted 4 turns the phase on, an emitted 2 (after an accepted 4) turns it off
+    const thinking = GREEDY_TABLE.map((c) => c.tokens.filter((t) => t >= 0).reduce((s, t) => (t === 4 ? 1 : t === 2 ? 0 : s), 0));
+    expect(Array.from(await res.inThinking.toArray())).toEqual(thinking);
+  });
+
   it('rejects bad input with codes that name the argument, and writes nothing', async () => {
     const B = 2, n = 3, V = 5;
     const targetLogits = logitsTensor(new Array(B * (n + 1) * V).fill(0).map((_, i) => i % 7), [B, n + 1, V], 'bf16', device);
@@ -743,12 +793,21 @@ forEachBackend('verifyDrafts', (device: Device) => {
     await expectCode(v({ params: { topK: i32([1, 1, 1], [3], device) } }), 'E_SHAPE', 'params.topK');
     await expectCode(v({ params: { topK: [1, 2, 3] } }), 'E_SHAPE', 'params.topK');
     await expectCode(v({ params: { seed: empty([B], { dtype: 'i32', device }) as never } }), 'E_DTYPE', 'params.seed');
-    await expectCode(v({ params: { temprature: 1 } as never }), 'E_ARGUMENT', 'params.temprature');
+    await expectCode(v({ params: { temprature: 1 } as never }), 'E_ARGUMENT', 'params: unknown option "temprature"');
     await expectCode(v({ out: { tokens: empty([B, n], { dtype: 'i32', device }) } }), 'E_SHAPE', 'out.tokens');
     await expectCode(v({ out: { numAccepted: f32([B]) as never } }), 'E_DTYPE', 'out.numAccepted');
     await expectCode(v({ out: { acceptMask: empty([B, n + 1], { dtype: 'u8', device }) } }), 'E_SHAPE', 'out.acceptMask');
     await expectCode(v({ acceptMask: 'yes' as never }), 'E_ARGUMENT', 'acceptMask');
     await expectCode(v({ stream: 'default' as never }), 'E_ARGUMENT', 'stream');
+
+    // options objects: unknown keys (a misspelt option would be ignored) and null
+    await expectCode(v({ draftLength: [1, 1] } as never), 'E_ARGUMENT', 'options: unknown option "draftLength"');
+    await expectCode(v({ out: { token: empty([B, n + 1], { dtype: 'i32', device }) } as never }), 'E_ARGUMENT', 'out: unknown option "token"');
+    await expectCode(v({ out: { numAccepted: empty([B], { dtype: 'i32', device }), mask: 1 } as never }), 'E_ARGUMENT', 'out: unknown option "mask"');
+    await expectCode(() => verifyDrafts(null as never), 'E_ARGUMENT', 'options');
+    await expectCode(v({ params: null as never }), 'E_ARGUMENT', 'params');
+    await expectCode(v({ out: null as never }), 'E_ARGUMENT', 'out');
+    await expectCode(v({ params: [] as never }), 'E_ARGUMENT', 'params');
 
     // overlapping outputs, and an output over an input
     const big = empty([2 * B, n + 1], { dtype: 'i32', device });
@@ -974,5 +1033,76 @@ forEachBackend('verifyDrafts temperature limits', (device: Device) => {
     const got = await run({ targetLogits, draftTokens, params });
     expect(Array.from(got.tokens)).toEqual([1, 2]);
     expect(Array.from(got.numAccepted)).toEqual([2]);
+  });
+});
+
+describe('verifyDrafts native preconditions', () => {
+  // The raw binding, on the CPU (device -1): the shared preconditions (native/common/mtp.h) run
+  // before either backend and name the argument; none of them is a CUDA error.
+  const B = 2, n = 3, V = 5;
+  const target = fromArray(new Float32Array(B * (n + 1) * V), { shape: [B, n + 1, V], device: 'cpu' });
+  const drafts = fromArray(new Int32Array(B * n), { dtype: 'i32', shape: [B, n], device: 'cpu' });
+  const thinking = fromArray(new Int32Array(B), { dtype: 'i32', device: 'cpu' });
+  const tokens = empty([B, n + 1], { dtype: 'i32', device: 'cpu' });
+  const num = empty([B], { dtype: 'i32', device: 'cpu' });
+  interface Fields {
+    logitsDType: number;
+    draftTokens: bigint;
+    draftData: bigint;
+    draftDType: number;
+    draftKind: number;
+    inThinking: bigint;
+    outTokens: bigint;
+    outInThinking: bigint;
+    batch: number;
+    numDrafts: number;
+    vocab: number;
+  }
+  const good: Fields = {
+    logitsDType: 0,
+    draftTokens: drafts.dataPtr,
+    draftData: 0n,
+    draftDType: 0,
+    draftKind: 0,
+    inThinking: thinking.dataPtr,
+    outTokens: tokens.dataPtr,
+    outInThinking: 0n,
+    batch: B,
+    numDrafts: n,
+    vocab: V,
+  };
+  const fields = (f: Fields): [bigint, number, bigint, bigint, bigint, number, number, ...(bigint | number)[]] => [
+    target.dataPtr, f.logitsDType, f.draftTokens, 0n, f.draftData, f.draftDType, f.draftKind,
+    0n, 0n, 0n, 0n, 0n, 0n, 0n, 0n, 0n, 0n, f.inThinking,
+    f.outTokens, num.dataPtr, 0n, f.outInThinking, f.batch, f.numDrafts, f.vocab,
+  ];
+  const call = (patch: Partial<Fields>) => () =>
+    (native().verifyDrafts as (...a: unknown[]) => void)(-1, 0n, ...fields({ ...good, ...patch }));
+  const loop = (patch: Partial<Fields>) => () => native().verifyDraftsLaunchLoop(2, -1, 0n, ...fields({ ...good, ...patch }));
+
+  it('the arguments above are accepted', () => {
+    call({})();
+    expect(loop({})()).toBeGreaterThanOrEqual(0);
+  });
+
+  it('each precondition fails with a code that names the argument', async () => {
+    await expectCode(call({ vocab: 0 }), 'E_SHAPE', 'targetLogits');
+    await expectCode(call({ vocab: 2 ** 31 }), 'E_SHAPE', 'targetLogits');
+    await expectCode(call({ batch: -1 }), 'E_SHAPE', 'targetLogits');
+    await expectCode(call({ numDrafts: -1 }), 'E_SHAPE', 'targetLogits');
+    await expectCode(call({ batch: 2 ** 30, numDrafts: 1 }), 'E_SHAPE', 'targetLogits');
+    await expectCode(call({ logitsDType: 4 }), 'E_DTYPE', 'targetLogits');
+    await expectCode(call({ draftKind: 3 }), 'E_ARGUMENT', 'draftKind');
+    await expectCode(call({ draftKind: 1, draftData: target.dataPtr, draftDType: 5 }), 'E_DTYPE', 'draftProbs');
+    await expectCode(call({ draftKind: 2, draftData: target.dataPtr, draftDType: 5 }), 'E_DTYPE', 'draftLogits');
+    await expectCode(call({ draftTokens: 0n }), 'E_ARGUMENT', 'draftTokens');
+    await expectCode(call({ outTokens: 0n }), 'E_ARGUMENT', 'out.tokens');
+    await expectCode(call({ outInThinking: thinking.dataPtr }), 'E_ARGUMENT', 'out.inThinking');
+    // the C++ launch loop checks the same way
+    await expectCode(loop({ vocab: 0 }), 'E_SHAPE', 'targetLogits');
+  });
+
+  it('has no separate workspace query: the op takes its scratch from the runtime', () => {
+    expect('verifyDraftsWorkspaceBytes' in native()).toBe(false);
   });
 });

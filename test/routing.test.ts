@@ -3,6 +3,7 @@ import {
   captureGraph,
   convert,
   createStream,
+  defaultStream,
   empty,
   expertLayout,
   fromArray,
@@ -16,6 +17,7 @@ import {
   type RouteTopKOptions,
   type Tensor,
 } from '../lib';
+import { native } from '../lib/native';
 import { expectCode, forEachBackend, freshSeed, hasCuda, rng } from './backends';
 
 const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));
@@ -432,6 +434,61 @@ forEachBackend('permute / unpermute', (device: Device) => {
     await expectCode(() => unpermute(fromArray([[1, 2], [3, 4]], { dtype: 'f16', device }), l, w), 'E_DTYPE', 'y');
     await expectCode(() => unpermute(x, l, w, { out: empty([2, 2], { dtype: 'f16', device }) as never }), 'E_DTYPE', 'out');
     await expectCode(() => unpermute(x, l, w, { out: empty([2, 3], { dtype: 'f32', device }) }), 'E_SHAPE', 'out');
+  });
+});
+
+/** Runs fn with every native entry point counted; returns the names called, in order. */
+function nativeCalls(fn: () => void): string[] {
+  const b = native() as unknown as Record<string, unknown>;
+  const calls: string[] = [];
+  const saved = new Map<string, unknown>();
+  for (const name of Object.keys(b)) {
+    const f = b[name];
+    if (typeof f !== 'function') continue;
+    saved.set(name, f);
+    b[name] = (...args: unknown[]) => {
+      calls.push(name);
+      return (f as (...a: unknown[]) => unknown)(...args);
+    };
+  }
+  try {
+    fn();
+  } finally {
+    for (const [name, f] of saved) b[name] = f;
+  }
+  return calls;
+}
+
+forEachBackend('routing op path', (device: Device) => {
+  it('the native side names the argument of a precondition it refuses (not E_CUDA)', async () => {
+    const b = native();
+    const dev = device === 'cpu' ? -1 : 0;
+    const s = defaultStream(device).handle;
+    const x = fromArray([[1, 2, 3, 4]], { device });
+    const ids = empty([1, 2], { dtype: 'i32', device });
+    const w = empty([1, 2], { device });
+    const route = (E: number, k: number, groups: number, topk: number, dtype = 0, scale = 1) => () =>
+      b.routeTopK(dev, s, x.dataPtr, dtype, 0n, ids.dataPtr, w.dataPtr, 1, E, k, 1, groups, topk, true, scale);
+    route(4, 2, 2, 1)(); // a valid call runs
+    await expectCode(route(4, 5, 1, 1), 'E_SHAPE', 'k');
+    await expectCode(route(4, 2, 3, 1), 'E_SHAPE', 'groups.count');
+    await expectCode(route(4, 2, 4, 1), 'E_SHAPE', 'groups.topk');
+    await expectCode(route(600, 2, 1, 1), 'E_SHAPE', 'logits');
+    await expectCode(route(4, 2, 1, 1, 1), 'E_DTYPE', 'logits');
+    await expectCode(route(4, 2, 1, 1, 0, Infinity), 'E_ARGUMENT', 'scale');
+    const counts = empty([4], { dtype: 'i32', device });
+    await expectCode(
+      () => b.expertLayout(dev, s, ids.dataPtr, 1, 2, 4, 1, 0, 5, counts.dataPtr, counts.dataPtr, counts.dataPtr, counts.dataPtr, counts.dataPtr, counts.dataPtr, counts.dataPtr),
+      'E_SHAPE', 'layout',
+    );
+    await expectCode(() => b.unpermute(dev, s, x.dataPtr, 1, ids.dataPtr, w.dataPtr, x.dataPtr, 0, 1, 2, 4, 1), 'E_DTYPE', 'y');
+  });
+
+  it('routeTopK with out given makes exactly one native call', () => {
+    const x = fromArray([[1, 2, 3, 4]], { device });
+    const out = { ids: empty([1, 2], { dtype: 'i32', device }), weights: empty([1, 2], { device }) };
+    routeTopK(x, { k: 2, scoring: 'softmax', out }); // warm: the default stream
+    expect(nativeCalls(() => routeTopK(x, { k: 2, scoring: 'softmax', out }))).toEqual(['routeTopK']);
   });
 });
 

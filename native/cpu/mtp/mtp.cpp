@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "cpu/common/numeric.h"
-#include "kernels/mtp/rules.h"
+#include "common/mtp_rules.h"
 
 namespace moe::cpu::mtp {
 
@@ -36,10 +36,7 @@ struct RowInfo {
   float z = 0.0f;        // sum of weights of kept tokens, relative to m
   float invT = 1.0f;
 
-  float prob(int64_t x) const {
-    if (orderKey(v[x]) < tau) return 0.0f;
-    return weightOf(v[x], m, invT) / z;
-  }
+  float prob(int64_t x) const { return keptProb(v[x], tau, m, invT, z); }
 };
 
 RowInfo decodeRow(const void* base, DType t, int64_t rowOffset, int64_t vocab) {
@@ -104,53 +101,21 @@ void filterRow(RowInfo& r, float invT, int32_t topK, float topP) {
   r.z = z;
 }
 
-int32_t updateThinking(int32_t s, int32_t token, int32_t beginId, int32_t endId) {
-  if (token == beginId) return 1;
-  if (token == endId) return 0;
-  return s;
-}
-
 }  // namespace
 
-size_t verifyDraftsWorkspaceBytes(int64_t, int64_t, int64_t) { return 0; }
+void verifyDrafts(const VerifyDraftsArgs& a) {
+  const int64_t n = a.numDrafts, vocab = a.vocab;
+  const int32_t draftKind = draftKindOf(a);
+  for (int64_t b = 0; b < a.batch; ++b) {
+    const Request req = loadRequest(a, b);
+    const Walk walk = loadWalk(a, b);
+    const int32_t md = req.mode, len = req.len;
+    int32_t state = walk.state;
 
-void verifyDrafts(const void* targetLogits, DType logitsDType,
-                  const int32_t* draftTokens, const int32_t* draftLengths,
-                  const void* draftData, DType draftDType, int32_t draftKind,
-                  const int32_t* mode, const float* temperature, const int32_t* topK,
-                  const float* topP, const uint64_t* seed, const uint64_t* offset,
-                  const int32_t* relaxedTopK, const float* relaxedDelta,
-                  const int32_t* thinkBeginId, const int32_t* thinkEndId,
-                  const int32_t* inThinking,
-                  int32_t* outTokens, int32_t* outNumAccepted, uint8_t* outAcceptMask,
-                  int32_t* outInThinking,
-                  int64_t batch, int64_t numDrafts, int64_t vocab,
-                  void*, size_t) {
-  const int64_t n = numDrafts;
-  if (draftData == nullptr) draftKind = kDraftNone;
-  for (int64_t b = 0; b < batch; ++b) {
-    int32_t len = draftLengths ? draftLengths[b] : static_cast<int32_t>(n);
-    len = std::max<int32_t>(0, std::min<int32_t>(len, static_cast<int32_t>(n)));
-    int32_t md = mode ? mode[b] : kModeGreedy;
-    const float temp = temperature ? temperature[b] : 1.0f;
-    // 1/t must be finite: a temperature so small that it overflows is the greedy limit
-    if (md == kModeRejection && !(temp > 0.0f && std::isfinite(1.0f / temp))) md = kModeGreedy;
-    if (md != kModeRejection && md != kModeRelaxed) md = kModeGreedy;
-    const float invT = md == kModeRejection ? 1.0f / temp : 1.0f;
-    const int32_t k = topK ? topK[b] : 0;
-    const float p = topP ? topP[b] : 1.0f;
-    const uint64_t sd = seed ? seed[b] : 0;
-    const uint64_t off = offset ? offset[b] : 0;
-    const int32_t rk = relaxedTopK ? relaxedTopK[b] : 1;
-    const float delta = relaxedDelta ? relaxedDelta[b] : 0.0f;
-    const int32_t beginId = thinkBeginId ? thinkBeginId[b] : -1;
-    const int32_t endId = thinkEndId ? thinkEndId[b] : -1;
-    int32_t state = inThinking ? (inThinking[b] != 0 ? 1 : 0) : 1;
-
-    const int32_t* drafts = draftTokens + b * n;
+    const int32_t* drafts = a.draftTokens + b * n;
     auto targetRow = [&](int64_t i) {
-      RowInfo r = decodeRow(targetLogits, logitsDType, (b * (n + 1) + i) * vocab, vocab);
-      if (md == kModeRejection) filterRow(r, invT, k, p);
+      RowInfo r = decodeRow(a.targetLogits, a.logitsDType, (b * (n + 1) + i) * vocab, vocab);
+      if (md == kModeRejection) filterRow(r, req.invT, req.topK, req.topP);
       else if (md == kModeRelaxed) filterRow(r, 1.0f, 0, 1.0f);
       return r;
     };
@@ -167,7 +132,7 @@ void verifyDrafts(const void* targetLogits, DType logitsDType,
             if (orderKey(row.v[x]) < row.tau) continue;
             float w = weightOf(row.v[x], row.m, row.invT);
             if (!(w > 0.0f)) continue;
-            float s = w / exponentialFromWord(philoxWord(sd, off, static_cast<uint32_t>(i),
+            float s = w / exponentialFromWord(philoxWord(walk.seed, walk.offset, static_cast<uint32_t>(i),
                                                          static_cast<uint32_t>(x)));
             if (s > best) { best = s; bestIdx = x; }
           }
@@ -190,28 +155,25 @@ void verifyDrafts(const void* targetLogits, DType logitsDType,
             const float lx = row.v[x];
             int64_t greater = 0;
             for (int64_t y = 0; y < vocab; ++y) greater += row.v[y] > lx ? 1 : 0;
-            const float pd = weightOf(lx, row.m, 1.0f) / row.z;
-            const float p1 = 1.0f / row.z;
-            accept = greater < rk && pd >= p1 - delta;
+            accept = relaxedAccepts(greater, walk.relaxedTopK, lx, row.m, row.z, walk.relaxedDelta);
           }
         }
       } else {
         float q = 1.0f;
         if (draftKind == kDraftLogits) {
-          draftRow = decodeRow(draftData, draftDType, (b * n + i) * vocab, vocab);
-          filterRow(draftRow, invT, k, p);
+          draftRow = decodeRow(a.draftData, a.draftDType, (b * n + i) * vocab, vocab);
+          filterRow(draftRow, req.invT, req.topK, req.topP);
         }
         if (inRange) {
           const float px = row.prob(x);
-          if (draftKind == kDraftProbs) q = loadValue(draftData, draftDType, (b * n + i) * vocab + x);
+          if (draftKind == kDraftProbs) q = loadValue(a.draftData, a.draftDType, (b * n + i) * vocab + x);
           else if (draftKind == kDraftLogits) q = draftRow.prob(x);
-          const float u = uniformFromWord(philoxWord(sd, off, kAcceptStream, static_cast<uint32_t>(i)));
-          accept = u * q < px;
+          accept = rejectionAccepts(walk.seed, walk.offset, static_cast<int32_t>(i), px, q);
         }
       }
       if (accept) {
         ++accepted;
-        state = updateThinking(state, x, beginId, endId);
+        state = updateThinking(state, x, walk.beginId, walk.endId);
         continue;
       }
       // First rejection at position i.
@@ -226,12 +188,12 @@ void verifyDrafts(const void* targetLogits, DType logitsDType,
             w = y == x ? 0.0f : e;
           } else {
             float qy = draftKind == kDraftProbs
-                           ? loadValue(draftData, draftDType, (b * n + i) * vocab + y)
+                           ? loadValue(a.draftData, a.draftDType, (b * n + i) * vocab + y)
                            : draftRow.prob(y);
             w = e / row.z - qy;
           }
           if (!(w > 0.0f)) continue;
-          float s = w / exponentialFromWord(philoxWord(sd, off, static_cast<uint32_t>(i),
+          float s = w / exponentialFromWord(philoxWord(walk.seed, walk.offset, static_cast<uint32_t>(i),
                                                        static_cast<uint32_t>(y)));
           if (s > best) { best = s; bestIdx = y; }
         }
@@ -242,13 +204,12 @@ void verifyDrafts(const void* targetLogits, DType logitsDType,
       break;
     }
 
-    int32_t* out = outTokens + b * (n + 1);
-    for (int64_t i = 0; i <= n; ++i)
-      out[i] = i < accepted ? drafts[i] : (i == accepted ? emitted : -1);
-    outNumAccepted[b] = accepted + 1;
-    if (outAcceptMask)
-      for (int64_t i = 0; i < n; ++i) outAcceptMask[b * n + i] = i < accepted ? 1 : 0;
-    if (outInThinking) outInThinking[b] = updateThinking(state, emitted, beginId, endId);
+    int32_t* out = a.outTokens + b * (n + 1);
+    for (int64_t i = 0; i <= n; ++i) out[i] = outputToken(i, accepted, drafts, emitted);
+    a.outNumAccepted[b] = accepted + 1;
+    if (a.outAcceptMask)
+      for (int64_t i = 0; i < n; ++i) a.outAcceptMask[b * n + i] = i < accepted ? 1 : 0;
+    if (a.outInThinking) a.outInThinking[b] = updateThinking(state, emitted, walk.beginId, walk.endId);
   }
 }
 

@@ -1,4 +1,4 @@
-// MTP draft verification on the GPU. Contract and semantics: mtp.h.
+// MTP draft verification on the GPU. Contract and semantics: common/mtp.h.
 //
 // Three kernels, all sized from (B, n, V) only, so one launch sequence serves every mix of
 // per-request modes and can be captured in a CUDA graph:
@@ -34,7 +34,7 @@
 #include <climits>
 #include <cmath>
 
-#include "kernels/mtp/rules.h"
+#include "common/mtp_rules.h"
 
 namespace moe::kernels::mtp {
 
@@ -94,65 +94,14 @@ Plan makePlan(int64_t batch, int64_t numDrafts, int64_t vocab) {
   return p;
 }
 
-struct Args {
-  const void* target;
-  const int32_t* drafts;
-  const int32_t* lengths;
-  const void* draft;
-  int32_t draftKind;
-  const int32_t* mode;
-  const float* temperature;
-  const int32_t* topK;
-  const float* topP;
-  const uint64_t* seed;
-  const uint64_t* offset;
-  const int32_t* relaxedTopK;
-  const float* relaxedDelta;
-  const int32_t* beginId;
-  const int32_t* endId;
-  const int32_t* inThinking;
-  int32_t* outTokens;
-  int32_t* outNum;
-  uint8_t* outMask;
-  int32_t* outThinking;
-  int64_t batch, n, vocab;
+// What every kernel receives: the op's arguments as given (draftKind and draftData normalized
+// by draftKindOf) plus the plan's chunking and the workspace carved into its parts.
+struct Args : VerifyDraftsArgs {
   int64_t rowChunks, rowChunkLen, verifyChunks, verifyChunkLen;
   RowRecord* records;
   RacePartial* partials;
   uint32_t* counters;
 };
-
-struct Request {
-  int32_t len;
-  int32_t mode;
-  float invT;
-  int32_t topK;
-  float topP;
-  bool filtered;
-};
-
-__device__ Request loadRequest(const Args& a, int64_t b) {
-  Request r;
-  int32_t len = a.lengths ? a.lengths[b] : static_cast<int32_t>(a.n);
-  r.len = max(0, min(len, static_cast<int32_t>(a.n)));
-  int32_t md = a.mode ? a.mode[b] : kModeGreedy;
-  const float t = a.temperature ? a.temperature[b] : 1.0f;
-  // 1/t must be finite: a temperature so small that it overflows is the greedy limit
-  if (md == kModeRejection && !(t > 0.0f && isfinite(1.0f / t))) md = kModeGreedy;
-  if (md != kModeRejection && md != kModeRelaxed) md = kModeGreedy;
-  r.mode = md;
-  r.invT = md == kModeRejection ? 1.0f / t : 1.0f;
-  r.topK = a.topK ? a.topK[b] : 0;
-  r.topP = a.topP ? a.topP[b] : 1.0f;
-  r.filtered = md == kModeRejection &&
-               ((r.topK > 0 && static_cast<int64_t>(r.topK) < a.vocab) || r.topP < 1.0f);
-  return r;
-}
-
-__device__ __forceinline__ int32_t updateThinking(int32_t s, int32_t tok, int32_t bId,
-                                                  int32_t eId) {
-  return tok == bId ? 1 : (tok == eId ? 0 : s);
-}
 
 // ---- element access -------------------------------------------------------------------
 
@@ -409,16 +358,16 @@ struct RowRef {
 };
 
 __device__ __forceinline__ RowRef rowRef(const Args& a, int64_t rowId) {
-  const int64_t targetRows = a.batch * (a.n + 1);
+  const int64_t targetRows = a.batch * (a.numDrafts + 1);
   RowRef r;
   r.isDraft = rowId >= targetRows;
   if (!r.isDraft) {
-    r.b = rowId / (a.n + 1);
-    r.i = rowId % (a.n + 1);
+    r.b = rowId / (a.numDrafts + 1);
+    r.i = rowId % (a.numDrafts + 1);
   } else {
     const int64_t k = rowId - targetRows;
-    r.b = k / a.n;
-    r.i = k % a.n;
+    r.b = k / a.numDrafts;
+    r.i = k % a.numDrafts;
   }
   return r;
 }
@@ -493,17 +442,17 @@ __global__ void __launch_bounds__(kRowThreads) rowStatsKernel(Args a) {
   const Request q = loadRequest(a, r.b);
   if (!rowNeeded(a, r, q) || q.filtered) return;
   if (r.isDraft) {
-    const TD* row = static_cast<const TD*>(a.draft) + (r.b * a.n + r.i) * a.vocab;
+    const TD* row = static_cast<const TD*>(a.draftData) + (r.b * a.numDrafts + r.i) * a.vocab;
     rowStats<TD>(a, row, rowId, q, true, false, 0.0f);
     return;
   }
-  const TT* row = static_cast<const TT*>(a.target) + rowId * a.vocab;
+  const TT* row = static_cast<const TT*>(a.targetLogits) + rowId * a.vocab;
   const bool hasDraft = r.i < q.len;
   const bool wantSum = q.mode == kModeRejection || (q.mode == kModeRelaxed && hasDraft);
   bool wantCount = false;
   float lx = 0.0f;
   if (q.mode == kModeRelaxed && hasDraft) {
-    const int32_t x = a.drafts[r.b * a.n + r.i];
+    const int32_t x = a.draftTokens[r.b * a.numDrafts + r.i];
     if (x >= 0 && x < a.vocab) {
       wantCount = true;
       lx = Elem<TT>::load(row + x);
@@ -631,10 +580,10 @@ __global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a) {
   __shared__ uint32_t counts[kBins];
   __shared__ float mass[kBins];
   if (r.isDraft)
-    filterRow<TD>(a, static_cast<const TD*>(a.draft) + (r.b * a.n + r.i) * a.vocab, rowId, q,
+    filterRow<TD>(a, static_cast<const TD*>(a.draftData) + (r.b * a.numDrafts + r.i) * a.vocab, rowId, q,
                   counts, mass);
   else
-    filterRow<TT>(a, static_cast<const TT*>(a.target) + rowId * a.vocab, rowId, q, counts, mass);
+    filterRow<TT>(a, static_cast<const TT*>(a.targetLogits) + rowId * a.vocab, rowId, q, counts, mass);
 }
 
 // ---- kernel 3: decision, race, outputs -------------------------------------------------
@@ -686,16 +635,17 @@ template <typename TT, typename TD>
 __device__ void decide(const Args& a, int64_t b, Decision& dec) {
   const int lane = threadIdx.x & 31;
   const Request q = loadRequest(a, b);
-  const int64_t n = a.n, V = a.vocab;
-  const uint64_t seed = a.seed ? a.seed[b] : 0ull;
-  const uint64_t off = a.offset ? a.offset[b] : 0ull;
-  const int32_t rk = a.relaxedTopK ? a.relaxedTopK[b] : 1;
-  const float delta = a.relaxedDelta ? a.relaxedDelta[b] : 0.0f;
-  const int32_t bId = a.beginId ? a.beginId[b] : -1;
-  const int32_t eId = a.endId ? a.endId[b] : -1;
-  int32_t state = a.inThinking ? (a.inThinking[b] != 0 ? 1 : 0) : 1;
-  const int32_t kind = a.draft ? a.draftKind : kDraftNone;
-  const int32_t* drafts = a.drafts + b * n;
+  const int64_t n = a.numDrafts, V = a.vocab;
+  const Walk w = loadWalk(a, b);
+  const uint64_t seed = w.seed;
+  const uint64_t off = w.offset;
+  const int32_t rk = w.relaxedTopK;
+  const float delta = w.relaxedDelta;
+  const int32_t bId = w.beginId;
+  const int32_t eId = w.endId;
+  int32_t state = w.state;
+  const int32_t kind = a.draftData ? a.draftKind : kDraftNone;
+  const int32_t* drafts = a.draftTokens + b * n;
   const int64_t targetRows = a.batch * (n + 1);
 
   int32_t j = 0;
@@ -716,24 +666,21 @@ __device__ void decide(const Args& a, int64_t b, Decision& dec) {
         } else if (q.mode == kModeRelaxed) {
           accept = x == row.argmax;
           if (!accept && state) {
-            const float lx = loadAt<TT>(a.target, rowBase + x);
-            const float pd = weightOf(lx, row.m, 1.0f) / row.z;
-            const float p1 = 1.0f / row.z;
-            accept = static_cast<int64_t>(row.countGreater) < rk && pd >= p1 - delta;
+            const float lx = loadAt<TT>(a.targetLogits, rowBase + x);
+            accept = relaxedAccepts(static_cast<int64_t>(row.countGreater), rk, lx, row.m, row.z, delta);
           }
         } else {
-          const float lx = loadAt<TT>(a.target, rowBase + x);
-          const float px = orderKey(lx) >= row.tau ? weightOf(lx, row.m, q.invT) / row.z : 0.0f;
+          const float lx = loadAt<TT>(a.targetLogits, rowBase + x);
+          const float px = keptProb(lx, row.tau, row.m, q.invT, row.z);
           float qx = 1.0f;
           const int64_t dIdx = (b * n + j) * V + x;
           if (kind == kDraftProbs) {
-            qx = loadAt<TD>(a.draft, dIdx);
+            qx = loadAt<TD>(a.draftData, dIdx);
           } else if (kind == kDraftLogits) {
-            const float dx = loadAt<TD>(a.draft, dIdx);
-            qx = orderKey(dx) >= qRow.tau ? weightOf(dx, qRow.m, q.invT) / qRow.z : 0.0f;
+            const float dx = loadAt<TD>(a.draftData, dIdx);
+            qx = keptProb(dx, qRow.tau, qRow.m, q.invT, qRow.z);
           }
-          const float u = uniformFromWord(philoxWord(seed, off, kAcceptStream, static_cast<uint32_t>(j)));
-          accept = u * qx < px;
+          accept = rejectionAccepts(seed, off, j, px, qx);
         }
         if (accept) state = updateThinking(state, x, bId, eId);
       }
@@ -767,15 +714,15 @@ __device__ void decide(const Args& a, int64_t b, Decision& dec) {
 }
 
 __device__ void writeOutputs(const Args& a, int64_t b, const Decision& dec, int32_t token) {
-  const int64_t n = a.n;
+  const int64_t n = a.numDrafts;
   const int32_t j = dec.accepted;
   for (int64_t i = threadIdx.x; i <= n; i += blockDim.x)
-    a.outTokens[b * (n + 1) + i] = i < j ? a.drafts[b * n + i] : (i == j ? token : -1);
-  if (a.outMask)
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) a.outMask[b * n + i] = i < j ? 1 : 0;
+    a.outTokens[b * (n + 1) + i] = outputToken(i, j, a.draftTokens + b * n, token);
+  if (a.outAcceptMask)
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) a.outAcceptMask[b * n + i] = i < j ? 1 : 0;
   if (threadIdx.x == 0) {
-    a.outNum[b] = j + 1;
-    if (a.outThinking) a.outThinking[b] = updateThinking(dec.state, token, dec.beginId, dec.endId);
+    a.outNumAccepted[b] = j + 1;
+    if (a.outInThinking) a.outInThinking[b] = updateThinking(dec.state, token, dec.beginId, dec.endId);
   }
 }
 
@@ -792,9 +739,9 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
     return;
   }
 
-  const int64_t n = a.n, V = a.vocab;
+  const int64_t n = a.numDrafts, V = a.vocab;
   const int32_t j = dec.accepted;
-  const TT* row = static_cast<const TT*>(a.target) + (b * (n + 1) + j) * V;
+  const TT* row = static_cast<const TT*>(a.targetLogits) + (b * (n + 1) + j) * V;
   const int64_t draftBase = (b * n + j) * V;
   const int64_t begin = chunk * a.verifyChunkLen;
   const int64_t end = min(V, begin + a.verifyChunkLen);
@@ -815,10 +762,8 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
     if (qKind == kDraftNone) {
       w = x == exclude ? 0.0f : e;
     } else {
-      const float dv = loadAt<TD>(a.draft, draftBase + x);
-      const float qv = qKind == kDraftProbs
-                           ? dv
-                           : (orderKey(dv) >= tauQ ? weightOf(dv, mQ, invT) / zQ : 0.0f);
+      const float dv = loadAt<TD>(a.draftData, draftBase + x);
+      const float qv = qKind == kDraftProbs ? dv : keptProb(dv, tauQ, mQ, invT, zQ);
       w = e / zP - qv;
     }
     if (!(w > 0.0f) || w * kRaceBound < best) return;
@@ -867,8 +812,8 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
 
 template <typename TT, typename TD>
 void launchAll(const Args& a, cudaStream_t stream) {
-  const int64_t targetRows = a.batch * (a.n + 1);
-  const int64_t draftRows = a.draftKind == kDraftLogits ? a.batch * a.n : 0;
+  const int64_t targetRows = a.batch * (a.numDrafts + 1);
+  const int64_t draftRows = a.draftKind == kDraftLogits ? a.batch * a.numDrafts : 0;
   const int64_t rows = targetRows + draftRows;
   rowStatsKernel<TT, TD><<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(a.rowChunks)),
                            kRowThreads, 0, stream>>>(a);
@@ -893,75 +838,32 @@ cudaError_t dispatchDraft(const Args& a, DType draftDType, cudaStream_t stream) 
 
 }  // namespace
 
-size_t verifyDraftsWorkspaceBytes(int64_t batch, int64_t numDrafts, int64_t vocab) {
-  if (batch <= 0 || vocab <= 0 || numDrafts < 0) return 0;
-  return makePlan(batch, numDrafts, vocab).total;
-}
-
-cudaError_t verifyDrafts(const void* targetLogits, DType logitsDType,
-                         const int32_t* draftTokens, const int32_t* draftLengths,
-                         const void* draftData, DType draftDType, int32_t draftKind,
-                         const int32_t* mode, const float* temperature, const int32_t* topK,
-                         const float* topP, const uint64_t* seed, const uint64_t* offset,
-                         const int32_t* relaxedTopK, const float* relaxedDelta,
-                         const int32_t* thinkBeginId, const int32_t* thinkEndId,
-                         const int32_t* inThinking,
-                         int32_t* outTokens, int32_t* outNumAccepted, uint8_t* outAcceptMask,
-                         int32_t* outInThinking,
-                         int64_t batch, int64_t numDrafts, int64_t vocab,
-                         void* workspace, size_t workspaceBytes, cudaStream_t stream) {
-  if (batch == 0) return cudaSuccess;
-  if (batch < 0 || numDrafts < 0 || vocab <= 0 || vocab > INT_MAX || targetLogits == nullptr ||
-      (numDrafts > 0 && draftTokens == nullptr) || outTokens == nullptr ||
-      outNumAccepted == nullptr || workspace == nullptr)
-    return cudaErrorInvalidValue;
-  if (draftKind < kDraftNone || draftKind > kDraftLogits) return cudaErrorInvalidValue;
-  if (draftData == nullptr || numDrafts == 0) draftKind = kDraftNone;
-  const Plan plan = makePlan(batch, numDrafts, vocab);
-  if (workspaceBytes < plan.total || (reinterpret_cast<uintptr_t>(workspace) & 15u) != 0)
-    return cudaErrorInvalidValue;
-  if (plan.rowChunks > 65535 || plan.verifyChunks > 65535 || batch > INT_MAX ||
-      batch * (2 * numDrafts + 1) > INT_MAX)
-    return cudaErrorInvalidValue;
+cudaError_t verifyDrafts(const VerifyDraftsArgs& args, const Launch& l) {
+  // validate() has checked dtypes, sizes and pointers. The plan keeps every grid within limits:
+  // at most kRowCtaTarget row chunks and kVerifyCtaTarget verify chunks, and B * (2n + 1) rows.
+  if (args.batch == 0) return cudaSuccess;
+  const Plan plan = makePlan(args.batch, args.numDrafts, args.vocab);
 
   Args a;
-  a.target = targetLogits;
-  a.drafts = draftTokens;
-  a.lengths = draftLengths;
-  a.draft = draftKind == kDraftNone ? nullptr : draftData;
-  a.draftKind = draftKind;
-  a.mode = mode;
-  a.temperature = temperature;
-  a.topK = topK;
-  a.topP = topP;
-  a.seed = seed;
-  a.offset = offset;
-  a.relaxedTopK = relaxedTopK;
-  a.relaxedDelta = relaxedDelta;
-  a.beginId = thinkBeginId;
-  a.endId = thinkEndId;
-  a.inThinking = inThinking;
-  a.outTokens = outTokens;
-  a.outNum = outNumAccepted;
-  a.outMask = outAcceptMask;
-  a.outThinking = outInThinking;
-  a.batch = batch;
-  a.n = numDrafts;
-  a.vocab = vocab;
+  static_cast<VerifyDraftsArgs&>(a) = args;
+  a.draftKind = draftKindOf(args);
+  if (a.draftKind == kDraftNone) a.draftData = nullptr;
   a.rowChunks = plan.rowChunks;
   a.rowChunkLen = plan.rowChunkLen;
   a.verifyChunks = plan.verifyChunks;
   a.verifyChunkLen = plan.verifyChunkLen;
-  char* ws = static_cast<char*>(workspace);
+  // Arena blocks are allocator blocks (256-byte aligned at least); the records need 16.
+  char* ws = static_cast<char*>(l.workspace.get(plan.total));
   a.records = reinterpret_cast<RowRecord*>(ws + plan.recordsOffset);
   a.partials = reinterpret_cast<RacePartial*>(ws + plan.partialsOffset);
   a.counters = reinterpret_cast<uint32_t*>(ws + plan.countersOffset);
 
+  const cudaStream_t stream = l.stream;
   cudaError_t err;
-  switch (logitsDType) {
-    case DType::F32: err = dispatchDraft<float>(a, draftDType, stream); break;
-    case DType::F16: err = dispatchDraft<__half>(a, draftDType, stream); break;
-    case DType::BF16: err = dispatchDraft<__nv_bfloat16>(a, draftDType, stream); break;
+  switch (args.logitsDType) {
+    case DType::F32: err = dispatchDraft<float>(a, args.draftDType, stream); break;
+    case DType::F16: err = dispatchDraft<__half>(a, args.draftDType, stream); break;
+    case DType::BF16: err = dispatchDraft<__nv_bfloat16>(a, args.draftDType, stream); break;
     default: return cudaErrorInvalidValue;
   }
   if (err != cudaSuccess) return err;

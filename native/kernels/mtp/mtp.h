@@ -1,94 +1,16 @@
 // Multi-token-prediction (MTP) draft verification for speculative decoding, fused on the GPU:
 // temperature, softmax, top-k, top-p, acceptance and the final sample run without writing any
-// probability tensor. The CPU reference with the same contract is native/cpu/mtp.
-//
-// Shapes: B = batch, n = numDrafts (>= 0), V = vocab (>= 1). All tensors contiguous row-major.
-//
-//   targetLogits  [B, n+1, V]  f32 | f16 | bf16 (logitsDType). Row i scores position i; row n
-//                              (or row draftLengths[b]) gives the bonus token.
-//   draftTokens   i32 [B, n]   proposed tokens; an id outside [0, V) is always rejected.
-//   draftLengths  i32 [B] | null   drafts to verify per request, clamped to [0, n]; null = n.
-//   draftData     [B, n, V] | null, f32 | f16 | bf16 (draftDType), meaning set by draftKind:
-//                   0 none   : drafts count as one-hot (q(x) = 1); draftData ignored.
-//                   1 probs  : q used as given (no temperature, no filtering, no renormalizing).
-//                   2 logits : q = same temperature / top-k / top-p pipeline as the target.
-//                 Only rejection mode reads it.
-//   Per-request device arrays (so a decode step can be captured in a CUDA graph); each may be
-//   null, which means the default in brackets for every request:
-//     mode         i32 [0]   0 greedy, 1 rejection (speculative sampling), 2 relaxed.
-//     temperature  f32 [1]   rejection only; <= 0, NaN or so small that 1/t overflows makes
-//                            that request greedy.
-//     topK         i32 [0]   rejection only; <= 0 or >= V is off.
-//     topP         f32 [1]   rejection only; >= 1 (or NaN) is off; expected in (0, 1].
-//     seed, offset u64 [0]   Philox4x32-10 key and counter base (see RNG below). Advancing the
-//                            offset by 1 per call gives fresh, independent draws.
-//     relaxedTopK  i32 [1]   relaxed only.
-//     relaxedDelta f32 [0]   relaxed only.
-//     thinkBeginId, thinkEndId i32 [-1]  token ids that switch the thinking phase on / off.
-//     inThinking   i32 [1]   thinking state (nonzero = in phase) at the start of the window.
-//   Outputs:
-//     outTokens      i32 [B, n+1]  accepted drafts, then the emitted token, then -1.
-//     outNumAccepted i32 [B]       accepted drafts + 1 (= number of tokens written).
-//     outAcceptMask  u8  [B, n] | null   1 for accepted positions, else 0.
-//     outInThinking  i32 [B] | null      thinking state after all emitted tokens (input for
-//                                        the next window). Must not alias inThinking.
-//   workspace: verifyDraftsWorkspaceBytes(B, n, V) bytes, 16-byte aligned, no initial contents
-//   needed. Each call fully rewrites what it uses; calls sharing a workspace must be ordered.
-//
-// Semantics (identical on both backends):
-//  * Argmax: largest logit, ties to the lowest id; NaN never wins; an all -inf row gives 0.
-//  * greedy: accept the longest prefix with draft[i] == argmax(row i); then emit argmax of the
-//    first mismatching row, or of row L (L = draft length) after a full accept.
-//  * rejection: p_i = target row i after temperature T (weights exp((l - max) / T)), top-k, then
-//    top-p, renormalized; q_i likewise from draft logits, or as given, or one-hot. Position i is
-//    accepted iff u_i * q_i(x_i) < p_i(x_i) (u_i uniform in [0,1)); this is probability
-//    min(1, p/q), and with q = 0 it accepts iff p > 0. At the first rejection j the token is
-//    drawn from w(x) = max(0, p_j(x) - q_j(x)) (one-hot: p_j without x_j); after a full accept
-//    from p_L. If no w(x) > 0 (rounding), the argmax of row j is emitted.
-//  * Filtering (ties kept, so the GPU can decide them exactly by threshold):
-//      top-k keeps every token whose logit >= the k-th largest logit (duplicates counted);
-//      top-p then keeps every token whose logit >= t, t the largest logit value for which the
-//      mass of top-k-kept tokens with logit >= t reaches topP * (mass kept by top-k). If the
-//      cumulative mass never reaches it (rounding), everything top-k kept stays. -0 == +0.
-//  * relaxed: position i is accepted iff draft == argmax, or the request is in the thinking
-//    phase at i and #{y : l(y) > l(x)} < relaxedTopK and softmax(l)(x) >= softmax(l)(argmax)
-//    - delta, softmax at temperature 1 over the whole vocabulary. Emission as in greedy. The
-//    phase for position 0 is inThinking; an accepted draft equal to thinkBeginId turns it on
-//    for later positions, one equal to thinkEndId turns it off (begin checked first).
-//  * Sampling is an exponential race: token = argmax over x with w(x) > 0 of w(x) / E(x), ties
-//    to the lowest id, with E(x) = Exp(1) from Philox. The one-hot and bonus cases use the
-//    unnormalized weight exp((l - max)/T), so they do not depend on any float sum.
-//  * RNG (rules.h): Philox4x32-10, key = (seed lo, seed hi), counter = (index >> 2, stream,
-//    offset lo, offset hi), word = index & 3. Acceptance uniform of position i: stream
-//    0xFFFFFFFF, index i, u = (word >> 8) * 2^-24. Race draw of token x in row i: stream i,
-//    index x, E = -log1p(-(word * 2^-32 + 2^-33)).
-//  Backends agree token for token except where a float sum (softmax normalizer, top-p
-//  cumulative mass) or a last-ulp exp/log1p difference lands exactly on a decision boundary.
+// probability tensor. Contract and semantics: common/mtp.h; the CPU reference with the same
+// contract is native/cpu/mtp.
 #pragma once
-#include <cuda_runtime.h>
-
-#include <cstddef>
-#include <cstdint>
-
-#include "common/dtype.h"
+#include "common/mtp.h"
+#include "kernels/common/launch.h"
 
 namespace moe::kernels::mtp {
 
-size_t verifyDraftsWorkspaceBytes(int64_t batch, int64_t numDrafts, int64_t vocab);
-
-// Enqueues the verification on `stream`. Returns cudaErrorInvalidValue for an unsupported
-// dtype, a null required pointer or a too small workspace, else the launch status.
-cudaError_t verifyDrafts(const void* targetLogits, DType logitsDType,
-                         const int32_t* draftTokens, const int32_t* draftLengths,
-                         const void* draftData, DType draftDType, int32_t draftKind,
-                         const int32_t* mode, const float* temperature, const int32_t* topK,
-                         const float* topP, const uint64_t* seed, const uint64_t* offset,
-                         const int32_t* relaxedTopK, const float* relaxedDelta,
-                         const int32_t* thinkBeginId, const int32_t* thinkEndId,
-                         const int32_t* inThinking,
-                         int32_t* outTokens, int32_t* outNumAccepted, uint8_t* outAcceptMask,
-                         int32_t* outInThinking,
-                         int64_t batch, int64_t numDrafts, int64_t vocab,
-                         void* workspace, size_t workspaceBytes, cudaStream_t stream);
+// Enqueues the verification on the launch's stream. Its scratch (per-row records, race
+// partials, counters) comes from the stream's workspace arena: each call fully rewrites what it
+// uses, and work on one stream is ordered, so no initial contents are needed.
+cudaError_t verifyDrafts(const VerifyDraftsArgs& args, const Launch& launch);
 
 }  // namespace moe::kernels::mtp
