@@ -29,23 +29,26 @@ if has bench; then
   note "mtp benchmark: rc=$?"
   bash benchmarks/run_routing.sh "$out/results" > "$out/routing.log" 2>&1
   note "routing benchmark: rc=$?"
+  bash benchmarks/run_grouped.sh "$out/results" > "$out/grouped.log" 2>&1
+  note "grouped benchmark: rc=$?"
   bash benchmarks/run_moe.sh "$out/results" > "$out/moe.log" 2>&1
   note "moe benchmark: rc=$?"
 fi
 # memcheck on every file's cases; racecheck on the kernels that share memory between threads
 if has memcheck; then
-  for f in ${MEMCHECK_FILES:-convert tensor runtime nvfp4 mtp routing}; do
+  for f in ${MEMCHECK_FILES:-convert tensor runtime nvfp4 mtp routing grouped}; do
     timeout "${SANITIZER_TIMEOUT:-400}" compute-sanitizer --tool memcheck --target-processes all "${vitest[@]}" "test/$f.test.ts" > "$out/memcheck-$f.log" 2>&1
     note "memcheck $f: rc=$? $(grep -h 'ERROR SUMMARY' "$out/memcheck-$f.log" | sort | uniq -c | tr -s ' ' | tr '\n' ';') $(grep -h 'Tests ' "$out/memcheck-$f.log")"
   done
 fi
 if has racecheck; then
-  for f in ${RACECHECK_FILES:-nvfp4 mtp routing}; do
+  for f in ${RACECHECK_FILES:-nvfp4 mtp routing grouped}; do
     # small shapes: racecheck slows a kernel by orders of magnitude
     case $f in
       nvfp4) filter='W4A16|W4A4|swizzle|quantize' ;;
       mtp) filter='V=1000|V=4099' ;;
       routing) filter='routeTopK \[cuda\]|expertLayout \[cuda\]|permute / unpermute \[cuda\]' ;;
+      grouped) filter='every kernel the heuristic picks' ;;
       *) filter='.' ;;
     esac
     timeout "${SANITIZER_TIMEOUT:-400}" compute-sanitizer --tool racecheck --target-processes all "${vitest[@]}" "test/$f.test.ts" -t "$filter" > "$out/racecheck-$f.log" 2>&1
