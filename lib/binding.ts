@@ -5,7 +5,7 @@
 // the numeric ids of dtype.ts.
 
 /** Raw binding: pointers are bigints, dtypes numeric ids, device -1 the CPU. Internal. */
-export interface Binding extends Nvfp4Binding, MtpBinding, RoutingBinding {
+export interface Binding extends Nvfp4Binding, MtpBinding, RoutingBinding, MoeBinding {
   setErrorClass(cls: unknown): void;
   buildInfo(): NativeBuildInfo;
   canAccessPeer(from: number, to: number): boolean;
@@ -163,5 +163,14 @@ export interface RoutingBinding {
   unpermute(
     device: number, stream: bigint, y: bigint, yType: number, rowIndex: bigint, weights: bigint, out: bigint,
     outType: number, tokens: number, k: number, hidden: number, rows: number,
+  ): void;
+}
+
+/** Native entry points of the moe family (native/common/moe.h). @internal */
+export interface MoeBinding {
+  routerLogits(device: number, stream: bigint, x: bigint, weight: bigint, out: bigint, tokens: number, experts: number, hidden: number): void;
+  moeSwiglu(device: number, stream: bigint, x: bigint, xType: number, out: bigint, outType: number, rows: number, inner: number): void;
+  moeAdd(
+    device: number, stream: bigint, a: bigint, aType: number, b: bigint, bType: number, out: bigint, outType: number, numel: number,
   ): void;
 }

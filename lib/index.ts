@@ -53,4 +53,5 @@ export {
   type PermuteOptions,
   type UnpermuteOptions,
 } from './routing';
+export * from './moe';
 export { initProcessGroup, type ProcessGroup, type ProcessGroupOptions, type InProcessGroupOptions, type GroupKind } from './ep';

@@ -31,6 +31,8 @@ if has bench; then
   note "routing benchmark: rc=$?"
   bash benchmarks/run_grouped.sh "$out/results" > "$out/grouped.log" 2>&1
   note "grouped benchmark: rc=$?"
+  bash benchmarks/run_moe.sh "$out/results" > "$out/moe.log" 2>&1
+  note "moe benchmark: rc=$?"
 fi
 # memcheck on every file's cases; racecheck on the kernels that share memory between threads
 if has memcheck; then

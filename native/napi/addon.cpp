@@ -24,6 +24,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   registerNvfp4(env, exports);
   registerMtp(env, exports);
   registerRouting(env, exports);
+  registerMoe(env, exports);
   return exports;
 }
 

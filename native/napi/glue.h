@@ -59,5 +59,6 @@ void registerDiagnostics(Napi::Env env, Napi::Object exports);
 void registerNvfp4(Napi::Env env, Napi::Object exports);
 void registerMtp(Napi::Env env, Napi::Object exports);
 void registerRouting(Napi::Env env, Napi::Object exports);
+void registerMoe(Napi::Env env, Napi::Object exports);
 
 }  // namespace moe::napi
