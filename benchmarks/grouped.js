@@ -1,8 +1,6 @@
 #!/usr/bin/env node
-// Grouped NVFP4 expert GEMM (groupedGemmNvfp4) at DeepSeek-V3 expert shapes, top-8: w2
-// [256, 7168, 2048], and w13 [128, 4096, 7168] with the swiglu epilogue (the 256-expert w13 has
-// more than 2^31 - 1 codes, past what one tensor holds: half the experts, as one rank of two
-// holds them under expert parallelism).
+// Grouped NVFP4 expert GEMM (groupedGemmNvfp4) at DeepSeek-V3 expert shapes, top-8 of 256:
+// w2 [256, 7168, 2048], and w13 [256, 4096, 7168] with the swiglu epilogue.
 //
 //   node benchmarks/grouped.js [--out DIR] [--decode 1,8,32,128] [--prefill 4096,16384] [--trials 20] [--seed 1]
 //   node benchmarks/grouped.js merge --ours FILE [--peers FILE] [--out DIR]
@@ -24,7 +22,7 @@ const TOP_K = 8;
 const HIDDEN = 7168;
 const INTER = 2048;
 const OPS = [
-  { op: 'w13+swiglu', E: 128, N: 2 * INTER, K: HIDDEN, epilogue: 'swiglu' },
+  { op: 'w13+swiglu', E: 256, N: 2 * INTER, K: HIDDEN, epilogue: 'swiglu' },
   { op: 'w2', E: 256, N: HIDDEN, K: INTER, epilogue: 'none' },
 ];
 

@@ -67,8 +67,10 @@ export class Stream {
   }
 
   /**
-   * Destroys a created stream without waiting: work already queued on it still runs, and
-   * tensors allocated or used on it stay valid (their memory is reused only after that work).
+   * Destroys a created stream without waiting: work already queued on it still runs, tensors
+   * allocated or used on it stay valid (their memory is reused only after that work), and work
+   * enqueued later on the device's default stream runs after it. Other streams that read what
+   * it wrote must wait for it themselves (an Event recorded before dispose, or `await using`).
    * The default stream is never destroyed.
    */
   dispose(): void {

@@ -11,6 +11,7 @@ import {
   checkDevice,
   checkOptions,
   checkShape,
+  elementLimit,
   deviceIndex,
   keys,
   product,
@@ -145,7 +146,7 @@ export class Tensor<D extends DType = DType> {
         if (rest > 0 && this.numel % rest === 0) dims[free] = this.numel / rest;
       }
     }
-    const s = checkShape(dims, 'shape');
+    const s = checkShape(dims, 'shape', elementLimit(this.dtype));
     if (product(s) !== this.numel) {
       throw new MoeError('E_SHAPE', `shape: ${describe(shape)} does not hold the ${this.numel} elements of [${this.shape}]`);
     }
@@ -350,8 +351,8 @@ const STREAM_OPTION = keys('stream');
 
 function create<D extends DType>(shape: readonly number[], options: CreateOptions<D>, zero: boolean): Tensor<D> {
   checkOptions(options, 'options', CREATE_OPTIONS);
-  const s = checkShape(shape, 'shape');
   const dtype = checkDType(options.dtype ?? 'f32', 'dtype') as D;
+  const s = checkShape(shape, 'shape', elementLimit(dtype));
   const device = options.device === undefined ? defaultDevice() : checkDevice(options.device, 'device');
   const stream = resolveStream(options.stream, device);
   const bytes = product(s) * DTYPES[dtype].bytes;
@@ -459,7 +460,7 @@ export function fromArray<D extends DType = 'f32'>(
   const flat = flatten(data, 'data');
   const inferred = data instanceof Int32Array ? 'i32' : data instanceof BigInt64Array ? 'i64' : data instanceof Uint8Array ? 'u8' : 'f32';
   const dtype = checkDType(options.dtype ?? inferred, 'dtype') as D;
-  const shape = checkShape(options.shape ?? flat.shape, 'shape');
+  const shape = checkShape(options.shape ?? flat.shape, 'shape', elementLimit(dtype));
   if (product(shape) !== flat.values.length) {
     throw new MoeError('E_SHAPE', `shape: ${describe(shape)} holds ${product(shape)} elements but data has ${flat.values.length}`);
   }
@@ -474,7 +475,7 @@ export function fromBytes<D extends DType = 'u8'>(
   checkOptions(options, 'options', FROM_OPTIONS);
   if (!ArrayBuffer.isView(bytes)) throw new MoeError('E_ARGUMENT', `bytes: expected a TypedArray or DataView, got ${describe(bytes)}`);
   const dtype = checkDType(options.dtype ?? 'u8', 'dtype') as D;
-  const shape = checkShape(options.shape, 'shape');
+  const shape = checkShape(options.shape, 'shape', elementLimit(dtype));
   const need = product(shape) * DTYPES[dtype].bytes;
   if (bytes.byteLength !== need) {
     throw new MoeError('E_SHAPE', `bytes: ${dtype}[${shape}] takes ${need} bytes, got ${bytes.byteLength}`);
@@ -497,7 +498,7 @@ export function fromPointer<D extends DType = 'f32'>(ptr: bigint, options: Creat
   checkOptions(options, 'options', FROM_OPTIONS);
   if (typeof ptr !== 'bigint' || ptr < 0n) throw new MoeError('E_ARGUMENT', `ptr: expected a non-negative bigint address, got ${describe(ptr)}`);
   const dtype = checkDType(options.dtype ?? 'f32', 'dtype') as D;
-  const shape = checkShape(options.shape, 'shape');
+  const shape = checkShape(options.shape, 'shape', elementLimit(dtype));
   const device = options.device === undefined ? defaultDevice() : checkDevice(options.device, 'device');
   const bytes = product(shape) * DTYPES[dtype].bytes;
   if (ptr === 0n && bytes > 0) throw new MoeError('E_ARGUMENT', 'ptr: a null pointer cannot hold elements');

@@ -11,6 +11,17 @@ export type Device = 'cpu' | `cuda:${number}`;
 
 /** Kernels index elements with 32-bit integers. */
 export const MAX_ELEMENTS = 2 ** 31 - 1;
+/**
+ * Byte tensors (u8, fp8e4m3) may be larger: they hold NVFP4 weights, whose kernels address an
+ * expert's block with 64-bit strides (the packed codes of 256 DeepSeek-V3 experts are 3.8e9
+ * bytes). Every op bounds the sizes it indexes with 32-bit integers itself.
+ */
+export const MAX_BYTE_ELEMENTS = 2 ** 40;
+
+/** The element limit of a tensor of `dtype`. */
+export function elementLimit(dtype: DType): number {
+  return DTYPES[dtype].bytes === 1 ? MAX_BYTE_ELEMENTS : MAX_ELEMENTS;
+}
 
 /** @internal Brands of the classes the checks recognise. */
 export const TENSOR: unique symbol = Symbol('@moe/kernels Tensor');
@@ -162,8 +173,8 @@ export function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return true;
 }
 
-/** A shape: non-negative integers, at most MAX_ELEMENTS elements. Returns a copy. */
-export function checkShape(value: unknown, argument: string): number[] {
+/** A shape: non-negative integers, at most `limit` elements. Returns a copy. */
+export function checkShape(value: unknown, argument: string, limit: number = MAX_ELEMENTS): number[] {
   if (!Array.isArray(value)) throw new MoeError('E_SHAPE', `${argument}: expected an array of sizes, got ${describe(value)}`);
   let numel = 1;
   for (let i = 0; i < value.length; i++) {
@@ -173,8 +184,8 @@ export function checkShape(value: unknown, argument: string): number[] {
     }
     numel *= d;
   }
-  if (numel > MAX_ELEMENTS) {
-    throw new MoeError('E_SHAPE', `${argument}: ${describe(value)} has ${numel} elements; at most 2^31 - 1 = ${MAX_ELEMENTS} are supported`);
+  if (numel > limit) {
+    throw new MoeError('E_SHAPE', `${argument}: ${describe(value)} has ${numel} elements; at most ${limit === MAX_ELEMENTS ? '2^31 - 1' : '2^40'} = ${limit} are supported`);
   }
   return value.slice();
 }

@@ -224,7 +224,10 @@ function expertsOn(l: HostLayer, device: Device): MoeExperts {
 
 /** The expert choice from the CPU ops (routerLogits, routeTopK): the reference routes like moeForward. */
 async function cpuRouting(l: HostLayer, xs: number[], T: number, router: Partial<MoeRouter> = {}) {
-  const r = routerOn(l, 'cpu', router);
+  // overrides made for another device are copied to the CPU
+  const bias = router.correctionBias;
+  const overrides = bias !== undefined && bias.device !== 'cpu' ? { ...router, correctionBias: await bias.copyTo('cpu') } : router;
+  const r = routerOn(l, 'cpu', overrides);
   const logits = routerLogits(fromArray(xs, { shape: [T, l.spec.H], dtype: 'bf16', device: 'cpu' }), r.weight);
   const { weight: _w, ...options } = r;
   const res = routeTopK(logits, options);
@@ -465,11 +468,10 @@ describe.skipIf(!hasCuda)('moeForward: CUDA and CPU agree [cuda]', () => {
   });
 
   // DeepSeek-V3's block: hidden 7168, expert width 2048, top-8 in 8 groups keeping 4, one shared
-  // expert of width 2048. 128 routed experts (an EP=2 shard) rather than 256: 256 x 4096 x 7168
-  // codes exceed the 2^31 - 1 elements of one tensor. The weights are windows of one random
-  // pool, each quantized with its own global scale.
+  // expert of width 2048, 256 routed experts. The weights are windows of one random pool, each
+  // quantized with its own global scale.
   it('DeepSeek-V3-shaped block, T = 4: within 2^-8 (L2) of the CPU backend', async () => {
-    const H = 7168, I = 2048, E = 128, T = 4, k = 8;
+    const H = 7168, I = 2048, E = 256, T = 4, k = 8;
     const r = rng(freshSeed('moeForward deepseek'));
     const quantizeWindows = async (count: number, N: number, K: number) => {
       const pool = fromArray(Float32Array.from({ length: 2 * N * K }, () => (r() - 0.5) * 0.04), { shape: [2 * N, K], dtype: 'bf16', device: 'cuda:0' });

@@ -19,7 +19,7 @@ import harness
 
 TOP_K = 8
 # (op, experts, N, K), as benchmarks/grouped.js
-OPS = [("w13+swiglu", 128, 4096, 7168), ("w2", 256, 7168, 2048)]
+OPS = [("w13+swiglu", 256, 4096, 7168), ("w2", 256, 7168, 2048)]
 
 
 def main():

@@ -10,6 +10,7 @@ import {
   checkNvfp4,
   checkOptions,
   checkShape,
+  MAX_BYTE_ELEMENTS,
   checkTensor,
   isTensor,
   keys,
@@ -123,7 +124,8 @@ export class Nvfp4Tensor {
 Object.defineProperty(Nvfp4Tensor.prototype, NVFP4, { value: true });
 
 function checkParts(data: Tensor<'u8'>, scales: Tensor<'fp8e4m3'>, globalScale: Tensor<'f32'>, shape: readonly number[]): void {
-  const s = checkShape(shape, 'shape');
+  // the logical shape counts 4-bit elements: twice the codes' bytes
+  const s = checkShape(shape, 'shape', 2 * MAX_BYTE_ELEMENTS);
   const K = s[s.length - 1];
   if (s.length === 0 || K % NVFP4_BLOCK !== 0) {
     throw new MoeError('E_SHAPE', `shape: expected [..., K] with K a multiple of ${NVFP4_BLOCK}, got ${describe(shape)}`);
@@ -242,7 +244,8 @@ export function nvfp4FromCheckpoint(tensors: Nvfp4Checkpoint, options?: Nvfp4Fro
     }
     const e = v as Partial<Nvfp4CheckpointEntry>;
     if (!ArrayBuffer.isView(e.data)) throw new MoeError('E_ARGUMENT', `${name}.data: expected a TypedArray or DataView, got ${describe(e.data)}`);
-    const shape = checkShape(e.shape, `${name}.shape`);
+    // codes and scales are byte tensors, which may pass 2^31 elements (all experts of a layer)
+    const shape = checkShape(e.shape, `${name}.shape`, MAX_BYTE_ELEMENTS);
     if (e.dtype !== undefined) {
       const d = typeof e.dtype === 'string' ? CHECKPOINT_DTYPES[e.dtype] : undefined;
       if (d === undefined || !dtypes.includes(d)) {

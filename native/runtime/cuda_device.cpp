@@ -250,6 +250,14 @@ void destroyStream(int device, Stream s) {
   // No wait: memory the stream's queued work touches is reused only after an event recorded
   // here, and cudaStreamDestroy lets that work finish.
   st.allocator->retireStream(S(s));
+  // Later work on the device's default stream (reads of what the stream wrote, say) is ordered
+  // after the destroyed stream's work, as it was when destroying waited.
+  cudaEvent_t done;
+  checkCuda(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+  cudaError_t err = cudaEventRecord(done, S(s));
+  if (err == cudaSuccess) err = cudaStreamWaitEvent(static_cast<cudaStream_t>(defaultStream(device)), done, 0);
+  cudaEventDestroy(done);  // released once it completes
+  checkCuda(err, "cudaStreamWaitEvent");
   checkCuda(cudaStreamDestroy(S(s)), "cudaStreamDestroy");
 }
 
