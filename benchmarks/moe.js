@@ -263,10 +263,21 @@ function compare(bundle, peer, tokens) {
   return rows;
 }
 
+// fs.writeFileSync takes at most 2^31 - 1 bytes per call; the 256-expert w13 codes are 3.8e9
+function writeLarge(file, bytes) {
+  const view = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const fd = fs.openSync(file, 'w');
+  try {
+    for (let at = 0; at < view.byteLength; ) at += fs.writeSync(fd, view, at, Math.min(1 << 30, view.byteLength - at));
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 function writeBundle(bundle, layer) {
   const m = bundle.manifest;
   const file = (name, bytes, dtype, shape) => {
-    fs.writeFileSync(path.join(bundle.dir, `${name}.bin`), bytes);
+    writeLarge(path.join(bundle.dir, `${name}.bin`), bytes);
     m.tensors[name] = { file: `${name}.bin`, dtype, shape };
   };
   const nv = (name, q, stacked) => {

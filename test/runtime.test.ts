@@ -206,6 +206,29 @@ describe.skipIf(!hasCuda)('CUDA runtime [cuda]', () => {
     release();
   });
 
+  it('memory a disposed stream still uses is not handed to another stream until that work ends', async () => {
+    // y belongs to stream a; a late write to it is queued on s, then s is disposed and y freed.
+    // A new allocation on a must not get y's block while s's write is pending.
+    const a = createStream('cuda:0');
+    const s = createStream('cuda:0');
+    const x = fromArray(new Float32Array(1 << 22).fill(3), { device: 'cuda:0', stream: s });
+    const y = empty([1 << 22], { dtype: 'bf16', device: 'cuda:0', stream: a });
+    await a.synchronize();
+    await s.synchronize();
+    const release = queueGpuWork(s, 40);
+    convert(x, 'bf16', { out: y, stream: s });
+    s.dispose();
+    y.dispose();
+    const z = fromArray(new Float32Array(1 << 21).fill(-7), { device: 'cuda:0', stream: a }); // y's byte size
+    const back = await z.toArray({ stream: a });
+    expect(back[0]).toBe(-7);
+    expect(back[(1 << 21) - 1]).toBe(-7);
+    release();
+    x.dispose();
+    z.dispose();
+    a.dispose();
+  });
+
   it('await using a stream waits for its work', async () => {
     const x = zeros([1 << 24], { device: 'cuda:0' });
     let marker: Event;

@@ -12,15 +12,22 @@ size_t CachingAllocator::roundSize(size_t bytes) {
   return (bytes + kLarge - 1) / kLarge * kLarge;
 }
 
+namespace {
+// True once the event's work has finished (an error also ends the wait: the context is gone).
+bool done(cudaEvent_t e) {
+  const cudaError_t q = cudaEventQuery(e);
+  if (q == cudaErrorNotReady) return false;
+  if (q != cudaSuccess) (void)cudaGetLastError();
+  return true;
+}
+}  // namespace
+
 void CachingAllocator::collectPending() {
   for (size_t i = 0; i < pending_.size();) {
-    bool done = true;
-    for (cudaEvent_t e : pending_[i].events) {
-      cudaError_t q = cudaEventQuery(e);
-      if (q == cudaErrorNotReady) { done = false; break; }
-      if (q != cudaSuccess) { (void)cudaGetLastError(); }
-    }
-    if (!done) { ++i; continue; }
+    bool finished = true;
+    for (cudaEvent_t e : pending_[i].events) finished = finished && done(e);
+    for (const auto& r : pending_[i].retired) finished = finished && done(r->event);
+    if (!finished) { ++i; continue; }
     for (cudaEvent_t e : pending_[i].events) eventPool_.push_back(e);
     void* p = pending_[i].ptr;
     const Block& b = blocks_.at(p);
@@ -110,19 +117,19 @@ void CachingAllocator::release(void* p, const std::vector<cudaStream_t>& usedOn)
   stats_.allocatedBytes -= b.size;
   stats_.frees++;
   cachedBytes_ += b.size;
-  std::vector<cudaEvent_t> events;
-  if (b.retired) {
-    events.push_back(b.retired);
-    b.retired = nullptr;
-  }
+  Pending wait{p, {}, {}};
+  if (b.retired) wait.retired.push_back(std::move(b.retired));
   for (cudaStream_t other : usedOn) {
-    if (other == b.stream || dead_.count(other)) continue;
-    events.push_back(recordOn(other));
+    if (other == b.stream) continue;
+    // a destroyed stream cannot take an event any more: wait for the end of its work instead
+    auto dead = dead_.find(other);
+    if (dead != dead_.end()) wait.retired.push_back(dead->second);
+    else wait.events.push_back(recordOn(other));
   }
-  if (events.empty()) {
+  if (wait.events.empty() && wait.retired.empty()) {
     free_[{b.stream, b.size}].push_back(p);
   } else {
-    pending_.push_back(Pending{p, std::move(events)});
+    pending_.push_back(std::move(wait));
   }
 }
 
@@ -139,6 +146,9 @@ void CachingAllocator::setLimit(size_t bytes) {
 void CachingAllocator::retireStream(cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(mu_);
   checkCuda(cudaSetDevice(device_), "cudaSetDevice");
+  auto end = std::make_shared<Retired>();
+  checkCuda(cudaEventCreateWithFlags(&end->event, cudaEventDisableTiming), "cudaEventCreate");
+  checkCuda(cudaEventRecord(end->event, stream), "cudaEventRecord");
   // Cached blocks of the stream wait for its last work, then serve any stream.
   for (auto it = free_.begin(); it != free_.end();) {
     if (it->first.first != stream) {
@@ -147,7 +157,7 @@ void CachingAllocator::retireStream(cudaStream_t stream) {
     }
     for (void* p : it->second) {
       blocks_.at(p).stream = kAnyStream;
-      pending_.push_back(Pending{p, {recordOn(stream)}});
+      pending_.push_back(Pending{p, {}, {end}});
     }
     it = free_.erase(it);
   }
@@ -157,19 +167,21 @@ void CachingAllocator::retireStream(cudaStream_t stream) {
     bool waiting = false;
     for (Pending& q : pending_) {
       if (q.ptr == ptr) {
-        q.events.push_back(recordOn(stream));
+        q.retired.push_back(end);
         waiting = true;
         break;
       }
     }
     // still held by a tensor: its release will wait for the stream's last work
-    if (!waiting) block.retired = recordOn(stream);
+    if (!waiting) block.retired = end;
   }
-  dead_.insert(stream);
+  // blocks of other streams that this one used wait for the same point when they are freed
+  dead_[stream] = end;
 }
 
 void CachingAllocator::reviveStream(cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(mu_);
+  // a new stream took the handle: later uses name it (blocks already waiting keep the old end)
   dead_.erase(stream);
 }
 

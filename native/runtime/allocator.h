@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <map>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
 #include <unordered_set>
@@ -33,14 +34,22 @@ class CachingAllocator {
   static size_t roundSize(size_t bytes);
 
  private:
+  // The end of a destroyed stream's work: one event, shared by every block that waits for it.
+  struct Retired {
+    cudaEvent_t event = nullptr;
+    ~Retired() {
+      if (event) cudaEventDestroy(event);
+    }
+  };
   struct Block {
     size_t size;
     cudaStream_t stream;
-    cudaEvent_t retired = nullptr;  // the end of its destroyed stream's work, for a live block
+    std::shared_ptr<Retired> retired;  // for a live block of a destroyed stream
   };
   struct Pending {
     void* ptr;
-    std::vector<cudaEvent_t> events;
+    std::vector<cudaEvent_t> events;                // pooled, returned once complete
+    std::vector<std::shared_ptr<Retired>> retired;  // destroyed streams it waits for
   };
   void collectPending();   // moves blocks whose cross-stream uses finished to the free lists
   void releaseCached();    // cudaFree of every cached block; the caller holds mu_
@@ -53,7 +62,8 @@ class CachingAllocator {
   std::vector<cudaEvent_t> eventPool_;
   size_t cachedBytes_ = 0;
   size_t limit_ = 0;
-  std::unordered_set<cudaStream_t> dead_;
+  // Destroyed streams, with the end of their work: a block they used waits for it when freed.
+  std::unordered_map<cudaStream_t, std::shared_ptr<Retired>> dead_;
   static constexpr cudaStream_t kAnyStream = nullptr;  // blocks whose stream was destroyed
   MemoryStats stats_;
   cudaError_t driverMalloc(void** p, size_t size);  // cudaMalloc within limit_
