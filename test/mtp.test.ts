@@ -1019,6 +1019,46 @@ describe.skipIf(!hasCuda)('verifyDrafts: CUDA and the CPU reference agree token 
     }
     graph.dispose();
   });
+
+  // The stream's workspace arena must stay apart from tensors allocated after it grows. On a fresh
+  // stream the first call takes a 2 MiB arena block (B = 8192, n = 3: 1.93 MB of records,
+  // partials and counters); a bf16 [2, 4, 129280] target (2,068,480 bytes) falls in the same
+  // 2 MiB size class, so an arena block that went back to the allocator while held is handed
+  // out as that target, and the second call's records overwrite request 0's row 0.
+  it('leaves its inputs untouched: the workspace is not memory a later tensor holds', async () => {
+    const device: Device = 'cuda:0';
+    const s = createStream(device);
+    try {
+      const r = rng(freshSeed('mtp workspace apart'));
+      const grow = (B: number, n: number, V: number): VerifyDraftsOptions => ({
+        targetLogits: fromArray(Float32Array.from({ length: B * (n + 1) * V }, () => gaussian(r)), { dtype: 'bf16', shape: [B, n + 1, V], device, stream: s }),
+        draftTokens: fromArray(Int32Array.from({ length: B * n }, () => Math.floor(r() * V)), { dtype: 'i32', shape: [B, n], device, stream: s }),
+        params: { mode: 'rejection', seed: 5, offset: 1 },
+        stream: s,
+      });
+      await verifyDrafts(grow(8192, 3, 16)).tokens.toArray({ stream: s });
+      const B = 2, n = 3, V = 129280;
+      const target = Float32Array.from({ length: B * (n + 1) * V }, () => gaussian(r) * 2.5);
+      const drafts = Int32Array.from({ length: B * n }, () => Math.floor(r() * V));
+      const targetLogits = fromArray(target, { dtype: 'bf16', shape: [B, n + 1, V], device, stream: s });
+      const before = await targetLogits.toBytes({ stream: s });
+      const params: VerifyDraftsParams = { mode: ['rejection', 'greedy'], temperature: 0.8, seed: 11, offset: 3 };
+      const d = verifyDrafts({ targetLogits, draftTokens: fromArray(drafts, { dtype: 'i32', shape: [B, n], device, stream: s }), params, stream: s });
+      const got = await d.tokens.toArray({ stream: s });
+      const after = await targetLogits.toBytes({ stream: s });
+      let firstChanged = -1;
+      for (let i = 0; i < before.length && firstChanged < 0; i++) if (before[i] !== after[i]) firstChanged = i;
+      expect(firstChanged, 'first byte of targetLogits the op changed').toBe(-1);
+      const want = verifyDrafts({
+        targetLogits: fromArray(target, { dtype: 'bf16', shape: [B, n + 1, V], device: 'cpu' }),
+        draftTokens: fromArray(drafts, { dtype: 'i32', shape: [B, n], device: 'cpu' }),
+        params,
+      });
+      expect(Array.from(got)).toEqual(Array.from(await want.tokens.toArray()));
+    } finally {
+      await s[Symbol.asyncDispose]();
+    }
+  });
 });
 
 forEachBackend('verifyDrafts temperature limits', (device: Device) => {

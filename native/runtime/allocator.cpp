@@ -61,6 +61,7 @@ void* CachingAllocator::allocate(size_t bytes, cudaStream_t stream) {
     p = it->second.back();
     it->second.pop_back();
     cachedBytes_ -= size;
+    blocks_.at(p).live = true;
   } else {
     checkCuda(cudaSetDevice(device_), "cudaSetDevice");
     // cudaMalloc is not a stream operation; relaxed mode lets it run while a graph capture
@@ -114,6 +115,8 @@ void CachingAllocator::release(void* p, const std::vector<cudaStream_t>& usedOn)
   auto it = blocks_.find(p);
   if (it == blocks_.end()) fail("E_ARGUMENT", "free of a pointer this allocator did not hand out");
   Block& b = it->second;
+  if (!b.live) fail("E_INTERNAL", "a device block was released twice");
+  b.live = false;
   stats_.allocatedBytes -= b.size;
   stats_.frees++;
   cachedBytes_ += b.size;

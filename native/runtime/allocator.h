@@ -45,6 +45,7 @@ class CachingAllocator {
     size_t size;
     cudaStream_t stream;
     std::shared_ptr<Retired> retired;  // for a live block of a destroyed stream
+    bool live = true;                  // handed out and not yet released
   };
   struct Pending {
     void* ptr;

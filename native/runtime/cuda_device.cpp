@@ -33,6 +33,10 @@ struct WorkspaceBlock {
   void* ptr;
   size_t size;
   std::vector<cudaStream_t> usedOn;  // streams a capturing graph was launched on
+  WorkspaceBlock(CachingAllocator* a, void* p, size_t n) : allocator(a), ptr(p), size(n) {}
+  // one owner of the memory: a copy would release it twice
+  WorkspaceBlock(const WorkspaceBlock&) = delete;
+  WorkspaceBlock& operator=(const WorkspaceBlock&) = delete;
   ~WorkspaceBlock() {
     try {
       allocator->release(ptr, usedOn);
@@ -53,7 +57,7 @@ class Arena final : public kernels::Workspace {
       // allocator ordered on this stream (graphs that captured it keep their own reference)
       size_t size = block_ ? std::max(bytes, block_->size * 2) : std::max<size_t>(bytes, size_t(1) << 20);
       void* p = allocator_->allocate(size, stream_);
-      block_ = std::make_shared<WorkspaceBlock>(WorkspaceBlock{allocator_, p, size, {}});
+      block_ = std::make_shared<WorkspaceBlock>(allocator_, p, size);
     }
     if (capturing_) captured_.insert(block_);
     return block_->ptr;
