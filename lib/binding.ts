@@ -2,11 +2,14 @@
 // Ops take (device, stream, ...fields): device is the native index (-1 runs the CPU reference),
 // stream the cudaStream_t as a bigint (ignored on the CPU), and the fields fill the op's
 // argument struct (native/common/<family>.h) in declaration order. Pointers are bigints, dtypes
-// the numeric ids of dtype.ts.
+// the numeric ids of dtype.ts. Hot ops are also called with no arguments, after the same
+// values were written into the op argument buffer (native.ts opArgs()).
 
 /** Raw binding: pointers are bigints, dtypes numeric ids, device -1 the CPU. Internal. */
 export interface Binding extends Nvfp4Binding, MtpBinding, RoutingBinding, MoeBinding {
   setErrorClass(cls: unknown): void;
+  /** The op argument buffer (native.ts opArgs()): ops called with no arguments read it. */
+  setArgBuffer(buffer: Float64Array): void;
   buildInfo(): NativeBuildInfo;
   canAccessPeer(from: number, to: number): boolean;
   deviceCount(): number;
@@ -45,7 +48,11 @@ export interface Binding extends Nvfp4Binding, MtpBinding, RoutingBinding, MoeBi
   isCapturing(device: number, stream: bigint): boolean;
   launchGraph(device: number, graph: bigint, stream: bigint): void;
   destroyGraph(device: number, graph: bigint): void;
+  /** With no arguments: (device, stream, ...fields) from the op argument buffer. */
+  convert(): void;
   convert(device: number, stream: bigint, src: bigint, srcType: number, dst: bigint, dstType: number, numel: number): void;
+  /** With no arguments: (device, stream, ...fields) from the op argument buffer. */
+  launchEmpty(): void;
   launchEmpty(device: number, stream: bigint): void;
   /** Every op `name(device, stream, ...fields)` also has `nameLaunchLoop(n, device, stream, ...fields)`. */
   [launchLoop: `${string}LaunchLoop`]: (n: number, ...args: (bigint | number | boolean)[]) => number;
@@ -89,6 +96,8 @@ export interface MemoryStats {
 export interface Nvfp4Binding {
   nvfp4Amax(device: number, stream: bigint, x: bigint, xType: number, numel: number, amax: bigint): void;
   nvfp4GlobalScaleFromAmax(device: number, stream: bigint, amax: bigint, globalScale: bigint): void;
+  /** With no arguments: (device, stream, ...fields) from the op argument buffer. */
+  nvfp4Quantize(): void;
   nvfp4Quantize(
     device: number, stream: bigint, x: bigint, xType: number, rows: number, K: number, globalScale: bigint,
     data: bigint, scales: bigint, globalScaleOut: bigint,
@@ -99,6 +108,8 @@ export interface Nvfp4Binding {
   ): void;
   nvfp4SwizzleScales(device: number, stream: bigint, scales: bigint, rows: number, K: number, swizzled: bigint): void;
   nvfp4UnswizzleScales(device: number, stream: bigint, swizzled: bigint, rows: number, K: number, scales: bigint): void;
+  /** With no arguments: (device, stream, ...fields) from the op argument buffer. */
+  nvfp4Gemm(): void;
   nvfp4Gemm(
     device: number, stream: bigint, a: bigint, aType: number, aScales: bigint, aGlobalScale: bigint,
     wData: bigint, wScales: bigint, wGlobalScale: bigint, bias: bigint, biasType: number,
@@ -113,6 +124,8 @@ export interface Nvfp4Binding {
 
 /** Native entry points of the mtp family (fields of VerifyDraftsArgs, native/common/mtp.h). @internal */
 export interface MtpBinding {
+  /** With no arguments: (device, stream, ...fields) from the op argument buffer. */
+  verifyDrafts(): void;
   verifyDrafts(
     device: number,
     stream: bigint,

@@ -1,6 +1,6 @@
 import { DTYPES, FLOAT_DTYPES, type DType } from './dtype';
 import { MoeError } from './errors';
-import { native } from './native';
+import { native, opArgs } from './native';
 import { resolveStream, type Stream } from './stream';
 import { empty, overlaps, useOn, type Tensor } from './tensor';
 import { checkDType, checkOptions, checkOut, checkTensor, keys } from './validate';
@@ -37,6 +37,15 @@ export function convert<D extends DType>(x: Tensor, dtype: D, options?: ConvertO
     out = empty(x.shape, { dtype: to, device: x.device, stream });
   }
   useOn(stream, [x, out]);
-  native().convert(x.deviceIndex, stream.handle, x.dataPtr, DTYPES[x.dtype].id, out.dataPtr, DTYPES[to].id, x.numel);
+  const b = native();
+  const A = opArgs();
+  A[0] = x.deviceIndex;
+  A[1] = stream.address;
+  A[2] = x.address;
+  A[3] = DTYPES[x.dtype].id;
+  A[4] = out.address;
+  A[5] = DTYPES[to].id;
+  A[6] = x.numel;
+  b.convert();
   return out;
 }

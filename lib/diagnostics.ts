@@ -1,5 +1,5 @@
 import { MoeError } from './errors';
-import { native } from './native';
+import { native, opArgs } from './native';
 import { defaultStream, resolveStream, type Stream } from './stream';
 import { checkFunction, checkInteger } from './validate';
 
@@ -18,7 +18,11 @@ function cudaStream(stream: Stream, what: string): Stream {
 export const diagnostics = {
   launchEmpty(stream: Stream = defaultStream()): void {
     const s = cudaStream(stream, 'launchEmpty');
-    native().launchEmpty(s.deviceIndex, s.handle);
+    const b = native();
+    const A = opArgs();
+    A[0] = s.deviceIndex;
+    A[1] = s.address;
+    b.launchEmpty();
   },
   launchEmptyLoop(n: number, stream: Stream = defaultStream()): number {
     checkInteger(n, 'n', 0, 2 ** 31 - 1);

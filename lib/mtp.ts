@@ -1,6 +1,6 @@
 import { DTYPES, type DType } from './dtype';
 import { MoeError } from './errors';
-import { native } from './native';
+import { native, opArgs } from './native';
 import { isCapturing, resolveStream, type Stream } from './stream';
 import { empty, fromArray, overlaps, useOn, type Tensor } from './tensor';
 import {
@@ -229,9 +229,9 @@ function allocate<D extends DType>(shape: number[], dtype: D, device: Device, st
   return t;
 }
 
-/** The data pointer the native op reads; 0n (null) for an absent tensor. */
-function ptr(t: Tensor | undefined): bigint {
-  return t === undefined ? 0n : t.dataPtr;
+/** The address the native op reads; 0 (null) for an absent tensor. */
+function ptr(t: Tensor | undefined): number {
+  return t === undefined ? 0 : t.address;
 }
 
 /**
@@ -316,7 +316,7 @@ export function verifyDrafts(options: VerifyDraftsOptions): VerifyDraftsResult {
     for (let i = 0; i < PARAMS.length; i++) {
       const v = p[i];
       if (v === undefined) {
-        p[i] = 0n;
+        p[i] = 0;
         continue;
       }
       const spec = PARAMS[i];
@@ -327,7 +327,7 @@ export function verifyDrafts(options: VerifyDraftsOptions): VerifyDraftsResult {
         t = uploadPerRequest(v, spec.argument, spec.dtype, spec.encode, batch, device, stream);
         (uploaded ??= []).push(t);
       }
-      p[i] = t.dataPtr;
+      p[i] = t.address;
       used.push(t);
     }
 
@@ -346,26 +346,26 @@ export function verifyDrafts(options: VerifyDraftsOptions): VerifyDraftsResult {
     if (wantMask) result.acceptMask = outMask ?? allocate([batch, n], 'u8', device, stream, used);
     useOn(stream, used);
 
-    native().verifyDrafts(
-      target.deviceIndex,
-      stream.handle,
-      target.dataPtr,
-      DTYPES[target.dtype].id,
-      ptr(drafts),
-      ptr(lengths),
-      ptr(draft),
-      DTYPES[(draft ?? target).dtype].id,
-      draftKind,
-      p[0] as bigint, p[1] as bigint, p[2] as bigint, p[3] as bigint, p[4] as bigint, p[5] as bigint,
-      p[6] as bigint, p[7] as bigint, p[8] as bigint, p[9] as bigint, p[10] as bigint,
-      ptr(result.tokens),
-      ptr(result.numAccepted),
-      ptr(result.acceptMask),
-      ptr(result.inThinking),
-      batch,
-      n,
-      vocab,
-    );
+    const b = native();
+    const A = opArgs();
+    A[0] = target.deviceIndex;
+    A[1] = stream.address;
+    A[2] = target.address;
+    A[3] = DTYPES[target.dtype].id;
+    A[4] = ptr(drafts);
+    A[5] = ptr(lengths);
+    A[6] = ptr(draft);
+    A[7] = DTYPES[(draft ?? target).dtype].id;
+    A[8] = draftKind;
+    for (let i = 0; i < 11; i++) A[9 + i] = p[i] as number;
+    A[20] = ptr(result.tokens);
+    A[21] = ptr(result.numAccepted);
+    A[22] = ptr(result.acceptMask);
+    A[23] = ptr(result.inThinking);
+    A[24] = batch;
+    A[25] = n;
+    A[26] = vocab;
+    b.verifyDrafts();
     allocatedFrom = used.length;
     return result;
   } finally {

@@ -59,13 +59,24 @@ function load(): Binding {
 
 let binding: Binding | undefined;
 
+// Shared with the addon: an op's hot path writes (device, stream, ...fields) here and calls the
+// op with no arguments, so the crossing reads plain memory instead of one Node-API value per
+// field. Pointers go in as numbers: addresses are below 2^53, so a double holds them exactly.
+const args = new Float64Array(64);
+
 /** The loaded addon; loaded on first use so that importing the package never throws. @internal */
 export function native(): Binding {
   if (!binding) {
     binding = load();
     binding.setErrorClass(MoeError);
+    binding.setArgBuffer(args);
   }
   return binding;
+}
+
+/** The op argument buffer (see above); fill it, then call the op with no arguments. @internal */
+export function opArgs(): Float64Array {
+  return args;
 }
 
 /** Which addon file was loaded (loading it if needed). @internal */

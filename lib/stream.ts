@@ -26,6 +26,8 @@ export class Stream {
   readonly isDefault: boolean;
   /** @internal native device index (-1 for the CPU) */
   readonly deviceIndex: number;
+  /** @internal handle as a number, for the op argument buffer */
+  readonly address: number;
   private _disposed = false;
 
   /** @internal use createStream() or defaultStream() */
@@ -34,6 +36,7 @@ export class Stream {
     this.handle = handle;
     this.isDefault = isDefault;
     this.deviceIndex = deviceIndex(device);
+    this.address = Number(handle);
     if (device !== 'cpu' && !isDefault) streamRegistry.register(this, { device: this.deviceIndex, handle }, this);
   }
 

@@ -97,6 +97,8 @@ export class Tensor<D extends DType = DType> {
   readonly numel: number;
   /** Bytes of the elements. */
   readonly byteLength: number;
+  /** @internal dataPtr as a number (exact: addresses are below 2^53), for the op argument buffer */
+  readonly address: number;
   private _storage: Storage | null;
   private _ptr: bigint;
 
@@ -112,6 +114,7 @@ export class Tensor<D extends DType = DType> {
     this.numel = product(this.shape);
     this.byteLength = this.numel * DTYPES[dtype].bytes;
     this._ptr = storage.ptr + BigInt(byteOffset);
+    this.address = Number(this._ptr);
     registry.register(this, storage, this);
   }
 
@@ -496,7 +499,9 @@ export function fromBytes<D extends DType = 'u8'>(
  */
 export function fromPointer<D extends DType = 'f32'>(ptr: bigint, options: CreateOptions<D> & { shape: readonly number[] }): Tensor<D> {
   checkOptions(options, 'options', FROM_OPTIONS);
-  if (typeof ptr !== 'bigint' || ptr < 0n) throw new MoeError('E_ARGUMENT', `ptr: expected a non-negative bigint address, got ${describe(ptr)}`);
+  if (typeof ptr !== 'bigint' || ptr < 0n || ptr > 2n ** 53n) {
+    throw new MoeError('E_ARGUMENT', `ptr: expected a non-negative bigint address below 2^53, got ${describe(ptr)}`);
+  }
   const dtype = checkDType(options.dtype ?? 'f32', 'dtype') as D;
   const shape = checkShape(options.shape, 'shape', elementLimit(dtype));
   const device = options.device === undefined ? defaultDevice() : checkDevice(options.device, 'device');

@@ -2,7 +2,7 @@
 // given): checks read each value once, and nothing is allocated that the call can do without.
 import { DTYPES } from '../dtype';
 import { MoeError, describe } from '../errors';
-import { native } from '../native';
+import { native, opArgs } from '../native';
 import { resolveStream, type Stream } from '../stream';
 import { empty, overlaps, useOn, type Tensor } from '../tensor';
 import {
@@ -167,26 +167,27 @@ export function gemmNvfp4<D extends GemmNvfp4OutDType = 'bf16'>(
       if (bias !== undefined) used.push(bias);
       useOn(stream, used);
     }
-    native().nvfp4Gemm(
-      at.deviceIndex,
-      stream.handle,
-      aPtr,
-      aq ? ID_U8 : ID_BF16,
-      aq ? aq.scales.dataPtr : 0n,
-      aq ? aq.globalScale.dataPtr : 0n,
-      wData.dataPtr,
-      w.scales.dataPtr,
-      w.globalScale.dataPtr,
-      bias ? bias.dataPtr : 0n,
-      bias ? DTYPES[bias.dtype].id : ID_F32,
-      out.dataPtr,
-      dtype === 'f32' ? ID_F32 : ID_BF16,
-      M,
-      N,
-      K,
-      alpha,
-      portable,
-    );
+    const b = native();
+    const A = opArgs();
+    A[0] = at.deviceIndex;
+    A[1] = stream.address;
+    A[2] = at.address;
+    A[3] = aq ? ID_U8 : ID_BF16;
+    A[4] = aq ? aq.scales.address : 0;
+    A[5] = aq ? aq.globalScale.address : 0;
+    A[6] = wData.address;
+    A[7] = w.scales.address;
+    A[8] = w.globalScale.address;
+    A[9] = bias ? bias.address : 0;
+    A[10] = bias ? DTYPES[bias.dtype].id : ID_F32;
+    A[11] = out.address;
+    A[12] = dtype === 'f32' ? ID_F32 : ID_BF16;
+    A[13] = M;
+    A[14] = N;
+    A[15] = K;
+    A[16] = alpha;
+    A[17] = portable ? 1 : 0;
+    b.nvfp4Gemm();
   } catch (e) {
     if (!given) out.dispose();
     throw e;

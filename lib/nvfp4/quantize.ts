@@ -1,7 +1,7 @@
 // NVFP4 quantization, dequantization, the calibration global scale and the scale swizzle.
 import { DTYPES } from '../dtype';
 import { MoeError, describe } from '../errors';
-import { native } from '../native';
+import { native, opArgs } from '../native';
 import { isCapturing, resolveStream, type Stream } from '../stream';
 import { empty, overlaps, useOn, type Tensor } from '../tensor';
 import {
@@ -160,10 +160,18 @@ export function quantizeNvfp4(x: Tensor, options?: QuantizeNvfp4Options): Nvfp4T
         enqueueGlobalScale(t, gs, stream);
       }
     }
-    b.nvfp4Quantize(
-      dev, stream.handle, t.dataPtr, DTYPES[t.dtype].id, rows, K, scaleFrom.dataPtr,
-      q.data.dataPtr, q.scales.dataPtr, scaleFrom === gs ? 0n : gs.dataPtr,
-    );
+    const A = opArgs();
+    A[0] = dev;
+    A[1] = stream.address;
+    A[2] = t.address;
+    A[3] = DTYPES[t.dtype].id;
+    A[4] = rows;
+    A[5] = K;
+    A[6] = scaleFrom.address;
+    A[7] = q.data.address;
+    A[8] = q.scales.address;
+    A[9] = scaleFrom === gs ? 0 : gs.address;
+    b.nvfp4Quantize();
     return q;
   } catch (e) {
     if (!outGiven) q.dispose();

@@ -14,6 +14,11 @@ namespace moe::napi {
 
 struct AddonData {
   Napi::FunctionReference errorClass;  // lib/errors.ts MoeError, set by setErrorClass()
+  // The op argument buffer (lib/native.ts opArgs()): a Float64Array the JS side fills with
+  // (device, stream, ...fields) before calling an op with no arguments. Kept referenced.
+  Napi::Reference<Napi::Float64Array> argBuffer;
+  const double* args = nullptr;
+  size_t argCount = 0;
 };
 
 Napi::Error makeError(Napi::Env env, const std::string& code, const std::string& message);
