@@ -118,6 +118,150 @@ function routing(file) {
   ];
 }
 
+/** Experts per token of a grouped GEMM row, from its TFLOP/s = 2 T k N K / time. */
+function topKOf(x) {
+  return Math.round((x.tflops * 1e9 * x.ms) / (2 * x.T * x.N * x.K));
+}
+
+const range = (xs, digits = 0) => {
+  const lo = Math.min(...xs).toFixed(digits);
+  const hi = Math.max(...xs).toFixed(digits);
+  return lo === hi ? `${lo}%` : `${lo}-${hi}%`;
+};
+
+function grouped(file) {
+  const r = h.readJson(file);
+  const copyGbs = r.copy.gbPerS ?? r.copy.tbs * 1e3;
+  const pctCopy = (x) => (100 * x.gbs) / copyGbs;
+  const pctBf16 = (x) => (x.bf16Ms ? (100 * x.bf16Ms) / x.ms : undefined);
+  const decode = r.rows.filter((x) => x.phase === 'decode');
+  const prefill = r.rows.filter((x) => x.phase === 'prefill');
+  const ops = [...new Set(r.rows.map((x) => `${x.op} [${x.E}, ${x.N}, ${x.K}]`))].join(', ');
+  const k = r.rows.length ? topKOf(r.rows[0]) : undefined;
+  const torch = r.peers ? `PyTorch ${r.peers.torch} (CUDA ${r.peers.cuda})` : undefined;
+  const lines = [
+    `### Grouped NVFP4 GEMM (\`groupedGemmNvfp4\`, W4A16, bf16 out) on ${r.device}`,
+    '',
+    `The expert GEMMs of a DeepSeek-V3 layer, ${ops} (experts x N x K), top-${k} routing of T tokens; ` +
+      `w13 with the fused SwiGLU epilogue. ${r.method}.` +
+      (torch ? ` Peers in BF16 through ${torch}: \`torch._grouped_mm\`, and a loop of one cuBLAS GEMM per expert.` : ' No peer measured.'),
+    '',
+  ];
+  if (decode.length) {
+    const pcts = decode.map(pctCopy);
+    lines.push(
+      `Decode (masked layout): bound by reading the weights of the experts the routing touches, so the measure is ` +
+        `GB/s on their codes and scales against the copy bandwidth (${(copyGbs / 1e3).toFixed(2)} TB/s, read + write): ` +
+        `${range(pcts)} here.`,
+      '',
+      ...h.markdownTable(
+        [
+          { title: 'op', cell: (x) => x.op },
+          { title: 'T', cell: (x) => x.T },
+          { title: 'ours (µs)', cell: (x) => us(x.ms) },
+          { title: 'experts touched', cell: (x) => x.expertsTouched.toFixed(1) },
+          { title: 'GB/s', cell: (x) => x.gbs.toFixed(0) },
+          { title: '% of copy bandwidth', cell: (x) => `${pctCopy(x).toFixed(0)}%` },
+          { title: 'torch._grouped_mm BF16 (µs)', cell: (x) => x.groupedMmMs && us(x.groupedMmMs) },
+          { title: 'cuBLAS BF16 loop (µs)', cell: (x) => x.loopMs && us(x.loopMs) },
+          { title: 'speedup vs the faster peer', cell: (x) => bestPeerRatio(x) },
+        ],
+        decode,
+      ),
+      '',
+    );
+  }
+  if (prefill.length) {
+    const pcts = prefill.map(pctBf16).filter((v) => v !== undefined);
+    lines.push(
+      `Prefill (contiguous layout): bound by the tensor cores, so the measure is TFLOP/s = 2 T k N K / time against one ` +
+        `cuBLAS BF16 GEMM of the same flops (dense: a bound a grouped GEMM can only approach)` +
+        (pcts.length ? `: ${range(pcts)} of it here, and slower than \`torch._grouped_mm\` in BF16.` : '.'),
+      '',
+      ...h.markdownTable(
+        [
+          { title: 'op', cell: (x) => x.op },
+          { title: 'T', cell: (x) => x.T },
+          { title: 'ours (µs)', cell: (x) => us(x.ms) },
+          { title: 'TFLOP/s', cell: (x) => x.tflops.toFixed(1) },
+          { title: 'cuBLAS BF16, same flops (µs)', cell: (x) => x.bf16Ms && us(x.bf16Ms) },
+          { title: '% of cuBLAS BF16', cell: (x) => pctBf16(x) !== undefined && `${pctBf16(x).toFixed(0)}%` },
+          { title: 'torch._grouped_mm BF16 (µs)', cell: (x) => x.groupedMmMs && us(x.groupedMmMs) },
+          { title: 'cuBLAS BF16 loop (µs)', cell: (x) => x.loopMs && us(x.loopMs) },
+          { title: 'speedup vs the faster peer', cell: (x) => bestPeerRatio(x) },
+        ],
+        prefill,
+      ),
+      '',
+    );
+  }
+  lines.push(`${h.headerLine(r)}.`, ...chart(file, `Grouped NVFP4 GEMM on ${r.device}`));
+  return lines;
+}
+
+/** The faster of the two grouped BF16 peers' time over ours ("0.56x": ours is slower). */
+function bestPeerRatio(x) {
+  const peers = [x.groupedMmMs, x.loopMs].filter((v) => typeof v === 'number' && v > 0);
+  return peers.length ? h.ratio(Math.min(...peers), x.ms) : undefined;
+}
+
+function moeBlock(file) {
+  const r = h.readJson(file);
+  const s = r.settings;
+  const peer = r.peer && Array.isArray(r.peer.cases) ? r.peer : undefined;
+  const stage = (name) => ({ title: name[1], cell: ({ ours }) => (ours.stages && ours.stages[name[0]] != null ? us(ours.stages[name[0]]) : undefined) });
+  const table = h.merge(r.rows, peer ? peer.cases : [], {
+    key: ['T'],
+    missing: 'n/a',
+    columns: [
+      { title: 'T', cell: ({ ours }) => ours.T },
+      { title: 'layout', cell: ({ ours }) => ours.layout },
+      { title: 'moeForward (µs)', cell: ({ ours }) => us(ours.ms) },
+      ...[
+        ['router', 'router'], ['routingLayout', 'routing + layout'], ['permute', 'permute'], ['gateUp', 'gate/up'],
+        ['down', 'down'], ['unpermute', 'unpermute'], ['shared', 'shared'],
+      ].map(stage),
+      { title: 'PyTorch BF16 (µs)', cell: ({ peer: p }) => p && us(p.ms) },
+      { title: 'speedup', cell: ({ ours, peer: p }) => p && h.ratio(p.ms, ours.ms) },
+    ],
+  });
+  const lines = [
+    `### MoE block (\`moeForward\`, NVFP4 W4A16) on ${r.device}`,
+    '',
+    `Hidden ${s.hidden}, ${s.experts} routed experts of width ${s.inner}, top-${s.k} (${s.groups} groups keeping ${s.topkGroups}, ` +
+      `sigmoid, bias, scale ${s.scale})` + (s.sharedInner ? `, one shared expert of width ${s.sharedInner}` : '') +
+      `: DeepSeek-V3's shape. The whole forward captured in one CUDA graph; the stage columns are the same calls, ` +
+      `each in a graph of its own (so they add up to a little more). Times in µs.` +
+      (peer ? ` PyTorch ${peer.torch}: the same block in BF16 with ${peer.grouped}, ${peer.timing}.` : ' No peer measured.'),
+    '',
+    ...table.lines,
+  ];
+  if (r.memory) {
+    const gib = (b) => (b / 2 ** 30).toFixed(2);
+    lines.push('', `Weights: NVFP4 ${gib(r.memory.nvfp4Bytes)} GiB, BF16 ${gib(r.memory.bf16Bytes)} GiB (${r.memory.ratio.toFixed(2)}x less; the bf16 router in both).`);
+  }
+  if (Array.isArray(r.comparison) && r.comparison.length) {
+    lines.push(
+      '',
+      'Output against the BF16 block on the same input: against the original BF16 weights the difference is mostly NVFP4\'s rounding of the weights; ' +
+        'against the same weights dequantized to BF16 it is the kernels\' own error:',
+      '',
+      ...h.markdownTable(
+        [
+          { title: 'T', cell: (x) => x.T },
+          { title: 'vs BF16 weights: rel. L2', cell: (x) => x.vsBf16Original.relL2.toExponential(2) },
+          { title: 'cosine', cell: (x) => x.vsBf16Original.cosine.toFixed(5) },
+          { title: 'vs the dequantized weights in BF16: rel. L2', cell: (x) => x.vsBf16Dequantized.relL2.toExponential(2) },
+          { title: 'tokens with the same experts', cell: (x) => `${(100 * x.tokensSameExperts).toFixed(0)}%` },
+        ],
+        r.comparison,
+      ),
+    );
+  }
+  lines.push('', `${h.headerLine(r)}.`, ...chart(file, `MoE block on ${r.device}`));
+  return lines;
+}
+
 function launch(file) {
   const r = h.readJson(file);
   const first = r.rows[0];
@@ -166,6 +310,8 @@ function section(dir = h.RESULTS_DIR) {
     ...resultFiles(dir, 'nvfp4_gemm', ['ours', 'peers']).map(nvfp4),
     ...resultFiles(dir, 'mtp', ['pytorch']).map(mtp),
     ...resultFiles(dir, 'routing', ['pytorch']).map(routing),
+    ...resultFiles(dir, 'grouped_gemm', ['ours', 'peers']).map(grouped),
+    ...resultFiles(dir, 'moe', ['pytorch']).map(moeBlock),
     ...resultFiles(dir, 'launch_overhead', []).map(launch),
   ];
   return [BEGIN, '', ...parts.flatMap((p) => [...p, '']), END].join('\n');
