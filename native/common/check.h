@@ -8,9 +8,11 @@
 
 namespace moe {
 
-// Throws MoeError(code, "<argument>: <message>") unless ok.
-inline void require(bool ok, const char* code, const char* argument, const std::string& message) {
-  if (!ok) fail(code, std::string(argument) + ": " + message);
-}
+// Throws MoeError(code, "<argument>: <message>") unless ok. A macro, so that the message (often
+// built with std::to_string) is only made on failure: these checks run on every op call.
+#define MOE_REQUIRE(ok, code, argument, message)                          \
+  do {                                                                     \
+    if (!(ok)) ::moe::fail((code), std::string(argument) + ": " + (message)); \
+  } while (0)
 
 }  // namespace moe

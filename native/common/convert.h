@@ -23,10 +23,10 @@ inline bool isConvertible(DType t) {
 }
 
 inline void validate(const ConvertArgs& a) {
-  require(isConvertible(a.srcType), "E_DTYPE", "x", "expected dtype f32, f16, bf16 or fp8e4m3");
-  require(isConvertible(a.dstType), "E_DTYPE", "dtype", "expected f32, f16, bf16 or fp8e4m3");
-  require(a.numel >= 0, "E_SHAPE", "x", "negative element count " + std::to_string(a.numel));
-  require(a.numel == 0 || (a.src && a.dst), "E_ARGUMENT", "x", "null data pointer");
+  MOE_REQUIRE(isConvertible(a.srcType), "E_DTYPE", "x", "expected dtype f32, f16, bf16 or fp8e4m3");
+  MOE_REQUIRE(isConvertible(a.dstType), "E_DTYPE", "dtype", "expected f32, f16, bf16 or fp8e4m3");
+  MOE_REQUIRE(a.numel >= 0, "E_SHAPE", "x", "negative element count " + std::to_string(a.numel));
+  MOE_REQUIRE(a.numel == 0 || (a.src && a.dst), "E_ARGUMENT", "x", "null data pointer");
 }
 
 }  // namespace moe

@@ -26,13 +26,13 @@ struct RouterLogitsArgs {
 };
 
 inline void validate(const RouterLogitsArgs& a) {
-  require(a.tokens >= 0, "E_SHAPE", "x", "negative token count " + std::to_string(a.tokens));
-  require(a.hidden >= 1, "E_SHAPE", "x", "expected a hidden size of at least 1, got " + std::to_string(a.hidden));
-  require(a.experts >= 1 && a.experts <= moe_family::kMaxRouterExperts, "E_SHAPE", "weight",
+  MOE_REQUIRE(a.tokens >= 0, "E_SHAPE", "x", "negative token count " + std::to_string(a.tokens));
+  MOE_REQUIRE(a.hidden >= 1, "E_SHAPE", "x", "expected a hidden size of at least 1, got " + std::to_string(a.hidden));
+  MOE_REQUIRE(a.experts >= 1 && a.experts <= moe_family::kMaxRouterExperts, "E_SHAPE", "weight",
           "expected 1 to " + std::to_string(moe_family::kMaxRouterExperts) + " experts, got " + std::to_string(a.experts));
-  require(a.tokens * a.hidden <= 2147483647LL && a.tokens * a.experts <= 2147483647LL, "E_SHAPE", "x", "more than 2^31 - 1 elements");
-  require(a.weight, "E_ARGUMENT", "weight", "null data pointer");
-  require(a.tokens == 0 || (a.x && a.out), "E_ARGUMENT", "x", "null data pointer");
+  MOE_REQUIRE(a.tokens * a.hidden <= 2147483647LL && a.tokens * a.experts <= 2147483647LL, "E_SHAPE", "x", "more than 2^31 - 1 elements");
+  MOE_REQUIRE(a.weight, "E_ARGUMENT", "weight", "null data pointer");
+  MOE_REQUIRE(a.tokens == 0 || (a.x && a.out), "E_ARGUMENT", "x", "null data pointer");
 }
 
 // swiglu: out [rows, I] = silu(x[:, :I]) * x[:, I:] for x [rows, 2I] (moe_rules.h: swiglu).
@@ -46,10 +46,10 @@ struct SwigluArgs {
 };
 
 inline void validate(const SwigluArgs& a) {
-  require(a.xType == DType::BF16 || a.xType == DType::F32, "E_DTYPE", "x", "expected dtype bf16 or f32");
-  require(a.outType == DType::BF16 || a.outType == DType::F32, "E_DTYPE", "out", "expected dtype bf16 or f32");
-  require(a.rows >= 0 && a.inner >= 0, "E_SHAPE", "x", "negative size");
-  require(a.rows * a.inner == 0 || (a.x && a.out), "E_ARGUMENT", "x", "null data pointer");
+  MOE_REQUIRE(a.xType == DType::BF16 || a.xType == DType::F32, "E_DTYPE", "x", "expected dtype bf16 or f32");
+  MOE_REQUIRE(a.outType == DType::BF16 || a.outType == DType::F32, "E_DTYPE", "out", "expected dtype bf16 or f32");
+  MOE_REQUIRE(a.rows >= 0 && a.inner >= 0, "E_SHAPE", "x", "negative size");
+  MOE_REQUIRE(a.rows * a.inner == 0 || (a.x && a.out), "E_ARGUMENT", "x", "null data pointer");
 }
 
 // add: out = a + b elementwise, in f32, rounded once to out's dtype.
@@ -65,11 +65,11 @@ struct AddArgs {
 
 inline void validate(const AddArgs& a) {
   auto ok = [](DType t) { return t == DType::BF16 || t == DType::F32; };
-  require(ok(a.aType), "E_DTYPE", "a", "expected dtype bf16 or f32");
-  require(ok(a.bType), "E_DTYPE", "b", "expected dtype bf16 or f32");
-  require(ok(a.outType), "E_DTYPE", "out", "expected dtype bf16 or f32");
-  require(a.numel >= 0, "E_SHAPE", "a", "negative size");
-  require(a.numel == 0 || (a.a && a.b && a.out), "E_ARGUMENT", "a", "null data pointer");
+  MOE_REQUIRE(ok(a.aType), "E_DTYPE", "a", "expected dtype bf16 or f32");
+  MOE_REQUIRE(ok(a.bType), "E_DTYPE", "b", "expected dtype bf16 or f32");
+  MOE_REQUIRE(ok(a.outType), "E_DTYPE", "out", "expected dtype bf16 or f32");
+  MOE_REQUIRE(a.numel >= 0, "E_SHAPE", "a", "negative size");
+  MOE_REQUIRE(a.numel == 0 || (a.a && a.b && a.out), "E_ARGUMENT", "a", "null data pointer");
 }
 
 }  // namespace moe

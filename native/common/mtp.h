@@ -114,29 +114,29 @@ inline bool isLogitType(DType t) { return t == DType::F32 || t == DType::F16 || 
 
 inline void validate(const VerifyDraftsArgs& a) {
   constexpr int64_t kI32Max = INT32_MAX;
-  require(isLogitType(a.logitsDType), "E_DTYPE", "targetLogits", "expected dtype f32, f16 or bf16");
-  require(a.batch >= 0 && a.numDrafts >= 0, "E_SHAPE", "targetLogits",
+  MOE_REQUIRE(isLogitType(a.logitsDType), "E_DTYPE", "targetLogits", "expected dtype f32, f16 or bf16");
+  MOE_REQUIRE(a.batch >= 0 && a.numDrafts >= 0, "E_SHAPE", "targetLogits",
           "negative size (B = " + std::to_string(a.batch) + ", n = " + std::to_string(a.numDrafts) + ")");
-  require(a.vocab >= 1 && a.vocab <= kI32Max, "E_SHAPE", "targetLogits",
+  MOE_REQUIRE(a.vocab >= 1 && a.vocab <= kI32Max, "E_SHAPE", "targetLogits",
           "vocabulary size V = " + std::to_string(a.vocab) + " outside [1, 2^31 - 1]");
   // Token ids, draft positions and row numbers (target rows, then draft-logit rows) are 32-bit.
-  require(a.numDrafts < kI32Max / 2 && a.batch <= kI32Max / (2 * a.numDrafts + 1), "E_SHAPE", "targetLogits",
+  MOE_REQUIRE(a.numDrafts < kI32Max / 2 && a.batch <= kI32Max / (2 * a.numDrafts + 1), "E_SHAPE", "targetLogits",
           "B * (2n + 1) rows with B = " + std::to_string(a.batch) + ", n = " + std::to_string(a.numDrafts) +
               " exceed 2^31 - 1");
-  require(a.draftKind >= kDraftNone && a.draftKind <= kDraftLogits, "E_ARGUMENT", "draftKind",
+  MOE_REQUIRE(a.draftKind >= kDraftNone && a.draftKind <= kDraftLogits, "E_ARGUMENT", "draftKind",
           "expected 0 (none), 1 (probs) or 2 (logits), got " + std::to_string(a.draftKind));
   if (a.draftKind != kDraftNone && a.draftData != nullptr) {
-    require(isLogitType(a.draftDType), "E_DTYPE", a.draftKind == kDraftProbs ? "draftProbs" : "draftLogits",
+    MOE_REQUIRE(isLogitType(a.draftDType), "E_DTYPE", a.draftKind == kDraftProbs ? "draftProbs" : "draftLogits",
             "expected dtype f32, f16 or bf16");
   }
   if (a.batch > 0) {
-    require(a.targetLogits != nullptr, "E_ARGUMENT", "targetLogits", "null data pointer");
-    require(a.numDrafts == 0 || a.draftTokens != nullptr, "E_ARGUMENT", "draftTokens", "null data pointer");
-    require(a.outTokens != nullptr, "E_ARGUMENT", "out.tokens", "null data pointer");
-    require(a.outNumAccepted != nullptr, "E_ARGUMENT", "out.numAccepted", "null data pointer");
+    MOE_REQUIRE(a.targetLogits != nullptr, "E_ARGUMENT", "targetLogits", "null data pointer");
+    MOE_REQUIRE(a.numDrafts == 0 || a.draftTokens != nullptr, "E_ARGUMENT", "draftTokens", "null data pointer");
+    MOE_REQUIRE(a.outTokens != nullptr, "E_ARGUMENT", "out.tokens", "null data pointer");
+    MOE_REQUIRE(a.outNumAccepted != nullptr, "E_ARGUMENT", "out.numAccepted", "null data pointer");
   }
   // The GPU reads a request's inThinking from several CTAs while one of them writes its output.
-  require(a.outInThinking == nullptr || a.outInThinking != a.inThinking, "E_ARGUMENT", "out.inThinking",
+  MOE_REQUIRE(a.outInThinking == nullptr || a.outInThinking != a.inThinking, "E_ARGUMENT", "out.inThinking",
           "must not be the params.inThinking array");
 }
 

@@ -140,15 +140,15 @@ inline int64_t nvfp4SwizzledScaleBytes(int64_t rows, int64_t K) {
 namespace nvfp4detail {
 
 inline void requireRowsK(int64_t rows, int64_t K, const char* argument) {
-  require(rows >= 0 && K >= 0, "E_SHAPE", argument,
+  MOE_REQUIRE(rows >= 0 && K >= 0, "E_SHAPE", argument,
           "negative size (rows " + std::to_string(rows) + ", K " + std::to_string(K) + ")");
-  require(K % kNvfp4Block == 0, "E_SHAPE", "K", "expected a multiple of 16, got " + std::to_string(K));
+  MOE_REQUIRE(K % kNvfp4Block == 0, "E_SHAPE", "K", "expected a multiple of 16, got " + std::to_string(K));
 }
 
-inline void requirePtr(const void* p, const char* argument) { require(p != nullptr, "E_ARGUMENT", argument, "null pointer"); }
+inline void requirePtr(const void* p, const char* argument) { MOE_REQUIRE(p != nullptr, "E_ARGUMENT", argument, "null pointer"); }
 
 inline void requireAligned(const void* p, size_t bytes, const char* argument) {
-  require(isAligned(p, bytes), "E_ARGUMENT", argument,
+  MOE_REQUIRE(isAligned(p, bytes), "E_ARGUMENT", argument,
           "the data must start at a " + std::to_string(bytes) + "-byte aligned address");
 }
 
@@ -156,8 +156,8 @@ inline void requireAligned(const void* p, size_t bytes, const char* argument) {
 
 inline void validate(const AmaxArgs& a) {
   using namespace nvfp4detail;
-  require(isNvfp4Source(a.xType), "E_DTYPE", "x", "expected dtype f32, f16 or bf16");
-  require(a.numel >= 0, "E_SHAPE", "x", "negative element count " + std::to_string(a.numel));
+  MOE_REQUIRE(isNvfp4Source(a.xType), "E_DTYPE", "x", "expected dtype f32, f16 or bf16");
+  MOE_REQUIRE(a.numel >= 0, "E_SHAPE", "x", "negative element count " + std::to_string(a.numel));
   if (a.numel > 0) requirePtr(a.x, "x");
   requirePtr(a.amax, "amax");
 }
@@ -170,7 +170,7 @@ inline void validate(const GlobalScaleArgs& a) {
 
 inline void validate(const QuantizeArgs& a) {
   using namespace nvfp4detail;
-  require(isNvfp4Source(a.xType), "E_DTYPE", "x", "expected dtype f32, f16 or bf16");
+  MOE_REQUIRE(isNvfp4Source(a.xType), "E_DTYPE", "x", "expected dtype f32, f16 or bf16");
   requireRowsK(a.rows, a.K, "x");
   requirePtr(a.globalScale, "globalScale");
   if (a.rows > 0 && a.K > 0) {
@@ -184,7 +184,7 @@ inline void validate(const QuantizeArgs& a) {
 
 inline void validate(const DequantizeArgs& a) {
   using namespace nvfp4detail;
-  require(isNvfp4Source(a.outType), "E_DTYPE", "dtype", "expected f32, f16 or bf16");
+  MOE_REQUIRE(isNvfp4Source(a.outType), "E_DTYPE", "dtype", "expected f32, f16 or bf16");
   requireRowsK(a.rows, a.K, "q");
   if (a.rows > 0 && a.K > 0) {
     requirePtr(a.data, "q.data");
@@ -216,17 +216,17 @@ inline void validate(const UnswizzleScalesArgs& a) { nvfp4detail::validateSwizzl
 inline void validate(const GemmArgs& a) {
   using namespace nvfp4detail;
   const bool aFp4 = a.aType == DType::U8;
-  require(a.aType == DType::BF16 || aFp4, "E_DTYPE", "a", "expected bf16 (W4A16) or u8 codes of an NVFP4 tensor (W4A4)");
-  require(a.outType == DType::BF16 || a.outType == DType::F32, "E_DTYPE", "out", "expected bf16 or f32");
-  require(a.bias == nullptr || a.biasType == DType::BF16 || a.biasType == DType::F32, "E_DTYPE", "bias",
+  MOE_REQUIRE(a.aType == DType::BF16 || aFp4, "E_DTYPE", "a", "expected bf16 (W4A16) or u8 codes of an NVFP4 tensor (W4A4)");
+  MOE_REQUIRE(a.outType == DType::BF16 || a.outType == DType::F32, "E_DTYPE", "out", "expected bf16 or f32");
+  MOE_REQUIRE(a.bias == nullptr || a.biasType == DType::BF16 || a.biasType == DType::F32, "E_DTYPE", "bias",
           "expected bf16 or f32");
-  require(a.M >= 0, "E_SHAPE", "M", "negative size " + std::to_string(a.M));
-  require(a.N >= 0, "E_SHAPE", "N", "negative size " + std::to_string(a.N));
-  require(a.K >= 0 && a.K % kNvfp4Block == 0, "E_SHAPE", "K", "expected a multiple of 16, got " + std::to_string(a.K));
+  MOE_REQUIRE(a.M >= 0, "E_SHAPE", "M", "negative size " + std::to_string(a.M));
+  MOE_REQUIRE(a.N >= 0, "E_SHAPE", "N", "negative size " + std::to_string(a.N));
+  MOE_REQUIRE(a.K >= 0 && a.K % kNvfp4Block == 0, "E_SHAPE", "K", "expected a multiple of 16, got " + std::to_string(a.K));
   // The kernels keep per-dimension indices (and K/2 bytes per row) in 32-bit ints.
-  require(a.M <= INT_MAX, "E_SHAPE", "M", "at most 2^31 - 1 rows are supported");
-  require(a.N <= INT_MAX, "E_SHAPE", "N", "at most 2^31 - 1 rows are supported");
-  require(a.K <= INT_MAX / 2, "E_SHAPE", "K", "at most 2^30 - 1 is supported");
+  MOE_REQUIRE(a.M <= INT_MAX, "E_SHAPE", "M", "at most 2^31 - 1 rows are supported");
+  MOE_REQUIRE(a.N <= INT_MAX, "E_SHAPE", "N", "at most 2^31 - 1 rows are supported");
+  MOE_REQUIRE(a.K <= INT_MAX / 2, "E_SHAPE", "K", "at most 2^30 - 1 is supported");
   if (a.M == 0 || a.N == 0) return;
   requirePtr(a.out, "out");
   requirePtr(a.wGlobalScale, "w.globalScale");
@@ -244,19 +244,19 @@ inline int64_t groupedOutColumns(const GroupedGemmArgs& a) { return a.epilogue =
 
 inline void validate(const GroupedGemmArgs& a) {
   using namespace nvfp4detail;
-  require(a.xType == DType::BF16, "E_DTYPE", "x", "expected bf16");
-  require(a.outType == DType::BF16, "E_DTYPE", "out", "expected bf16");
-  require(a.epilogue == GroupedEpilogue::None || a.epilogue == GroupedEpilogue::Swiglu, "E_ARGUMENT", "epilogue",
+  MOE_REQUIRE(a.xType == DType::BF16, "E_DTYPE", "x", "expected bf16");
+  MOE_REQUIRE(a.outType == DType::BF16, "E_DTYPE", "out", "expected bf16");
+  MOE_REQUIRE(a.epilogue == GroupedEpilogue::None || a.epilogue == GroupedEpilogue::Swiglu, "E_ARGUMENT", "epilogue",
           "expected none (0) or swiglu (1)");
-  require(a.E >= 1 && a.E <= INT_MAX, "E_SHAPE", "w", "expected at least one expert, got E = " + std::to_string(a.E));
-  require(a.rows >= 0 && a.rows <= INT_MAX, "E_SHAPE", "x", "expected 0 .. 2^31 - 1 rows, got " + std::to_string(a.rows));
-  require(a.N >= 0 && a.N <= INT_MAX, "E_SHAPE", "w", "expected 0 .. 2^31 - 1 rows per expert, got N = " + std::to_string(a.N));
-  require(a.K >= 0 && a.K % kNvfp4Block == 0 && a.K <= INT_MAX / 2, "E_SHAPE", "K",
+  MOE_REQUIRE(a.E >= 1 && a.E <= INT_MAX, "E_SHAPE", "w", "expected at least one expert, got E = " + std::to_string(a.E));
+  MOE_REQUIRE(a.rows >= 0 && a.rows <= INT_MAX, "E_SHAPE", "x", "expected 0 .. 2^31 - 1 rows, got " + std::to_string(a.rows));
+  MOE_REQUIRE(a.N >= 0 && a.N <= INT_MAX, "E_SHAPE", "w", "expected 0 .. 2^31 - 1 rows per expert, got N = " + std::to_string(a.N));
+  MOE_REQUIRE(a.K >= 0 && a.K % kNvfp4Block == 0 && a.K <= INT_MAX / 2, "E_SHAPE", "K",
           "expected a multiple of 16 below 2^30, got " + std::to_string(a.K));
-  require(a.epilogue != GroupedEpilogue::Swiglu || a.N % 2 == 0, "E_SHAPE", "w",
+  MOE_REQUIRE(a.epilogue != GroupedEpilogue::Swiglu || a.N % 2 == 0, "E_SHAPE", "w",
           "swiglu needs N = 2 * I (gate rows, then up rows), got N = " + std::to_string(a.N));
-  require(a.maxRowsPerExpert >= 0 && a.pairs >= 0, "E_ARGUMENT", "layout", "negative size");
-  require(a.maxRowsPerExpert == 0 || a.rows == a.E * a.maxRowsPerExpert, "E_SHAPE", "layout",
+  MOE_REQUIRE(a.maxRowsPerExpert >= 0 && a.pairs >= 0, "E_ARGUMENT", "layout", "negative size");
+  MOE_REQUIRE(a.maxRowsPerExpert == 0 || a.rows == a.E * a.maxRowsPerExpert, "E_SHAPE", "layout",
           "the masked form has E * maxTokensPerExpert rows, got " + std::to_string(a.rows));
   if (a.rows == 0 || a.N == 0) return;
   requirePtr(a.counts, "layout.counts");

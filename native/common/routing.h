@@ -41,22 +41,22 @@ struct RouteTopKArgs {
 
 inline void validate(const RouteTopKArgs& a) {
   using namespace routing;
-  require(a.logitsType == DType::F32 || a.logitsType == DType::BF16, "E_DTYPE", "logits", "expected dtype f32 or bf16");
-  require(a.tokens >= 0, "E_SHAPE", "logits", "negative token count " + std::to_string(a.tokens));
-  require(a.experts >= 1 && a.experts <= kMaxExperts, "E_SHAPE", "logits",
+  MOE_REQUIRE(a.logitsType == DType::F32 || a.logitsType == DType::BF16, "E_DTYPE", "logits", "expected dtype f32 or bf16");
+  MOE_REQUIRE(a.tokens >= 0, "E_SHAPE", "logits", "negative token count " + std::to_string(a.tokens));
+  MOE_REQUIRE(a.experts >= 1 && a.experts <= kMaxExperts, "E_SHAPE", "logits",
           "expected 1 to " + std::to_string(kMaxExperts) + " experts, got " + std::to_string(a.experts));
-  require(a.k >= 1 && a.k <= kMaxTopK, "E_ARGUMENT", "k", "expected 1 to " + std::to_string(kMaxTopK) + ", got " + std::to_string(a.k));
-  require(a.k <= a.experts, "E_SHAPE", "k", std::to_string(a.k) + " exceeds the " + std::to_string(a.experts) + " experts");
-  require(a.scoring == kScoringSoftmax || a.scoring == kScoringSigmoid, "E_ARGUMENT", "scoring", "expected softmax or sigmoid");
-  require(a.groups >= 1 && a.experts % a.groups == 0, "E_SHAPE", "groups.count",
+  MOE_REQUIRE(a.k >= 1 && a.k <= kMaxTopK, "E_ARGUMENT", "k", "expected 1 to " + std::to_string(kMaxTopK) + ", got " + std::to_string(a.k));
+  MOE_REQUIRE(a.k <= a.experts, "E_SHAPE", "k", std::to_string(a.k) + " exceeds the " + std::to_string(a.experts) + " experts");
+  MOE_REQUIRE(a.scoring == kScoringSoftmax || a.scoring == kScoringSigmoid, "E_ARGUMENT", "scoring", "expected softmax or sigmoid");
+  MOE_REQUIRE(a.groups >= 1 && a.experts % a.groups == 0, "E_SHAPE", "groups.count",
           std::to_string(a.experts) + " experts do not split into " + std::to_string(a.groups) + " equal groups");
-  require(a.topkGroups >= 1 && a.topkGroups <= a.groups, "E_SHAPE", "groups.topk",
+  MOE_REQUIRE(a.topkGroups >= 1 && a.topkGroups <= a.groups, "E_SHAPE", "groups.topk",
           "expected 1 to " + std::to_string(a.groups) + ", got " + std::to_string(a.topkGroups));
-  require(static_cast<int64_t>(a.topkGroups) * (a.experts / a.groups) >= a.k, "E_SHAPE", "groups.topk",
+  MOE_REQUIRE(static_cast<int64_t>(a.topkGroups) * (a.experts / a.groups) >= a.k, "E_SHAPE", "groups.topk",
           std::to_string(a.topkGroups) + " groups of " + std::to_string(a.experts / a.groups) + " experts hold fewer than k = " +
               std::to_string(a.k));
-  require(std::isfinite(a.scale), "E_ARGUMENT", "scale", "expected a finite number");
-  require(a.tokens == 0 || (a.logits && a.ids && a.weights), "E_ARGUMENT", "logits", "null data pointer");
+  MOE_REQUIRE(std::isfinite(a.scale), "E_ARGUMENT", "scale", "expected a finite number");
+  MOE_REQUIRE(a.tokens == 0 || (a.logits && a.ids && a.weights), "E_ARGUMENT", "logits", "null data pointer");
 }
 
 // expertLayout: ids i32 [tokens, k] -> where each (token, slot) pair goes.
@@ -89,18 +89,18 @@ inline int64_t layoutRows(int64_t tokens, int32_t k, int32_t experts, int32_t al
 
 inline void validate(const ExpertLayoutArgs& a) {
   using namespace routing;
-  require(a.tokens >= 0 && a.k >= 1 && a.k <= kMaxTopK, "E_SHAPE", "ids",
+  MOE_REQUIRE(a.tokens >= 0 && a.k >= 1 && a.k <= kMaxTopK, "E_SHAPE", "ids",
           "expected [tokens, k] with 1 <= k <= " + std::to_string(kMaxTopK));
-  require(a.experts >= 1 && a.experts <= kMaxLayoutExperts, "E_ARGUMENT", "numExperts",
+  MOE_REQUIRE(a.experts >= 1 && a.experts <= kMaxLayoutExperts, "E_ARGUMENT", "numExperts",
           "expected 1 to " + std::to_string(kMaxLayoutExperts) + ", got " + std::to_string(a.experts));
-  require(a.align >= 1 && a.align <= kMaxAlign, "E_ARGUMENT", "align",
+  MOE_REQUIRE(a.align >= 1 && a.align <= kMaxAlign, "E_ARGUMENT", "align",
           "expected 1 to " + std::to_string(kMaxAlign) + ", got " + std::to_string(a.align));
-  require(a.maxPerExpert >= 0, "E_ARGUMENT", "maxTokensPerExpert", "expected a positive integer");
-  require(a.maxPerExpert == 0 || a.align == 1, "E_ARGUMENT", "align", "the masked form (maxTokensPerExpert) has no alignment");
-  require(a.rows == layoutRows(a.tokens, a.k, a.experts, a.align, a.maxPerExpert) && a.rows <= 2147483647LL, "E_SHAPE", "layout",
+  MOE_REQUIRE(a.maxPerExpert >= 0, "E_ARGUMENT", "maxTokensPerExpert", "expected a positive integer");
+  MOE_REQUIRE(a.maxPerExpert == 0 || a.align == 1, "E_ARGUMENT", "align", "the masked form (maxTokensPerExpert) has no alignment");
+  MOE_REQUIRE(a.rows == layoutRows(a.tokens, a.k, a.experts, a.align, a.maxPerExpert) && a.rows <= 2147483647LL, "E_SHAPE", "layout",
           "the layout needs " + std::to_string(layoutRows(a.tokens, a.k, a.experts, a.align, a.maxPerExpert)) +
               " rows (at most 2^31 - 1), got " + std::to_string(a.rows));
-  require(a.counts && a.offsets && a.usedRows && a.dropped && a.errors && (a.rows == 0 || a.sourceIndex) &&
+  MOE_REQUIRE(a.counts && a.offsets && a.usedRows && a.dropped && a.errors && (a.rows == 0 || a.sourceIndex) &&
               (a.tokens == 0 || (a.ids && a.rowIndex)),
           "E_ARGUMENT", "layout", "null data pointer");
 }
@@ -130,12 +130,12 @@ inline int dtypeBytes(DType t) {
 }
 
 inline void validate(const PermuteArgs& a) {
-  require(a.type == DType::F32 || a.type == DType::F16 || a.type == DType::BF16 || a.type == DType::FP8E4M3, "E_DTYPE", "x",
+  MOE_REQUIRE(a.type == DType::F32 || a.type == DType::F16 || a.type == DType::BF16 || a.type == DType::FP8E4M3, "E_DTYPE", "x",
           "expected dtype f32, f16, bf16 or fp8e4m3");
-  require(a.tokens >= 0 && a.hidden >= 0 && a.rows >= 0 && a.k >= 1, "E_SHAPE", "x", "negative size");
-  require(a.usedRows && (a.rows == 0 || a.sourceIndex), "E_ARGUMENT", "layout", "null data pointer");
-  require(a.rows * a.hidden == 0 || a.out, "E_ARGUMENT", "out", "null data pointer");
-  require(a.tokens * a.hidden == 0 || a.x, "E_ARGUMENT", "x", "null data pointer");
+  MOE_REQUIRE(a.tokens >= 0 && a.hidden >= 0 && a.rows >= 0 && a.k >= 1, "E_SHAPE", "x", "negative size");
+  MOE_REQUIRE(a.usedRows && (a.rows == 0 || a.sourceIndex), "E_ARGUMENT", "layout", "null data pointer");
+  MOE_REQUIRE(a.rows * a.hidden == 0 || a.out, "E_ARGUMENT", "out", "null data pointer");
+  MOE_REQUIRE(a.tokens * a.hidden == 0 || a.x, "E_ARGUMENT", "x", "null data pointer");
 }
 
 // unpermute: out[t] = sum over slots s = 0..k-1 with 0 <= rowIndex[t*k+s] < rows, in that
@@ -155,12 +155,12 @@ struct UnpermuteArgs {
 };
 
 inline void validate(const UnpermuteArgs& a) {
-  require(a.yType == DType::F32 || a.yType == DType::BF16, "E_DTYPE", "y", "expected dtype f32 or bf16");
-  require(a.outType == DType::F32 || a.outType == DType::BF16, "E_DTYPE", "out", "expected dtype f32 or bf16");
-  require(a.tokens >= 0 && a.hidden >= 0 && a.rows >= 0 && a.k >= 1, "E_SHAPE", "y", "negative size");
-  require(a.tokens == 0 || (a.rowIndex && a.weights), "E_ARGUMENT", "layout", "null data pointer");
-  require(a.tokens * a.hidden == 0 || a.out, "E_ARGUMENT", "out", "null data pointer");
-  require(a.rows * a.hidden == 0 || a.y, "E_ARGUMENT", "y", "null data pointer");
+  MOE_REQUIRE(a.yType == DType::F32 || a.yType == DType::BF16, "E_DTYPE", "y", "expected dtype f32 or bf16");
+  MOE_REQUIRE(a.outType == DType::F32 || a.outType == DType::BF16, "E_DTYPE", "out", "expected dtype f32 or bf16");
+  MOE_REQUIRE(a.tokens >= 0 && a.hidden >= 0 && a.rows >= 0 && a.k >= 1, "E_SHAPE", "y", "negative size");
+  MOE_REQUIRE(a.tokens == 0 || (a.rowIndex && a.weights), "E_ARGUMENT", "layout", "null data pointer");
+  MOE_REQUIRE(a.tokens * a.hidden == 0 || a.out, "E_ARGUMENT", "out", "null data pointer");
+  MOE_REQUIRE(a.rows * a.hidden == 0 || a.y, "E_ARGUMENT", "y", "null data pointer");
 }
 
 }  // namespace moe
