@@ -2,6 +2,7 @@
 // where no GPU is usable.
 import { describe, expect } from 'vitest';
 import { MoeError, cudaUnavailableReason, type Backend, type Device } from '../lib';
+import { native } from '../lib/native';
 
 export const cudaReason = cudaUnavailableReason();
 export const hasCuda = cudaReason === undefined;
@@ -44,4 +45,26 @@ export function freshSeed(label: string): number {
   const seed = (Date.now() ^ (Math.random() * 2 ** 31)) >>> 0;
   console.log(`[seed] ${label}: ${seed}`);
   return seed;
+}
+
+/** Runs fn with every native entry point counted; returns the names called, in order. */
+export function nativeCalls(fn: () => void): string[] {
+  const b = native() as unknown as Record<string, unknown>;
+  const calls: string[] = [];
+  const saved = new Map<string, unknown>();
+  for (const name of Object.keys(b)) {
+    const f = b[name];
+    if (typeof f !== 'function') continue;
+    saved.set(name, f);
+    b[name] = (...args: unknown[]) => {
+      calls.push(name);
+      return (f as (...a: unknown[]) => unknown)(...args);
+    };
+  }
+  try {
+    fn();
+  } finally {
+    for (const [name, f] of saved) b[name] = f;
+  }
+  return calls;
 }

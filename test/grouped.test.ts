@@ -23,7 +23,7 @@ import {
   type Tensor,
 } from '../lib';
 import { native } from '../lib/native';
-import { expectCode, forEachBackend, freshSeed, hasCuda, rng } from './backends';
+import { expectCode, forEachBackend, freshSeed, hasCuda, rng, nativeCalls } from './backends';
 
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
@@ -425,23 +425,7 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
     const x = empty([layout.rows, 32], { dtype: 'bf16', device });
     const out = empty([layout.rows, 8], { dtype: 'bf16', device });
     groupedGemmNvfp4(x, w, layout, { out, epilogue: 'swiglu' });
-    const b = native() as unknown as Record<string, unknown>;
-    const calls: string[] = [];
-    const saved = new Map<string, unknown>();
-    for (const name of Object.keys(b)) {
-      const f = b[name];
-      if (typeof f !== 'function') continue;
-      saved.set(name, f);
-      b[name] = (...args: unknown[]) => {
-        calls.push(name);
-        return (f as (...a: unknown[]) => unknown)(...args);
-      };
-    }
-    try {
-      groupedGemmNvfp4(x, w, layout, { out, epilogue: 'swiglu' });
-    } finally {
-      for (const [name, f] of saved) b[name] = f;
-    }
+    const calls = nativeCalls(() => groupedGemmNvfp4(x, w, layout, { out, epilogue: 'swiglu' }));
     expect(calls).toEqual(['nvfp4GroupedGemm']);
   });
 });

@@ -16,7 +16,7 @@ import {
   type VerifyMode,
 } from '../lib';
 import { native } from '../lib/native';
-import { expectCode, forEachBackend, freshSeed, hasCuda, rng } from './backends';
+import { expectCode, forEachBackend, freshSeed, hasCuda, rng, nativeCalls } from './backends';
 
 // ---- oracles and helpers ------------------------------------------------------------------
 
@@ -723,24 +723,10 @@ forEachBackend('verifyDrafts', (device: Device) => {
       stream: defaultStream(device),
     };
     verifyDrafts(options); // warm: anything created once per process exists now
-    const b = native() as unknown as Record<string, unknown>;
-    const calls: string[] = [];
-    const saved = new Map<string, unknown>();
-    for (const name of Object.keys(b)) {
-      const f = b[name];
-      if (typeof f !== 'function') continue;
-      saved.set(name, f);
-      b[name] = (...args: unknown[]) => {
-        calls.push(name);
-        return (f as (...a: unknown[]) => unknown)(...args);
-      };
-    }
-    let res: ReturnType<typeof verifyDrafts>;
-    try {
+    let res!: ReturnType<typeof verifyDrafts>;
+    const calls = nativeCalls(() => {
       res = verifyDrafts(options);
-    } finally {
-      for (const [name, f] of saved) b[name] = f;
-    }
+    });
     expect(calls).toEqual(['verifyDrafts']);
     expect(res.tokens).toBe(options.out!.tokens);
     expect(Array.from(await res.tokens.toArray())).toEqual(GREEDY_TABLE.flatMap((c) => c.tokens));

@@ -23,7 +23,7 @@ import {
   type Tensor,
 } from '../lib';
 import { native } from '../lib/native';
-import { expectCode, forEachBackend, freshSeed, hasCuda, rng } from './backends';
+import { expectCode, forEachBackend, freshSeed, hasCuda, rng, nativeCalls } from './backends';
 
 // ---------------------------------------------------------------------------------------------
 // Independent oracles, written from the format's definition (native/common/nvfp4.h). Every
@@ -1009,28 +1009,6 @@ forEachBackend('Nvfp4Tensor assembled from parts', (device: Device) => {
 
 // ---------------------------------------------------------------------------------------------
 // The op path: options objects, preconditions the native side applies, native calls per op.
-
-/** Runs fn with every native entry point counted; returns the names called, in order. */
-function nativeCalls(fn: () => void): string[] {
-  const b = native() as unknown as Record<string, unknown>;
-  const calls: string[] = [];
-  const saved = new Map<string, unknown>();
-  for (const name of Object.keys(b)) {
-    const f = b[name];
-    if (typeof f !== 'function') continue;
-    saved.set(name, f);
-    b[name] = (...args: unknown[]) => {
-      calls.push(name);
-      return (f as (...a: unknown[]) => unknown)(...args);
-    };
-  }
-  try {
-    fn();
-  } finally {
-    for (const [name, f] of saved) b[name] = f;
-  }
-  return calls;
-}
 
 forEachBackend('nvfp4 op path', (device: Device) => {
   const r = rng(7);

@@ -18,7 +18,7 @@ import {
   type Tensor,
 } from '../lib';
 import { native } from '../lib/native';
-import { expectCode, forEachBackend, freshSeed, hasCuda, rng } from './backends';
+import { expectCode, forEachBackend, freshSeed, hasCuda, rng, nativeCalls } from './backends';
 
 const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));
 
@@ -436,28 +436,6 @@ forEachBackend('permute / unpermute', (device: Device) => {
     await expectCode(() => unpermute(x, l, w, { out: empty([2, 3], { dtype: 'f32', device }) }), 'E_SHAPE', 'out');
   });
 });
-
-/** Runs fn with every native entry point counted; returns the names called, in order. */
-function nativeCalls(fn: () => void): string[] {
-  const b = native() as unknown as Record<string, unknown>;
-  const calls: string[] = [];
-  const saved = new Map<string, unknown>();
-  for (const name of Object.keys(b)) {
-    const f = b[name];
-    if (typeof f !== 'function') continue;
-    saved.set(name, f);
-    b[name] = (...args: unknown[]) => {
-      calls.push(name);
-      return (f as (...a: unknown[]) => unknown)(...args);
-    };
-  }
-  try {
-    fn();
-  } finally {
-    for (const [name, f] of saved) b[name] = f;
-  }
-  return calls;
-}
 
 forEachBackend('routing op path', (device: Device) => {
   it('the native side names the argument of a precondition it refuses (not E_CUDA)', async () => {
