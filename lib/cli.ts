@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // `npx moe-kernels <command>`: what a new user runs first.
-import { Command, CommanderError, InvalidArgumentError } from 'commander';
-import { BenchUsageError, bench } from './bench';
-import { buildInfo, type BuildInfo } from './device';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { BenchUsageError, EXIT_NO_GPU, bench } from './bench';
+import { formatDemo, runDemo } from './demo';
+import { buildInfo, cudaAvailable, cudaUnavailableReason, type BuildInfo } from './device';
 import { launch, MAX_LOCAL_RANKS } from './ep/launch';
 import { MoeError } from './errors';
 
@@ -41,6 +42,29 @@ function integerIn(lo: number, hi: number): (value: string) => number {
   };
 }
 
+function numberIn(lo: number, hi: number): (value: string) => number {
+  return (value) => {
+    const x = Number(value);
+    if (value.trim() === '' || !Number.isFinite(x) || x < lo || x > hi) throw new InvalidArgumentError(`expected a number in [${lo}, ${hi}]`);
+    return x;
+  };
+}
+
+interface DemoFlags {
+  layers?: number;
+  batch?: number;
+  drafts: number;
+  steps?: number;
+  acceptance: number;
+  device?: 'cpu' | 'cuda';
+  shape?: 'full' | 'small';
+  mode: 'greedy' | 'rejection';
+  logits: 'bf16' | 'f32';
+  seed: number;
+  json?: boolean;
+  progress: boolean;
+}
+
 export async function main(argv: string[]): Promise<number> {
   let status = 0;
   const program = new Command('moe-kernels')
@@ -68,6 +92,46 @@ export async function main(argv: string[]): Promise<number> {
     .passThroughOptions()
     .action(async (script: string, args: string[], opts: { nprocPerNode: number; masterPort?: number }) => {
       status = await launch({ nproc: opts.nprocPerNode, script, args, masterPort: opts.masterPort });
+    });
+  program
+    .command('demo')
+    .description('one speculative-decoding step of a DeepSeek-V3-shaped slice with random NVFP4 weights (MoE layers, LM head, draft verification), timed per stage; the CPU runs a scaled-down shape')
+    .addOption(new Option('--device <device>', 'where it runs (default: cuda where a GPU is usable, else cpu)').choices(['cpu', 'cuda']))
+    .addOption(new Option('--shape <shape>', 'full: DeepSeek-V3 (default on cuda); small: scaled down (default on cpu)').choices(['full', 'small']))
+    .option('--layers <L>', 'MoE layers (default 4 full, 2 small)', integerIn(1, 64))
+    .option('--batch <B>', 'requests (default 64 on cuda, 4 on cpu)', integerIn(1, 4096))
+    .option('--drafts <n>', 'MTP drafts per request', integerIn(1, 16), 3)
+    .option('--steps <S>', 'timed decode steps (default 20 on cuda, 3 on cpu)', integerIn(1, 100000))
+    .option('--acceptance <p>', "probability that a synthetic draft equals the target's choice", numberIn(0, 1), 0.8)
+    .addOption(new Option('--mode <mode>', 'verification').choices(['greedy', 'rejection']).default('greedy'))
+    .addOption(new Option('--logits <dtype>', 'dtype of the LM head output').choices(['bf16', 'f32']).default('bf16'))
+    .option('--seed <n>', 'seed of the weights, inputs and drafts', integerIn(0, 2 ** 31 - 1), 1)
+    .option('--no-progress', 'no progress bars (they show only on a terminal)')
+    .option('--json', 'print the result as JSON')
+    .action(async (f: DemoFlags) => {
+      const device = f.device ?? (cudaAvailable() ? 'cuda' : 'cpu');
+      if (device === 'cuda' && !cudaAvailable()) {
+        process.stderr.write(`moe-kernels demo: --device cuda needs a CUDA GPU (${cudaUnavailableReason()}); --device cpu runs the scaled-down shape.\n`);
+        status = EXIT_NO_GPU;
+        return;
+      }
+      const full = (f.shape ?? (device === 'cuda' ? 'full' : 'small')) === 'full';
+      const result = await runDemo({
+        device,
+        shape: full ? 'full' : 'small',
+        layers: f.layers ?? (full ? 4 : 2),
+        batch: f.batch ?? (device === 'cuda' ? 64 : 4),
+        drafts: f.drafts,
+        steps: f.steps ?? (device === 'cuda' ? 20 : 3),
+        acceptance: f.acceptance,
+        mode: f.mode,
+        logits: f.logits,
+        seed: f.seed,
+        progress: f.progress && !f.json,
+        log: f.json ? undefined : (line) => console.log(line),
+      });
+      if (f.json) console.log(JSON.stringify(result, null, 2));
+      else console.log(formatDemo(result).join('\n'));
     });
   const benchCommand = program
     .command('bench')
