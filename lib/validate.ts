@@ -282,9 +282,10 @@ export function checkOutLastDim<T extends TensorLike = TensorLike>(
 }
 
 /** A tensor whose data the kernels read with `bytes`-wide vector loads. */
-export function checkAligned(ptr: bigint, numel: number, argument: string, bytes: number): void {
-  if (numel > 0 && ptr % BigInt(bytes) !== 0n) {
-    throw new MoeError('E_ARGUMENT', `${argument}: the data must start at a ${bytes}-byte aligned address, got 0x${ptr.toString(16)}`);
+export function checkAligned(address: number, numel: number, argument: string, bytes: number): void {
+  // a number, not the bigint dataPtr: addresses are below 2^53, and bigint arithmetic allocates
+  if (numel > 0 && address % bytes !== 0) {
+    throw new MoeError('E_ARGUMENT', `${argument}: the data must start at a ${bytes}-byte aligned address, got 0x${address.toString(16)}`);
   }
 }
 

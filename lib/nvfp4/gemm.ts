@@ -134,10 +134,9 @@ export function gemmNvfp4<D extends GemmNvfp4OutDType = 'bf16'>(
   }
   const portable = forcedPortable(o.path);
 
-  const aPtr = at.dataPtr;
   const wData = w.data;
-  checkAligned(aPtr, at.numel, aq ? 'a.data' : 'a', aq ? 8 : 16);
-  checkAligned(wData.dataPtr, wData.numel, 'w.data', 8);
+  checkAligned(at.address, at.numel, aq ? 'a.data' : 'a', aq ? 8 : 16);
+  checkAligned(wData.address, wData.numel, 'w.data', 8);
 
   let out: Tensor<D>;
   const given = o.out !== undefined;

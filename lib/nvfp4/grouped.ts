@@ -71,8 +71,8 @@ export function groupedGemmNvfp4(x: Tensor<'bf16'>, w: Nvfp4Tensor, layout: Expe
   const outN = epilogue === 'swiglu' ? N / 2 : N;
   const stream = resolveStream(o.stream, device, 'options.stream');
   const wData = w.data;
-  checkAligned(xt.dataPtr, xt.numel, 'x', 16);
-  checkAligned(wData.dataPtr, wData.numel, 'w.data', 8);
+  checkAligned(xt.address, xt.numel, 'x', 16);
+  checkAligned(wData.address, wData.numel, 'w.data', 8);
 
   let out: Tensor<'bf16'>;
   const given = o.out !== undefined;

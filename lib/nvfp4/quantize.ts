@@ -40,7 +40,7 @@ function checkSource(x: unknown, argument: string): Tensor {
   if (K % NVFP4_BLOCK !== 0) {
     throw new MoeError('E_SHAPE', `${argument}: the last dimension K must be a multiple of ${NVFP4_BLOCK}, got [${t.shape}] (K = ${K})`);
   }
-  checkAligned(t.dataPtr, t.numel, argument, 16);
+  checkAligned(t.address, t.numel, argument, 16);
   return t;
 }
 
@@ -133,7 +133,7 @@ export function quantizeNvfp4(x: Tensor, options?: QuantizeNvfp4Options): Nvfp4T
     q = checkNvfp4<Nvfp4Tensor>(o.out, 'out', device);
     if (!sameShape(q.shape, shape)) throw new MoeError('E_SHAPE', `out: expected an NVFP4 tensor of shape [${shape}], got [${q.shape}]`);
     if (q.globalScale.numel !== 1) throw new MoeError('E_SHAPE', `out: expected one global scale, got [${q.globalScale.shape}]`);
-    checkAligned(q.data.dataPtr, q.data.numel, 'out.data', 8);
+    checkAligned(q.data.address, q.data.numel, 'out.data', 8);
     if (overlaps(t, q.data) || overlaps(t, q.scales) || overlaps(t, q.globalScale) || (given !== undefined && (overlaps(given, q.data) || overlaps(given, q.scales)))) {
       throw new MoeError('E_ARGUMENT', 'out: overlaps x or globalScale; pass a separate NVFP4 tensor');
     }
@@ -199,11 +199,11 @@ export function dequantizeNvfp4<D extends Nvfp4SourceDType = 'bf16'>(
   checkOneOf(dtype, 'dtype', SOURCE_DTYPES, 'E_DTYPE');
   const device = q.device;
   const stream = resolveStream(o.stream, device);
-  checkAligned(q.data.dataPtr, q.data.numel, 'q.data', 8);
+  checkAligned(q.data.address, q.data.numel, 'q.data', 8);
   let out: Tensor<D>;
   if (o.out !== undefined) {
     out = checkOut<Tensor<D>>(o.out, 'out', dtype, q.shape, device);
-    checkAligned(out.dataPtr, out.numel, 'out', 16);
+    checkAligned(out.address, out.numel, 'out', 16);
     if (overlaps(out, q.data) || overlaps(out, q.scales) || overlaps(out, q.globalScale)) {
       throw new MoeError('E_ARGUMENT', 'out: overlaps the NVFP4 tensor q; pass a separate tensor');
     }

@@ -1,6 +1,8 @@
 // permute: a CTA per row copies its source token's row (16-byte vectors where the row and the
-// pointers allow). unpermute: a CTA per token accumulates its k rows, slot by slot, with the
-// same f32 fused multiply-adds as the CPU reference, then rounds once.
+// pointers allow). unpermute: a CTA per (token, slice of the hidden dimension) accumulates the
+// token's k rows, slot by slot, with the same f32 fused multiply-adds as the CPU reference,
+// then rounds once; slicing the hidden dimension keeps a decode batch of a few tokens from
+// running on a few CTAs.
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -80,8 +82,10 @@ template <> struct Vec<__nv_bfloat16, 1> {
 template <typename TY, typename TO, int VEC>
 __global__ void __launch_bounds__(kThreads) unpermuteKernel(UnpermuteArgs a) {
   const int64_t H = a.hidden;
+  constexpr int64_t kSlice = kThreads * VEC;
   for (int64_t t = blockIdx.x; t < a.tokens; t += gridDim.x) {
-    for (int64_t h = static_cast<int64_t>(threadIdx.x) * VEC; h < H; h += kThreads * VEC) {
+    for (int64_t h = static_cast<int64_t>(blockIdx.y) * kSlice + static_cast<int64_t>(threadIdx.x) * VEC; h < H;
+         h += static_cast<int64_t>(gridDim.y) * kSlice) {
       float acc[VEC];
 #pragma unroll
       for (int v = 0; v < VEC; ++v) acc[v] = 0.0f;
@@ -104,8 +108,11 @@ cudaError_t launchUnpermute(const UnpermuteArgs& a, cudaStream_t stream) {
   const int64_t blocks = a.tokens < kMaxBlocks ? a.tokens : kMaxBlocks;
   // 4-wide when every row starts on a vector boundary
   const bool vec = a.hidden % 4 == 0 && isAligned(a.y, 4 * sizeof(TY)) && isAligned(a.out, 4 * sizeof(TO));
-  if (vec) unpermuteKernel<TY, TO, 4><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
-  else unpermuteKernel<TY, TO, 1><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a);
+  const int64_t slice = kThreads * (vec ? 4 : 1);
+  const int64_t slices = (a.hidden + slice - 1) / slice;
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(slices < 65535 ? slices : 65535));
+  if (vec) unpermuteKernel<TY, TO, 4><<<grid, kThreads, 0, stream>>>(a);
+  else unpermuteKernel<TY, TO, 1><<<grid, kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
