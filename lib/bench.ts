@@ -22,6 +22,7 @@ export const BENCH_FAMILIES: readonly BenchFamily[] = [
   { name: 'nvfp4', script: 'benchmarks/run_nvfp4.sh', peers: true, description: 'NVFP4 GEMM (W4A16), DeepSeek-V3 shapes, M = 1 to 16384; peers cuBLAS BF16 and FP8' },
   { name: 'mtp', script: 'benchmarks/run_mtp.sh', peers: true, description: 'MTP draft verification (verifyDrafts), greedy and rejection, B = 1 and 256; peer PyTorch' },
   { name: 'routing', script: 'benchmarks/run_routing.sh', peers: true, description: 'MoE routing: routeTopK alone and with the contiguous or masked layout, T = 1 to 16384; peer PyTorch' },
+  { name: 'decode-step', script: 'benchmarks/run_decode_step.sh', peers: true, description: 'one decode step of the demo slice (L MoE layers + LM head, NVFP4, MTP-3), B = 1 to 256, against the BF16 floor; peer PyTorch BF16' },
   { name: 'launch', script: 'benchmarks/run_launch.sh', peers: false, description: 'launch overhead: each op from JS against the same launcher looped in C++' },
 ];
 

@@ -80,6 +80,8 @@ export interface DemoResult {
   /** batch x acceptedPerStep / step time. */
   tokensPerSecond: number;
   weights: { nvfp4Bytes: number; bf16Bytes: number; ratio: number };
+  /** Per MoE layer: the distinct routed experts the first positions of the B requests select. */
+  firstPositionExperts: number[];
   notes: string[];
 }
 
@@ -278,8 +280,37 @@ async function argmaxRows(logits: Tensor, rows: number, V: number, stream: Strea
   return out;
 }
 
-/** Runs the demo; returns what it measured. Lines for the screen go to options.log. */
-export async function runDemo(o: DemoOptions): Promise<DemoResult> {
+/** What buildDemoSlice takes: where, which shape, how many layers, the seed. */
+export interface DemoSliceOptions {
+  device: 'cpu' | 'cuda';
+  shape?: 'full' | 'small';
+  layers: number;
+  seed: number;
+  progress?: boolean;
+  log?: (line: string) => void;
+}
+
+/** The weights of the slice, built once; steps of any batch size run on them (runDemoStep). */
+export interface DemoSlice {
+  readonly device: Device;
+  readonly deviceName: string;
+  readonly shape: DemoShape;
+  readonly layers: number;
+  readonly weights: { nvfp4Bytes: number; bf16Bytes: number; ratio: number };
+  dispose(): void;
+  /** @internal */
+  readonly model: Model;
+  /** @internal */
+  readonly stream: Stream;
+  /** @internal the seeded generator, shared by the weights and every step's inputs and drafts */
+  readonly rand: () => number;
+}
+
+/** What runDemoStep takes: the step's batch, drafts and verification, and how many to time. */
+export type DemoStepOptions = Pick<DemoOptions, 'batch' | 'drafts' | 'steps' | 'acceptance' | 'mode' | 'logits' | 'seed' | 'progress' | 'log'>;
+
+/** Builds the slice's random NVFP4 weights on `o.device`. */
+export async function buildDemoSlice(o: DemoSliceOptions): Promise<DemoSlice> {
   const log = o.log ?? (() => {});
   let device: Device;
   let deviceName: string;
@@ -292,32 +323,60 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     device = 'cpu';
     deviceName = 'CPU reference backend';
   }
-  const cuda = device !== 'cpu';
-  const base = (o.shape ?? (cuda ? 'full' : 'small')) === 'full' ? DEEPSEEK_V3_SHAPE : SCALED_DOWN_SHAPE;
+  const base = (o.shape ?? (device !== 'cpu' ? 'full' : 'small')) === 'full' ? DEEPSEEK_V3_SHAPE : SCALED_DOWN_SHAPE;
   const shape: DemoShape = { ...base };
-  const { layers: L, batch: B, drafts: n } = o;
+  const L = o.layers;
+  const { hidden: H, vocab: V } = shape;
+  log(`${shape.name} slice on ${device} (${deviceName}): ${L} MoE layer${L === 1 ? '' : 's'} (hidden ${H}, ${shape.experts} routed experts of width ${shape.inner}, top-${shape.k} in ${shape.groups} groups keeping ${shape.topkGroups}, sigmoid + bias, scale ${shape.scale}, shared expert of width ${shape.sharedInner}), LM head ${V} x ${H}, NVFP4 (W4A16)`);
+  const stream = createStream(device);
+  const rand = generator(o.seed);
+  const building = bar(o.progress ?? false, 'building weights', L * 2 * shape.experts + 1);
+  let model: Model;
+  try {
+    model = await buildModel(shape, L, device, stream, rand, building.tick);
+  } catch (e) {
+    stream.dispose();
+    throw e;
+  } finally {
+    building.stop();
+  }
+  return {
+    device, deviceName, shape, layers: L, model, stream, rand,
+    weights: { nvfp4Bytes: model.nvfp4Bytes, bf16Bytes: model.bf16Bytes, ratio: model.bf16Bytes / model.nvfp4Bytes },
+    dispose() {
+      model.dispose();
+      stream.dispose();
+    },
+  };
+}
+
+/** Runs the demo; returns what it measured. Lines for the screen go to options.log. */
+export async function runDemo(o: DemoOptions): Promise<DemoResult> {
+  const slice = await buildDemoSlice(o);
+  try {
+    return await runDemoStep(slice, o);
+  } finally {
+    slice.dispose();
+  }
+}
+
+/** Times `o.steps` decode steps of `o.batch` requests on the slice's weights. */
+export async function runDemoStep(slice: DemoSlice, o: DemoStepOptions): Promise<DemoResult> {
+  const log = o.log ?? (() => {});
+  const { device, deviceName, model, stream, rand, shape, layers: L } = slice;
+  const cuda = device !== 'cpu';
+  const { batch: B, drafts: n } = o;
   const P = n + 1;
   const T = B * P;
   const { hidden: H, vocab: V } = shape;
-  const stream = createStream(device);
-  const rand = generator(o.seed);
   const notes = [
     'Random weights; attention, norms, residuals and the draft (MTP) head are outside the step: each layer is x = moe(x).',
     `Drafts are synthetic: each equals the target's greedy choice with probability ${o.acceptance}, else another token.`,
   ];
   if (o.mode === 'rejection') notes.push('Rejection sampling (temperature 1): a draft is accepted with the target\'s probability of it, so with random weights few are.');
 
-  log(`${shape.name} slice on ${device} (${deviceName}): ${L} MoE layer${L === 1 ? '' : 's'} (hidden ${H}, ${shape.experts} routed experts of width ${shape.inner}, top-${shape.k} in ${shape.groups} groups keeping ${shape.topkGroups}, sigmoid + bias, scale ${shape.scale}, shared expert of width ${shape.sharedInner}), LM head ${V} x ${H}, NVFP4 (W4A16)`);
   log(`step: B = ${B} requests x ${P} positions (${n} drafts + 1) = ${T} tokens through every layer, LM head (${o.logits} logits), ${o.mode} verification`);
   for (const note of notes) log(note);
-
-  const building = bar(o.progress ?? false, 'building weights', L * 2 * shape.experts + 1);
-  let model: Model;
-  try {
-    model = await buildModel(shape, L, device, stream, rand, building.tick);
-  } finally {
-    building.stop();
-  }
 
   const made: { dispose(): void }[] = [];
   const keep = <X extends { dispose(): void }>(t: X): X => {
@@ -370,7 +429,19 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
     };
 
     // one step for the target's choices: the inputs do not depend on the drafts, so neither do they
-    step();
+    // one step for the target's choices, stage by stage so that each layer's routing can be read:
+    // the distinct experts of the first position of each request, what a plain decode step would touch
+    const firstPositionExperts: number[] = [];
+    for (let i = 0; i < stages.length; i++) {
+      stages[i]();
+      if (i < L) {
+        const ids = (await ws.routing.ids.toArray({ stream })) as Int32Array;
+        const k = ws.k;
+        const seen = new Set<number>();
+        for (let b = 0; b < B; b++) for (let j = 0; j < k; j++) seen.add(ids[b * P * k + j]);
+        firstPositionExperts.push(seen.size);
+      }
+    }
     const target = await argmaxRows(logits, T, V, stream);
     const drawDrafts = (): Int32Array => {
       const d = new Int32Array(B * n);
@@ -478,15 +549,14 @@ export async function runDemo(o: DemoOptions): Promise<DemoResult> {
       acceptedPerStep,
       expectedAcceptedPerStep: expected,
       tokensPerSecond: (B * acceptedPerStep) / (stepMs / 1e3),
-      weights: { nvfp4Bytes: model.nvfp4Bytes, bf16Bytes: model.bf16Bytes, ratio: model.bf16Bytes / model.nvfp4Bytes },
+      weights: { ...slice.weights },
+      firstPositionExperts,
       notes,
     };
     return result;
   } finally {
     for (const g of graphs) g.dispose();
     for (const t of made.reverse()) t.dispose();
-    model.dispose();
-    stream.dispose();
   }
 }
 
