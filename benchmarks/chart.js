@@ -128,9 +128,31 @@ function launchSpec(result) {
   };
 }
 
+function decodeStepSpec(result) {
+  // tokens/s per GPU against batch size: ours, the BF16 floor and the measured PyTorch BF16 block
+  const rows = [];
+  for (const r of result.rows) {
+    rows.push({ B: r.B, series: 'ours: NVFP4 + MTP-3', tps: r.tokensPerSecond });
+    rows.push({ B: r.B, series: 'BF16 floor (weight bytes / copy bandwidth)', tps: r.floor.tokensPerSecond });
+    if (r.peer && r.peer.tokensPerSecond) rows.push({ B: r.B, series: 'PyTorch BF16 (measured)', tps: r.peer.tokensPerSecond });
+  }
+  return {
+    title: { text: `One decode step on ${result.device}`, subtitle: 'MoE layers + LM head; attention, norms and the draft head outside the step' },
+    width: WIDTH,
+    height: 260,
+    data: { values: rows },
+    mark: { type: 'line', point: true },
+    encoding: {
+      x: { field: 'B', type: 'quantitative', scale: { type: 'log', base: 2 }, title: 'requests per step (B)' },
+      y: { field: 'tps', type: 'quantitative', scale: { type: 'log' }, title: 'tokens/s per GPU' },
+      color: { field: 'series', type: 'nominal', title: null, legend: { orient: 'bottom', direction: 'vertical' } },
+    },
+  };
+}
+
 /** The vega-lite spec for a results object, by its `benchmark` field. */
 function spec(result) {
-  const make = { nvfp4_gemm: nvfp4Spec, mtp: mtpSpec, launch_overhead: launchSpec }[result.benchmark];
+  const make = { nvfp4_gemm: nvfp4Spec, mtp: mtpSpec, launch_overhead: launchSpec, decode_step: decodeStepSpec }[result.benchmark];
   if (!make) throw new Error(`chart.js: no chart for benchmark "${result.benchmark}"`);
   if (result.benchmark === 'nvfp4_gemm' && !result.rows.some((r) => 'percentOfCeiling' in r)) {
     throw new Error('chart.js: this is an unmerged nvfp4 result; chart the JSON that `nvfp4.js merge` writes');

@@ -305,8 +305,33 @@ function launch(file) {
 }
 
 /** The generated section, markers included. */
+function decodeStep(file) {
+  const r = h.readJson(file);
+  const lines = [
+    `### One decode step (\`npx moe-kernels bench decode-step --peers\`) on ${r.device}`,
+    '',
+    'MoE layers and the LM head of a DeepSeek-V3-shaped slice in NVFP4 with MTP-3 (synthetic drafts at acceptance 0.8, one CUDA graph), against one BF16 token per request per step: the BF16 floor (the weight bytes those tokens read over the copy bandwidth of the same run) and the PyTorch BF16 block measured. **Attention, norms and the draft head are outside the step.** Goal: 3x the BF16 floor.',
+    '',
+    ...h.markdownTable(
+      [
+        { title: 'B', cell: (x) => String(x.B) },
+        { title: 'ours tokens/s/GPU', cell: (x) => Math.round(x.tokensPerSecond).toLocaleString('en-US') },
+        { title: 'accepted/step', cell: (x) => x.acceptedPerStep.toFixed(2) },
+        { title: 'BF16 floor tokens/s', cell: (x) => Math.round(x.floor.tokensPerSecond).toLocaleString('en-US') },
+        { title: 'ours / floor', cell: (x) => `${x.oursOverFloor.toFixed(2)}x` },
+        { title: 'PyTorch BF16 tokens/s', cell: (x) => (x.peer ? Math.round(x.peer.tokensPerSecond).toLocaleString('en-US') : 'n/a') },
+        { title: 'ours / PyTorch', cell: (x) => (x.peer ? `${(x.tokensPerSecond / x.peer.tokensPerSecond).toFixed(2)}x` : 'n/a') },
+      ],
+      r.rows,
+    ),
+  ];
+  lines.push('', `${h.headerLine(r)}.`, ...chart(file, `One decode step on ${r.device}: tokens/s per GPU against B`));
+  return lines;
+}
+
 function section(dir = h.RESULTS_DIR) {
   const parts = [
+    ...resultFiles(dir, 'decode_step', ['ours', 'pytorch']).map(decodeStep),
     ...resultFiles(dir, 'nvfp4_gemm', ['ours', 'peers']).map(nvfp4),
     ...resultFiles(dir, 'mtp', ['pytorch']).map(mtp),
     ...resultFiles(dir, 'routing', ['pytorch']).map(routing),

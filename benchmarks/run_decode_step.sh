@@ -30,3 +30,5 @@ echo "PyTorch BF16 peer:" >&2
 PEER_ARGS=()
 if [ -f "$peer" ]; then PEER_ARGS=(--peer "$peer"); fi
 node benchmarks/decode_step.js merge --ours "$ours" ${PEER_ARGS[@]+"${PEER_ARGS[@]}"} --out "$out"
+# the chart is optional: without vega it is skipped with a message
+node benchmarks/chart.js "$out/decode_step-$card.json" "$out/decode_step-$card.svg" || echo "run_decode_step.sh: no chart drawn" >&2
