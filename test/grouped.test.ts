@@ -23,7 +23,7 @@ import {
   type Tensor,
 } from '../lib';
 import { native } from '../lib/native';
-import { expectCode, forEachBackend, freshSeed, hasCuda, rng, nativeCalls } from './backends';
+import { expectCode, forEachBackend, freshSeed, hasCuda, rng, nativeCalls, expectClose } from './backends';
 
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
@@ -52,29 +52,6 @@ function e4m3Value(b: number): number {
 function swigluF32(gate: number, up: number): number {
   const e = Math.fround(Math.exp(-gate));
   return Math.fround(Math.fround(gate / Math.fround(1 + e)) * up);
-}
-
-/** Relative Frobenius error of got vs want, with the worst element in the message. */
-function expectClose(label: string, got: ArrayLike<number>, want: ArrayLike<number>, tolerance: number): void {
-  expect(got.length, `${label}: length`).toBe(want.length);
-  let num = 0, den = 0, worst = 0, worstAt = -1, firstBad = -1;
-  for (let i = 0; i < want.length; i++) {
-    const d = got[i] - want[i];
-    if (!Number.isFinite(got[i]) && firstBad < 0) firstBad = i;
-    num += d * d;
-    den += want[i] * want[i];
-    if (Math.abs(d) > worst || Number.isNaN(d)) {
-      worst = Math.abs(d);
-      worstAt = i;
-    }
-  }
-  const rel = den === 0 ? Math.sqrt(num) : Math.sqrt(num) / Math.sqrt(den);
-  if (!(Number.isFinite(rel) && rel <= tolerance && firstBad < 0)) {
-    throw new Error(
-      `${label}: relative Frobenius error ${rel.toExponential(3)} > ${tolerance} (max |error| ${worst.toExponential(3)} at ` +
-        `${worstAt}: got ${got[worstAt]}, want ${want[worstAt]}${firstBad >= 0 ? `; first non-finite at ${firstBad}` : ''})`,
-    );
-  }
 }
 
 // the GEMM's stated error for bf16 output (test/nvfp4.test.ts)

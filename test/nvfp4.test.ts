@@ -23,7 +23,7 @@ import {
   type Tensor,
 } from '../lib';
 import { native } from '../lib/native';
-import { expectCode, forEachBackend, freshSeed, hasCuda, rng, nativeCalls } from './backends';
+import { expectCode, forEachBackend, freshSeed, hasCuda, rng, nativeCalls, expectClose } from './backends';
 
 // ---------------------------------------------------------------------------------------------
 // Independent oracles, written from the format's definition (native/common/nvfp4.h). Every
@@ -138,31 +138,6 @@ function compareBytes(label: string, got: Uint8Array, want: Uint8Array): void {
     throw new Error(
       `${label}: ${mismatches} of ${want.length} bytes differ; first at byte ${first}: got 0x${got[first].toString(16)}, ` +
         `want 0x${want[first].toString(16)} (bytes ${Math.max(0, first - 2)}.. got [${around(got)}] want [${around(want)}])`,
-    );
-  }
-}
-
-/** Relative Frobenius error of got vs want, with the worst element in the message. */
-function expectClose(label: string, got: ArrayLike<number>, want: ArrayLike<number>, tolerance: number): void {
-  expect(got.length, `${label}: length`).toBe(want.length);
-  let num = 0, den = 0, worst = 0, worstAt = -1, firstBad = -1;
-  for (let i = 0; i < want.length; i++) {
-    const d = got[i] - want[i];
-    if (!Number.isFinite(got[i]) && firstBad < 0) firstBad = i;
-    num += d * d;
-    den += want[i] * want[i];
-    if (Math.abs(d) > worst || Number.isNaN(d)) {
-      worst = Math.abs(d);
-      worstAt = i;
-    }
-  }
-  const rel = Math.sqrt(num) / Math.sqrt(den);
-  const ok = Number.isFinite(rel) && rel <= tolerance && firstBad < 0;
-  if (!ok) {
-    throw new Error(
-      `${label}: relative Frobenius error ${rel.toExponential(3)} > ${tolerance} ` +
-        `(max |error| ${worst.toExponential(3)} at index ${worstAt}: got ${got[worstAt]}, want ${want[worstAt]}` +
-        `${firstBad >= 0 ? `; first non-finite at index ${firstBad}: ${got[firstBad]}` : ''})`,
     );
   }
 }

@@ -6,7 +6,7 @@
 import { MoeError, describe } from '../errors';
 import { native } from '../native';
 import { gemmNvfp4, groupedGemmNvfp4, type Nvfp4Tensor } from '../nvfp4';
-import { expertLayout, permute, routeTopK, unpermute, MAX_TOP_K, type ExpertLayout, type Scoring } from '../routing';
+import { expertLayout, permute, routeTopK, unpermute, MAX_TOP_K, type ExpertLayout, type RouteTopKOptions, type Scoring } from '../routing';
 import { resolveStream, type Stream } from '../stream';
 import { empty, overlaps, useOn, zeros, type Tensor } from '../tensor';
 import {
@@ -27,20 +27,10 @@ import {
 import { MAX_ROUTER_EXPERTS, addInto, routerLogits, swiglu } from './ops';
 
 /** The router of a MoE block: its gate weight and the routing options of routeTopK. */
-export interface MoeRouter {
+/** The gate: its weight, and the routing options of routeTopK. */
+export interface MoeRouter extends Omit<RouteTopKOptions, 'stream' | 'out'> {
   /** bf16 [experts, hidden]. */
   weight: Tensor<'bf16'>;
-  /** Experts per token, 1..16. */
-  k: number;
-  scoring: Scoring;
-  /** As routeTopK: default true for sigmoid, false for softmax. */
-  renormalize?: boolean;
-  /** Group-limited selection (DeepSeek-V3: { count: 8, topk: 4 }). */
-  groups?: { count: number; topk: number };
-  /** f32 [experts], added to the scores for selection only. */
-  correctionBias?: Tensor<'f32'>;
-  /** Multiplies every gate weight (DeepSeek-V3: 2.5). */
-  scale?: number;
 }
 
 /** The expert weights of a MoE block in NVFP4, as nvfp4FromCheckpoint loads them. */
