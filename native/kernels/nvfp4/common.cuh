@@ -86,6 +86,24 @@ __device__ __forceinline__ uint32_t scaleToBf16x2(uint32_t b) {
   return *reinterpret_cast<uint32_t*>(&h);
 }
 
+// The two scale bytes of a 16-bit word at once, as scaleToBf16x2 gives each of them (out[0] for
+// the low byte), in about a third of the instructions: the E4M3 bits placed in a bf16's low
+// exponent and mantissa bits are the value times 2^-120, subnormals included, and two exact
+// multiplications by 2^119 make it times 2^118. A magnitude of 0x7F (NaN) becomes a bf16 NaN.
+__device__ __forceinline__ void scalePairToBf16x2(uint32_t s, uint32_t out[2]) {
+  const uint32_t x = __byte_perm(s, 0, 0x4140);  // [s0, 0, s1, 0]
+  const uint32_t mag = x & 0x007F007Fu;
+  uint32_t r = (mag << 4) | ((x & 0x00800080u) << 8);  // bf16x2 of value * 2^-120
+  const __nv_bfloat162 k = __floats2bfloat162_rn(0x1p119f, 0x1p119f);
+  __nv_bfloat162 v = __hmul2(__hmul2(*reinterpret_cast<__nv_bfloat162*>(&r), k), k);
+  r = *reinterpret_cast<uint32_t*>(&v);
+  // 0x7F + 1 sets bit 7 of its half; times 0xFF that is an all-ones bf16 exponent, and the
+  // mantissa is already non-zero: NaN.
+  r |= ((mag + 0x00010001u) & 0x00800080u) * 0xFFu;
+  out[0] = __byte_perm(r, 0, 0x1010);
+  out[1] = __byte_perm(r, 0, 0x3232);
+}
+
 // A 32-bit word holds 8 E2M1 codes n0..n7 (n0 in bits 0..3). out[j] is the bf16x2 pair
 // (n_j low, n_{j+4} high), each value * 2^-126 and then times `scale2` (see scaleToBf16x2).
 // The sign and the three magnitude bits of a nibble at the top of a 16-bit half are moved into

@@ -19,6 +19,7 @@
 // MMA sums over k, so this per-thread k permutation is invisible in the result.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/nvfp4/common.cuh"
 #include "kernels/nvfp4/gemm.cuh"
@@ -128,17 +129,20 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const Gemv
 #pragma unroll
         for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
 
-    // One batch: two 128-k steps x MT x 2 rows of 16 bytes, and their two scale bytes each. A
-    // thread's 32 k of a step are all in range or all out (K % 32 == 0); out of range is zero.
+    // One batch: two 128-k steps x MT x 2 rows of 16 bytes, and their two scale bytes each.
+    // Full batches (every k in range) take no predicate at all: per batch the predicates and the
+    // zero-selects they need cost about a sixth of the instructions, and this kernel is bound by
+    // instruction issue (benchmarks/NOTES.md). Only the last batch, when K % 256 != 0, checks k:
+    // a thread's 32 k of a step are all in range or all out (K % 32 == 0); out of range is zero.
     struct Batch {
       uint4 q[2][MT][2];
       uint32_t s[2][MT][2];
     };
-    auto load = [&](int b, Batch& B) {
+    auto load = [&](int b, Batch& B, auto full) {
 #pragma unroll
       for (int s = 0; s < 2; ++s) {
         const int k0 = b * kGemvBatch + s * 128;
-        const bool valid = k0 + 32 * t < K;
+        const bool valid = decltype(full)::value || k0 + 32 * t < K;
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -149,19 +153,16 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const Gemv
         }
       }
     };
-    auto compute = [&](int b, const Batch& B) {
+    auto compute = [&](int b, const Batch& B, auto full) {
 #pragma unroll
       for (int s = 0; s < 2; ++s) {
         const int k0 = b * kGemvBatch + s * 128;
-        const bool valid = k0 + 32 * t < K;
+        const bool valid = decltype(full)::value || k0 + 32 * t < K;
         uint32_t sc[MT][2][2];
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            sc[mt][h][0] = scaleToBf16x2(B.s[s][mt][h] & 0xFFu);
-            sc[mt][h][1] = scaleToBf16x2(B.s[s][mt][h] >> 8);
-          }
+          for (int h = 0; h < 2; ++h) scalePairToBf16x2(B.s[s][mt][h], sc[mt][h]);
 #pragma unroll
         for (int w = 0; w < 4; ++w) {
           uint32_t bf[NT][4];
@@ -187,18 +188,25 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const Gemv
         }
       }
     };
+    using Full = std::true_type;
+    using Partial = std::false_type;
 
-    const int numBatches = (K + kGemvBatch - 1) / kGemvBatch;
+    const int numFull = K / kGemvBatch;  // batches with every k in range
     // Two register buffers used in turn (no copy between them: a copy would wait for the loads).
     Batch x0, x1;
     int b = wk;
-    if (b < numBatches) load(b, x0);
-    for (; b < numBatches; b += 2 * kWarps) {
-      if (b + kWarps < numBatches) load(b + kWarps, x1);
-      compute(b, x0);
-      if (b + kWarps >= numBatches) break;
-      if (b + 2 * kWarps < numBatches) load(b + 2 * kWarps, x0);
-      compute(b + kWarps, x1);
+    if (b < numFull) load(b, x0, Full{});
+    for (; b < numFull; b += 2 * kWarps) {
+      if (b + kWarps < numFull) load(b + kWarps, x1, Full{});
+      compute(b, x0, Full{});
+      if (b + kWarps >= numFull) break;
+      if (b + 2 * kWarps < numFull) load(b + 2 * kWarps, x0, Full{});
+      compute(b + kWarps, x1, Full{});
+    }
+    // The partial last batch, if any, goes to the warp whose turn it is.
+    if (K % kGemvBatch != 0 && numFull % kWarps == wk) {
+      load(numFull, x0, Partial{});
+      compute(numFull, x0, Partial{});
     }
 
     // Partial sums of the K warps, added in a fixed order: (((w1 + w2) + w3) ...) + w0. Lane-major
