@@ -116,8 +116,9 @@ export interface Nvfp4Binding {
     out: bigint, outType: number, M: number, N: number, K: number, alpha: number, portable: boolean,
   ): void;
   nvfp4GroupedGemm(
-    device: number, stream: bigint, x: bigint, xType: number, wData: bigint, wScales: bigint, wGlobalScale: bigint,
-    counts: bigint, offsets: bigint, out: bigint, outType: number, E: number, rows: number, N: number, K: number,
+    device: number, stream: bigint, x: bigint, xType: number, xScales: bigint, xGlobalScale: bigint, wData: bigint,
+    wScales: bigint, wGlobalScale: bigint, counts: bigint, offsets: bigint, out: bigint, outType: number, outScales: bigint,
+    outGlobalScale: bigint, outGlobalScaleOut: bigint, E: number, rows: number, N: number, K: number,
     maxRowsPerExpert: number, pairs: number, epilogue: number,
   ): void;
 }
@@ -172,6 +173,10 @@ export interface RoutingBinding {
   permute(
     device: number, stream: bigint, x: bigint, type: number, sourceIndex: bigint, usedRows: bigint, out: bigint,
     tokens: number, k: number, hidden: number, rows: number,
+  ): void;
+  permuteQuantize(
+    device: number, stream: bigint, x: bigint, type: number, sourceIndex: bigint, usedRows: bigint, globalScale: bigint,
+    data: bigint, scales: bigint, globalScaleOut: bigint, tokens: number, k: number, hidden: number, rows: number,
   ): void;
   unpermute(
     device: number, stream: bigint, y: bigint, yType: number, rowIndex: bigint, weights: bigint, out: bigint,

@@ -51,6 +51,7 @@ export {
   type ExpertLayout,
   type ExpertLayoutOptions,
   type PermuteOptions,
+  type PermuteNvfp4Options,
   type UnpermuteOptions,
 } from './routing';
 export * from './moe';

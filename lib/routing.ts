@@ -4,13 +4,17 @@
 import { DTYPES, FLOAT_DTYPES, type DType } from './dtype';
 import { MoeError, describe } from './errors';
 import { native } from './native';
+import { checkGlobalScaleOption, stageGlobalScale } from './nvfp4/quantize';
+import { NVFP4_BLOCK, allocateNvfp4, type Nvfp4Tensor } from './nvfp4/tensor';
 import { resolveStream, type Stream } from './stream';
 import { empty, overlaps, useOn, type Tensor } from './tensor';
 import {
   MAX_ELEMENTS,
+  checkAligned,
   checkBoolean,
   checkFinite,
   checkInteger,
+  checkNvfp4,
   checkOneOf,
   checkOptions,
   checkOut,
@@ -247,14 +251,42 @@ export interface PermuteOptions<D extends DType = DType> {
 }
 
 const PERMUTE_OPTIONS = keys('out', 'stream');
+const PERMUTE_NVFP4_OPTIONS = keys('quantize', 'globalScale', 'out', 'stream');
+const NVFP4_SOURCES = ['bf16', 'f16', 'f32'] as const;
+
+/** permute that quantizes the gathered rows to NVFP4 (the activations of a W4A4 expert GEMM). */
+export interface PermuteNvfp4Options {
+  quantize: 'nvfp4';
+  /**
+   * The activations' global scale: a positive finite number (as f32) or a device scalar f32 [1],
+   * e.g. a ModelOpt checkpoint's calibrated `input_scale` (copied into the result, so later
+   * writes to it do not change it). Default: x's own, amax(|x|) / (6 * 448) over every token
+   * of x (1 where that is 0), computed on the device without a host sync, as quantizeNvfp4
+   * computes it; per call, so it follows the batch (a calibrated scale does not).
+   */
+  globalScale?: number | Tensor<'f32'>;
+  /** Written in place of a new tensor: an NVFP4 tensor [layout.rows, hidden] with one global scale. */
+  out?: Nvfp4Tensor;
+  stream?: Stream;
+}
 
 /**
  * Gathers the rows of x ([tokens, hidden], any float dtype, moved as bytes) into expert order:
  * row r of the result is x[sourceIndex[r] / k], zeros for padding rows. Rows at or past
  * usedRows are not written (the grouped GEMM reads only offsets[0] .. offsets[experts]).
  * Both backends give the same bytes.
+ *
+ * With `{ quantize: 'nvfp4' }` (x bf16, f16 or f32, hidden a multiple of 16) the gathered rows
+ * are quantized on the way, in one kernel, with quantizeNvfp4's rules and the global scale of
+ * `globalScale`: an Nvfp4Tensor [layout.rows, hidden] whose rows are bit for bit those of
+ * quantizeNvfp4(permute(x), { globalScale }) on either backend. Padding rows hold the
+ * quantized zero row (codes 0, block scales e4m3(1.0) = 0x38); rows at or past usedRows are
+ * not written.
  */
-export function permute<D extends DType>(x: Tensor<D>, layout: ExpertLayout, options?: PermuteOptions<D>): Tensor<D> {
+export function permute(x: Tensor, layout: ExpertLayout, options: PermuteNvfp4Options): Nvfp4Tensor;
+export function permute<D extends DType>(x: Tensor<D>, layout: ExpertLayout, options?: PermuteOptions<D>): Tensor<D>;
+export function permute<D extends DType>(x: Tensor<D>, layout: ExpertLayout, options?: PermuteOptions<D> | PermuteNvfp4Options): Tensor<D> | Nvfp4Tensor {
+  if (options !== null && typeof options === 'object' && 'quantize' in options) return permuteNvfp4(x, layout, options as PermuteNvfp4Options);
   const o = checkOptions(options, 'options', PERMUTE_OPTIONS);
   const t = checkTensor<Tensor<D>>(x, 'x', FLOAT_DTYPES);
   const l = checkLayout(layout, t.device);
@@ -273,6 +305,53 @@ export function permute<D extends DType>(x: Tensor<D>, layout: ExpertLayout, opt
     l.tokens, l.k, hidden, l.rows,
   );
   return out;
+}
+
+function permuteNvfp4(x: Tensor, layout: ExpertLayout, options: PermuteNvfp4Options): Nvfp4Tensor {
+  const o = checkOptions(options, 'options', PERMUTE_NVFP4_OPTIONS);
+  checkOneOf(o.quantize, 'options.quantize', ['nvfp4'] as const);
+  const t = checkTensor<Tensor>(x, 'x', NVFP4_SOURCES);
+  const l = checkLayout(layout, t.device);
+  checkRank(t, 'x', 2, '[tokens, hidden]');
+  const hidden = t.shape[1];
+  checkShapeIs(t, 'x', [l.tokens, hidden], ['tokens', 'hidden']);
+  if (hidden % NVFP4_BLOCK !== 0) throw new MoeError('E_SHAPE', `x: NVFP4 needs hidden a multiple of ${NVFP4_BLOCK}, got [${t.shape}]`);
+  if (l.rows * hidden > MAX_ELEMENTS) throw new MoeError('E_SHAPE', `x: the permuted [${l.rows}, ${hidden}] has more than 2^31 - 1 elements`);
+  checkAligned(t.address, t.numel, 'x', 16);
+  const stream = resolveStream(o.stream, t.device, 'options.stream');
+  const g = checkGlobalScaleOption(o.globalScale, 'options.globalScale', t.device, stream);
+  const shape = [l.rows, hidden];
+  const outGiven = o.out !== undefined;
+  let q: Nvfp4Tensor;
+  if (outGiven) {
+    q = checkNvfp4<Nvfp4Tensor>(o.out, 'options.out', t.device);
+    if (q.shape.length !== 2 || q.shape[0] !== l.rows || q.shape[1] !== hidden) {
+      throw new MoeError('E_SHAPE', `options.out: expected an NVFP4 tensor of shape [layout.rows = ${l.rows}, hidden = ${hidden}], got [${q.shape}]`);
+    }
+    if (q.globalScale.numel !== 1) throw new MoeError('E_SHAPE', `options.out: expected one global scale, got [${q.globalScale.shape}]`);
+    checkAligned(q.data.address, q.data.numel, 'options.out.data', 8);
+    const parts = [q.data, q.scales, q.globalScale];
+    if (parts.some((p) => overlaps(p, t) || (typeof g === 'object' && p !== q.globalScale && overlaps(p, g)))) {
+      throw new MoeError('E_ARGUMENT', 'options.out: overlaps x or options.globalScale; pass a separate NVFP4 tensor');
+    }
+  } else {
+    q = allocateNvfp4(shape, t.device, stream);
+  }
+  try {
+    const gs = q.globalScale;
+    const uses: Tensor[] = [t, l.sourceIndex, l.usedRows, q.data, q.scales, gs];
+    if (typeof g === 'object') uses.push(g);
+    useOn(stream, uses);
+    const from = stageGlobalScale(g, gs, t, stream);
+    native().permuteQuantize(
+      t.deviceIndex, stream.handle, t.dataPtr, DTYPES[t.dtype].id, l.sourceIndex.dataPtr, l.usedRows.dataPtr, from.dataPtr,
+      q.data.dataPtr, q.scales.dataPtr, from === gs ? 0n : gs.dataPtr, l.tokens, l.k, hidden, l.rows,
+    );
+  } catch (e) {
+    if (!outGiven) q.dispose();
+    throw e;
+  }
+  return q;
 }
 
 export interface UnpermuteOptions {

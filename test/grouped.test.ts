@@ -382,8 +382,8 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
     const out = empty([4, N], { dtype: 'bf16', device });
     const call = (o: { K?: number; xType?: number; outType?: number; rows?: number; maxRows?: number; epilogue?: number; N?: number; x?: bigint }) => () =>
       b.nvfp4GroupedGemm(
-        dev, s, o.x ?? x.dataPtr, o.xType ?? 2, w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr, layout.counts.dataPtr,
-        layout.offsets.dataPtr, out.dataPtr, o.outType ?? 2, E, o.rows ?? 4, o.N ?? N, o.K ?? K, o.maxRows ?? 2, 2, o.epilogue ?? 0,
+        dev, s, o.x ?? x.dataPtr, o.xType ?? 2, 0n, 0n, w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr, layout.counts.dataPtr,
+        layout.offsets.dataPtr, out.dataPtr, o.outType ?? 2, 0n, 0n, 0n, E, o.rows ?? 4, o.N ?? N, o.K ?? K, o.maxRows ?? 2, 2, o.epilogue ?? 0,
       );
     call({})();
     await expectCode(call({ K: 24 }), 'E_SHAPE', 'K');

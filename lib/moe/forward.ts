@@ -3,9 +3,13 @@
 //   routerLogits -> routeTopK -> expertLayout -> permute -> grouped GEMM w13 + SwiGLU ->
 //   grouped GEMM w2 -> unpermute (gate weights, f32) [+ shared expert: gemm w13, swiglu,
 //   gemm w2 (f32)] -> one add rounded to bf16.
+// With NVFP4 activations the permute quantizes and the SwiGLU epilogue writes NVFP4, so both
+// expert GEMMs are W4A4.
 import { MoeError, describe } from '../errors';
 import { native } from '../native';
 import { gemmNvfp4, groupedGemmNvfp4, type Nvfp4Tensor } from '../nvfp4';
+import { checkGlobalScaleOption } from '../nvfp4/quantize';
+import { allocateNvfp4 } from '../nvfp4/tensor';
 import { expertLayout, permute, routeTopK, unpermute, MAX_TOP_K, type ExpertLayout, type RouteTopKOptions, type Scoring } from '../routing';
 import { resolveStream, type Stream } from '../stream';
 import { empty, overlaps, useOn, zeros, type Tensor } from '../tensor';
@@ -39,11 +43,34 @@ export interface MoeExperts {
   w13: Nvfp4Tensor;
   /** [experts, hidden, I], one global scale per expert. */
   w2: Nvfp4Tensor;
+  /**
+   * activations 'nvfp4': the global scale of the routed experts' input x (a ModelOpt checkpoint's
+   * w13 `input_scale`, one for all experts): a positive number or a device scalar f32 [1].
+   * Default: x's own amax / (6 * 448), computed per call on the device.
+   */
+  w13InputScale?: number | Tensor<'f32'>;
+  /**
+   * activations 'nvfp4' (required there): the global scale of the SwiGLU output, the down
+   * projection's input (ModelOpt's w2 `input_scale`), a positive number or a device scalar f32
+   * [1]. The SwiGLU epilogue quantizes with it before the output exists, so there is no default.
+   */
+  w2InputScale?: number | Tensor<'f32'>;
   /** The shared expert, applied to every token: w13 [2Is, hidden], w2 [hidden, Is], one global scale each. */
   shared?: { w13: Nvfp4Tensor; w2: Nvfp4Tensor };
 }
 
+/** The routed experts' activations: bf16 (W4A16) or NVFP4 (W4A4). */
+export type MoeActivations = 'bf16' | 'nvfp4';
+const ACTIVATIONS: readonly MoeActivations[] = ['bf16', 'nvfp4'];
+
 export interface MoeForwardOptions {
+  /**
+   * 'bf16' (default): the routed experts run W4A16 with bf16 intermediates. 'nvfp4': W4A4 -
+   * permute quantizes x (with experts.w13InputScale, or x's amax), the w13 GEMM's SwiGLU
+   * epilogue writes NVFP4 (with experts.w2InputScale) and the w2 GEMM reads it. The shared
+   * expert keeps bf16 activations. A workspace must be made for the same activations.
+   */
+  activations?: MoeActivations;
   /**
    * The masked layout (decode, graph capture): each expert gets exactly this many rows; a pair
    * past an expert's first maxTokensPerExpert is dropped and adds nothing. maxTokensPerExpert =
@@ -60,16 +87,18 @@ export interface MoeForwardOptions {
 }
 
 export interface MoeWorkspaceOptions {
+  /** The activations the forward will use (default 'bf16'): 'nvfp4' sizes the NVFP4 intermediates. */
+  activations?: MoeActivations;
   maxTokensPerExpert?: number;
   align?: number;
   /** Orders the allocations (and the first layout); default: the device's default stream. */
   stream?: Stream;
 }
 
-const FORWARD_OPTIONS = keys('maxTokensPerExpert', 'align', 'out', 'stream', 'workspace');
-const WORKSPACE_OPTIONS = keys('maxTokensPerExpert', 'align', 'stream');
+const FORWARD_OPTIONS = keys('activations', 'maxTokensPerExpert', 'align', 'out', 'stream', 'workspace');
+const WORKSPACE_OPTIONS = keys('activations', 'maxTokensPerExpert', 'align', 'stream');
 const ROUTER_KEYS = keys('weight', 'k', 'scoring', 'renormalize', 'groups', 'correctionBias', 'scale');
-const EXPERTS_KEYS = keys('w13', 'w2', 'shared');
+const EXPERTS_KEYS = keys('w13', 'w2', 'w13InputScale', 'w2InputScale', 'shared');
 const SHARED_KEYS = keys('w13', 'w2');
 const GROUP_KEYS = keys('count', 'topk');
 const SCORINGS: readonly Scoring[] = ['softmax', 'sigmoid'];
@@ -91,6 +120,8 @@ interface Experts {
   w13: Nvfp4Tensor;
   w2: Nvfp4Tensor;
   inner: number;
+  w13InputScale?: number | Tensor<'f32'>;
+  w2InputScale?: number | Tensor<'f32'>;
   shared?: { w13: Nvfp4Tensor; w2: Nvfp4Tensor; inner: number };
 }
 
@@ -157,6 +188,9 @@ function checkExperts(value: unknown, experts: number, hidden: number, device: D
     }
   }
   const out: Experts = { w13, w2, inner };
+  // checked (as a quantizing op checks its global scale) when the forward uses them
+  if (x.w13InputScale !== undefined) out.w13InputScale = x.w13InputScale as number | Tensor<'f32'>;
+  if (x.w2InputScale !== undefined) out.w2InputScale = x.w2InputScale as number | Tensor<'f32'>;
   if (x.shared !== undefined) {
     const s = checkOptions(x.shared, 'experts.shared', SHARED_KEYS);
     const sw13 = checkExpertWeight(s.w13, 'experts.shared.w13', [undefined, hidden], ['2Is', 'hidden'], device);
@@ -187,10 +221,13 @@ interface Buffers {
   logits: Tensor<'f32'>;
   ids: Tensor<'i32'>;
   weights: Tensor<'f32'>;
-  /** [rows, hidden]: permuted x, then (reused) the down projections */
+  /** [rows, hidden]: permuted x (bf16 activations), then (reused) the down projections */
   rows: Tensor<'bf16'>;
-  /** [rows, I]: SwiGLU of the gate/up projections */
-  act: Tensor<'bf16'>;
+  /** [rows, I]: SwiGLU of the gate/up projections (bf16 activations) */
+  act?: Tensor<'bf16'>;
+  /** NVFP4 activations: permuted x [rows, hidden] and the SwiGLU output [rows, I], quantized */
+  rowsFp4?: Nvfp4Tensor;
+  actFp4?: Nvfp4Tensor;
   /** with a shared expert: the routed sum (f32), gate/up, SwiGLU and down (f32) of the shared expert */
   routed?: Tensor<'f32'>;
   sharedGateUp?: Tensor<'bf16'>;
@@ -202,16 +239,23 @@ function layoutRows(tokens: number, k: number, experts: number, form: Form): num
   return form.masked ? experts * form.maxTokensPerExpert : tokens * k + experts * (form.align - 1);
 }
 
-function allocate(tokens: number, hidden: number, router: Router, experts: Experts, form: Form, device: Device, stream: Stream): Buffers {
+function allocate(
+  tokens: number, hidden: number, router: Router, experts: Experts, form: Form, activations: MoeActivations, device: Device, stream: Stream,
+): Buffers {
   const rows = layoutRows(tokens, router.k, router.experts, form);
   if (rows * Math.max(hidden, experts.inner) > MAX_ELEMENTS) {
     throw new MoeError('E_SHAPE', `the layout's ${rows} rows x ${Math.max(hidden, experts.inner)} exceed 2^31 - 1 elements`);
   }
-  const made: Tensor[] = [];
+  const made: { dispose(): void }[] = [];
   const make = <D extends 'f32' | 'bf16' | 'i32'>(shape: number[], dtype: D): Tensor<D> => {
     const t = empty<D>(shape, { dtype, device, stream });
     made.push(t);
     return t;
+  };
+  const makeFp4 = (shape: number[]): Nvfp4Tensor => {
+    const q = allocateNvfp4(shape, device, stream);
+    made.push(q);
+    return q;
   };
   try {
     const b: Buffers = {
@@ -219,8 +263,13 @@ function allocate(tokens: number, hidden: number, router: Router, experts: Exper
       ids: make([tokens, router.k], 'i32'),
       weights: make([tokens, router.k], 'f32'),
       rows: make([rows, hidden], 'bf16'),
-      act: make([rows, experts.inner], 'bf16'),
     };
+    if (activations === 'nvfp4') {
+      b.rowsFp4 = makeFp4([rows, hidden]);
+      b.actFp4 = makeFp4([rows, experts.inner]);
+    } else {
+      b.act = make([rows, experts.inner], 'bf16');
+    }
     if (experts.shared) {
       b.routed = make([tokens, hidden], 'f32');
       b.sharedGateUp = make([tokens, 2 * experts.shared.inner], 'bf16');
@@ -234,8 +283,13 @@ function allocate(tokens: number, hidden: number, router: Router, experts: Exper
   }
 }
 
+function bufferParts(b: Buffers): (Tensor | undefined)[] {
+  const fp4 = [b.rowsFp4, b.actFp4].flatMap((q) => (q ? [q.data, q.scales, q.globalScale] : []));
+  return [b.logits, b.ids, b.weights, b.rows, b.act, b.routed, b.sharedGateUp, b.sharedAct, b.sharedOut, ...fp4];
+}
+
 function disposeBuffers(b: Buffers): void {
-  for (const t of [b.logits, b.ids, b.weights, b.rows, b.act, b.routed, b.sharedGateUp, b.sharedAct, b.sharedOut]) t?.dispose();
+  for (const t of [b.logits, b.ids, b.weights, b.rows, b.act, b.routed, b.sharedGateUp, b.sharedAct, b.sharedOut, b.rowsFp4, b.actFp4]) t?.dispose();
 }
 
 function disposeLayout(l: ExpertLayout): void {
@@ -277,6 +331,8 @@ export class MoeWorkspace {
   readonly form: 'contiguous' | 'masked';
   readonly maxTokensPerExpert: number;
   readonly align: number;
+  /** The activations it holds intermediates for. */
+  readonly activations: MoeActivations;
   /** The last call's routeTopK result. */
   readonly routing: { readonly ids: Tensor<'i32'>; readonly weights: Tensor<'f32'> };
   readonly layout: ExpertLayout;
@@ -285,7 +341,9 @@ export class MoeWorkspace {
   private _disposed = false;
 
   /** @internal use createMoeWorkspace() */
-  constructor(device: Device, tokens: number, hidden: number, router: Router, experts: Experts, form: Form, stream: Stream) {
+  constructor(
+    device: Device, tokens: number, hidden: number, router: Router, experts: Experts, form: Form, activations: MoeActivations, stream: Stream,
+  ) {
     this.device = device;
     this.tokens = tokens;
     this.hidden = hidden;
@@ -296,7 +354,8 @@ export class MoeWorkspace {
     this.form = form.masked ? 'masked' : 'contiguous';
     this.maxTokensPerExpert = form.maxTokensPerExpert;
     this.align = form.align;
-    this.buffers = allocate(tokens, hidden, router, experts, form, device, stream);
+    this.activations = activations;
+    this.buffers = allocate(tokens, hidden, router, experts, form, activations, device, stream);
     try {
       // a valid layout of all-zero ids, to be recomputed by every call
       const zeroIds = zeros([tokens, router.k], { dtype: 'i32', device, stream });
@@ -322,7 +381,8 @@ export class MoeWorkspace {
     const b = this.buffers;
     const l = this.layout;
     let n = 0;
-    for (const t of [b.logits, b.ids, b.weights, b.rows, b.act, b.routed, b.sharedGateUp, b.sharedAct, b.sharedOut]) n += t ? t.byteLength : 0;
+    // an NVFP4 buffer's parts share one allocation; byteLength counts each part once
+    for (const t of bufferParts(b)) n += t ? t.byteLength : 0;
     for (const t of [l.counts, l.offsets, l.sourceIndex, l.rowIndex, l.usedRows, l.dropped, l.errors]) n += t.byteLength;
     return n;
   }
@@ -352,11 +412,14 @@ export function createMoeWorkspace(tokens: number, router: MoeRouter, experts: M
   const hidden = r.weight.shape[1];
   const ex = checkExperts(experts, r.experts, hidden, device);
   const form = checkForm(o);
+  const activations = o.activations === undefined ? 'bf16' : checkOneOf(o.activations, 'options.activations', ACTIVATIONS);
   const stream = resolveStream(o.stream, device, 'options.stream');
-  return new MoeWorkspace(device, T, hidden, r, ex, form, stream);
+  return new MoeWorkspace(device, T, hidden, r, ex, form, activations, stream);
 }
 
-function checkWorkspace(value: unknown, device: Device, tokens: number, hidden: number, r: Router, ex: Experts, o: Readonly<Record<string, unknown>>): MoeWorkspace {
+function checkWorkspace(
+  value: unknown, device: Device, tokens: number, hidden: number, r: Router, ex: Experts, activations: MoeActivations, o: Readonly<Record<string, unknown>>,
+): MoeWorkspace {
   if (typeof value !== 'object' || value === null || !workspaces.has(value)) {
     throw new MoeError('E_ARGUMENT', `options.workspace: expected a workspace made by createMoeWorkspace(), got ${describe(value)}`);
   }
@@ -369,6 +432,9 @@ function checkWorkspace(value: unknown, device: Device, tokens: number, hidden: 
   ];
   for (const [name, has, need] of want) {
     if (has !== need) throw new MoeError('E_SHAPE', `options.workspace: made for ${name} = ${has}, this call has ${name} = ${need}`);
+  }
+  if (ws.activations !== activations) {
+    throw new MoeError('E_ARGUMENT', `options.workspace: made for activations '${ws.activations}', this call has options.activations '${activations}'`);
   }
   if (o.maxTokensPerExpert !== undefined || o.align !== undefined) {
     const f = checkForm(o);
@@ -387,6 +453,13 @@ function checkWorkspace(value: unknown, device: Device, tokens: number, hidden: 
  * w2 . SwiGLU(w13 . x) with NVFP4 weights (W4A16, fp32 accumulation, bf16 intermediates); the
  * routed sum and the shared expert's output are added in f32 and rounded once to bf16.
  *
+ * activations 'nvfp4' (W4A4): x's permuted rows are quantized to NVFP4 (global scale
+ * experts.w13InputScale, default x's amax / 2688), the SwiGLU output is rounded to bf16 and
+ * quantized in the w13 GEMM's epilogue (global scale experts.w2InputScale, required), and the
+ * w2 GEMM multiplies NVFP4 by NVFP4; its bf16 output is unpermuted as before. Next to the bf16
+ * path this adds the two activation quantizations' error (each value within half an E2M1 step
+ * of its block's scale).
+ *
  * Everything is enqueued on `stream` without a host synchronization. Without a workspace the
  * intermediates come from the stream-ordered allocator and are released at the end of the call.
  */
@@ -399,7 +472,15 @@ export function moeForward(x: Tensor<'bf16'>, router: MoeRouter, experts: MoeExp
   const r = checkRouter(router, hidden, device);
   const ex = checkExperts(experts, r.experts, hidden, device);
   const stream = resolveStream(o.stream, device, 'options.stream');
-  const ws = o.workspace === undefined ? undefined : checkWorkspace(o.workspace, device, tokens, hidden, r, ex, o);
+  const activations = o.activations === undefined ? 'bf16' : checkOneOf(o.activations, 'options.activations', ACTIVATIONS);
+  if (activations === 'nvfp4' && ex.w2InputScale === undefined) {
+    throw new MoeError('E_ARGUMENT', "experts.w2InputScale: activations 'nvfp4' need the down projection's input scale (a number or a device scalar f32 [1])");
+  }
+  if (activations === 'nvfp4') {
+    ex.w13InputScale = checkGlobalScaleOption(ex.w13InputScale, 'experts.w13InputScale', device, stream);
+    ex.w2InputScale = checkGlobalScaleOption(ex.w2InputScale, 'experts.w2InputScale', device, stream);
+  }
+  const ws = o.workspace === undefined ? undefined : checkWorkspace(o.workspace, device, tokens, hidden, r, ex, activations, o);
   const form = ws ? undefined : checkForm(o);
   const out = o.out === undefined
     ? empty<'bf16'>([tokens, hidden], { dtype: 'bf16', device, stream })
@@ -407,7 +488,7 @@ export function moeForward(x: Tensor<'bf16'>, router: MoeRouter, experts: MoeExp
   if (o.out !== undefined && overlaps(out, xt)) throw new MoeError('E_ARGUMENT', 'options.out: overlaps x; pass a separate tensor');
   if (tokens === 0) return out;
 
-  const b = ws ? ws.buffers : allocate(tokens, hidden, r, ex, form as Form, device, stream);
+  const b = ws ? ws.buffers : allocate(tokens, hidden, r, ex, form as Form, activations, device, stream);
   let layout: ExpertLayout | undefined;
   try {
     routerLogits(xt, r.weight, { out: b.logits, stream });
@@ -425,10 +506,18 @@ export function moeForward(x: Tensor<'bf16'>, router: MoeRouter, experts: MoeExp
       const f = form as Form;
       layout = expertLayout(b.ids, r.experts, f.masked ? { maxTokensPerExpert: f.maxTokensPerExpert, stream } : { align: f.align, stream });
     }
-    permute(xt, layout, { out: b.rows, stream });
-    groupedGemmNvfp4(b.rows, ex.w13, layout, { epilogue: 'swiglu', out: b.act, stream });
-    // the permuted rows are dead once w13 has read them: the down projections reuse them
-    groupedGemmNvfp4(b.act, ex.w2, layout, { out: b.rows, stream });
+    if (activations === 'nvfp4') {
+      const xq = b.rowsFp4 as Nvfp4Tensor;
+      const act = b.actFp4 as Nvfp4Tensor;
+      permute(xt, layout, { quantize: 'nvfp4', out: xq, stream, ...(ex.w13InputScale !== undefined ? { globalScale: ex.w13InputScale } : {}) });
+      groupedGemmNvfp4(xq, ex.w13, layout, { epilogue: 'swiglu', out: act, outGlobalScale: ex.w2InputScale, stream });
+      groupedGemmNvfp4(act, ex.w2, layout, { out: b.rows, stream });
+    } else {
+      permute(xt, layout, { out: b.rows, stream });
+      groupedGemmNvfp4(b.rows, ex.w13, layout, { epilogue: 'swiglu', out: b.act as Tensor<'bf16'>, stream });
+      // the permuted rows are dead once w13 has read them: the down projections reuse them
+      groupedGemmNvfp4(b.act as Tensor<'bf16'>, ex.w2, layout, { out: b.rows, stream });
+    }
     if (!ex.shared) {
       unpermute(b.rows, layout, b.weights, { out, stream });
     } else {

@@ -4,6 +4,7 @@ export {
   MoeWorkspace,
   createMoeWorkspace,
   moeForward,
+  type MoeActivations,
   type MoeExperts,
   type MoeForwardOptions,
   type MoeRouter,

@@ -15,6 +15,7 @@ import {
   keys,
   product,
   sameShape,
+  type Device,
 } from '../validate';
 import { NVFP4_BLOCK, Nvfp4Tensor, allocateNvfp4 } from './tensor';
 
@@ -57,6 +58,47 @@ function enqueueGlobalScale(x: Tensor, out: Tensor<'f32'>, stream: Stream): void
     // stream-ordered: the memory is reused only by work queued after these kernels
     amax.dispose();
   }
+}
+
+/**
+ * @internal The global scale option of an op that quantizes: a positive finite number (taken as
+ * f32; copied from the host, so refused while a graph is being captured) or a device scalar f32
+ * (one element on `device`); undefined when not given.
+ */
+export function checkGlobalScaleOption(g: unknown, argument: string, device: Device, stream: Stream): number | Tensor<'f32'> | undefined {
+  if (g === undefined) return undefined;
+  if (typeof g === 'number') {
+    const v = Math.fround(g);
+    if (!Number.isFinite(v) || v <= 0) {
+      throw new MoeError('E_ARGUMENT', `${argument}: expected a positive finite number (as f32), got ${describe(g)}`);
+    }
+    if (isCapturing(stream)) {
+      throw new MoeError('E_CAPTURE', `${argument}: a number is copied from the host, which a graph cannot replay; pass a device tensor`);
+    }
+    return v;
+  }
+  const t = checkTensor<Tensor<'f32'>>(g, argument, F32_ONLY, device);
+  if (t.numel !== 1) throw new MoeError('E_SHAPE', `${argument}: expected one element, got shape [${t.shape}]`);
+  return t;
+}
+
+/**
+ * @internal Enqueues what puts a quantizing op's global scale in place and returns the tensor
+ * the op reads it from: a given tensor as it is (the op copies it into `gs`), a number written
+ * into `gs`, or (undefined) amax(|x|) / (6 * 448) computed into `gs`. The caller has recorded
+ * the uses of `gs` (and of x) on the stream.
+ */
+export function stageGlobalScale(g: number | Tensor<'f32'> | undefined, gs: Tensor<'f32'>, x: Tensor, stream: Stream): Tensor<'f32'> {
+  if (typeof g === 'object') return g;
+  if (typeof g === 'number') {
+    const b = native();
+    const value = new Float32Array([g]);
+    if (gs.deviceIndex < 0) b.hostWrite(gs.dataPtr, value);
+    else b.copyToDevice(gs.deviceIndex, gs.dataPtr, value, 4, stream.handle);
+  } else {
+    enqueueGlobalScale(x, gs, stream);
+  }
+  return gs;
 }
 
 export interface GlobalScaleNvfp4Options {
@@ -108,21 +150,8 @@ export function quantizeNvfp4(x: Tensor, options?: QuantizeNvfp4Options): Nvfp4T
   const t = checkSource(x, 'x');
   const device = t.device;
   const stream = resolveStream(o.stream, device);
-  const g = o.globalScale;
-  let given: Tensor<'f32'> | undefined;
-  let givenNumber = 0;
-  if (typeof g === 'number') {
-    givenNumber = Math.fround(g);
-    if (!Number.isFinite(givenNumber) || givenNumber <= 0) {
-      throw new MoeError('E_ARGUMENT', `globalScale: expected a positive finite number (as f32), got ${describe(g)}`);
-    }
-    if (isCapturing(stream)) {
-      throw new MoeError('E_CAPTURE', 'globalScale: a number is copied from the host, which a graph cannot replay; pass a device tensor');
-    }
-  } else if (g !== undefined) {
-    given = checkTensor<Tensor<'f32'>>(g, 'globalScale', F32_ONLY, device);
-    if (given.numel !== 1) throw new MoeError('E_SHAPE', `globalScale: expected one element, got shape [${given.shape}]`);
-  }
+  const g = checkGlobalScaleOption(o.globalScale, 'globalScale', device, stream);
+  const given = typeof g === 'object' ? g : undefined;
 
   const shape = t.shape;
   const K = shape[shape.length - 1];
@@ -146,20 +175,9 @@ export function quantizeNvfp4(x: Tensor, options?: QuantizeNvfp4Options): Nvfp4T
     const gs = q.globalScale;
     // The op copies a given device scale into the result itself; a number or a computed scale
     // is put there first.
-    let scaleFrom = gs;
-    if (given !== undefined) {
-      scaleFrom = given;
-      useOn(stream, outGiven ? [t, q.data, q.scales, gs, given] : [t, q.data, given]);
-    } else {
-      useOn(stream, outGiven ? [t, q.data, q.scales, gs] : [t, q.data]);
-      if (typeof g === 'number') {
-        const value = new Float32Array([givenNumber]);
-        if (dev < 0) b.hostWrite(gs.dataPtr, value);
-        else b.copyToDevice(dev, gs.dataPtr, value, 4, stream.handle);
-      } else {
-        enqueueGlobalScale(t, gs, stream);
-      }
-    }
+    if (given !== undefined) useOn(stream, outGiven ? [t, q.data, q.scales, gs, given] : [t, q.data, given]);
+    else useOn(stream, outGiven ? [t, q.data, q.scales, gs] : [t, q.data]);
+    const scaleFrom = stageGlobalScale(g, gs, t, stream);
     const A = opArgs();
     A[0] = dev;
     A[1] = stream.address;

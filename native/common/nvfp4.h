@@ -105,26 +105,37 @@ struct GemmArgs {
   bool portable;  // keep to the mma.sync kernels where the Hopper one would run
 };
 
-// The expert GEMM of a Mixture-of-Experts layer (W4A16), over the rows of an expert layout:
+// The expert GEMM of a Mixture-of-Experts layer, over the rows of an expert layout:
 //   expert e owns rows offsets[e] .. offsets[e] + counts[e] - 1 of x and out (the contiguous
 //   form's blocks, or the masked form's offsets[e] = e * maxRowsPerExpert), and
-//   out[r, :] = gs[e] * (x[r, :] . W_e^T), W_e = w[e] of w [E, N, K], fp32 accumulation.
+//   out[r, :] = gsX * gs[e] * (x[r, :] . W_e^T), W_e = w[e] of w [E, N, K], fp32 accumulation.
+//   x: xType BF16: bf16 [rows, K] (W4A16, gsX = 1); xType U8: NVFP4 [rows, K] (x = data
+//   [rows, K/2], xScales [rows, K/16], gsX = *xGlobalScale, one scale for all rows; W4A4).
 //   Epilogue Swiglu: N = 2I with W_e's first I rows the gate and the last I the up projection
 //   (ModelOpt w13 = concat(w1, w3)); out[r, j] = silu(gate[r, j]) * up[r, j], out [rows, I].
+//   outType BF16: out bf16. outType U8 (Swiglu only, I % 16 == 0): the swiglu row rounded to
+//   bf16, then quantized as QuantizeArgs does with the global scale *outGlobalScale: out = data
+//   [rows, I/2], outScales [rows, I/16]; outGlobalScaleOut (when set and different) receives a
+//   copy of the scale used, so the NVFP4 result's three parts come from one op.
 // Rows that hold no pair (padding, rows past counts[e]) are not written. counts and offsets are
 // read where the op runs (device memory on CUDA), so the launch never depends on them.
 enum class GroupedEpilogue : int32_t { None = 0, Swiglu = 1 };
 
 struct GroupedGemmArgs {
-  const void* x;  // [rows, K], 16-byte aligned
-  DType xType;    // BF16
+  const void* x;  // bf16 [rows, K] 16-byte aligned, or E2M1 [rows, K/2] 8-byte aligned
+  DType xType;    // BF16, or U8 (NVFP4)
+  const uint8_t* xScales;      // [rows, K/16] (U8 only)
+  const float* xGlobalScale;   // [1] (U8 only)
   const uint8_t* wData;        // [E, N, K/2], 8-byte aligned
   const uint8_t* wScales;      // [E, N, K/16]
   const float* wGlobalScale;   // [E]
   const int32_t* counts;       // [E]
   const int32_t* offsets;      // [E + 1]
-  void* out;                   // [rows, N] (None) or [rows, N/2] (Swiglu)
-  DType outType;               // BF16
+  void* out;                   // [rows, N] (None) or [rows, N/2] (Swiglu); U8: [rows, N/4] bytes, 8-byte aligned
+  DType outType;               // BF16, or U8 (NVFP4, Swiglu only)
+  uint8_t* outScales;          // [rows, N/32] (U8 only)
+  const float* outGlobalScale; // [1] (U8 only)
+  float* outGlobalScaleOut;    // [1] or nullptr (U8 only)
   int64_t E, rows, N, K;       // K a multiple of 16; N even for Swiglu
   int64_t maxRowsPerExpert;    // masked form: rows = E * maxRowsPerExpert; contiguous form: 0
   int64_t pairs;               // tokens * k of the layout: the host's size hint for the kernel choice
@@ -244,8 +255,9 @@ inline int64_t groupedOutColumns(const GroupedGemmArgs& a) { return a.epilogue =
 
 inline void validate(const GroupedGemmArgs& a) {
   using namespace nvfp4detail;
-  MOE_REQUIRE(a.xType == DType::BF16, "E_DTYPE", "x", "expected bf16");
-  MOE_REQUIRE(a.outType == DType::BF16, "E_DTYPE", "out", "expected bf16");
+  const bool xFp4 = a.xType == DType::U8, outFp4 = a.outType == DType::U8;
+  MOE_REQUIRE(a.xType == DType::BF16 || xFp4, "E_DTYPE", "x", "expected bf16 (W4A16) or u8 codes of an NVFP4 tensor (W4A4)");
+  MOE_REQUIRE(a.outType == DType::BF16 || outFp4, "E_DTYPE", "out", "expected bf16 or u8 codes of an NVFP4 tensor");
   MOE_REQUIRE(a.epilogue == GroupedEpilogue::None || a.epilogue == GroupedEpilogue::Swiglu, "E_ARGUMENT", "epilogue",
           "expected none (0) or swiglu (1)");
   MOE_REQUIRE(a.E >= 1 && a.E <= INT_MAX, "E_SHAPE", "w", "expected at least one expert, got E = " + std::to_string(a.E));
@@ -255,19 +267,30 @@ inline void validate(const GroupedGemmArgs& a) {
           "expected a multiple of 16 below 2^30, got " + std::to_string(a.K));
   MOE_REQUIRE(a.epilogue != GroupedEpilogue::Swiglu || a.N % 2 == 0, "E_SHAPE", "w",
           "swiglu needs N = 2 * I (gate rows, then up rows), got N = " + std::to_string(a.N));
+  MOE_REQUIRE(!outFp4 || a.epilogue == GroupedEpilogue::Swiglu, "E_ARGUMENT", "out",
+          "an NVFP4 output is written by the swiglu epilogue only");
+  MOE_REQUIRE(!outFp4 || a.N % (2 * kNvfp4Block) == 0, "E_SHAPE", "out",
+          "an NVFP4 output needs I = N/2 a multiple of 16, got N = " + std::to_string(a.N));
   MOE_REQUIRE(a.maxRowsPerExpert >= 0 && a.pairs >= 0, "E_ARGUMENT", "layout", "negative size");
   MOE_REQUIRE(a.maxRowsPerExpert == 0 || a.rows == a.E * a.maxRowsPerExpert, "E_SHAPE", "layout",
           "the masked form has E * maxTokensPerExpert rows, got " + std::to_string(a.rows));
+  if (outFp4) requirePtr(a.outGlobalScale, "outGlobalScale");
   if (a.rows == 0 || a.N == 0) return;
   requirePtr(a.counts, "layout.counts");
   requirePtr(a.offsets, "layout.offsets");
-  requirePtr(a.out, "out");
+  requirePtr(a.out, outFp4 ? "out.data" : "out");
   requirePtr(a.wGlobalScale, "w.globalScale");
+  if (outFp4) {
+    requirePtr(a.outScales, "out.scales");
+    requireAligned(a.out, 8, "out.data");
+  }
+  if (xFp4) requirePtr(a.xGlobalScale, "x.globalScale");
   if (a.K == 0) return;
-  requirePtr(a.x, "x");
+  requirePtr(a.x, xFp4 ? "x.data" : "x");
   requirePtr(a.wData, "w.data");
   requirePtr(a.wScales, "w.scales");
-  requireAligned(a.x, 16, "x");
+  if (xFp4) requirePtr(a.xScales, "x.scales");
+  requireAligned(a.x, xFp4 ? 8 : 16, xFp4 ? "x.data" : "x");
   requireAligned(a.wData, 8, "w.data");
 }
 

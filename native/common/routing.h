@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 
+#include "common/align.h"
 #include "common/check.h"
 #include "common/dtype.h"
 
@@ -136,6 +137,39 @@ inline void validate(const PermuteArgs& a) {
   MOE_REQUIRE(a.usedRows && (a.rows == 0 || a.sourceIndex), "E_ARGUMENT", "layout", "null data pointer");
   MOE_REQUIRE(a.rows * a.hidden == 0 || a.out, "E_ARGUMENT", "out", "null data pointer");
   MOE_REQUIRE(a.tokens * a.hidden == 0 || a.x, "E_ARGUMENT", "x", "null data pointer");
+}
+
+// permuteQuantize: permute fused with NVFP4 quantization (QuantizeArgs' rules) of each row with
+// the global scale *globalScale: for rows r < *usedRows, data [rows, hidden/2] and scales
+// [rows, hidden/16] of row r are those of x[sourceIndex[r] / k] when its source is in
+// [0, tokens*k), else those of a zero row (codes 0, scales e4m3(1) = 0x38); rows at or past
+// *usedRows are untouched. globalScaleOut (when set and different) receives a copy of the
+// scale used. Bit-identical to quantize(permute(x)) on either backend.
+struct PermuteQuantizeArgs {
+  const void* x;          // [tokens, hidden], 16-byte aligned
+  DType type;             // F32, F16 or BF16
+  const int32_t* sourceIndex;
+  const int32_t* usedRows;
+  const float* globalScale;
+  uint8_t* data;          // 8-byte aligned
+  uint8_t* scales;
+  float* globalScaleOut;  // or nullptr
+  int64_t tokens;
+  int32_t k;
+  int64_t hidden;         // a multiple of 16
+  int64_t rows;
+};
+
+inline void validate(const PermuteQuantizeArgs& a) {
+  MOE_REQUIRE(a.type == DType::F32 || a.type == DType::F16 || a.type == DType::BF16, "E_DTYPE", "x", "expected dtype f32, f16 or bf16");
+  MOE_REQUIRE(a.tokens >= 0 && a.hidden >= 0 && a.rows >= 0 && a.k >= 1, "E_SHAPE", "x", "negative size");
+  MOE_REQUIRE(a.hidden % 16 == 0, "E_SHAPE", "x", "NVFP4 needs hidden a multiple of 16, got " + std::to_string(a.hidden));
+  MOE_REQUIRE(a.usedRows && (a.rows == 0 || a.sourceIndex), "E_ARGUMENT", "layout", "null data pointer");
+  MOE_REQUIRE(a.globalScale, "E_ARGUMENT", "globalScale", "null data pointer");
+  MOE_REQUIRE(a.rows * a.hidden == 0 || (a.data && a.scales), "E_ARGUMENT", "out", "null data pointer");
+  MOE_REQUIRE(a.tokens * a.hidden == 0 || a.x, "E_ARGUMENT", "x", "null data pointer");
+  MOE_REQUIRE(a.tokens * a.hidden == 0 || isAligned(a.x, 16), "E_ARGUMENT", "x", "the data must start at a 16-byte aligned address");
+  MOE_REQUIRE(a.rows * a.hidden == 0 || isAligned(a.data, 8), "E_ARGUMENT", "out.data", "the data must start at an 8-byte aligned address");
 }
 
 // unpermute: out[t] = sum over slots s = 0..k-1 with 0 <= rowIndex[t*k+s] < rows, in that

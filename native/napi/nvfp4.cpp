@@ -117,6 +117,8 @@ void registerNvfp4(Napi::Env env, Napi::Object exports) {
         GroupedGemmArgs a;
         a.x = r.ptr();
         a.xType = r.dtype();
+        a.xScales = r.ptr<const uint8_t>();
+        a.xGlobalScale = r.ptr<const float>();
         a.wData = r.ptr<const uint8_t>();
         a.wScales = r.ptr<const uint8_t>();
         a.wGlobalScale = r.ptr<const float>();
@@ -124,6 +126,9 @@ void registerNvfp4(Napi::Env env, Napi::Object exports) {
         a.offsets = r.ptr<const int32_t>();
         a.out = r.ptr();
         a.outType = r.dtype();
+        a.outScales = r.ptr<uint8_t>();
+        a.outGlobalScale = r.ptr<const float>();
+        a.outGlobalScaleOut = r.ptr<float>();
         a.E = r.i64();
         a.rows = r.i64();
         a.N = r.i64();

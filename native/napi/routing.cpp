@@ -74,6 +74,26 @@ void registerRouting(Napi::Env env, Napi::Object exports) {
       },
       cpu::routing::permute, MOE_GPU(kernels::routing::permute));
 
+  registerOp<PermuteQuantizeArgs>(
+      env, exports, "permuteQuantize",
+      [](ArgReader& r) {
+        PermuteQuantizeArgs a;
+        a.x = r.ptr();
+        a.type = r.dtype();
+        a.sourceIndex = r.ptr<const int32_t>();
+        a.usedRows = r.ptr<const int32_t>();
+        a.globalScale = r.ptr<const float>();
+        a.data = r.ptr<uint8_t>();
+        a.scales = r.ptr<uint8_t>();
+        a.globalScaleOut = r.ptr<float>();
+        a.tokens = r.i64();
+        a.k = r.i32();
+        a.hidden = r.i64();
+        a.rows = r.i64();
+        return a;
+      },
+      cpu::routing::permuteQuantize, MOE_GPU(kernels::routing::permuteQuantize));
+
   registerOp<UnpermuteArgs>(
       env, exports, "unpermute",
       [](ArgReader& r) {

@@ -230,10 +230,15 @@ void gemm(const GemmArgs& args) {
 
 void groupedGemm(const GroupedGemmArgs& args) {
   const int64_t E = args.E, rows = args.rows, N = args.N, K = args.K;
+  const bool xFp4 = args.xType == DType::U8, outFp4 = args.outType == DType::U8;
+  if (outFp4 && args.outGlobalScaleOut != nullptr && args.outGlobalScaleOut != args.outGlobalScale) {
+    std::memcpy(args.outGlobalScaleOut, args.outGlobalScale, sizeof(float));
+  }
   if (rows == 0 || N == 0) return;
   const bool swiglu = args.epilogue == GroupedEpilogue::Swiglu;
   const int64_t I = N / 2, outN = groupedOutColumns(args);
   std::vector<float> pre;
+  std::vector<uint16_t> act;
   for (int64_t e = 0; e < E; ++e) {
     const int64_t start = args.offsets[e];
     int64_t count = args.counts[e];
@@ -242,8 +247,15 @@ void groupedGemm(const GroupedGemmArgs& args) {
     count = std::min(count, rows - start);
     if (args.maxRowsPerExpert > 0) count = std::min(count, args.maxRowsPerExpert);
     GemmArgs g{};
-    g.a = static_cast<const uint16_t*>(args.x) + start * K;
-    g.aType = DType::BF16;
+    if (xFp4) {
+      g.a = static_cast<const uint8_t*>(args.x) + start * (K / 2);
+      g.aType = DType::U8;
+      g.aScales = args.xScales + start * (K / kNvfp4Block);
+      g.aGlobalScale = args.xGlobalScale;
+    } else {
+      g.a = static_cast<const uint16_t*>(args.x) + start * K;
+      g.aType = DType::BF16;
+    }
     g.wData = args.wData + e * N * (K / 2);
     g.wScales = args.wScales + e * N * (K / kNvfp4Block);
     g.wGlobalScale = args.wGlobalScale + e;
@@ -252,24 +264,39 @@ void groupedGemm(const GroupedGemmArgs& args) {
     g.N = N;
     g.K = K;
     g.alpha = 1.0f;
-    uint16_t* out = static_cast<uint16_t*>(args.out) + start * outN;
     if (!swiglu) {
-      g.out = out;
+      g.out = static_cast<uint16_t*>(args.out) + start * outN;
       g.outType = DType::BF16;
       gemm(g);
       continue;
     }
-    // Gate and up as the dense GEMM rounds them to f32, then silu(gate) * up in f32.
+    // Gate and up as the dense GEMM rounds them to f32, then silu(gate) * up in f32, rounded to bf16.
     pre.resize(static_cast<size_t>(count * N));
     g.out = pre.data();
     g.outType = DType::F32;
     gemm(g);
+    uint16_t* out = outFp4 ? nullptr : static_cast<uint16_t*>(args.out) + start * outN;
+    if (outFp4) act.resize(static_cast<size_t>(count * I));
     for (int64_t m = 0; m < count; ++m) {
       for (int64_t j = 0; j < I; ++j) {
         const float gate = pre[m * N + j], up = pre[m * N + I + j];
-        out[m * outN + j] = f32ToBf16Bits(gate / (1.0f + std::exp(-gate)) * up);
+        const uint16_t v = f32ToBf16Bits(gate / (1.0f + std::exp(-gate)) * up);
+        if (outFp4) act[m * I + j] = v;
+        else out[m * outN + j] = v;
       }
     }
+    if (!outFp4) continue;
+    // NVFP4 output: the bf16 rows above through the quantizer.
+    QuantizeArgs q{};
+    q.x = act.data();
+    q.xType = DType::BF16;
+    q.rows = count;
+    q.K = I;
+    q.globalScale = args.outGlobalScale;
+    q.data = static_cast<uint8_t*>(args.out) + start * (I / 2);
+    q.scales = args.outScales + start * (I / kNvfp4Block);
+    q.globalScaleOut = nullptr;
+    quantize(q);
   }
 }
 

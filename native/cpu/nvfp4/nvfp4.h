@@ -25,7 +25,8 @@ void gemm(const GemmArgs& args);
 
 // Expert by expert, the dense reference above on the expert's rows (counts and offsets read
 // from host memory); with Swiglu, gate and up are rounded to f32 like gemm's f32 output and
-// silu(g) * u = g / (1 + exp(-g)) * u is computed in f32, then rounded once to bf16.
+// silu(g) * u = g / (1 + exp(-g)) * u is computed in f32, then rounded once to bf16; an NVFP4
+// output is `quantize` of those bf16 rows. NVFP4 x goes through gemm's W4A4 path.
 void groupedGemm(const GroupedGemmArgs& args);
 
 }  // namespace moe::cpu::nvfp4

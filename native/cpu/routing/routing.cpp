@@ -7,6 +7,7 @@
 
 #include "common/routing_rules.h"
 #include "cpu/common/numeric.h"
+#include "cpu/nvfp4/nvfp4.h"
 
 namespace moe::cpu::routing {
 namespace R = moe::routing_rules;
@@ -154,6 +155,31 @@ void permute(const PermuteArgs& a) {
     const int32_t src = a.sourceIndex[r];
     if (src >= 0 && src < n) std::memcpy(dst, static_cast<const char*>(a.x) + (src / a.k) * rowBytes, rowBytes);
     else std::memset(dst, 0, rowBytes);
+  }
+}
+
+// The quantizer of the nvfp4 family, one row at a time: the source row, or a zero row for
+// padding, so both take exactly the path of quantize(permute(x)).
+void permuteQuantize(const PermuteQuantizeArgs& a) {
+  if (a.globalScaleOut != nullptr && a.globalScaleOut != a.globalScale) std::memcpy(a.globalScaleOut, a.globalScale, sizeof(float));
+  const int64_t used = std::clamp<int64_t>(*a.usedRows, 0, a.rows);
+  if (used == 0 || a.hidden == 0) return;
+  const int64_t rowBytes = a.hidden * dtypeBytes(a.type);
+  const int64_t n = a.tokens * a.k;
+  // 16-byte aligned like any tensor the package allocates; QuantizeArgs asks for it
+  std::vector<uint64_t> zero(static_cast<size_t>((rowBytes + 7) / 8), 0);
+  for (int64_t r = 0; r < used; ++r) {
+    const int32_t src = a.sourceIndex[r];
+    QuantizeArgs q{};
+    q.x = src >= 0 && src < n ? static_cast<const void*>(static_cast<const char*>(a.x) + (src / a.k) * rowBytes) : zero.data();
+    q.xType = a.type;
+    q.rows = 1;
+    q.K = a.hidden;
+    q.globalScale = a.globalScale;
+    q.data = a.data + r * (a.hidden / 2);
+    q.scales = a.scales + r * (a.hidden / 16);
+    q.globalScaleOut = nullptr;
+    nvfp4::quantize(q);
   }
 }
 

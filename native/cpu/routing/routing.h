@@ -10,6 +10,8 @@ void routeTopK(const RouteTopKArgs& args);
 // Throws E_RANGE naming the first id outside [0, experts) before writing anything.
 void expertLayout(const ExpertLayoutArgs& args);
 void permute(const PermuteArgs& args);
+// The bytes of cpu::nvfp4::quantize applied to permute's rows (the same function, row by row).
+void permuteQuantize(const PermuteQuantizeArgs& args);
 void unpermute(const UnpermuteArgs& args);
 
 }  // namespace moe::cpu::routing

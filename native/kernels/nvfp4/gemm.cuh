@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "kernels/nvfp4/common.cuh"
+#include "kernels/nvfp4/quantize_block.cuh"
 
 namespace moe::kernels::nvfp4::detail {
 
@@ -30,6 +31,8 @@ struct GroupParams {
   int rows;                // rows of x and out: no expert reads or writes past them
   int maxRows;             // masked form: rows per expert; 0 in the contiguous form
   int swigluI;             // I = N/2 when the epilogue is swiglu, else 0
+  uint8_t* outScales;      // NVFP4 output: e4m3 [rows, I/16]; out holds the codes [rows, I/2]
+  const float* outGlobalScale;  // NVFP4 output: its global scale, device
 };
 
 // Expert e's first row and row count, clamped to its block; false when it has no rows (the CTA
@@ -221,17 +224,21 @@ __device__ __forceinline__ void loadScaleChunkGrouped(uint8_t* dst, const uint8_
   }
 }
 
-// loadStage for the grouped kernel (W4A16 only): the weights through the loaders above, the
-// activations as loadStage reads them.
+// loadStage for the grouped kernel: the weights through the loaders above, the activations as
+// loadStage reads them (bf16, or NVFP4 codes and scales).
 template <class S>
 __device__ __forceinline__ void loadStageGrouped(const GemmParams& p, int swigluI, uint8_t* stage, int64_t n0, int64_t m0,
                                                  int c) {
-  static_assert(!S::kAFp4, "the grouped GEMM takes bf16 activations");
   uint8_t* sW = stage;
   uint8_t* sWs = sW + S::kWBytes;
   uint8_t* sA = sWs + S::kWsBytes;
   loadPackedChunkGrouped<S::kThreads>(sW, p.w, S::kTileN, n0, p.N, p.K / 2, c, p.wVec16, swigluI);
   loadScaleChunkGrouped<S::kThreads>(sWs, p.wScales, S::kTileN, n0, p.N, p.K / 16, c, p.sVec4, swigluI);
+  if constexpr (S::kAFp4) {
+    loadPackedChunk<S::kThreads>(sA, static_cast<const uint8_t*>(p.a), S::kTileM, m0, p.M, p.K / 2, c, p.wVec16);
+    loadScaleChunk<S::kThreads>(sA + S::kABytes, p.aScales, S::kTileM, m0, p.M, p.K / 16, c, p.sVec4);
+    return;
+  }
   const uint8_t* a = static_cast<const uint8_t*>(p.a);
   const int rowBytes = p.K * 2;
   for (int idx = threadIdx.x; idx < S::kTileM * 8; idx += S::kThreads) {
@@ -311,9 +318,11 @@ __device__ __forceinline__ void computeStage(const uint8_t* stage, int warpW, in
 // gemmKernel's pipeline and epilogue for one output tile of the grouped kernel: weight rows
 // [n0, n0 + kTileN) x tokens [m0, m0 + kTileM), all K chunks; p holds one expert's pointers and
 // rows. (The dense kernel keeps its own copy and its parameters unchanged, so that its code
-// generation stays what was measured.)
-template <class S>
-__device__ __forceinline__ void gemmTile(const GemmParams& p, int swigluI, uint8_t* smem, int64_t n0, int64_t m0) {
+// generation stays what was measured.) OutFp4 (swiglu only): p.out holds the NVFP4 codes of the
+// expert's rows and outScales their block scales, quantized with *outGs.
+template <class S, bool OutFp4>
+__device__ __forceinline__ void gemmTile(const GemmParams& p, int swigluI, uint8_t* smem, int64_t n0, int64_t m0,
+                                         uint8_t* outScales, const float* outGs) {
   const int cBegin = 0, numLocal = p.numChunks;
   constexpr int MT = S::kMT, NT = S::kNT;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -347,8 +356,59 @@ __device__ __forceinline__ void gemmTile(const GemmParams& p, int swigluI, uint8
   }
   cpAsyncWait<0>();
 
-  // The dequantized weights carry 2^-8 (see scaleToBf16x2).
-  const float factor = p.alpha * __ldg(p.wGlobalScale) * 0x1p8f;
+  // The dequantized operands carry 2^-8 each (see scaleToBf16x2).
+  float factor;
+  if constexpr (S::kAFp4) factor = p.alpha * __ldg(p.aGlobalScale) * __ldg(p.wGlobalScale) * 0x1p16f;
+  else factor = p.alpha * __ldg(p.wGlobalScale) * 0x1p8f;
+  if constexpr (OutFp4) {
+    // The tile's swiglu values, rounded to bf16, are staged in shared memory; then one thread
+    // per 16-column block quantizes a row's block with the quantizer's math (quantize_block.cuh).
+    // So the bytes are those of quantize(bf16 swiglu output), whatever the tile shape.
+    constexpr int kCols = S::kTileN / 2;  // output columns of the tile (swiglu order: gate, up per 16 rows)
+    constexpr int kBlocks = kCols / 16;
+    static_assert(kCols % 16 == 0, "a tile must hold whole 16-column blocks");
+    static_assert(S::kTileM * kCols * 2 <= S::kSmemBytes, "the staged tile must fit in the pipeline's shared memory");
+    const int I = swigluI;
+    uint16_t* sOut = reinterpret_cast<uint16_t*>(smem);
+    // every warp is done reading the pipeline's last stage before the tile overwrites it
+    __syncthreads();
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      const int jl = (warpW * MT + mt) * 8 + g;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+          const int ml = (warpT * NT + nt) * 8 + 2 * t + jj;
+          const float v = swiglu(acc[mt][nt][jj] * factor, acc[mt][nt][2 + jj] * factor);
+          sOut[ml * kCols + jl] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+        }
+      }
+    }
+    __syncthreads();
+    const float gs = __ldg(outGs);
+    const int64_t j0 = n0 >> 1;  // n0 is a multiple of kTileN: the tile's first output column
+    for (int idx = threadIdx.x; idx < S::kTileM * kBlocks; idx += S::kThreads) {
+      const int ml = idx / kBlocks, b = idx % kBlocks;
+      const int64_t m = m0 + ml, j = j0 + b * 16;
+      // I % 16 == 0: a block is wholly inside or wholly past the I columns
+      if (m >= p.M || j >= I) continue;
+      const uint4* src = reinterpret_cast<const uint4*>(sOut + ml * kCols + b * 16);
+      const uint4 u0 = src[0], u1 = src[1];
+      const uint32_t w0[4] = {u0.x, u0.y, u0.z, u0.w}, w1[4] = {u1.x, u1.y, u1.z, u1.w};
+      float v[16];
+      uint32_t signs = 0;
+      bf16OrF16Words<DType::BF16>(w0, v, signs, 0);
+      bf16OrF16Words<DType::BF16>(w1, v + 8, signs, 8);
+      uint2 d;
+      uint8_t scale;
+      quantizeBlockValues(v, signs, gs, d, scale);
+      const int64_t block = (m * I + j) / 16;
+      static_cast<uint2*>(p.out)[block] = d;
+      outScales[block] = scale;
+    }
+    return;
+  }
   if (swigluI > 0) {
     const int I = swigluI;
     // acc[..][i]: i & 2 selects the fragment's up row, i & 1 the second token.
@@ -458,7 +518,7 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const G
 // The grouped kernel: grid (N tiles, mSlots, E). CTA (x, y, e) takes tiles y, y + mSlots, ...
 // of expert e's rows, so every tile lies inside one expert whatever the layout's alignment, and
 // the grid is the same for any counts. An expert without rows costs its CTAs two loads.
-template <class S>
+template <class S, bool OutFp4>
 __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) groupedGemmKernel(const GemmParams p, const GroupParams group) {
   extern __shared__ __align__(16) uint8_t smem[];
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * S::kTileN;
@@ -475,13 +535,24 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) groupedGemmKernel(
     int64_t s0 = start;
     asm volatile("mov.b64 %0, %0;" : "+l"(s0));
     GemmParams q = p;
-    q.a = static_cast<const __nv_bfloat16*>(p.a) + s0 * p.K;
-    q.out = static_cast<__nv_bfloat16*>(p.out) + s0 * (group.swigluI > 0 ? group.swigluI : p.N);
+    if constexpr (S::kAFp4) {
+      q.a = static_cast<const uint8_t*>(p.a) + s0 * (p.K / 2);
+      q.aScales = p.aScales + s0 * (p.K / 16);
+    } else {
+      q.a = static_cast<const __nv_bfloat16*>(p.a) + s0 * p.K;
+    }
+    uint8_t* outScales = nullptr;
+    if constexpr (OutFp4) {
+      q.out = static_cast<uint8_t*>(p.out) + s0 * (group.swigluI / 2);
+      outScales = group.outScales + s0 * (group.swigluI / 16);
+    } else {
+      q.out = static_cast<__nv_bfloat16*>(p.out) + s0 * (group.swigluI > 0 ? group.swigluI : p.N);
+    }
     q.w = p.w + e * group.wStride;
     q.wScales = p.wScales + e * group.sStride;
     q.wGlobalScale = p.wGlobalScale + e;
     q.M = count;
-    gemmTile<S>(q, group.swigluI, smem, n0, static_cast<int64_t>(tile) * S::kTileM);
+    gemmTile<S, OutFp4>(q, group.swigluI, smem, n0, static_cast<int64_t>(tile) * S::kTileM, outScales, group.outGlobalScale);
   }
 }
 
@@ -490,18 +561,19 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) groupedGemmKernel(
 template <class S>
 cudaError_t launchGemm(const GemmParams& p, dim3 grid, cudaStream_t stream);
 
-// The grouped variants (grid above), defined in grouped_gemm*.cu.
-template <class S>
+// The grouped variants (grid above): W4A16 in grouped_gemm.cu and grouped_prefill.cu, W4A4 in
+// grouped_w4a4.cu; OutFp4 is the swiglu epilogue with NVFP4 output.
+template <class S, bool OutFp4>
 cudaError_t launchGroupedGemm(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream);
 
-template <class S>
+template <class S, bool OutFp4>
 cudaError_t launchGroupedGemmImpl(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream) {
   if constexpr (S::kSmemBytes > 48 * 1024) {
     const cudaError_t err =
-        cudaFuncSetAttribute(groupedGemmKernel<S>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
+        cudaFuncSetAttribute(groupedGemmKernel<S, OutFp4>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
     if (err != cudaSuccess) return err;
   }
-  groupedGemmKernel<S><<<grid, S::kThreads, S::kSmemBytes, stream>>>(p, group);
+  groupedGemmKernel<S, OutFp4><<<grid, S::kThreads, S::kSmemBytes, stream>>>(p, group);
   return cudaGetLastError();
 }
 

@@ -1,6 +1,6 @@
 // Grouped (expert) GEMM launcher: one configuration from heuristics.h, one launch of the
-// streaming kernel or of a tiled one with the expert in the grid. Also the decode-sized grouped
-// variants; the prefill-sized one is in grouped_prefill.cu.
+// streaming kernel or of a tiled one with the expert in the grid. Also the decode-sized W4A16
+// variants; the prefill-sized one is in grouped_prefill.cu, the W4A4 ones in grouped_w4a4.cu.
 #include <algorithm>
 #include <climits>
 
@@ -13,19 +13,41 @@
 namespace moe::kernels::nvfp4 {
 namespace detail {
 
+
 static_assert(DecodeShape<2, false>::kTileM == 16 && DecodeShape<8, false>::kTileM == 64 &&
                   DecodeShape<2, false>::kTileN == kDecodeTileN,
               "heuristics.h out of sync");
 
-template <class S>
+template <class S, bool OutFp4>
 cudaError_t launchGroupedGemm(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream) {
-  return launchGroupedGemmImpl<S>(p, group, grid, stream);
+  return launchGroupedGemmImpl<S, OutFp4>(p, group, grid, stream);
 }
 
-template cudaError_t launchGroupedGemm<DecodeShape<2, false>>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
-template cudaError_t launchGroupedGemm<DecodeShape<8, false>>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<DecodeShape<2, false>, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<DecodeShape<8, false>, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<DecodeShape<2, false>, true>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<DecodeShape<8, false>, true>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
 // compiled in grouped_prefill.cu
-extern template cudaError_t launchGroupedGemm<PrefillShape<false>>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+extern template cudaError_t launchGroupedGemm<PrefillShape<false>, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+extern template cudaError_t launchGroupedGemm<PrefillShape<false>, true>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+// compiled in grouped_w4a4.cu
+extern template cudaError_t launchGroupedGemm<DecodeShape<2, true>, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+extern template cudaError_t launchGroupedGemm<DecodeShape<2, true>, true>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+extern template cudaError_t launchGroupedGemm<DecodeShape<8, true>, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+extern template cudaError_t launchGroupedGemm<DecodeShape<8, true>, true>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+extern template cudaError_t launchGroupedGemm<PrefillShape<true>, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+extern template cudaError_t launchGroupedGemm<PrefillShape<true>, true>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+
+// The tiled kernel the configuration names, for one activation format and one output format.
+template <bool AFp4, bool OutFp4>
+cudaError_t launchTiled(GroupedKernel kernel, const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream) {
+  switch (kernel) {
+    case GroupedKernel::Tile16: return launchGroupedGemm<DecodeShape<2, AFp4>, OutFp4>(p, group, grid, stream);
+    case GroupedKernel::Tile64: return launchGroupedGemm<DecodeShape<8, AFp4>, OutFp4>(p, group, grid, stream);
+    case GroupedKernel::Tile128: return launchGroupedGemm<PrefillShape<AFp4>, OutFp4>(p, group, grid, stream);
+    default: return cudaErrorInvalidConfiguration;
+  }
+}
 
 template <int NT, int MT, int MinBlocks>
 cudaError_t launchGroupedGemv(const GemvParams& p, dim3 grid, cudaStream_t stream) {
@@ -42,12 +64,18 @@ using namespace detail;
 
 cudaError_t groupedGemm(const GroupedGemmArgs& g, const Launch& l) {
   const int64_t E = g.E, N = g.N, K = g.K;
+  const bool xFp4 = g.xType == DType::U8, outFp4 = g.outType == DType::U8;
+  if (outFp4 && g.outGlobalScaleOut != nullptr && g.outGlobalScaleOut != g.outGlobalScale) {
+    const cudaError_t err =
+        cudaMemcpyAsync(g.outGlobalScaleOut, g.outGlobalScale, sizeof(float), cudaMemcpyDeviceToDevice, l.stream);
+    if (err != cudaSuccess) return err;
+  }
   if (g.rows == 0 || N == 0) return cudaSuccess;
   if (E > 65535) return cudaErrorInvalidConfiguration;  // a grid dimension
   const bool swiglu = g.epilogue == GroupedEpilogue::Swiglu;
   const bool gemvAligned = isAligned(g.wData, 16) && isAligned(g.x, 16) && isAligned(g.wScales, 2);
   const GroupedConfig c = selectGroupedConfig(E, N, K, swiglu, g.maxRowsPerExpert, g.pairs, gemvAligned,
-                                              l.facts.multiprocessors);
+                                              l.facts.multiprocessors, xFp4, outFp4);
 
   GroupParams group{};
   group.counts = g.counts;
@@ -57,8 +85,12 @@ cudaError_t groupedGemm(const GroupedGemmArgs& g, const Launch& l) {
   group.rows = static_cast<int>(g.rows);
   group.maxRows = static_cast<int>(std::min<int64_t>(g.maxRowsPerExpert, INT_MAX));
   group.swigluI = swiglu ? static_cast<int>(N / 2) : 0;
+  group.outScales = outFp4 ? g.outScales : nullptr;
+  group.outGlobalScale = outFp4 ? g.outGlobalScale : nullptr;
 
   if (c.kernel == GroupedKernel::Gemv) {
+    // bf16 in, bf16 out only; selectGroupedConfig never picks it otherwise
+    if (xFp4 || outFp4) return cudaErrorInvalidConfiguration;
     if (c.gemv.ctas > INT_MAX) return cudaErrorInvalidConfiguration;
     GemvParams p{};
     p.a = static_cast<const __nv_bfloat16*>(g.x);
@@ -83,8 +115,8 @@ cudaError_t groupedGemm(const GroupedGemmArgs& g, const Launch& l) {
 
   GemmParams p{};
   p.a = g.x;
-  p.aScales = nullptr;
-  p.aGlobalScale = nullptr;
+  p.aScales = xFp4 ? g.xScales : nullptr;
+  p.aGlobalScale = xFp4 ? g.xGlobalScale : nullptr;
   p.w = g.wData;
   p.wScales = g.wScales;
   p.wGlobalScale = g.wGlobalScale;
@@ -99,17 +131,18 @@ cudaError_t groupedGemm(const GroupedGemmArgs& g, const Launch& l) {
   p.alpha = 1.0f;
   p.biasF32 = false;
   p.outF32 = false;
-  // Expert strides keep these: N * K/2 is a multiple of 16 when K % 32 == 0, N * K/16 of 4 when K % 64 == 0.
-  p.wVec16 = K % 32 == 0 && isAligned(g.wData, 16);
-  p.sVec4 = K % 64 == 0 && isAligned(g.wScales, 4);
+  // Expert strides keep these: N * K/2 is a multiple of 16 when K % 32 == 0, N * K/16 of 4 when K % 64 == 0;
+  // so do NVFP4 x's row offsets (start * K/2, start * K/16), whose vector loads use the same flags.
+  p.wVec16 = K % 32 == 0 && isAligned(g.wData, 16) && (!xFp4 || isAligned(g.x, 16));
+  p.sVec4 = K % 64 == 0 && isAligned(g.wScales, 4) && (!xFp4 || isAligned(g.xScales, 4));
   if (c.tilesN > INT_MAX) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(c.tilesN), static_cast<unsigned>(c.mSlots), static_cast<unsigned>(E));
-  switch (c.kernel) {
-    case GroupedKernel::Tile16: return launchGroupedGemm<DecodeShape<2, false>>(p, group, grid, l.stream);
-    case GroupedKernel::Tile64: return launchGroupedGemm<DecodeShape<8, false>>(p, group, grid, l.stream);
-    case GroupedKernel::Tile128: return launchGroupedGemm<PrefillShape<false>>(p, group, grid, l.stream);
-    default: return cudaErrorInvalidConfiguration;
+  if (xFp4) {
+    return outFp4 ? launchTiled<true, true>(c.kernel, p, group, grid, l.stream)
+                  : launchTiled<true, false>(c.kernel, p, group, grid, l.stream);
   }
+  return outFp4 ? launchTiled<false, true>(c.kernel, p, group, grid, l.stream)
+                : launchTiled<false, false>(c.kernel, p, group, grid, l.stream);
 }
 
 }  // namespace moe::kernels::nvfp4

@@ -1,14 +1,15 @@
-// The prefill-sized grouped GEMM variant (256 x 128 tiles, expert in the grid); launched from
-// grouped_gemm.cu.
+// The prefill-sized W4A16 grouped GEMM variants (256 x 128 tiles, expert in the grid; bf16 or
+// NVFP4 swiglu output); launched from grouped_gemm.cu.
 #include "kernels/nvfp4/gemm.cuh"
 
 namespace moe::kernels::nvfp4::detail {
 
-template <class S>
+template <class S, bool OutFp4>
 cudaError_t launchGroupedGemm(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream) {
-  return launchGroupedGemmImpl<S>(p, group, grid, stream);
+  return launchGroupedGemmImpl<S, OutFp4>(p, group, grid, stream);
 }
 
-template cudaError_t launchGroupedGemm<PrefillShape<false>>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<PrefillShape<false>, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<PrefillShape<false>, true>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
 
 }  // namespace moe::kernels::nvfp4::detail

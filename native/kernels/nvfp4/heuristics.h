@@ -152,15 +152,21 @@ inline constexpr int64_t kGroupedGemvMaxMean = 4;
 // are not instantiated for the grouped GEMM). Above 64 rows the prefill tile's 256 x 128 reuse
 // wins, as in the dense heuristic.
 // gemvAligned: the weights and activations allow the streaming kernel's 16-byte loads.
+// xFp4 (NVFP4 activations, W4A4) and outFp4 (the swiglu epilogue writing NVFP4) always take a
+// tiled kernel: the streaming kernel reads bf16 activations and writes each output element from
+// registers, while the tiled mainloop takes NVFP4 operands on both sides and its epilogue stages
+// the output tile in shared memory, where the per-16-column block scales are formed.
 inline GroupedConfig selectGroupedConfig(int64_t E, int64_t N, int64_t K, bool swiglu, int64_t maxRowsPerExpert,
-                                         int64_t pairs, bool gemvAligned, int numSMs) {
+                                         int64_t pairs, bool gemvAligned, int numSMs, bool xFp4 = false,
+                                         bool outFp4 = false) {
   GroupedConfig c{};
   const int64_t sms = std::max(1, numSMs);
   c.virtualN = swiglu ? 16 * ((N / 2 + 7) / 8) : N;
   const bool masked = maxRowsPerExpert > 0;
   const int64_t mean = std::max<int64_t>(1, (pairs + E - 1) / std::max<int64_t>(1, E));
   const bool gemvShape = gemvAligned && K > 0 && K % 32 == 0;
-  if (gemvShape && (masked ? maxRowsPerExpert <= kGemvMaxM : mean <= kGroupedGemvMaxMean)) {
+  const bool streamable = !xFp4 && !outFp4;
+  if (streamable && gemvShape && (masked ? maxRowsPerExpert <= kGemvMaxM : mean <= kGroupedGemvMaxMean)) {
     c.kernel = GroupedKernel::Gemv;
     // At most min(E, pairs) experts have rows: each needs enough CTAs of its own for the
     // dense rule (about 1.5 CTAs per SM over all of them).

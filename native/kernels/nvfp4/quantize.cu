@@ -5,6 +5,7 @@
 #include "common/align.h"
 #include "kernels/nvfp4/common.cuh"
 #include "kernels/nvfp4/nvfp4.h"
+#include "kernels/nvfp4/quantize_block.cuh"
 
 namespace moe::kernels::nvfp4 {
 namespace detail {
@@ -101,41 +102,6 @@ __global__ void globalScaleKernel(const float* __restrict__ amax, float* __restr
   *gs = (a != a) ? a : s;
 }
 
-template <DType T>
-__device__ __forceinline__ void loadBlock(const void* x, int64_t block, float v[16],
-                                          uint32_t& signs) {
-  // Signs come from the stored bits, not from the converted value, so that a NaN's sign is
-  // never subject to how a conversion treats NaN payloads.
-  signs = 0;
-  if constexpr (T == DType::F32) {
-    const float4* p = static_cast<const float4*>(x) + block * 4;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      float4 f = __ldg(p + i);
-      v[4 * i] = f.x; v[4 * i + 1] = f.y; v[4 * i + 2] = f.z; v[4 * i + 3] = f.w;
-    }
-#pragma unroll
-    for (int i = 0; i < 16; ++i) signs |= (__float_as_uint(v[i]) >> 31) << i;
-  } else {
-    const uint4* p = static_cast<const uint4*>(x) + block * 2;
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      uint4 u = __ldg(p + i);
-      uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          unsigned short bits = static_cast<unsigned short>(h ? (w[j] >> 16) : (w[j] & 0xFFFFu));
-          signs |= static_cast<uint32_t>(bits >> 15) << (8 * i + 2 * j + h);
-          v[8 * i + 2 * j + h] = T == DType::F16 ? __half2float(__ushort_as_half(bits))
-                                                 : __uint_as_float(static_cast<uint32_t>(bits) << 16);
-        }
-      }
-    }
-  }
-}
-
 // One thread per 16-element block; blocks are contiguous in x, data (8 bytes) and scales
 // (1 byte) alike because K % 16 == 0.
 template <DType T>
@@ -151,27 +117,11 @@ __global__ void __launch_bounds__(kThreads) quantizeKernel(const void* __restric
   uint32_t signs;
   loadBlock<T>(x, b, v, signs);
 
-  float amaxBlock = 0.0f;
-#pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    float a = fabsf(v[i]);
-    amaxBlock = a > amaxBlock ? a : amaxBlock;  // NaN never wins a compare
-  }
-  float s = __fdiv_rn(amaxBlock, __fmul_rn(6.0f, gs));
-  if (s == 0.0f) s = 1.0f;
-  s = fminf(fmaxf(s, 0x1p-9f), 448.0f);
-  const uint32_t code = floatToE4m3(s);
-  const float denom = __fmul_rn(e4m3ToFloat(code), gs);
-
-  uint32_t packed[2] = {0u, 0u};
-#pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    float q = __fdiv_rn(v[i], denom);
-    uint32_t nib = e2m1Magnitude(fabsf(q)) | (((signs >> i) & 1u) << 3);
-    packed[i / 8] |= nib << (4 * (i % 8));
-  }
-  data[b] = make_uint2(packed[0], packed[1]);
-  scales[b] = static_cast<uint8_t>(code);
+  uint2 d;
+  uint8_t scale;
+  quantizeBlockValues(v, signs, gs, d, scale);
+  data[b] = d;
+  scales[b] = scale;
 }
 
 template <DType T>

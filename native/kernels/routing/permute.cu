@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "common/routing_rules.h"
+#include "kernels/nvfp4/quantize_block.cuh"
 #include "kernels/routing/routing.h"
 
 namespace moe::kernels::routing {
@@ -41,6 +42,48 @@ cudaError_t launchPermute(const PermuteArgs& a, int64_t rowBytes, cudaStream_t s
   permuteKernel<V><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
       static_cast<const V*>(a.x), a.sourceIndex, a.usedRows, static_cast<V*>(a.out), a.tokens * a.k, a.k,
       rowBytes / static_cast<int64_t>(sizeof(V)), a.rows);
+  return cudaGetLastError();
+}
+
+// permuteQuantize: a CTA per row (grid-stride), a thread per 16-element block of it, with the
+// quantizer's block math; padding rows quantize a zero block, as quantize(permute(x)) does.
+template <DType T>
+__global__ void __launch_bounds__(kThreads) permuteQuantizeKernel(const void* __restrict__ x, const int32_t* __restrict__ sourceIndex,
+                                                                  const int32_t* __restrict__ usedRows, const float* __restrict__ globalScale,
+                                                                  uint2* __restrict__ data, uint8_t* __restrict__ scales, int64_t pairs,
+                                                                  int k, int64_t blocksPerRow, int64_t rows) {
+  namespace Q = moe::kernels::nvfp4::detail;
+  const int64_t used = min(max(static_cast<int64_t>(*usedRows), int64_t{0}), rows);
+  if (static_cast<int64_t>(blockIdx.x) >= used) return;
+  const float gs = __ldg(globalScale);
+  for (int64_t r = blockIdx.x; r < used; r += gridDim.x) {
+    const int32_t src = sourceIndex[r];
+    const bool gather = src >= 0 && src < pairs;
+    const int64_t from = gather ? (src / k) * blocksPerRow : 0;
+    for (int64_t b = threadIdx.x; b < blocksPerRow; b += kThreads) {
+      float v[16];
+      uint32_t signs = 0;
+      if (gather) {
+        Q::loadBlock<T>(x, from + b, v, signs);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 16; ++i) v[i] = 0.0f;
+      }
+      uint2 d;
+      uint8_t scale;
+      Q::quantizeBlockValues(v, signs, gs, d, scale);
+      data[r * blocksPerRow + b] = d;
+      scales[r * blocksPerRow + b] = scale;
+    }
+  }
+}
+
+template <DType T>
+cudaError_t launchPermuteQuantize(const PermuteQuantizeArgs& a, cudaStream_t stream) {
+  const int64_t blocks = a.rows < kMaxBlocks ? a.rows : kMaxBlocks;
+  permuteQuantizeKernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
+      a.x, a.sourceIndex, a.usedRows, a.globalScale, reinterpret_cast<uint2*>(a.data), a.scales, a.tokens * a.k, a.k, a.hidden / 16,
+      a.rows);
   return cudaGetLastError();
 }
 
@@ -128,6 +171,20 @@ cudaError_t permute(const PermuteArgs& a, const Launch& l) {
   if (fits(4)) return launchPermute<uint32_t>(a, rowBytes, l.stream);
   if (fits(2)) return launchPermute<uint16_t>(a, rowBytes, l.stream);
   return launchPermute<uint8_t>(a, rowBytes, l.stream);
+}
+
+cudaError_t permuteQuantize(const PermuteQuantizeArgs& a, const Launch& l) {
+  if (a.globalScaleOut != nullptr && a.globalScaleOut != a.globalScale) {
+    const cudaError_t err = cudaMemcpyAsync(a.globalScaleOut, a.globalScale, sizeof(float), cudaMemcpyDeviceToDevice, l.stream);
+    if (err != cudaSuccess) return err;
+  }
+  if (a.rows == 0 || a.hidden == 0) return cudaSuccess;
+  switch (a.type) {
+    case DType::F32: return launchPermuteQuantize<DType::F32>(a, l.stream);
+    case DType::F16: return launchPermuteQuantize<DType::F16>(a, l.stream);
+    case DType::BF16: return launchPermuteQuantize<DType::BF16>(a, l.stream);
+    default: return cudaErrorInvalidValue;
+  }
 }
 
 cudaError_t unpermute(const UnpermuteArgs& a, const Launch& l) {

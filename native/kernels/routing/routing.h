@@ -11,6 +11,8 @@ cudaError_t routeTopK(const RouteTopKArgs& args, const Launch& launch);
 // Ids outside [0, experts) are counted in *errors and placed nowhere.
 cudaError_t expertLayout(const ExpertLayoutArgs& args, const Launch& launch);
 cudaError_t permute(const PermuteArgs& args, const Launch& launch);
+// A CTA per row, a thread per 16-element block: the quantizer's block math (nvfp4/quantize_block.cuh).
+cudaError_t permuteQuantize(const PermuteQuantizeArgs& args, const Launch& launch);
 cudaError_t unpermute(const UnpermuteArgs& args, const Launch& launch);
 
 }  // namespace moe::kernels::routing
