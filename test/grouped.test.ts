@@ -239,8 +239,12 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
         // mean 124 rows: Tile128 (the 300-row expert loops over 3 tiles with 2 slots)
         [[0, 65, 129, 300], { align: 1 }, 96],
         [[0, 65, 129, 300], { maxTokensPerExpert: 300 }, 80],
-        // contiguous mean 4: the streaming kernel, the 17-row expert in two passes; K = 1056 splits K over warps
+        // mean 4: the streaming kernel with 8-token passes, the 17-row expert in three; K = 1056
+        // splits K over warps and ends in a partial 256-k batch; masked at 32 as well
         [[0, 1, 0, 17, 2, 3, 0, 5], { align: 1 }, 1056],
+        [[0, 1, 0, 17, 2, 3, 0, 5], { maxTokensPerExpert: 32 }, 1056],
+        // masked at 16 with a mean above 4: the streaming kernel with 16-token passes
+        [[16, 9, 3, 16, 7, 12, 0, 14], { maxTokensPerExpert: 16 }, 288],
         [[0, 1, 0, 17, 2, 3, 0, 5], { align: 16 }, 80],
         // masked at 8: the streaming kernel with 8-token passes
         [[0, 1, 8, 3, 0, 0, 5, 2], { maxTokensPerExpert: 8 }, 288],

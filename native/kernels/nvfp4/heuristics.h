@@ -140,10 +140,15 @@ struct GroupedConfig {
   int64_t mSlots;    // grid.y: CTAs per (expert, N tile); each takes every mSlots-th m-tile
 };
 
-// The streaming kernel streams an expert's weights once per 16 tokens. Masked with
-// maxRowsPerExpert <= 16 that is exactly once (the dense rule, kGemvMaxM). The contiguous form
-// bounds no expert's rows, so it goes there only while the mean is at most 4 rows per expert
-// (decode: T <= 128 at top-8 of 256), where few experts need a second pass.
+// The streaming kernel streams an expert's weights once per pass of 8 or 16 tokens. It takes
+// every problem with few rows per expert: a masked capacity of at most 16 (the dense rule,
+// kGemvMaxM), or a mean of at most 4 rows per expert in either form (decode: T <= 128 at top-8
+// of 256), whatever the capacity. At such means one 8-token tile per pass is the cheaper one:
+// the 16-token tile costs about 1.5x the instructions per weight byte on every expert
+// (benchmarks/NOTES.md), while with rows per expert near Poisson(4) only a few percent of the
+// experts hold more than 8 rows and pay a second pass over their weights. Measured on H200 at
+// T = 32 and 128, the tiled Tile16 kernel these problems took before reached 39-41% of the copy
+// bandwidth against 51-79% for the streaming kernel at T = 1 and 8.
 inline constexpr int64_t kGroupedGemvMaxMean = 4;
 
 // Tiled kernels by the expected rows per expert R (the mean pairs / E, capped by the masked
@@ -166,13 +171,15 @@ inline GroupedConfig selectGroupedConfig(int64_t E, int64_t N, int64_t K, bool s
   const int64_t mean = std::max<int64_t>(1, (pairs + E - 1) / std::max<int64_t>(1, E));
   const bool gemvShape = gemvAligned && K > 0 && K % 32 == 0;
   const bool streamable = !xFp4 && !outFp4;
-  if (streamable && gemvShape && (masked ? maxRowsPerExpert <= kGemvMaxM : mean <= kGroupedGemvMaxMean)) {
+  const bool fewRows = mean <= kGroupedGemvMaxMean;
+  if (streamable && gemvShape && (fewRows || (masked && maxRowsPerExpert <= kGemvMaxM))) {
     c.kernel = GroupedKernel::Gemv;
     // At most min(E, pairs) experts have rows: each needs enough CTAs of its own for the
     // dense rule (about 1.5 CTAs per SM over all of them).
     const int64_t active = std::max<int64_t>(1, std::min(E, pairs));
     const int64_t bound = masked ? maxRowsPerExpert : std::min<int64_t>(pairs, kGemvMaxM);
-    c.gemv = selectGemvConfig(std::max<int64_t>(1, bound), c.virtualN, K,
+    const int64_t passRows = std::min<int64_t>(bound, fewRows ? 8 : kGemvMaxM);
+    c.gemv = selectGemvConfig(std::max<int64_t>(1, passRows), c.virtualN, K,
                               static_cast<int>((sms + active - 1) / active));
     return c;
   }
