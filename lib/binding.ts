@@ -6,7 +6,7 @@
 // values were written into the op argument buffer (native.ts opArgs()).
 
 /** Raw binding: pointers are bigints, dtypes numeric ids, device -1 the CPU. Internal. */
-export interface Binding extends Nvfp4Binding, MtpBinding, RoutingBinding, MoeBinding {
+export interface Binding extends Nvfp4Binding, MtpBinding, RoutingBinding, MoeBinding, EpBinding {
   setErrorClass(cls: unknown): void;
   /** The op argument buffer (native.ts opArgs()): ops called with no arguments read it. */
   setArgBuffer(buffer: Float64Array): void;
@@ -185,5 +185,29 @@ export interface MoeBinding {
   moeSwiglu(device: number, stream: bigint, x: bigint, xType: number, out: bigint, outType: number, rows: number, inner: number): void;
   moeAdd(
     device: number, stream: bigint, a: bigint, aType: number, b: bigint, bType: number, out: bigint, outType: number, numel: number,
+  ): void;
+}
+
+/**
+ * Native entry points of the ep family (native/common/ep.h). Each starts with the shape:
+ * ranks, rank, experts, k, hidden, maxTokens, payload. @internal
+ */
+export interface EpBinding {
+  epDispatchSend(
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
+    x: bigint, ids: bigint, weights: bigint, tokens: number, dataDst: bigint, countDst: bigint, epoch: number, combineIndex: bigint, errors: bigint,
+  ): void;
+  epDispatchRecv(
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
+    regions: bigint, counts: bigint, epoch: number, align: number, maxPerExpert: number, rows: number, tokensOut: bigint, layoutCounts: bigint,
+    offsets: bigint, sourceIndex: bigint, rowIndex: bigint, usedRows: bigint, dropped: bigint, errors: bigint,
+  ): void;
+  epCombineSend(
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
+    y: bigint, rows: number, rowIndex: bigint, recvCounts: bigint, dataDst: bigint, countDst: bigint, epoch: number,
+  ): void;
+  epCombineRecv(
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
+    regions: bigint, counts: bigint, epoch: number, combineIndex: bigint, weights: bigint, tokens: number, out: bigint, outType: number,
   ): void;
 }

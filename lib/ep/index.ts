@@ -15,6 +15,19 @@ import { TcpHub, TcpPeer } from './tcp';
 
 export type { ProcessGroup, GroupKind, Collective } from './group';
 export type { RankSource } from './env';
+export {
+  EpBuffer,
+  createEpBuffer,
+  type EpBufferOptions,
+  type EpBufferBytes,
+  type EpCombineOptions,
+  type EpDispatchOptions,
+  type EpDispatchResult,
+  type EpHandle,
+  type EpLayoutForm,
+  type EpPayload,
+  type EpTransport,
+} from './buffer';
 
 /** The bound on the rendezvous and on each collective unless timeoutMs says otherwise. */
 export const DEFAULT_TIMEOUT_MS = 60_000;
