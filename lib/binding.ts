@@ -12,6 +12,7 @@ export interface Binding extends Nvfp4Binding, MtpBinding, RoutingBinding, MoeBi
   setArgBuffer(buffer: Float64Array): void;
   buildInfo(): NativeBuildInfo;
   canAccessPeer(from: number, to: number): boolean;
+  enablePeerAccess(device: number, peer: number): void;
   deviceCount(): number;
   cudaUnavailableReason(): string;
   deviceInfo(device: number): NativeDeviceInfo;
@@ -195,19 +196,22 @@ export interface MoeBinding {
 export interface EpBinding {
   epDispatchSend(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
-    x: bigint, ids: bigint, weights: bigint, tokens: number, dataDst: bigint, countDst: bigint, epoch: number, combineIndex: bigint, errors: bigint,
+    x: bigint, ids: bigint, weights: bigint, tokens: number, dataDst: bigint, countDst: bigint, epoch: bigint, sync: bigint, sms: number,
+    combineIndex: bigint, errors: bigint,
   ): void;
   epDispatchRecv(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
-    regions: bigint, counts: bigint, epoch: number, align: number, maxPerExpert: number, rows: number, tokensOut: bigint, layoutCounts: bigint,
-    offsets: bigint, sourceIndex: bigint, rowIndex: bigint, usedRows: bigint, dropped: bigint, errors: bigint,
+    regions: bigint, counts: bigint, epoch: bigint, timeoutNs: number, status: bigint, recvCounts: bigint, align: number, maxPerExpert: number,
+    rows: number, tokensOut: bigint, layoutCounts: bigint, offsets: bigint, sourceIndex: bigint, rowIndex: bigint, usedRows: bigint,
+    dropped: bigint, errors: bigint,
   ): void;
   epCombineSend(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
-    y: bigint, rows: number, rowIndex: bigint, recvCounts: bigint, dataDst: bigint, countDst: bigint, epoch: number,
+    y: bigint, rows: number, rowIndex: bigint, recvCounts: bigint, dataDst: bigint, countDst: bigint, epoch: bigint, sync: bigint, sms: number,
   ): void;
   epCombineRecv(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
-    regions: bigint, counts: bigint, epoch: number, combineIndex: bigint, weights: bigint, tokens: number, out: bigint, outType: number,
+    regions: bigint, counts: bigint, epoch: bigint, timeoutNs: number, status: bigint, combineIndex: bigint, weights: bigint, tokens: number,
+    out: bigint, outType: number,
   ): void;
 }

@@ -8,8 +8,12 @@ import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   MoeError,
+  captureGraph,
   convert,
   createEpBuffer,
+  createStream,
+  defaultStream,
+  devices as cudaDevices,
   dequantizeNvfp4,
   expertLayout,
   fromArray,
@@ -24,13 +28,16 @@ import {
   type EpBuffer,
   type EpBufferOptions,
   type EpPayload,
+  type Device,
   type ProcessGroup,
+  type Stream,
   type Tensor,
 } from '../lib';
-import { expectCode, freshSeed, rng } from './backends';
+import { native } from '../lib/native';
+import { cudaReason, expectCode, freshSeed, hasCuda, rng } from './backends';
 const model = createRequire(__filename)('./fixtures/ep-model.js') as {
   makeLayer(seed: number, spec: Spec): unknown;
-  layerOn(m: unknown, layer: unknown, first: number, count: number): Promise<{ router: never; experts: never }>;
+  layerOn(m: unknown, layer: unknown, first: number, count: number, device?: Device): Promise<{ router: never; experts: never }>;
   tokensOf(seed: number, rank: number, T: number, H: number): number[];
 };
 
@@ -54,6 +61,18 @@ async function group(n: number, timeoutMs = 20_000): Promise<ProcessGroup[]> {
   const pgs = await initProcessGroup({ ranks: 'all', worldSize: n, device: 'cpu', timeoutMs });
   open.push(...pgs);
   return pgs;
+}
+
+/** CUDA ranks of one process: rank r on devs[r]. */
+async function groupOn(devs: Device[], timeoutMs = 20_000): Promise<ProcessGroup[]> {
+  const pgs = await initProcessGroup({ ranks: 'all', devices: devs, timeoutMs });
+  open.push(...pgs);
+  return pgs;
+}
+
+function keep<T extends { dispose(): void }>(x: T): T {
+  made.push(x);
+  return x;
 }
 
 async function buffers(pgs: ProcessGroup[], options: EpBufferOptions): Promise<EpBuffer[]> {
@@ -116,6 +135,15 @@ interface Case {
   /** combine's output dtype (f32 shows any change of summation order; bf16 mostly hides it) */
   out?: 'bf16' | 'f32';
   inputs: RankInput[];
+  /** CUDA ranks of one process (the nvlink transport), rank r on devices[r]; default: CPU ranks */
+  devices?: Device[];
+  /** with devices: each rank's stream (default: new ones) */
+  streams?: Stream[];
+}
+
+async function settle(devs: readonly Device[] | undefined): Promise<void> {
+  // inputs copied on the default streams are in place before the ranks' streams read them
+  if (devs) for (const d of new Set(devs)) await defaultStream(d).synchronize();
 }
 
 /**
@@ -125,16 +153,22 @@ interface Case {
 async function round(c: Case, bufs?: EpBuffer[]): Promise<{ out: number[][]; dropped: number[] }> {
   const { R, E, H, K, maxT } = c;
   const L = E / R;
-  const pgs = bufs ? undefined : await group(R);
+  const devs = c.devices;
+  const pgs = bufs ? undefined : await (devs ? groupOn(devs) : group(R));
   const bs = bufs ?? (await buffers(pgs as ProcessGroup[], {
     maxTokensPerRank: maxT, hidden: H, topK: K, numExperts: E, payload: c.payload, layout: c.form,
     ...(c.M !== undefined ? { maxTokensPerExpert: c.M } : {}), ...(c.align !== undefined ? { align: c.align } : {}),
   }));
+  const streams = c.streams ?? (devs ? devs.map((d) => keep(createStream(d))) : undefined);
+  const on = <D extends 'bf16' | 'f32' | 'i32'>(values: ArrayLike<number>, shape: number[], dtype: D, r: number) =>
+    fromArray(Array.from(values), { shape, dtype, device: devs ? devs[r] : 'cpu' }) as unknown as Tensor<D>;
+  const withStream = (r: number) => (streams ? { stream: streams[r] } : {});
   const T = c.inputs.map((i) => i.x.length / H);
-  const xs = c.inputs.map((inp, r) => cpuArray(inp.x, [T[r], H], 'bf16'));
-  const ids = c.inputs.map((inp, r) => cpuArray(inp.ids, [T[r], K], 'i32'));
-  const ws = c.inputs.map((inp, r) => cpuArray(inp.weights, [T[r], K], 'f32'));
-  const results = await Promise.all(bs.map((b, r) => b.dispatch(xs[r], { ids: ids[r], weights: ws[r] })));
+  const xs = c.inputs.map((inp, r) => on(inp.x, [T[r], H], 'bf16', r));
+  const ids = c.inputs.map((inp, r) => on(inp.ids, [T[r], K], 'i32', r));
+  const ws = c.inputs.map((inp, r) => on(inp.weights, [T[r], K], 'f32', r));
+  await settle(devs);
+  const results = await Promise.all(bs.map((b, r) => b.dispatch(xs[r], { ids: ids[r], weights: ws[r] }, withStream(r))));
 
   // the oracle: the ranks' tokens concatenated; an invalid id goes to an extra expert E with
   // weight 0, which adds nothing to a sum (w * y = +-0)
@@ -217,10 +251,10 @@ async function round(c: Case, bufs?: EpBuffer[]): Promise<{ out: number[][]; dro
     expect(rowIndex.filter((r) => r >= 0).length).toBe(counts.reduce((a, b) => a + b, 0));
     out.push(y);
   }
-  const combined = await Promise.all(bs.map((b, r) => {
-    const o = fromArray(new Float32Array(T[r] * H), { shape: [T[r], H], dtype: outType, device: 'cpu' }) as Tensor<'bf16'> | Tensor<'f32'>;
-    return b.combine(cpuArray(out[r], [b.rows, H], 'bf16'), results[r].handle, { out: o });
-  }));
+  const ys = bs.map((b, r) => on(out[r], [b.rows, H], 'bf16', r));
+  const outs0 = bs.map((_, r) => fromArray(new Float32Array(T[r] * H), { shape: [T[r], H], dtype: outType, device: devs ? devs[r] : 'cpu' }) as Tensor<'bf16'> | Tensor<'f32'>);
+  await settle(devs);
+  const combined = await Promise.all(bs.map((b, r) => b.combine(ys[r], results[r].handle, { out: outs0[r], ...withStream(r) })));
   const outs: number[][] = [];
   for (let r = 0; r < R; r++) {
     const got = Array.from(await combined[r].toArray());
@@ -393,7 +427,9 @@ describe('errors', () => {
     await expectCode(() => createEpBuffer(pgs[0], { ...base, topK: 5 }), 'E_ARGUMENT', 'topK');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, hidden: 24, payload: 'nvfp4' }), 'E_ARGUMENT', 'multiple of 16');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, payload: 'fp4' as never }), 'E_ARGUMENT', 'payload');
-    await expectCode(() => createEpBuffer(pgs[0], { ...base, transport: 'nvlink' as never }), 'E_ARGUMENT', 'transport');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, transport: 'nccl' as never }), 'E_ARGUMENT', 'transport');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, transport: 'nvlink' }), 'E_DEVICE', 'CUDA ranks');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, sms: 8 }), 'E_ARGUMENT', 'sms');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, maxTokensPerExpert: 2 }), 'E_ARGUMENT', 'masked');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, layout: 'masked', align: 4 }), 'E_ARGUMENT', 'align');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, extra: 1 } as never), 'E_ARGUMENT', 'extra');
@@ -530,4 +566,164 @@ describe('moeForwardEp on rank processes', () => {
       }
     });
   }
+});
+
+// ---- the nvlink transport: CUDA ranks of one process ----------------------------------------
+// Ranks on one device test the kernels on a one-GPU host (each rank with its own stream); with
+// two GPUs, ranks on cuda:0 and cuda:1 write each other's memory through peer access. The oracle
+// is the same single-device path on the CPU: dispatch and combine move and sum bytes exactly.
+
+describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaReason})`}`, () => {
+  /** Rank layouts to run: two ranks on cuda:0, and on cuda:0 / cuda:1 where there are two GPUs. */
+  const pairs = (): Device[][] => (cudaDevices().length >= 2 ? [['cuda:0', 'cuda:0'], ['cuda:0', 'cuda:1']] : [['cuda:0', 'cuda:0']]);
+
+  for (const payload of ['bf16', 'fp8', 'nvfp4'] as const) {
+    for (const form of ['contiguous', 'masked'] as const) {
+      it(`${payload}, ${form}: random routing, bit for bit against the CPU oracle`, async () => {
+        for (const devs of pairs()) {
+          const seed = freshSeed(`nvlink ${payload} ${form} ${devs.join(',')}`);
+          const E = 8, K = 3, H = 4096 + 64;
+          const T = [5 + (seed % 4), 3 + ((seed >>> 3) % 6)];
+          await round({ R: 2, E, H, K, maxT: 9, payload, form, out: 'f32', devices: devs, ...(form === 'contiguous' ? { align: 8 } : { M: 4 }), inputs: inputs(seed, T, H, E, K) });
+          // a hidden size off the 16-byte copies (and, for fp8, a partial 128-block); nvfp4 needs 16 | hidden
+          await round({ R: 2, E, H: 36, K: 2, maxT: 9, payload: payload === 'nvfp4' ? 'bf16' : payload, form, out: 'bf16', devices: devs, inputs: inputs(seed + 1, T, 36, E, 2) });
+        }
+      });
+    }
+  }
+
+  it('4 ranks on one device; skewed routing with masked overflow; a rank that sends nothing; invalid ids', async () => {
+    const seed = freshSeed('nvlink 4 ranks');
+    const devs: Device[] = ['cuda:0', 'cuda:0', 'cuda:0', 'cuda:0'];
+    const E = 8, K = 2, H = 256;
+    await round({ R: 4, E, H, K, maxT: 6, payload: 'bf16', form: 'contiguous', out: 'f32', devices: devs, inputs: inputs(seed, [6, 0, 5, 3], H, E, K) });
+    const skewed = inputs(seed + 1, [6, 5, 6, 4], H, E, K, (r) => Math.floor(r() * 2));
+    const { dropped } = await round({ R: 4, E, H, K, maxT: 6, payload: 'nvfp4', form: 'masked', M: 5, out: 'f32', devices: devs, inputs: skewed });
+    expect(dropped).toEqual([32, 0, 0, 0]);
+    const bad = inputs(seed + 2, [4, 3, 2, 1], H, E, K);
+    bad[0].ids[1] = -1;
+    bad[2].ids[2] = 99;
+    await round({ R: 4, E, H, K, maxT: 4, payload: 'fp8', form: 'contiguous', out: 'f32', devices: devs, inputs: bad });
+  });
+
+  it('many rounds on one buffer: the call numbers advance without a host barrier', async () => {
+    for (const devs of pairs()) {
+      const seed = freshSeed(`nvlink rounds ${devs.join(',')}`);
+      const E = 4, K = 2, H = 128;
+      const pgs = await groupOn(devs);
+      const bs = await buffers(pgs, { maxTokensPerRank: 6, hidden: H, topK: K, numExperts: E, layout: 'masked', maxTokensPerExpert: 5, sms: 3 });
+      const streams = devs.map((d) => keep(createStream(d)));
+      for (let i = 0; i < 6; i++) {
+        const T = [(seed + i) % 7, (seed + 3 * i + 1) % 7];
+        await round({ R: 2, E, H, K, maxT: 6, payload: 'bf16', form: 'masked', M: 5, out: 'f32', devices: devs, streams, inputs: inputs(seed + i, T, H, E, K) }, bs);
+      }
+    }
+  });
+
+  it('ranks that share a device and a stream are refused', async () => {
+    const pgs = await groupOn(['cuda:0', 'cuda:0']);
+    const bs = await buffers(pgs, { maxTokensPerRank: 2, hidden: 16, topK: 1, numExperts: 2 });
+    expect(bs.map((b) => [b.transport, b.sms])).toEqual([['nvlink', 16], ['nvlink', 16]]);
+    const x = fromArray(new Array(32).fill(1), { shape: [2, 16], dtype: 'bf16', device: 'cuda:0' });
+    const ids = fromArray([0, 1], { shape: [2, 1], dtype: 'i32', device: 'cuda:0' });
+    const w = fromArray([1, 1], { shape: [2, 1], device: 'cuda:0' });
+    await expectCode(() => bs[0].dispatch(x, { ids, weights: w }), 'E_ARGUMENT', 'stream of its own');
+    await expectCode(() => createEpBuffer(pgs[0], { maxTokensPerRank: 2, hidden: 16, topK: 1, numExperts: 2, transport: 'host' }), 'E_DEVICE', 'host');
+  });
+
+  it('a rank that never dispatches: the other gets E_TIMEOUT within the timeout; its device stays usable', async () => {
+    const timeoutMs = 1500;
+    const pgs = await groupOn(['cuda:0', 'cuda:0'], timeoutMs);
+    const bs = await buffers(pgs, { maxTokensPerRank: 2, hidden: 64, topK: 1, numExperts: 2 });
+    const s = keep(createStream('cuda:0'));
+    const inp = inputs(3, [2], 64, 2, 1)[0];
+    const x = fromArray(inp.x, { shape: [2, 64], dtype: 'bf16', device: 'cuda:0' });
+    const ids = fromArray(inp.ids, { shape: [2, 1], dtype: 'i32', device: 'cuda:0' });
+    const w = fromArray(inp.weights, { shape: [2, 1], device: 'cuda:0' });
+    await settle(['cuda:0']);
+    const t0 = Date.now();
+    await expectCode(() => bs[0].dispatch(x, { ids, weights: w }, { stream: s }), 'E_TIMEOUT', 'waited 1500 ms for rank 1');
+    const ms = Date.now() - t0;
+    expect(ms).toBeGreaterThanOrEqual(timeoutMs - 50);
+    expect(ms).toBeLessThan(timeoutMs + 8000);
+    await expectCode(() => bs[0].dispatch(x, { ids, weights: w }, { stream: s }), 'E_COMM', 'earlier call');
+    // the stream and the device work on: an op on the same stream, and a new pair of ranks
+    const y = convert(x, 'f32', { stream: s });
+    expect(Array.from(await y.toArray({ stream: s }))).toEqual(inp.x.map(bf16));
+    await round({ R: 2, E: 2, H: 64, K: 1, maxT: 2, payload: 'bf16', form: 'contiguous', devices: ['cuda:0', 'cuda:0'], inputs: inputs(4, [2, 1], 64, 2, 1) });
+  });
+
+  it('a decode-size dispatch and combine captured in a CUDA graph, replayed with changing routing', async () => {
+    for (const devs of pairs()) {
+      const seed = freshSeed(`nvlink graph ${devs.join(',')}`);
+      const R = 2, E = 8, K = 2, H = 512, T = 4;
+      const pgs = await groupOn(devs);
+      const bs = await buffers(pgs, { maxTokensPerRank: T, hidden: H, topK: K, numExperts: E, layout: 'masked', maxTokensPerExpert: R * T, sms: 4 });
+      const streams = devs.map((d) => keep(createStream(d)));
+      const xs = devs.map((d) => fromArray(new Float32Array(T * H), { shape: [T, H], dtype: 'bf16', device: d }));
+      const ids = devs.map((d) => fromArray(new Int32Array(T * K), { shape: [T, K], dtype: 'i32', device: d }));
+      const ws = devs.map((d) => fromArray(new Float32Array(T * K), { shape: [T, K], device: d }));
+      const outs = devs.map((d) => fromArray(new Float32Array(T * H), { shape: [T, H], device: d }));
+      await settle(devs);
+      // the experts return their input: combine gives sum_k w_k * bf16 row, in slot order
+      const graphs = bs.map((b, r) => captureGraph(streams[r], () => {
+        void b.dispatch(xs[r], { ids: ids[r], weights: ws[r] }, { stream: streams[r] });
+        void b.combine(b.tokens, b.lastHandle as never, { out: outs[r], stream: streams[r] });
+      }));
+      const seen = new Set<string>();
+      for (let step = 0; step < 4; step++) {
+        const inp = inputs(seed + step, [T, T], H, E, K);
+        const b = native();
+        for (let r = 0; r < R; r++) {
+          const xb = fromArray(inp[r].x, { shape: [T, H], dtype: 'bf16', device: devs[r] });
+          await settle(devs);
+          b.copyDeviceToDevice(xs[r].deviceIndex, xs[r].dataPtr, xb.dataPtr, xs[r].byteLength, streams[r].handle);
+          b.copyToDevice(ids[r].deviceIndex, ids[r].dataPtr, Int32Array.from(inp[r].ids), ids[r].byteLength, streams[r].handle);
+          b.copyToDevice(ws[r].deviceIndex, ws[r].dataPtr, Float32Array.from(inp[r].weights), ws[r].byteLength, streams[r].handle);
+          await streams[r].synchronize();
+          xb.dispose();
+        }
+        seen.add(JSON.stringify(inp.map((i) => i.ids)));
+        for (let r = 0; r < R; r++) graphs[r].replay(streams[r]);
+        await Promise.all(bs.map((buf, r) => buf.check(streams[r])));
+        // the oracle: unpermute of the bf16 rows over the ranks' tokens concatenated
+        const allIds = inp.flatMap((i) => i.ids);
+        const gl = expertLayout(cpuArray(allIds, [R * T, K], 'i32'), E);
+        const rows = permute(cpuArray(inp.flatMap((i) => i.x), [R * T, H], 'bf16'), gl);
+        const want = Array.from(await unpermute(rows, gl, cpuArray(inp.flatMap((i) => i.weights), [R * T, K], 'f32'), { out: fromArray(new Float32Array(R * T * H), { shape: [R * T, H], device: 'cpu' }) as Tensor<'f32'> }).toArray());
+        for (let r = 0; r < R; r++) {
+          expect(Array.from(await outs[r].toArray({ stream: streams[r] })), `step ${step} rank ${r}`).toEqual(want.slice(r * T * H, (r + 1) * T * H));
+        }
+      }
+      expect(seen.size).toBe(4);
+      for (const g of graphs) g.dispose();
+    }
+  });
+
+  it('moeForwardEp on two ranks against moeForward on one device (the expert GEMMs may split K differently: 2^-8 relative L2)', async () => {
+    for (const devs of pairs()) {
+      const seed = freshSeed(`nvlink moeForwardEp ${devs.join(',')}`);
+      const spec: Spec = { E: 8, H: 256, I: 128, Is: 128, k: 2, scoring: 'sigmoid' };
+      const pkg = await import('../lib');
+      const layer = model.makeLayer(seed, spec);
+      const T = [5, 3];
+      const pgs = await groupOn(devs);
+      const bs = await buffers(pgs, { maxTokensPerRank: 5, hidden: spec.H, topK: spec.k, numExperts: spec.E });
+      const streams = devs.map((d) => keep(createStream(d)));
+      const parts = await Promise.all(devs.map((d, r) => model.layerOn(pkg, layer, r * 4, 4, d)));
+      const xs = devs.map((d, r) => fromArray(model.tokensOf(seed, r, T[r], spec.H), { shape: [T[r], spec.H], dtype: 'bf16', device: d }));
+      await settle(devs);
+      const outs = await Promise.all(bs.map((ep, r) => pkg.moeForwardEp(xs[r], parts[r].router, parts[r].experts, { ep, stream: streams[r] })));
+      const whole = await model.layerOn(pkg, layer, 0, spec.E, 'cuda:0');
+      const all = [...model.tokensOf(seed, 0, T[0], spec.H), ...model.tokensOf(seed, 1, T[1], spec.H)];
+      const want = await moeForward(fromArray(all, { shape: [8, spec.H], dtype: 'bf16', device: 'cuda:0' }), whole.router, whole.experts).toArray();
+      const got = [...(await outs[0].toArray({ stream: streams[0] })), ...(await outs[1].toArray({ stream: streams[1] }))];
+      let d2 = 0, n2 = 0;
+      for (let i = 0; i < want.length; i++) {
+        d2 += (got[i] - want[i]) ** 2;
+        n2 += want[i] ** 2;
+      }
+      expect(Math.sqrt(d2 / n2)).toBeLessThanOrEqual(2 ** -8);
+    }
+  });
 });

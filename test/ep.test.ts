@@ -368,6 +368,18 @@ describe('in-process group', () => {
     expect((await Promise.all(again.map((pg) => pg.allGather(Uint8Array.of(pg.rank)))))[0].map((x) => x[0])).toEqual([0, 1]);
   });
 
+  it('devices: rank i on devices[i], a device may repeat', async () => {
+    const pgs = await initProcessGroup({ ranks: 'all', devices: ['cpu', 'cpu', 'cpu'], timeoutMs: 10_000 });
+    open.push(...pgs);
+    expect(pgs.map((pg) => [pg.rank, pg.worldSize, pg.device, pg.kind])).toEqual([0, 1, 2].map((r) => [r, 3, 'cpu', 'in-process']));
+    expect((await Promise.all(pgs.map((pg) => pg.allGather(Uint8Array.of(pg.rank)))))[2].map((b) => b[0])).toEqual([0, 1, 2]);
+    await expectCode(() => initProcessGroup({ ranks: 'all', devices: ['cpu', 'cpu'], worldSize: 3 }), 'E_ARGUMENT', '2 devices for worldSize 3');
+    await expectCode(() => initProcessGroup({ ranks: 'all', devices: ['cpu'], device: 'cpu' }), 'E_ARGUMENT', 'not both');
+    await expectCode(() => initProcessGroup({ ranks: 'all', devices: [] }), 'E_ARGUMENT', 'non-empty');
+    await expectCode(() => initProcessGroup({ ranks: 'all', devices: ['gpu'] as never }), 'E_DEVICE', 'devices[0]');
+    await expectCode(() => initProcessGroup({ rank: 0, worldSize: 1, devices: ['cpu'] } as never), 'E_ARGUMENT', 'only with ranks');
+  });
+
   it('without CUDA, worldSize is required', async () => {
     const { cudaAvailable } = await import('../lib');
     if (cudaAvailable()) return;

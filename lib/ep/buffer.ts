@@ -7,12 +7,16 @@
 //
 // The buffer is symmetric: rank s's data for rank d lands in region s of d's buffer, one writer
 // per region (native/common/ep.h has the byte layout). The host transport stages each region
-// locally and moves it with the group's allToAll; it runs on CPU ranks.
+// locally and moves it with the group's allToAll (CPU ranks). The nvlink transport's kernels
+// write the rows straight into the peers' regions (ranks of one process, on one device or on
+// devices with peer access) and wait for their count words on the device, bounded by the
+// group's timeout.
 import { DTYPES } from '../dtype';
 import { MoeError, describe } from '../errors';
+import { isCapturing } from '../capture';
 import { native } from '../native';
-import { resolveStream } from '../stream';
-import { empty, type Tensor } from '../tensor';
+import { resolveStream, type Stream } from '../stream';
+import { empty, fromBytes, useOn, zeros, type Tensor } from '../tensor';
 import { EXPERT_LAYOUT, checkInteger, checkOneOf, checkOptions, checkShapeIs, checkTensor, keys, checkRank, type Device } from '../validate';
 import type { ExpertLayout } from '../routing';
 import type { ProcessGroup } from './group';
@@ -21,8 +25,11 @@ import type { ProcessGroup } from './group';
 export type EpPayload = 'bf16' | 'fp8' | 'nvfp4';
 /** How the received rows are laid out for the experts: routing's contiguous (prefill) or masked (decode) form. */
 export type EpLayoutForm = 'contiguous' | 'masked';
-/** How bytes move between ranks. "host": through the process group (CPU ranks). */
-export type EpTransport = 'host';
+/**
+ * How bytes move between ranks. "host": through the process group (CPU ranks). "nvlink": the
+ * device kernels write into the peers' buffers (CUDA ranks of one process).
+ */
+export type EpTransport = 'host' | 'nvlink';
 
 export interface EpBufferOptions {
   /** Most tokens a rank dispatches per call. */
@@ -40,8 +47,10 @@ export interface EpBufferOptions {
   maxTokensPerExpert?: number;
   /** Contiguous layout: each expert's rows start at a multiple of align (1..1024). Default 1. */
   align?: number;
-  /** Default "host". */
+  /** Default: "nvlink" for CUDA ranks, "host" for CPU ranks. */
   transport?: EpTransport;
+  /** nvlink: CTAs (streaming multiprocessors) of the copy kernels, 1..1024. Default 16. */
+  sms?: number;
 }
 
 /** What one dispatch hands this rank. */
@@ -75,21 +84,27 @@ export interface EpHandle {
 }
 
 export interface EpDispatchOptions {
-  stream?: unknown;
+  /** Default: the device's default stream. Ranks that share a device need a stream each. */
+  stream?: Stream;
 }
 
 export interface EpCombineOptions {
   /** [tokens, hidden], bf16 or f32. Default: a new bf16 tensor. */
   out?: Tensor<'bf16'> | Tensor<'f32'>;
+  /** Default: the device's default stream. */
+  stream?: Stream;
 }
 
-const BUFFER_KEYS = keys('maxTokensPerRank', 'hidden', 'topK', 'numExperts', 'payload', 'layout', 'maxTokensPerExpert', 'align', 'transport');
+const BUFFER_KEYS = keys('maxTokensPerRank', 'hidden', 'topK', 'numExperts', 'payload', 'layout', 'maxTokensPerExpert', 'align', 'transport', 'sms');
 const ROUTING_KEYS = keys('ids', 'weights');
-const COMBINE_KEYS = keys('out');
+const COMBINE_KEYS = keys('out', 'stream');
+const DISPATCH_KEYS = keys('stream');
 const PAYLOADS: readonly EpPayload[] = ['bf16', 'fp8', 'nvfp4'];
 const PAYLOAD_ID: Readonly<Record<EpPayload, number>> = { bf16: 0, fp8: 1, nvfp4: 2 };
 const FORMS: readonly EpLayoutForm[] = ['contiguous', 'masked'];
-const TRANSPORTS: readonly EpTransport[] = ['host'];
+const TRANSPORTS: readonly EpTransport[] = ['host', 'nvlink'];
+const DEFAULT_SMS = 16;
+const STATUS_TIMEOUT: Readonly<Record<number, string>> = { 1: 'dispatch', 2: 'combine' };
 const MAX_TOP_K = 16;
 const MAX_LOCAL_EXPERTS = 1024;
 const I32_MAX = 2 ** 31 - 1;
@@ -115,9 +130,10 @@ interface Config {
   maxTokensPerExpert: number;
   align: number;
   transport: EpTransport;
+  sms: number;
 }
 
-function checkConfig(options: unknown, worldSize: number): Config {
+function checkConfig(options: unknown, worldSize: number, device: Device): Config {
   if (options === null || typeof options !== 'object') {
     throw new MoeError('E_ARGUMENT', `options: expected { maxTokensPerRank, hidden, topK, numExperts, ... }, got ${describe(options)}`);
   }
@@ -140,8 +156,14 @@ function checkConfig(options: unknown, worldSize: number): Config {
     ? o.maxTokensPerExpert === undefined ? worldSize * maxTokensPerRank : checkInteger(o.maxTokensPerExpert, 'options.maxTokensPerExpert', 1, I32_MAX)
     : 0;
   const align = o.align === undefined ? 1 : checkInteger(o.align, 'options.align', 1, 1024);
-  const transport = o.transport === undefined ? 'host' : checkOneOf(o.transport, 'options.transport', TRANSPORTS);
-  return { maxTokensPerRank, hidden, topK, numExperts, payload, layout, maxTokensPerExpert, align, transport };
+  const transport = o.transport === undefined ? (device === 'cpu' ? 'host' : 'nvlink') : checkOneOf(o.transport, 'options.transport', TRANSPORTS);
+  if (transport === 'host' && device !== 'cpu') {
+    throw new MoeError('E_DEVICE', `options.transport: "host" moves CPU tensors; this rank is on ${device} (use "nvlink", or a group made with device: "cpu")`);
+  }
+  if (transport === 'nvlink' && device === 'cpu') throw new MoeError('E_DEVICE', 'options.transport: "nvlink" needs CUDA ranks; this rank is on the CPU (use "host")');
+  const sms = transport === 'host' ? 0 : o.sms === undefined ? DEFAULT_SMS : checkInteger(o.sms, 'options.sms', 1, 1024);
+  if (transport === 'host' && o.sms !== undefined) throw new MoeError('E_ARGUMENT', 'options.sms: the host transport runs no kernels');
+  return { maxTokensPerRank, hidden, topK, numExperts, payload, layout, maxTokensPerExpert, align, transport, sms };
 }
 
 /** Byte sizes of an EpBuffer. */
@@ -156,8 +178,16 @@ export interface EpBufferBytes {
   combine: number;
   /** The experts' rows (tokens) and the layout handed out by dispatch. */
   output: number;
-  /** Everything this rank holds, staging for the host transport included. */
+  /** Everything this rank holds, staging for the host transport and address tables included. */
   total: number;
+}
+
+/** One rank's memory that the others write (nvlink: exchanged as addresses). */
+interface Receive {
+  recvDispatch: Tensor<'u8'>;
+  recvDispatchCounts: Tensor<'i64'>;
+  recvCombine: Tensor<'u8'>;
+  recvCombineCounts: Tensor<'i64'>;
 }
 
 const buffers = new WeakSet<object>();
@@ -184,8 +214,8 @@ export class EpBuffer {
   readonly maxTokensPerExpert: number;
   readonly align: number;
   readonly transport: EpTransport;
-  /** Streaming multiprocessors the communication uses: 0 for the host transport. */
-  readonly sms: number = 0;
+  /** CTAs of the copy kernels (nvlink); 0 for the host transport. */
+  readonly sms: number;
   readonly bytes: EpBufferBytes;
   /** Rows of the layout dispatch hands out. */
   readonly rows: number;
@@ -198,14 +228,20 @@ export class EpBuffer {
   private readonly combineRowsAt: number;
   private readonly t: Record<string, Tensor>;
   private readonly out: { tokens: Tensor<'bf16'>; layout: ExpertLayout; invalidIds: Tensor<'i32'>; combineIndex: Tensor<'i32'> };
+  private readonly timeoutNs: number;
+  /** Ranks of this group on the same device as this one (they need streams of their own). */
+  private readonly sharesDevice: boolean;
   private epoch = 0;
   private state: 'idle' | 'dispatched' | 'busy' | 'failed' = 'idle';
-  private last: { handle: EpHandle; weights: Tensor<'f32'>; counts: number[] } | undefined;
+  private last: { handle: EpHandle; weights: Tensor<'f32'> } | undefined;
   private _disposed = false;
 
   /** @internal use createEpBuffer() */
-  constructor(group: ProcessGroup, c: Config) {
+  constructor(group: ProcessGroup, c: Config, sharesDevice: boolean) {
     this.group = group;
+    this.sms = c.sms;
+    this.sharesDevice = sharesDevice;
+    this.timeoutNs = group.timeoutMs * 1e6;
     this.rank = group.rank;
     this.worldSize = group.worldSize;
     this.device = group.device;
@@ -231,28 +267,32 @@ export class EpBuffer {
     this.rows = c.layout === 'masked' ? L * c.maxTokensPerExpert : slots * K + L * (c.align - 1);
     if (this.rows > I32_MAX || this.rows * H > Number.MAX_SAFE_INTEGER) throw new MoeError('E_ARGUMENT', `options: the layout's ${this.rows} rows exceed 2^31 - 1`);
 
-    const device: Device = 'cpu';
+    const device = this.device;
     const made: Tensor[] = [];
-    const make = <D extends 'u8' | 'i32' | 'i64' | 'bf16'>(shape: number[], dtype: D): Tensor<D> => {
-      const x = empty<D>(shape, { dtype, device });
+    const make = <D extends 'u8' | 'i32' | 'i64' | 'bf16'>(shape: number[], dtype: D, zero = false): Tensor<D> => {
+      const x = (zero ? zeros : empty)<D>(shape, { dtype, device });
       made.push(x);
       return x;
     };
     try {
       this.t = {
         recvDispatch: make([R * this.dispatchRegion], 'u8'),
-        recvDispatchCounts: make([R], 'i64'),
+        // count words start at call 0: the first call waits for words of call 1
+        recvDispatchCounts: make([R], 'i64', true),
         recvCombine: make([R * this.combineRegion], 'u8'),
-        recvCombineCounts: make([R], 'i64'),
-        stageDispatch: make([R * this.dispatchRegion], 'u8'),
-        stageDispatchCounts: make([R], 'i64'),
-        stageCombine: make([R * this.combineRegion], 'u8'),
-        stageCombineCounts: make([R], 'i64'),
-        dispatchDst: make([R], 'i64'),
-        dispatchCountDst: make([R], 'i64'),
-        combineDst: make([R], 'i64'),
-        combineCountDst: make([R], 'i64'),
+        recvCombineCounts: make([R], 'i64', true),
+        // [0] the call number, [1] [2] the send kernels' counters, [4] [5] the status words
+        state: make([8], 'i32', true),
+        recvCounts: make([R], 'i32'),
       };
+      if (c.transport === 'host') {
+        Object.assign(this.t, {
+          stageDispatch: make([R * this.dispatchRegion], 'u8'),
+          stageDispatchCounts: make([R], 'i64'),
+          stageCombine: make([R * this.combineRegion], 'u8'),
+          stageCombineCounts: make([R], 'i64'),
+        });
+      }
       const rowsShape = c.layout === 'masked' ? [L, c.maxTokensPerExpert] : [this.rows];
       const layout = {
         form: c.layout,
@@ -282,18 +322,11 @@ export class EpBuffer {
       for (const x of made) x.dispose();
       throw e;
     }
-    // the host transport stages region d for rank d locally
-    const b = native();
-    const table = (base: Tensor, stride: number) => BigUint64Array.from({ length: R }, (_, d) => base.dataPtr + BigInt(d * stride));
-    b.hostWrite(this.t.dispatchDst.dataPtr, table(this.t.stageDispatch, this.dispatchRegion));
-    b.hostWrite(this.t.dispatchCountDst.dataPtr, table(this.t.stageDispatchCounts, 8));
-    b.hostWrite(this.t.combineDst.dataPtr, table(this.t.stageCombine, this.combineRegion));
-    b.hostWrite(this.t.combineCountDst.dataPtr, table(this.t.stageCombineCounts, 8));
     let output = 0;
     for (const x of [this.out.tokens, this.out.invalidIds, this.out.combineIndex]) output += x.byteLength;
     const l = this.out.layout;
     for (const x of [l.counts, l.offsets, l.sourceIndex, l.rowIndex, l.usedRows, l.dropped, l.errors]) output += x.byteLength;
-    let total = output;
+    let total = output + 4 * 8 * R;
     for (const x of Object.values(this.t)) total += x.byteLength;
     this.bytes = Object.freeze({
       slot: this.slotBytes,
@@ -310,6 +343,89 @@ export class EpBuffer {
     return this._disposed;
   }
 
+  /** bf16 [rows, hidden]: where dispatch writes the experts' rows (the result's `tokens`). */
+  get tokens(): Tensor<'bf16'> {
+    return this.out.tokens;
+  }
+
+  /** The layout dispatch writes (the result's `layout`). */
+  get expertLayout(): ExpertLayout {
+    return this.out.layout;
+  }
+
+  /**
+   * The handle of the last dispatch until it is combined. In a graph capture, dispatch and
+   * combine enqueue their work before they return, and the graph replays them with whatever the
+   * captured inputs hold; take tokens, expertLayout and lastHandle from the buffer there (the
+   * promises resolve at once, and `out` can be passed to combine).
+   */
+  get lastHandle(): EpHandle | undefined {
+    return this.last?.handle;
+  }
+
+  /** @internal the memory the other ranks write */
+  get receive(): Receive {
+    return this.t as unknown as Receive;
+  }
+
+  /**
+   * @internal The destination tables: for the host transport this rank's staging (region d for
+   * rank d); for nvlink, the address of this rank's region in each rank's receive buffers.
+   */
+  setDestinations(peers: readonly { recvDispatch: bigint; recvDispatchCounts: bigint; recvCombine: bigint; recvCombineCounts: bigint }[]): void {
+    const R = this.worldSize, me = BigInt(this.rank);
+    const table = (f: (d: number) => bigint) => {
+      const t = fromBytes(BigUint64Array.from({ length: R }, (_, d) => f(d)), { dtype: 'i64', shape: [R], device: this.device });
+      this.t[`table${Object.keys(this.t).length}`] = t;
+      return t;
+    };
+    if (this.transport === 'host') {
+      const t = this.t;
+      this.tables = {
+        dispatch: table((d) => t.stageDispatch.dataPtr + BigInt(d * this.dispatchRegion)),
+        dispatchCounts: table((d) => t.stageDispatchCounts.dataPtr + BigInt(8 * d)),
+        combine: table((d) => t.stageCombine.dataPtr + BigInt(d * this.combineRegion)),
+        combineCounts: table((d) => t.stageCombineCounts.dataPtr + BigInt(8 * d)),
+      };
+    } else {
+      this.tables = {
+        dispatch: table((d) => peers[d].recvDispatch + me * BigInt(this.dispatchRegion)),
+        dispatchCounts: table((d) => peers[d].recvDispatchCounts + 8n * me),
+        combine: table((d) => peers[d].recvCombine + me * BigInt(this.combineRegion)),
+        combineCounts: table((d) => peers[d].recvCombineCounts + 8n * me),
+      };
+    }
+  }
+
+  private tables: { dispatch: Tensor; dispatchCounts: Tensor; combine: Tensor; combineCounts: Tensor } | undefined;
+
+  /**
+   * Resolves once this buffer's device work queued on `stream` has finished, and rejects with
+   * E_TIMEOUT when one of its waits ran out (a rank that did not make the same call in time): the
+   * buffer is then unusable. Outside a graph capture, dispatch and combine check this before
+   * they resolve; after replaying a captured graph, call check().
+   */
+  async check(stream?: Stream): Promise<void> {
+    if (this._disposed) throw new MoeError('E_DISPOSED', 'check: the EpBuffer was disposed');
+    await this.readStatus(resolveStream(stream, this.device, 'stream'));
+  }
+
+  /** Reads the status words after the work queued on `stream`; E_TIMEOUT if a wait ran out. */
+  private async readStatus(stream: Stream): Promise<void> {
+    if (this.transport === 'host') return;
+    const words = new Int32Array(2);
+    // the status words are [4] and [5] of the state tensor
+    await native().copyToHostAsync(this.t.state.deviceIndex, words, this.t.state.dataPtr + 16n, 8, stream.handle);
+    if (words[0] !== 0) {
+      this.fail();
+      const op = STATUS_TIMEOUT[words[0]] ?? `op ${words[0]}`;
+      throw new MoeError(
+        'E_TIMEOUT',
+        `rank ${this.rank}: ${op} waited ${this.group.timeoutMs} ms for rank ${words[1]}, which did not send its part (it did not call ${op}, or called it much later); the EpBuffer is unusable`,
+      );
+    }
+  }
+
   /**
    * Sends this rank's tokens x (bf16 [tokens <= maxTokensPerRank, hidden]) to the ranks of their
    * experts (routing.ids i32 [tokens, topK], global ids; routing.weights f32 [tokens, topK], as
@@ -320,7 +436,7 @@ export class EpBuffer {
    */
   async dispatch(x: Tensor<'bf16'>, routing: { ids: Tensor<'i32'>; weights: Tensor<'f32'> }, options?: EpDispatchOptions): Promise<EpDispatchResult> {
     this.usable('dispatch');
-    const o = checkOptions(options, 'options', keys('stream'));
+    const o = checkOptions(options, 'options', DISPATCH_KEYS);
     const xt = checkTensor<Tensor<'bf16'>>(x, 'x', ['bf16'], this.device);
     checkRank(xt, 'x', 2, '[tokens, hidden]');
     const T = xt.shape[0];
@@ -332,30 +448,35 @@ export class EpBuffer {
     checkShapeIs(ids, 'routing.ids', [T, this.topK], ['tokens', 'topK']);
     const weights = checkTensor<Tensor<'f32'>>(r.weights, 'routing.weights', ['f32'], this.device);
     checkShapeIs(weights, 'routing.weights', [T, this.topK], ['tokens', 'topK']);
-    resolveStream(o.stream, this.device, 'options.stream');
+    const stream = this.streamOf(o.stream);
 
     this.state = 'busy';
     this.last = undefined;
     try {
       const epoch = (this.epoch = (this.epoch + 1) >>> 0);
       const b = native();
+      const t = this.t, l = this.out.layout, tb = this.tables as NonNullable<EpBuffer['tables']>;
+      const dev = t.state.deviceIndex, st = t.state.dataPtr;
+      useOn(stream, [xt, ids, weights, ...this.tensors()]);
       b.epDispatchSend(
-        -1, 0n, ...this.shape, xt.dataPtr, ids.dataPtr, weights.dataPtr, T, this.t.dispatchDst.dataPtr, this.t.dispatchCountDst.dataPtr,
-        epoch, this.out.combineIndex.dataPtr, this.out.invalidIds.dataPtr,
+        dev, stream.handle, ...this.shape, xt.dataPtr, ids.dataPtr, weights.dataPtr, T, tb.dispatch.dataPtr, tb.dispatchCounts.dataPtr,
+        st, st + 4n, Math.max(1, this.sms), this.out.combineIndex.dataPtr, this.out.invalidIds.dataPtr,
       );
-      const sent = this.readWords(this.t.stageDispatchCounts);
-      const parts = sent.map((word, d) => this.part(this.t.stageDispatch, d * this.dispatchRegion, word, [[0, Number(word & 0xffffffffn) * this.slotBytes]]));
-      const got = await this.group.allToAll(parts);
-      const counts = got.map((p, s) => this.place(p, s, this.t.recvDispatch, this.t.recvDispatchCounts, this.dispatchRegion, epoch, 'dispatch', (n) => [[0, n * this.slotBytes]]));
-      const l = this.out.layout;
+      if (this.transport === 'host') {
+        const sent = this.readWords(t.stageDispatchCounts);
+        const parts = sent.map((word, d) => this.part(t.stageDispatch, d * this.dispatchRegion, word, [[0, Number(word & 0xffffffffn) * this.slotBytes]]));
+        const got = await this.group.allToAll(parts);
+        got.forEach((p, s) => this.place(p, s, t.recvDispatch, t.recvDispatchCounts, this.dispatchRegion, epoch, 'dispatch', (n) => [[0, n * this.slotBytes]]));
+      }
       b.epDispatchRecv(
-        -1, 0n, ...this.shape, this.t.recvDispatch.dataPtr, this.t.recvDispatchCounts.dataPtr, epoch, this.align, this.maxTokensPerExpert, this.rows,
-        this.out.tokens.dataPtr, l.counts.dataPtr, l.offsets.dataPtr, l.sourceIndex.dataPtr, l.rowIndex.dataPtr, l.usedRows.dataPtr, l.dropped.dataPtr,
-        l.errors.dataPtr,
+        dev, stream.handle, ...this.shape, t.recvDispatch.dataPtr, t.recvDispatchCounts.dataPtr, st, this.timeoutNs, st + 16n, t.recvCounts.dataPtr,
+        this.align, this.maxTokensPerExpert, this.rows, this.out.tokens.dataPtr, l.counts.dataPtr, l.offsets.dataPtr, l.sourceIndex.dataPtr,
+        l.rowIndex.dataPtr, l.usedRows.dataPtr, l.dropped.dataPtr, l.errors.dataPtr,
       );
       const handle: EpHandle = Object.freeze({ epoch, tokens: T });
-      this.last = { handle, weights, counts };
+      this.last = { handle, weights };
       this.state = 'dispatched';
+      if (!isCapturing(stream)) await this.readStatus(stream);
       return { tokens: this.out.tokens, layout: l, invalidIds: this.out.invalidIds, handle };
     } catch (e) {
       this.fail();
@@ -368,7 +489,7 @@ export class EpBuffer {
    * back to the tokens' ranks and resolves with out [tokens, hidden]: for each token of this
    * rank's dispatch, the sum over its k slots, in order, of weight x expert output, each step an
    * f32 fused multiply-add, rounded once to out's dtype (unpermute's arithmetic). Pairs that were
-   * dropped or had an invalid id add nothing.
+   * dropped or had an invalid id add nothing. Every rank must call it.
    */
   async combine(y: Tensor<'bf16'>, handle: EpHandle, options?: EpCombineOptions): Promise<Tensor<'bf16' | 'f32'>> {
     this.usable('combine');
@@ -381,9 +502,10 @@ export class EpBuffer {
     checkShapeIs(yt, 'y', [this.rows, this.hidden], ['layout.rows', 'hidden']);
     const T = last.handle.tokens;
     checkTensor(last.weights, 'routing.weights (of the dispatch)', ['f32'], this.device);
+    const stream = this.streamOf(o.stream);
     let out: Tensor<'bf16' | 'f32'>;
     if (o.out === undefined) {
-      out = empty<'bf16'>([T, this.hidden], { dtype: 'bf16', device: this.device });
+      out = empty<'bf16'>([T, this.hidden], { dtype: 'bf16', device: this.device, stream });
     } else {
       out = checkTensor<Tensor<'bf16' | 'f32'>>(o.out, 'options.out', ['bf16', 'f32'], this.device);
       checkShapeIs(out, 'options.out', [T, this.hidden], ['tokens', 'hidden']);
@@ -392,28 +514,49 @@ export class EpBuffer {
     try {
       const epoch = last.handle.epoch;
       const b = native();
+      const t = this.t, tb = this.tables as NonNullable<EpBuffer['tables']>;
+      const dev = t.state.deviceIndex, st = t.state.dataPtr;
+      useOn(stream, [yt, last.weights, out, ...this.tensors()]);
       b.epCombineSend(
-        -1, 0n, ...this.shape, yt.dataPtr, this.rows, this.out.layout.rowIndex.dataPtr, this.t.recvDispatchCounts.dataPtr,
-        this.t.combineDst.dataPtr, this.t.combineCountDst.dataPtr, epoch,
+        dev, stream.handle, ...this.shape, yt.dataPtr, this.rows, this.out.layout.rowIndex.dataPtr, t.recvCounts.dataPtr, tb.combine.dataPtr,
+        tb.combineCounts.dataPtr, st, st + 8n, Math.max(1, this.sms),
       );
-      const sent = this.readWords(this.t.stageCombineCounts);
-      const K = this.topK, H = this.hidden;
-      const pieces = (n: number): [number, number][] => [[0, 4 * n * K], [this.combineRowsAt, n * K * 2 * H]];
-      const parts = sent.map((word, s) => this.part(this.t.stageCombine, s * this.combineRegion, word, pieces(Number(word & 0xffffffffn))));
-      const got = await this.group.allToAll(parts);
-      got.forEach((p, d) => this.place(p, d, this.t.recvCombine, this.t.recvCombineCounts, this.combineRegion, epoch, 'combine', pieces));
+      if (this.transport === 'host') {
+        const sent = this.readWords(t.stageCombineCounts);
+        const K = this.topK, H = this.hidden;
+        const pieces = (n: number): [number, number][] => [[0, 4 * n * K], [this.combineRowsAt, n * K * 2 * H]];
+        const parts = sent.map((word, s) => this.part(t.stageCombine, s * this.combineRegion, word, pieces(Number(word & 0xffffffffn))));
+        const got = await this.group.allToAll(parts);
+        got.forEach((p, d) => this.place(p, d, t.recvCombine, t.recvCombineCounts, this.combineRegion, epoch, 'combine', pieces));
+      }
       b.epCombineRecv(
-        -1, 0n, ...this.shape, this.t.recvCombine.dataPtr, this.t.recvCombineCounts.dataPtr, epoch, this.out.combineIndex.dataPtr,
-        last.weights.dataPtr, T, out.dataPtr, DTYPES[out.dtype].id,
+        dev, stream.handle, ...this.shape, t.recvCombine.dataPtr, t.recvCombineCounts.dataPtr, st, this.timeoutNs, st + 16n,
+        this.out.combineIndex.dataPtr, last.weights.dataPtr, T, out.dataPtr, DTYPES[out.dtype].id,
       );
       this.state = 'idle';
       this.last = undefined;
+      if (!isCapturing(stream)) await this.readStatus(stream);
       return out;
     } catch (e) {
       if (o.out === undefined) out.dispose();
       this.fail();
       throw e;
     }
+  }
+
+  /** The stream of a call; ranks that share a device must not share a stream (their waits would queue behind each other). */
+  private streamOf(stream: unknown): Stream {
+    const s = resolveStream(stream, this.device, 'options.stream');
+    if (this.transport === 'nvlink' && this.sharesDevice && s.isDefault) {
+      throw new MoeError('E_ARGUMENT', `options.stream: rank ${this.rank} shares ${this.device} with another rank; pass each rank a stream of its own (createStream)`);
+    }
+    return s;
+  }
+
+  /** Every tensor of this buffer and its outputs. */
+  private tensors(): Tensor[] {
+    const l = this.out.layout;
+    return [...Object.values(this.t), this.out.tokens, this.out.invalidIds, this.out.combineIndex, l.counts, l.offsets, l.sourceIndex, l.rowIndex, l.usedRows, l.dropped, l.errors];
   }
 
   /** Releases the buffers (the group stays). Idempotent. */
@@ -487,29 +630,67 @@ export class EpBuffer {
 /**
  * Creates this rank's expert-parallel buffer over `group`; every rank calls it with the same
  * options (checked: the ranks exchange them, E_ARGUMENT naming the first that differs).
- * The host transport needs the group's ranks on the CPU (E_DEVICE otherwise).
+ * The host transport needs CPU ranks, nvlink CUDA ranks of one process whose devices reach each
+ * other (E_DEVICE otherwise). nvlink: the ranks write each other's buffers, so dispose every
+ * rank's buffer only after the last combine of every rank has finished.
  */
 export async function createEpBuffer(group: ProcessGroup, options: EpBufferOptions): Promise<EpBuffer> {
   if (group === null || typeof group !== 'object' || typeof (group as ProcessGroup).allToAll !== 'function') {
     throw new MoeError('E_ARGUMENT', `group: expected a ProcessGroup from initProcessGroup(), got ${describe(group)}`);
   }
-  const c = checkConfig(options, group.worldSize);
-  if (group.device !== 'cpu') {
-    throw new MoeError('E_DEVICE', `createEpBuffer: the host transport moves CPU tensors; this rank is on ${group.device} (make the group with device: "cpu")`);
+  const c = checkConfig(options, group.worldSize, group.device);
+  if (c.transport === 'nvlink' && group.kind === 'tcp') {
+    throw new MoeError(
+      'E_ARGUMENT',
+      'options.transport: "nvlink" between processes needs CUDA IPC handles, which this release does not exchange; drive the GPUs from one process (initProcessGroup({ ranks: "all" }))',
+    );
   }
   // every rank must have made the same buffer: a mismatch would corrupt, not fail
-  const mine = JSON.stringify(c);
-  const all = await group.allGather(new TextEncoder().encode(mine));
+  const all = await group.allGather(new TextEncoder().encode(JSON.stringify({ config: c, device: group.device })));
   const decoder = new TextDecoder();
+  const devices: Device[] = [];
   for (let r = 0; r < all.length; r++) {
-    const theirs = JSON.parse(decoder.decode(all[r])) as Record<string, unknown>;
+    const theirs = JSON.parse(decoder.decode(all[r])) as { config: Record<string, unknown>; device: Device };
     for (const [key, value] of Object.entries(c)) {
-      if (theirs[key] !== value) {
-        throw new MoeError('E_ARGUMENT', `options.${key}: rank ${group.rank} has ${JSON.stringify(value)}, rank ${r} has ${JSON.stringify(theirs[key])}; every rank must pass the same options`);
+      if (theirs.config[key] !== value) {
+        throw new MoeError('E_ARGUMENT', `options.${key}: rank ${group.rank} has ${JSON.stringify(value)}, rank ${r} has ${JSON.stringify(theirs.config[key])}; every rank must pass the same options`);
       }
     }
+    devices.push(theirs.device);
   }
-  return new EpBuffer(group, c);
+  const sharesDevice = devices.filter((d) => d === group.device).length > 1;
+  const buffer = new EpBuffer(group, c, sharesDevice);
+  try {
+    if (c.transport === 'host') {
+      buffer.setDestinations([]);
+      return buffer;
+    }
+    const b = native();
+    const me = Number(group.device.slice(5));
+    for (const d of new Set(devices)) {
+      const peer = Number(d.slice(5));
+      if (peer === me) continue;
+      if (!b.canAccessPeer(me, peer)) throw new MoeError('E_DEVICE', `createEpBuffer: ${group.device} cannot access ${d} directly (no NVLink or PCIe peer access); the nvlink transport needs it`);
+      b.enablePeerAccess(me, peer);
+    }
+    // the zeroed count words must be in place before any rank can write them
+    const stream = resolveStream(undefined, group.device);
+    await stream.synchronize();
+    const rv = buffer.receive;
+    const mine = BigUint64Array.of(rv.recvDispatch.dataPtr, rv.recvDispatchCounts.dataPtr, rv.recvCombine.dataPtr, rv.recvCombineCounts.dataPtr);
+    const addresses = await group.allGather(new Uint8Array(mine.buffer));
+    buffer.setDestinations(addresses.map((a) => {
+      const v = new BigUint64Array(a.buffer.slice(a.byteOffset, a.byteOffset + 32));
+      return { recvDispatch: v[0], recvDispatchCounts: v[1], recvCombine: v[2], recvCombineCounts: v[3] };
+    }));
+    await stream.synchronize();
+    // no rank writes into another before every rank's tables are in place
+    await group.barrier();
+    return buffer;
+  } catch (e) {
+    buffer.dispose();
+    throw e;
+  }
 }
 
 /** @internal an EpBuffer made by createEpBuffer */

@@ -8,7 +8,7 @@ import { checkEpBuffer } from '../ep/buffer';
 import { MoeError } from '../errors';
 import { gemmNvfp4, groupedGemmNvfp4 } from '../nvfp4';
 import { routeTopK } from '../routing';
-import { resolveStream } from '../stream';
+import { resolveStream, type Stream } from '../stream';
 import { empty, type Tensor } from '../tensor';
 import { checkOptions, checkRank, checkShapeIs, checkTensor, keys } from '../validate';
 import { checkExperts, checkRouter, type MoeExperts, type MoeRouter } from './forward';
@@ -18,9 +18,11 @@ import type { EpBuffer } from '../ep/buffer';
 export interface MoeForwardEpOptions {
   /** The rank's expert-parallel buffer (createEpBuffer); its topK, numExperts and hidden must match the router's. */
   ep: EpBuffer;
+  /** Default: the device's default stream (ranks that share a device need a stream each). */
+  stream?: Stream;
 }
 
-const EP_OPTIONS = keys('ep');
+const EP_OPTIONS = keys('ep', 'stream');
 
 /**
  * One MoE block with the experts spread over the ranks of `options.ep`: x bf16 [tokens, hidden]
@@ -42,7 +44,7 @@ export async function moeForwardEp(x: Tensor<'bf16'>, router: MoeRouter, experts
   if (r.experts !== ep.numExperts) throw new MoeError('E_SHAPE', `router.weight: ${r.experts} experts, the EpBuffer has numExperts = ${ep.numExperts}`);
   if (r.k !== ep.topK) throw new MoeError('E_ARGUMENT', `router.k: ${r.k}, the EpBuffer has topK = ${ep.topK}`);
   const ex = checkExperts(experts, ep.localExperts, hidden, ep.device);
-  const stream = resolveStream(undefined, ep.device);
+  const stream = resolveStream(o.stream, ep.device, 'options.stream');
 
   const logits = routerLogits(xt, r.weight, { stream });
   const routing = routeTopK(logits, {
@@ -55,12 +57,12 @@ export async function moeForwardEp(x: Tensor<'bf16'>, router: MoeRouter, experts
   logits.dispose();
   const temps: Tensor[] = [routing.ids, routing.weights];
   try {
-    const d = await ep.dispatch(xt, routing);
+    const d = await ep.dispatch(xt, routing, { stream });
     const act = groupedGemmNvfp4(d.tokens, ex.w13, d.layout, { epilogue: 'swiglu', stream });
     temps.push(act);
     const down = groupedGemmNvfp4(act, ex.w2, d.layout, { stream });
     temps.push(down);
-    if (!ex.shared) return (await ep.combine(down, d.handle)) as Tensor<'bf16'>;
+    if (!ex.shared) return (await ep.combine(down, d.handle, { stream })) as Tensor<'bf16'>;
     // as moeForward: the routed sum in f32, the shared expert's down projection in f32, one add
     const s = ex.shared;
     const gateUp = gemmNvfp4(xt, s.w13, { stream }) as Tensor<'bf16'>;
@@ -72,7 +74,7 @@ export async function moeForwardEp(x: Tensor<'bf16'>, router: MoeRouter, experts
     gemmNvfp4(sharedAct, s.w2, { out: sharedOut, stream });
     const routed = empty<'f32'>([tokens, hidden], { dtype: 'f32', device: ep.device, stream });
     temps.push(routed);
-    await ep.combine(down, d.handle, { out: routed });
+    await ep.combine(down, d.handle, { out: routed, stream });
     const out = empty<'bf16'>([tokens, hidden], { dtype: 'bf16', device: ep.device, stream });
     addInto(routed, sharedOut, out, stream);
     return out;

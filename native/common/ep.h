@@ -15,6 +15,12 @@
 //       rows     bf16 [maxTokens * k, hidden]
 //   count words: one u64 per region, (epoch << 32) | rows sent, written after the region.
 //
+// The call number (epoch) lives in the rank's own memory, so that a captured graph replays with
+// the next number: dispatchSend sends with *epoch + 1, dispatchRecv expects *epoch + 1 and then
+// stores it, combineSend and combineRecv use *epoch. A receiver on a device waits for its count
+// words with a bound (timeoutNs); past it, it records the timeout in status (kStatus*, and the
+// first rank it waited for), treats the missing regions as empty and never reads them.
+//
 // A sender writes through a table of R destination pointers (one region and one count word per
 // destination): the addresses in the peers' buffers for a one-sided transport, a local staging
 // buffer for one that ships bytes (the host transport). The receive side reads its own buffer.
@@ -36,6 +42,12 @@
 #include "common/check.h"
 #include "common/dtype.h"
 
+#if defined(__CUDACC__)
+#define EP_HD __host__ __device__ __forceinline__
+#else
+#define EP_HD inline
+#endif
+
 namespace moe {
 
 namespace ep {
@@ -47,26 +59,30 @@ constexpr int32_t kMaxTopK = 16;
 constexpr int32_t kMaxLocalExperts = 1024;
 constexpr int64_t kMaxRanks = 65536;
 
-inline int64_t roundUp16(int64_t n) { return (n + 15) / 16 * 16; }
+EP_HD int64_t roundUp16(int64_t n) { return (n + 15) / 16 * 16; }
 
-inline int64_t payloadBytes(int32_t payload, int64_t hidden) {
+EP_HD int64_t payloadBytes(int32_t payload, int64_t hidden) {
   if (payload == kPayloadFp8) return hidden + 4 * ((hidden + kFp8Block - 1) / kFp8Block);
   if (payload == kPayloadNvfp4) return hidden / 2 + hidden / 16 + 4;
   return 2 * hidden;
 }
 
 // Slot: payload, then meta, each starting on 16 bytes.
-inline int64_t metaOffset(int32_t payload, int64_t hidden) { return roundUp16(payloadBytes(payload, hidden)); }
-inline int64_t slotBytes(int32_t payload, int64_t hidden, int32_t k) { return metaOffset(payload, hidden) + roundUp16(4 + 8 * int64_t{k}); }
-inline int64_t dispatchRegionBytes(int32_t payload, int64_t hidden, int32_t k, int64_t maxTokens) {
+EP_HD int64_t metaOffset(int32_t payload, int64_t hidden) { return roundUp16(payloadBytes(payload, hidden)); }
+EP_HD int64_t slotBytes(int32_t payload, int64_t hidden, int32_t k) { return metaOffset(payload, hidden) + roundUp16(4 + 8 * int64_t{k}); }
+EP_HD int64_t dispatchRegionBytes(int32_t payload, int64_t hidden, int32_t k, int64_t maxTokens) {
   return maxTokens * slotBytes(payload, hidden, k);
 }
 // Combine region: valid flags, then rows.
-inline int64_t combineRowsOffset(int64_t maxTokens, int32_t k) { return roundUp16(4 * maxTokens * k); }
-inline int64_t combineRegionBytes(int64_t hidden, int32_t k, int64_t maxTokens) {
+EP_HD int64_t combineRowsOffset(int64_t maxTokens, int32_t k) { return roundUp16(4 * maxTokens * k); }
+EP_HD int64_t combineRegionBytes(int64_t hidden, int32_t k, int64_t maxTokens) {
   return combineRowsOffset(maxTokens, k) + maxTokens * k * 2 * hidden;
 }
-inline uint64_t countWord(uint32_t epoch, uint32_t count) { return (static_cast<uint64_t>(epoch) << 32) | count; }
+EP_HD uint64_t countWord(uint32_t epoch, uint32_t count) { return (static_cast<uint64_t>(epoch) << 32) | count; }
+
+// status[0]: 0, or the op whose wait ran out; status[1]: the first rank it waited for.
+constexpr int32_t kStatusDispatchTimeout = 1;
+constexpr int32_t kStatusCombineTimeout = 2;
 }  // namespace ep
 
 // The shape every ep op shares.
@@ -79,6 +95,22 @@ struct EpShape {
   int64_t maxTokens;   // per rank and call
   int32_t payload;     // ep::kPayload*
 };
+
+namespace ep {
+// The shape with the byte sizes derived from it, as the device kernels take it.
+struct EpShapeView {
+  int32_t ranks, rank, experts, k;
+  int64_t hidden, maxTokens;
+  int32_t payload;
+  int64_t metaAt, slotBytes, regionBytes, combineRowsAt, combineRegionBytes;
+};
+
+inline EpShapeView view(const EpShape& s) {
+  return {s.ranks, s.rank, s.experts, s.k, s.hidden, s.maxTokens, s.payload, metaOffset(s.payload, s.hidden), slotBytes(s.payload, s.hidden, s.k),
+          dispatchRegionBytes(s.payload, s.hidden, s.k, s.maxTokens), combineRowsOffset(s.maxTokens, s.k),
+          combineRegionBytes(s.hidden, s.k, s.maxTokens)};
+}
+}  // namespace ep
 
 inline void validate(const EpShape& s) {
   using namespace ep;
@@ -98,7 +130,7 @@ inline void validate(const EpShape& s) {
 
 // dispatchSend: this rank's tokens to the ranks of their experts. For each destination d, the
 // tokens t (ascending) with an expert in d's range go to slots 0.. of dataDst[d] (a dispatch
-// region); then *countDst[d] = countWord(epoch, slots written). combineIndex[t*k + i] = where
+// region); then *countDst[d] = countWord(*epoch + 1, slots written). combineIndex[t*k + i] = where
 // pair (t, i)'s expert output will sit in this rank's combine regions, ((d * maxTokens + j) * k + i),
 // or -1 where ids[t, i] is outside [0, experts) (counted in *errors, sent nowhere).
 struct EpDispatchSendArgs {
@@ -109,7 +141,9 @@ struct EpDispatchSendArgs {
   int64_t tokens;
   const uint64_t* dataDst;     // [ranks] addresses of dispatch regions
   const uint64_t* countDst;    // [ranks] addresses of u64 count words
-  uint32_t epoch;
+  const uint32_t* epoch;       // [1] this rank's call number
+  uint32_t* sync;              // [1] scratch of the device kernels, 0 between calls
+  int32_t sms;                 // CTAs of the device copy kernel
   int32_t* combineIndex;       // [tokens, k]
   int32_t* errors;             // [1]
 };
@@ -119,11 +153,12 @@ inline void validate(const EpDispatchSendArgs& a) {
   MOE_REQUIRE(a.tokens >= 0 && a.tokens <= a.shape.maxTokens, "E_SHAPE", "x",
               std::to_string(a.tokens) + " tokens exceed maxTokensPerRank = " + std::to_string(a.shape.maxTokens));
   MOE_REQUIRE(a.tokens == 0 || (a.x && a.ids && a.weights && a.combineIndex), "E_ARGUMENT", "x", "null data pointer");
-  MOE_REQUIRE(a.dataDst && a.countDst && a.errors, "E_ARGUMENT", "buffer", "null data pointer");
+  MOE_REQUIRE(a.sms >= 1 && a.sms <= 1024, "E_ARGUMENT", "sms", "expected 1 to 1024, got " + std::to_string(a.sms));
+  MOE_REQUIRE(a.dataDst && a.countDst && a.epoch && a.sync && a.errors, "E_ARGUMENT", "buffer", "null data pointer");
 }
 
 // dispatchRecv: the regions of this rank's buffer (region s: *counts[s] slots from rank s, whose
-// epoch must be `epoch`) -> the local experts' layout and rows. Received slot i = s * maxTokens + j
+// epoch must be *epoch + 1; recvCounts[s] = those slots) -> the local experts' layout and rows. Received slot i = s * maxTokens + j
 // plays the token of routing's layouts, so pair (i, kk) = i * k + kk, and within an expert pairs
 // are in (source rank, source token) order: the order of the ranks' tokens concatenated.
 // Contiguous (maxPerExpert == 0): rows = slots * k + L * (align - 1); masked: rows = L * maxPerExpert,
@@ -133,7 +168,10 @@ struct EpDispatchRecvArgs {
   EpShape shape;
   const uint8_t* regions;      // ranks dispatch regions, region s first at s * dispatchRegionBytes
   const uint64_t* counts;      // [ranks]
-  uint32_t epoch;
+  uint32_t* epoch;             // [1] advanced by one
+  int64_t timeoutNs;
+  int32_t* status;             // [2]
+  uint32_t* recvCounts;        // [ranks] slots received from each rank (0 for a rank waited for in vain)
   int32_t align;
   int32_t maxPerExpert;
   int64_t rows;
@@ -160,7 +198,8 @@ inline void validate(const EpDispatchRecvArgs& a) {
   const int64_t rows = epLayoutRows(a.shape, a.align, a.maxPerExpert);
   MOE_REQUIRE(a.rows == rows && rows <= 2147483647LL && rows * a.shape.hidden <= 2147483647LL * 8, "E_SHAPE", "layout",
               "expected " + std::to_string(rows) + " rows, got " + std::to_string(a.rows));
-  MOE_REQUIRE(a.regions && a.counts && a.layoutCounts && a.offsets && a.rowIndex && a.usedRows && a.dropped && a.errors &&
+  MOE_REQUIRE(a.timeoutNs > 0, "E_ARGUMENT", "timeoutMs", "expected a positive timeout");
+  MOE_REQUIRE(a.regions && a.counts && a.epoch && a.status && a.recvCounts && a.layoutCounts && a.offsets && a.rowIndex && a.usedRows && a.dropped && a.errors &&
                   (a.rows == 0 || (a.sourceIndex && a.tokensOut)),
               "E_ARGUMENT", "buffer", "null data pointer");
 }
@@ -168,22 +207,26 @@ inline void validate(const EpDispatchRecvArgs& a) {
 // combineSend: the local experts' outputs y [rows, hidden] (bf16, rows of the dispatchRecv
 // layout) back to the ranks their slots came from: for source s and slot j < its count, entry
 // (j, kk) of dataDst[s] (a combine region) gets valid = 1 and row y[rowIndex[(s*maxTokens+j)*k+kk]]
-// where that row index is in [0, rows), valid = 0 otherwise; then *countDst[s] = countWord(epoch, count).
+// where that row index is in [0, rows), valid = 0 otherwise; then *countDst[s] = countWord(*epoch, count).
 struct EpCombineSendArgs {
   EpShape shape;
   const uint16_t* y;           // bf16 [rows, hidden]
   int64_t rows;
   const int32_t* rowIndex;     // [slots * k] of the dispatch layout
-  const uint64_t* recvCounts;  // [ranks] the count words dispatchRecv read
+  const uint32_t* recvCounts;  // [ranks] from dispatchRecv
   const uint64_t* dataDst;     // [ranks] addresses of combine regions
   const uint64_t* countDst;    // [ranks] addresses of u64 count words
-  uint32_t epoch;
+  const uint32_t* epoch;       // [1]
+  uint32_t* sync;              // [1] scratch of the device kernels, 0 between calls
+  int32_t sms;                 // CTAs of the device copy kernel
 };
 
 inline void validate(const EpCombineSendArgs& a) {
   validate(a.shape);
   MOE_REQUIRE(a.rows >= 0 && a.rows <= 2147483647LL, "E_SHAPE", "y", "expected 0 to 2^31 - 1 rows");
-  MOE_REQUIRE((a.rows == 0 || a.y) && a.rowIndex && a.recvCounts && a.dataDst && a.countDst, "E_ARGUMENT", "y", "null data pointer");
+  MOE_REQUIRE(a.sms >= 1 && a.sms <= 1024, "E_ARGUMENT", "sms", "expected 1 to 1024, got " + std::to_string(a.sms));
+  MOE_REQUIRE((a.rows == 0 || a.y) && a.rowIndex && a.recvCounts && a.dataDst && a.countDst && a.epoch && a.sync, "E_ARGUMENT", "y",
+              "null data pointer");
 }
 
 // combineRecv: out[t] = sum over i = 0..k-1, in that order, of weights[t, i] * row(combineIndex[t, i])
@@ -192,8 +235,10 @@ inline void validate(const EpCombineSendArgs& a) {
 struct EpCombineRecvArgs {
   EpShape shape;
   const uint8_t* regions;      // ranks combine regions, region d first at d * combineRegionBytes
-  const uint64_t* counts;      // [ranks]
-  uint32_t epoch;
+  const uint64_t* counts;      // [ranks], epoch *epoch
+  const uint32_t* epoch;       // [1]
+  int64_t timeoutNs;
+  int32_t* status;             // [2]
   const int32_t* combineIndex; // [tokens, k] from dispatchSend
   const float* weights;        // [tokens, k]
   int64_t tokens;
@@ -206,7 +251,8 @@ inline void validate(const EpCombineRecvArgs& a) {
   MOE_REQUIRE(a.tokens >= 0 && a.tokens <= a.shape.maxTokens, "E_SHAPE", "weights",
               std::to_string(a.tokens) + " tokens exceed maxTokensPerRank = " + std::to_string(a.shape.maxTokens));
   MOE_REQUIRE(a.outType == DType::BF16 || a.outType == DType::F32, "E_DTYPE", "out", "expected dtype bf16 or f32");
-  MOE_REQUIRE(a.regions && a.counts && (a.tokens == 0 || (a.combineIndex && a.weights && a.out)), "E_ARGUMENT", "out", "null data pointer");
+  MOE_REQUIRE(a.timeoutNs > 0, "E_ARGUMENT", "timeoutMs", "expected a positive timeout");
+  MOE_REQUIRE(a.regions && a.counts && a.epoch && a.status && (a.tokens == 0 || (a.combineIndex && a.weights && a.out)), "E_ARGUMENT", "out", "null data pointer");
 }
 
 }  // namespace moe

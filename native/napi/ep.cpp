@@ -1,15 +1,18 @@
 // Every ep op starts with the shape: (ranks, rank, experts, k, hidden, maxTokens, payload).
-// epDispatchSend(device, stream, ...shape, x, ids, weights, tokens, dataDst, countDst, epoch, combineIndex, errors)
-// epDispatchRecv(device, stream, ...shape, regions, counts, epoch, align, maxPerExpert, rows, tokensOut,
-//                layoutCounts, offsets, sourceIndex, rowIndex, usedRows, dropped, errors)
-// epCombineSend(device, stream, ...shape, y, rows, rowIndex, recvCounts, dataDst, countDst, epoch)
-// epCombineRecv(device, stream, ...shape, regions, counts, epoch, combineIndex, weights, tokens, out, outType)
+// epDispatchSend(device, stream, ...shape, x, ids, weights, tokens, dataDst, countDst, epoch, sync, sms, combineIndex, errors)
+// epDispatchRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, recvCounts, align, maxPerExpert,
+//                rows, tokensOut, layoutCounts, offsets, sourceIndex, rowIndex, usedRows, dropped, errors)
+// epCombineSend(device, stream, ...shape, y, rows, rowIndex, recvCounts, dataDst, countDst, epoch, sync, sms)
+// epCombineRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, combineIndex, weights, tokens, out, outType)
 //
-// The ops run on the CPU reference: the host transport moves the regions between ranks. A CUDA
-// device index is refused with E_DEVICE until the device transports exist.
+// On the CPU the host transport moves the regions between ranks; on a device the destination
+// tables hold addresses the device writes (the nvlink transport).
 #include "common/ep.h"
 #include "cpu/ep/ep.h"
 #include "napi/op.h"
+#if MOE_WITH_CUDA
+#include "kernels/ep/ep.h"
+#endif
 
 namespace moe::napi {
 namespace {
@@ -26,16 +29,6 @@ EpShape readShape(ArgReader& r) {
   return s;
 }
 
-#if MOE_WITH_CUDA
-template <typename Args>
-cudaError_t hostOnly(const Args&, const kernels::Launch&) {
-  fail("E_DEVICE", "ep: dispatch and combine run on CPU ranks (the host transport); CUDA ranks need a device transport");
-}
-#define MOE_EP_GPU(Args) (&hostOnly<Args>)
-#else
-#define MOE_EP_GPU(Args) nullptr
-#endif
-
 }  // namespace
 
 void registerEp(Napi::Env env, Napi::Object exports) {
@@ -50,12 +43,14 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.tokens = r.i64();
         a.dataDst = r.ptr<const uint64_t>();
         a.countDst = r.ptr<const uint64_t>();
-        a.epoch = static_cast<uint32_t>(r.i64());
+        a.epoch = r.ptr<const uint32_t>();
+        a.sync = r.ptr<uint32_t>();
+        a.sms = r.i32();
         a.combineIndex = r.ptr<int32_t>();
         a.errors = r.ptr<int32_t>();
         return a;
       },
-      cpu::ep::dispatchSend, MOE_EP_GPU(EpDispatchSendArgs));
+      cpu::ep::dispatchSend, MOE_GPU(kernels::ep::dispatchSend));
 
   registerOp<EpDispatchRecvArgs>(
       env, exports, "epDispatchRecv",
@@ -64,7 +59,10 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.shape = readShape(r);
         a.regions = r.ptr<const uint8_t>();
         a.counts = r.ptr<const uint64_t>();
-        a.epoch = static_cast<uint32_t>(r.i64());
+        a.epoch = r.ptr<uint32_t>();
+        a.timeoutNs = r.i64();
+        a.status = r.ptr<int32_t>();
+        a.recvCounts = r.ptr<uint32_t>();
         a.align = r.i32();
         a.maxPerExpert = r.i32();
         a.rows = r.i64();
@@ -78,7 +76,7 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.errors = r.ptr<int32_t>();
         return a;
       },
-      cpu::ep::dispatchRecv, MOE_EP_GPU(EpDispatchRecvArgs));
+      cpu::ep::dispatchRecv, MOE_GPU(kernels::ep::dispatchRecv));
 
   registerOp<EpCombineSendArgs>(
       env, exports, "epCombineSend",
@@ -88,13 +86,15 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.y = r.ptr<const uint16_t>();
         a.rows = r.i64();
         a.rowIndex = r.ptr<const int32_t>();
-        a.recvCounts = r.ptr<const uint64_t>();
+        a.recvCounts = r.ptr<const uint32_t>();
         a.dataDst = r.ptr<const uint64_t>();
         a.countDst = r.ptr<const uint64_t>();
-        a.epoch = static_cast<uint32_t>(r.i64());
+        a.epoch = r.ptr<const uint32_t>();
+        a.sync = r.ptr<uint32_t>();
+        a.sms = r.i32();
         return a;
       },
-      cpu::ep::combineSend, MOE_EP_GPU(EpCombineSendArgs));
+      cpu::ep::combineSend, MOE_GPU(kernels::ep::combineSend));
 
   registerOp<EpCombineRecvArgs>(
       env, exports, "epCombineRecv",
@@ -103,7 +103,9 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.shape = readShape(r);
         a.regions = r.ptr<const uint8_t>();
         a.counts = r.ptr<const uint64_t>();
-        a.epoch = static_cast<uint32_t>(r.i64());
+        a.epoch = r.ptr<const uint32_t>();
+        a.timeoutNs = r.i64();
+        a.status = r.ptr<int32_t>();
         a.combineIndex = r.ptr<const int32_t>();
         a.weights = r.ptr<const float>();
         a.tokens = r.i64();
@@ -111,7 +113,7 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.outType = r.dtype();
         return a;
       },
-      cpu::ep::combineRecv, MOE_EP_GPU(EpCombineRecvArgs));
+      cpu::ep::combineRecv, MOE_GPU(kernels::ep::combineRecv));
 }
 
 }  // namespace moe::napi

@@ -187,6 +187,18 @@ bool canAccessPeer(int from, int to) {
   return ok != 0;
 }
 
+void enablePeerAccess(int device, int peer) {
+  state(peer);
+  if (device == peer) return;
+  setDevice(device);
+  const cudaError_t err = cudaDeviceEnablePeerAccess(peer, 0);
+  if (err == cudaErrorPeerAccessAlreadyEnabled) {
+    (void)cudaGetLastError();
+    return;
+  }
+  checkCuda(err, "cudaDeviceEnablePeerAccess");
+}
+
 void setDevice(int device) {
   state(device);
   int current = -1;

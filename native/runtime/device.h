@@ -46,6 +46,8 @@ struct BuildInfo {
 BuildInfo buildInfo();
 // Whether kernels on device `from` can access memory of device `to` directly (NVLink or PCIe P2P).
 bool canAccessPeer(int from, int to);
+// Lets kernels on `device` read and write memory of `peer` (idempotent; a no-op for the same device).
+void enablePeerAccess(int device, int peer);
 
 // Number of CUDA devices; 0 when CUDA is not compiled in, there is no driver or no GPU.
 int deviceCount();

@@ -17,6 +17,7 @@ namespace {
 
 BuildInfo buildInfo() { return BuildInfo{}; }
 bool canAccessPeer(int, int) { noCuda(); }
+void enablePeerAccess(int, int) { noCuda(); }
 int deviceCount() { return 0; }
 std::string cudaUnavailableReason() { return "this build of @moe/kernels was compiled without CUDA (no nvcc at build time)"; }
 DeviceInfo deviceInfo(int) { noCuda(); }

@@ -136,7 +136,7 @@ void dispatchSend(const EpDispatchSendArgs& a) {
       }
     }
   }
-  for (int32_t d = 0; d < R; ++d) *at<uint64_t>(a.countDst[d]) = E::countWord(a.epoch, next[d]);
+  for (int32_t d = 0; d < R; ++d) *at<uint64_t>(a.countDst[d]) = E::countWord(*a.epoch + 1, next[d]);
   *a.errors = errors;
 }
 
@@ -145,8 +145,9 @@ void dispatchRecv(const EpDispatchRecvArgs& a) {
   const int32_t R = s.ranks, K = s.k, L = s.experts / s.ranks;
   const int64_t H = s.hidden, M = s.maxTokens, slot = E::slotBytes(s.payload, H, K), meta = E::metaOffset(s.payload, H);
   const int64_t region = E::dispatchRegionBytes(s.payload, H, K, M);
+  const uint32_t epoch = *a.epoch + 1;
   std::vector<uint32_t> count(R);
-  for (int32_t r = 0; r < R; ++r) count[r] = std::min<uint32_t>(countOf(a.counts[r], a.epoch, r, "dispatch"), static_cast<uint32_t>(M));
+  for (int32_t r = 0; r < R; ++r) count[r] = std::min<uint32_t>(countOf(a.counts[r], epoch, r, "dispatch"), static_cast<uint32_t>(M));
   auto localId = [&](int64_t i, int32_t kk) -> int32_t {
     const int64_t r = i / M, j = i % M;
     if (j >= count[r]) return -1;
@@ -206,6 +207,8 @@ void dispatchRecv(const EpDispatchRecvArgs& a) {
   *a.usedRows = static_cast<int32_t>(used);
   *a.dropped = static_cast<int32_t>(dropped);
   *a.errors = errors;
+  for (int32_t r = 0; r < R; ++r) a.recvCounts[r] = count[r];
+  *a.epoch = epoch;
 }
 
 void combineSend(const EpCombineSendArgs& a) {
@@ -213,8 +216,7 @@ void combineSend(const EpCombineSendArgs& a) {
   const int32_t R = s.ranks, K = s.k;
   const int64_t H = s.hidden, M = s.maxTokens, rowsAt = E::combineRowsOffset(M, K);
   for (int32_t src = 0; src < R; ++src) {
-    // the words dispatchRecv checked: the count is this call's
-    const uint32_t n = std::min<uint32_t>(static_cast<uint32_t>(a.recvCounts[src]), static_cast<uint32_t>(M));
+    const uint32_t n = std::min<uint32_t>(a.recvCounts[src], static_cast<uint32_t>(M));
     uint8_t* region = at<uint8_t>(a.dataDst[src]);
     int32_t* valid = reinterpret_cast<int32_t*>(region);
     uint16_t* rows = reinterpret_cast<uint16_t*>(region + rowsAt);
@@ -227,7 +229,7 @@ void combineSend(const EpCombineSendArgs& a) {
         if (ok) std::memcpy(rows + e * H, a.y + int64_t{r} * H, 2 * H);
       }
     }
-    *at<uint64_t>(a.countDst[src]) = E::countWord(a.epoch, n);
+    *at<uint64_t>(a.countDst[src]) = E::countWord(*a.epoch, n);
   }
 }
 
@@ -236,7 +238,7 @@ void combineRecv(const EpCombineRecvArgs& a) {
   const int32_t R = s.ranks, K = s.k;
   const int64_t H = s.hidden, M = s.maxTokens, region = E::combineRegionBytes(H, K, M), rowsAt = E::combineRowsOffset(M, K);
   std::vector<uint32_t> count(R);
-  for (int32_t r = 0; r < R; ++r) count[r] = countOf(a.counts[r], a.epoch, r, "combine");
+  for (int32_t r = 0; r < R; ++r) count[r] = countOf(a.counts[r], *a.epoch, r, "combine");
   std::vector<float> acc(H);
   for (int64_t t = 0; t < a.tokens; ++t) {
     std::fill(acc.begin(), acc.end(), 0.0f);
