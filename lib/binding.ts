@@ -13,6 +13,12 @@ export interface Binding extends Nvfp4Binding, MtpBinding, RoutingBinding, MoeBi
   buildInfo(): NativeBuildInfo;
   canAccessPeer(from: number, to: number): boolean;
   enablePeerAccess(device: number, peer: number): void;
+  /** CUDA IPC: device memory other processes map, its 64-byte handle, a peer's block mapped here. */
+  ipcAlloc(device: number, bytes: number): bigint;
+  ipcFree(device: number, ptr: bigint, bytes: number): void;
+  ipcHandle(device: number, ptr: bigint): Uint8Array;
+  ipcOpen(device: number, handle: Uint8Array): bigint;
+  ipcClose(device: number, ptr: bigint): void;
   deviceCount(): number;
   cudaUnavailableReason(): string;
   deviceInfo(device: number): NativeDeviceInfo;

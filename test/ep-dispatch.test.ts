@@ -496,9 +496,9 @@ const root = path.resolve(__dirname, '..');
 const cli = path.join(root, 'dist', 'cli.js');
 const rankScript = path.join(__dirname, 'fixtures', 'ep-dispatch-rank.js');
 
-function launch(n: number, env: Record<string, string>): Promise<{ status: number | null; stdout: string; stderr: string }> {
+function launch(n: number, env: Record<string, string>, backend: 'cpu' | 'cuda' = 'cpu'): Promise<{ status: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, [cli, 'launch', '-n', String(n), rankScript], {
-    cwd: root, env: { ...process.env, MOE_KERNELS_BACKEND: 'cpu', ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
+    cwd: root, env: { ...process.env, MOE_KERNELS_BACKEND: backend, ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '', stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d));
@@ -725,5 +725,70 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
       }
       expect(Math.sqrt(d2 / n2)).toBeLessThanOrEqual(2 ** -8);
     }
+  });
+});
+
+// One process per rank on GPUs: the ranks map each other's buffers with CUDA IPC. Two ranks on
+// cuda:0 run on a one-GPU host (the processes share the GPU by time slices).
+describe.skipIf(!hasCuda)(`nvlink transport between rank processes (CUDA IPC)${hasCuda ? '' : ` (skipped: ${cudaReason})`}`, () => {
+  const rankDevices = (): string[][] => (cudaDevices().length >= 2 ? [['cuda:0', 'cuda:0'], ['cuda:0', 'cuda:1']] : [['cuda:0', 'cuda:0']]);
+
+  it('a dispatch/combine round: the bits of the single-device path', async () => {
+    for (const devs of rankDevices()) {
+      const seed = freshSeed(`ipc roundtrip ${devs.join(',')}`);
+      const spec = { E: 8, H: 272, I: 32, Is: 0, k: 3, scoring: 'softmax' as const };
+      const tokens = [5, 3];
+      // both ranks on cuda:0, or rank r on cuda:<r> (its LOCAL_RANK)
+      const run = await launch(2, {
+        EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(tokens), EP_MODE: 'roundtrip',
+        EP_DEVICE: devs[1] === 'cuda:0' ? 'cuda:0' : 'local',
+      }, 'cuda');
+      const lines = rankLines(run.stdout);
+      expect(run.status, run.stdout + run.stderr).toBe(0);
+      const fixture = createRequire(__filename)('./fixtures/ep-model.js') as { rng(seed: number): () => number };
+      const routingOf = (r: number, T: number) => {
+        const next = fixture.rng((seed * 31 + r + 7) >>> 0);
+        const ids: number[] = [];
+        for (let t = 0; t < T; t++) {
+          const chosen: number[] = [];
+          while (chosen.length < spec.k) {
+            const e = Math.floor(next() * spec.E);
+            if (!chosen.includes(e)) chosen.push(e);
+          }
+          ids.push(...chosen);
+        }
+        return { ids, weights: Array.from({ length: T * spec.k }, () => next() * 2 - 0.25) };
+      };
+      const rs = tokens.map((T, r) => routingOf(r, T));
+      const xs = tokens.flatMap((T, r) => model.tokensOf(seed, r, T, spec.H));
+      const Tall = tokens[0] + tokens[1];
+      const gl = expertLayout(cpuArray(rs.flatMap((r) => r.ids), [Tall, spec.k], 'i32'), spec.E);
+      const want = Array.from(await unpermute(permute(cpuArray(xs, [Tall, spec.H], 'bf16'), gl), gl, cpuArray(rs.flatMap((r) => r.weights), [Tall, spec.k], 'f32'), {
+        out: fromArray(new Float32Array(Tall * spec.H), { shape: [Tall, spec.H], device: 'cpu' }) as Tensor<'f32'>,
+      }).toArray());
+      expect(lines.get(0)?.transport).toBe('nvlink');
+      expect(lines.get(0)?.out).toEqual(want.slice(0, tokens[0] * spec.H));
+      expect(lines.get(1)?.out).toEqual(want.slice(tokens[0] * spec.H));
+    }
+  });
+
+  it('moeForwardEp against moeForward on one device (2^-8 relative L2: the expert GEMMs may split K differently)', async () => {
+    const seed = freshSeed('ipc moeForwardEp');
+    const spec: Spec = { E: 8, H: 256, I: 128, Is: 128, k: 2, scoring: 'sigmoid' };
+    const tokens = [4, 6];
+    const run = await launch(2, { EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(tokens), EP_DEVICE: 'cuda:0' }, 'cuda');
+    expect(run.status, run.stdout + run.stderr).toBe(0);
+    const lines = rankLines(run.stdout);
+    const pkg = await import('../lib');
+    const whole = await model.layerOn(pkg, model.makeLayer(seed, spec), 0, spec.E, 'cuda:0');
+    const all = [...model.tokensOf(seed, 0, tokens[0], spec.H), ...model.tokensOf(seed, 1, tokens[1], spec.H)];
+    const want = await moeForward(fromArray(all, { shape: [10, spec.H], dtype: 'bf16', device: 'cuda:0' }), whole.router, whole.experts).toArray();
+    const got = [...(lines.get(0)?.out as number[]), ...(lines.get(1)?.out as number[])];
+    let d2 = 0, n2 = 0;
+    for (let i = 0; i < want.length; i++) {
+      d2 += (got[i] - want[i]) ** 2;
+      n2 += want[i] ** 2;
+    }
+    expect(Math.sqrt(d2 / n2)).toBeLessThanOrEqual(2 ** -8);
   });
 });

@@ -16,8 +16,8 @@ import { MoeError, describe } from '../errors';
 import { isCapturing } from '../capture';
 import { native } from '../native';
 import { resolveStream, type Stream } from '../stream';
-import { empty, fromBytes, useOn, zeros, type Tensor } from '../tensor';
-import { EXPERT_LAYOUT, checkInteger, checkOneOf, checkOptions, checkShapeIs, checkTensor, keys, checkRank, type Device } from '../validate';
+import { empty, fromBytes, fromPointer, useOn, zeros, type Tensor } from '../tensor';
+import { EXPERT_LAYOUT, checkInteger, checkOneOf, checkOptions, checkShapeIs, checkTensor, deviceIndex as deviceIndexOf, keys, checkRank, type Device } from '../validate';
 import type { ExpertLayout } from '../routing';
 import type { ProcessGroup } from './group';
 
@@ -236,8 +236,11 @@ export class EpBuffer {
   private last: { handle: EpHandle; weights: Tensor<'f32'> } | undefined;
   private _disposed = false;
 
-  /** @internal use createEpBuffer() */
-  constructor(group: ProcessGroup, c: Config, sharesDevice: boolean) {
+  /** nvlink between processes: the block (ipcAlloc) that holds the receive buffers, and the peers' blocks mapped here. */
+  private ipc: { base: bigint; bytes: number; opened: bigint[] } | undefined;
+
+  /** @internal use createEpBuffer(); `ipc`: the receive buffers in memory other processes map */
+  constructor(group: ProcessGroup, c: Config, sharesDevice: boolean, ipc = false) {
     this.group = group;
     this.sms = c.sms;
     this.sharesDevice = sharesDevice;
@@ -275,12 +278,36 @@ export class EpBuffer {
       return x;
     };
     try {
+      let receive: Receive;
+      if (ipc) {
+        // one block for the four receive buffers, each on 256 bytes; zeroed, so that the count
+        // words start at call 0 (the first call waits for words of call 1)
+        const at = [0];
+        for (const n of [R * this.dispatchRegion, 8 * R, R * this.combineRegion, 8 * R]) at.push(at[at.length - 1] + Math.ceil(n / 256) * 256);
+        const bytes = at[4];
+        const b = native();
+        const base = b.ipcAlloc(deviceIndexOf(device), bytes);
+        this.ipc = { base, bytes, opened: [] };
+        b.memset(deviceIndexOf(device), base, 0, bytes, resolveStream(undefined, device).handle);
+        const view = <D extends 'u8' | 'i64'>(i: number, shape: number[], dtype: D) => fromPointer<D>(base + BigInt(at[i]), { shape, dtype, device });
+        receive = {
+          recvDispatch: view(0, [R * this.dispatchRegion], 'u8'),
+          recvDispatchCounts: view(1, [R], 'i64'),
+          recvCombine: view(2, [R * this.combineRegion], 'u8'),
+          recvCombineCounts: view(3, [R], 'i64'),
+        };
+        made.push(...Object.values(receive));
+      } else {
+        receive = {
+          recvDispatch: make([R * this.dispatchRegion], 'u8'),
+          // count words start at call 0: the first call waits for words of call 1
+          recvDispatchCounts: make([R], 'i64', true),
+          recvCombine: make([R * this.combineRegion], 'u8'),
+          recvCombineCounts: make([R], 'i64', true),
+        };
+      }
       this.t = {
-        recvDispatch: make([R * this.dispatchRegion], 'u8'),
-        // count words start at call 0: the first call waits for words of call 1
-        recvDispatchCounts: make([R], 'i64', true),
-        recvCombine: make([R * this.combineRegion], 'u8'),
-        recvCombineCounts: make([R], 'i64', true),
+        ...receive,
         // [0] the call number, [1] [2] the send kernels' counters, [4] [5] the status words
         state: make([8], 'i32', true),
         recvCounts: make([R], 'i32'),
@@ -320,6 +347,7 @@ export class EpBuffer {
       };
     } catch (e) {
       for (const x of made) x.dispose();
+      if (this.ipc) native().ipcFree(deviceIndexOf(device), this.ipc.base, this.ipc.bytes);
       throw e;
     }
     let output = 0;
@@ -374,27 +402,25 @@ export class EpBuffer {
    */
   setDestinations(peers: readonly { recvDispatch: bigint; recvDispatchCounts: bigint; recvCombine: bigint; recvCombineCounts: bigint }[]): void {
     const R = this.worldSize, me = BigInt(this.rank);
-    const table = (f: (d: number) => bigint) => {
+    const table = (name: string, f: (d: number) => bigint) => {
       const t = fromBytes(BigUint64Array.from({ length: R }, (_, d) => f(d)), { dtype: 'i64', shape: [R], device: this.device });
-      this.t[`table${Object.keys(this.t).length}`] = t;
+      this.t[name] = t;
       return t;
     };
-    if (this.transport === 'host') {
-      const t = this.t;
-      this.tables = {
-        dispatch: table((d) => t.stageDispatch.dataPtr + BigInt(d * this.dispatchRegion)),
-        dispatchCounts: table((d) => t.stageDispatchCounts.dataPtr + BigInt(8 * d)),
-        combine: table((d) => t.stageCombine.dataPtr + BigInt(d * this.combineRegion)),
-        combineCounts: table((d) => t.stageCombineCounts.dataPtr + BigInt(8 * d)),
+    const t = this.t;
+    this.tables = this.transport === 'host'
+      ? {
+        dispatch: table('dispatchDst', (d) => t.stageDispatch.dataPtr + BigInt(d * this.dispatchRegion)),
+        dispatchCounts: table('dispatchCountDst', (d) => t.stageDispatchCounts.dataPtr + BigInt(8 * d)),
+        combine: table('combineDst', (d) => t.stageCombine.dataPtr + BigInt(d * this.combineRegion)),
+        combineCounts: table('combineCountDst', (d) => t.stageCombineCounts.dataPtr + BigInt(8 * d)),
+      }
+      : {
+        dispatch: table('dispatchDst', (d) => peers[d].recvDispatch + me * BigInt(this.dispatchRegion)),
+        dispatchCounts: table('dispatchCountDst', (d) => peers[d].recvDispatchCounts + 8n * me),
+        combine: table('combineDst', (d) => peers[d].recvCombine + me * BigInt(this.combineRegion)),
+        combineCounts: table('combineCountDst', (d) => peers[d].recvCombineCounts + 8n * me),
       };
-    } else {
-      this.tables = {
-        dispatch: table((d) => peers[d].recvDispatch + me * BigInt(this.dispatchRegion)),
-        dispatchCounts: table((d) => peers[d].recvDispatchCounts + 8n * me),
-        combine: table((d) => peers[d].recvCombine + me * BigInt(this.combineRegion)),
-        combineCounts: table((d) => peers[d].recvCombineCounts + 8n * me),
-      };
-    }
   }
 
   private tables: { dispatch: Tensor; dispatchCounts: Tensor; combine: Tensor; combineCounts: Tensor } | undefined;
@@ -566,6 +592,36 @@ export class EpBuffer {
     for (const x of Object.values(this.t)) x.dispose();
     const l = this.out.layout;
     for (const x of [this.out.tokens, this.out.invalidIds, this.out.combineIndex, l.counts, l.offsets, l.sourceIndex, l.rowIndex, l.usedRows, l.dropped, l.errors]) x.dispose();
+    const ipc = this.ipc;
+    if (ipc) {
+      this.ipc = undefined;
+      const b = native(), dev = deviceIndexOf(this.device);
+      for (const p of ipc.opened) b.ipcClose(dev, p);
+      // cudaFree waits for the device's work, this rank's kernels included
+      b.ipcFree(dev, ipc.base, ipc.bytes);
+    }
+  }
+
+  /** @internal nvlink between processes: this rank's receive block as others map it. */
+  ipcHandle(): Uint8Array {
+    if (!this.ipc) throw new MoeError('E_INTERNAL', 'ipcHandle: this buffer was not made for CUDA IPC');
+    return native().ipcHandle(deviceIndexOf(this.device), this.ipc.base);
+  }
+
+  /** @internal maps another rank's receive block; returns the address of its buffers here. */
+  ipcOpen(handle: Uint8Array): { recvDispatch: bigint; recvDispatchCounts: bigint; recvCombine: bigint; recvCombineCounts: bigint } {
+    if (!this.ipc) throw new MoeError('E_INTERNAL', 'ipcOpen: this buffer was not made for CUDA IPC');
+    const base = native().ipcOpen(deviceIndexOf(this.device), handle);
+    this.ipc.opened.push(base);
+    // the same options on every rank: the same offsets in every block
+    const t = this.t;
+    const off = (x: Tensor) => x.dataPtr - (this.ipc as { base: bigint }).base;
+    return {
+      recvDispatch: base + off(t.recvDispatch),
+      recvDispatchCounts: base + off(t.recvDispatchCounts),
+      recvCombine: base + off(t.recvCombine),
+      recvCombineCounts: base + off(t.recvCombineCounts),
+    };
   }
 
   [Symbol.dispose](): void {
@@ -630,19 +686,22 @@ export class EpBuffer {
 /**
  * Creates this rank's expert-parallel buffer over `group`; every rank calls it with the same
  * options (checked: the ranks exchange them, E_ARGUMENT naming the first that differs).
- * The host transport needs CPU ranks, nvlink CUDA ranks of one process whose devices reach each
- * other (E_DEVICE otherwise). nvlink: the ranks write each other's buffers, so dispose every
- * rank's buffer only after the last combine of every rank has finished.
+ * The host transport needs CPU ranks; nvlink needs CUDA ranks on one host whose devices reach
+ * each other: ranks of one process (peer access) or one process per rank (CUDA IPC handles
+ * exchanged through the group). nvlink ranks write each other's buffers: dispose every rank's
+ * buffer only after the last combine of every rank has finished.
  */
 export async function createEpBuffer(group: ProcessGroup, options: EpBufferOptions): Promise<EpBuffer> {
   if (group === null || typeof group !== 'object' || typeof (group as ProcessGroup).allToAll !== 'function') {
     throw new MoeError('E_ARGUMENT', `group: expected a ProcessGroup from initProcessGroup(), got ${describe(group)}`);
   }
   const c = checkConfig(options, group.worldSize, group.device);
-  if (c.transport === 'nvlink' && group.kind === 'tcp') {
+  // ranks in separate processes map each other's buffers with CUDA IPC: one host only
+  const ipc = c.transport === 'nvlink' && group.kind === 'tcp';
+  if (ipc && group.localWorldSize !== group.worldSize) {
     throw new MoeError(
       'E_ARGUMENT',
-      'options.transport: "nvlink" between processes needs CUDA IPC handles, which this release does not exchange; drive the GPUs from one process (initProcessGroup({ ranks: "all" }))',
+      `options.transport: "nvlink" needs every rank on one host (${group.localWorldSize} of ${group.worldSize} ranks are on this one); there is no transport across hosts yet`,
     );
   }
   // every rank must have made the same buffer: a mismatch would corrupt, not fail
@@ -658,8 +717,9 @@ export async function createEpBuffer(group: ProcessGroup, options: EpBufferOptio
     }
     devices.push(theirs.device);
   }
-  const sharesDevice = devices.filter((d) => d === group.device).length > 1;
-  const buffer = new EpBuffer(group, c, sharesDevice);
+  // in one process, ranks on one device would queue behind each other on one stream
+  const sharesDevice = group.kind === 'in-process' && devices.filter((d) => d === group.device).length > 1;
+  const buffer = new EpBuffer(group, c, sharesDevice, ipc);
   try {
     if (c.transport === 'host') {
       buffer.setDestinations([]);
@@ -667,7 +727,8 @@ export async function createEpBuffer(group: ProcessGroup, options: EpBufferOptio
     }
     const b = native();
     const me = Number(group.device.slice(5));
-    for (const d of new Set(devices)) {
+    // in one process, peer access between the devices; CUDA IPC enables it on demand
+    for (const d of ipc ? [] : new Set(devices)) {
       const peer = Number(d.slice(5));
       if (peer === me) continue;
       if (!b.canAccessPeer(me, peer)) throw new MoeError('E_DEVICE', `createEpBuffer: ${group.device} cannot access ${d} directly (no NVLink or PCIe peer access); the nvlink transport needs it`);
@@ -677,12 +738,18 @@ export async function createEpBuffer(group: ProcessGroup, options: EpBufferOptio
     const stream = resolveStream(undefined, group.device);
     await stream.synchronize();
     const rv = buffer.receive;
-    const mine = BigUint64Array.of(rv.recvDispatch.dataPtr, rv.recvDispatchCounts.dataPtr, rv.recvCombine.dataPtr, rv.recvCombineCounts.dataPtr);
-    const addresses = await group.allGather(new Uint8Array(mine.buffer));
-    buffer.setDestinations(addresses.map((a) => {
-      const v = new BigUint64Array(a.buffer.slice(a.byteOffset, a.byteOffset + 32));
-      return { recvDispatch: v[0], recvDispatchCounts: v[1], recvCombine: v[2], recvCombineCounts: v[3] };
-    }));
+    const own = { recvDispatch: rv.recvDispatch.dataPtr, recvDispatchCounts: rv.recvDispatchCounts.dataPtr, recvCombine: rv.recvCombine.dataPtr, recvCombineCounts: rv.recvCombineCounts.dataPtr };
+    if (ipc) {
+      const handles = await group.allGather(buffer.ipcHandle());
+      buffer.setDestinations(handles.map((h, r) => (r === group.rank ? own : buffer.ipcOpen(h))));
+    } else {
+      const mine = BigUint64Array.of(own.recvDispatch, own.recvDispatchCounts, own.recvCombine, own.recvCombineCounts);
+      const addresses = await group.allGather(new Uint8Array(mine.buffer));
+      buffer.setDestinations(addresses.map((a) => {
+        const v = new BigUint64Array(a.buffer.slice(a.byteOffset, a.byteOffset + 32));
+        return { recvDispatch: v[0], recvDispatchCounts: v[1], recvCombine: v[2], recvCombineCounts: v[3] };
+      }));
+    }
     await stream.synchronize();
     // no rank writes into another before every rank's tables are in place
     await group.barrier();
