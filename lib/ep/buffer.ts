@@ -585,7 +585,11 @@ export class EpBuffer {
     return [...Object.values(this.t), this.out.tokens, this.out.invalidIds, this.out.combineIndex, l.counts, l.offsets, l.sourceIndex, l.rowIndex, l.usedRows, l.dropped, l.errors];
   }
 
-  /** Releases the buffers (the group stays). Idempotent. */
+  /**
+   * Releases the buffers (the group stays). Idempotent. With nvlink the other ranks write into
+   * them: call it once every rank's last combine has finished; between rank processes prefer
+   * close(), which unmaps everywhere before anything is freed.
+   */
   dispose(): void {
     if (this._disposed) return;
     this._disposed = true;
@@ -600,6 +604,22 @@ export class EpBuffer {
       // cudaFree waits for the device's work, this rank's kernels included
       b.ipcFree(dev, ipc.base, ipc.bytes);
     }
+  }
+
+  /**
+   * Releases the buffers on every rank together (a collective: every rank calls it once its
+   * last combine has finished): each rank unmaps the others' buffers, the ranks meet, then each
+   * frees its own. Rank processes (CUDA IPC) need this order; dispose() alone frees at once.
+   */
+  async close(): Promise<void> {
+    if (this._disposed) return;
+    const ipc = this.ipc;
+    if (ipc) {
+      const b = native(), dev = deviceIndexOf(this.device);
+      for (const p of ipc.opened.splice(0)) b.ipcClose(dev, p);
+    }
+    await this.group.barrier();
+    this.dispose();
   }
 
   /** @internal nvlink between processes: this rank's receive block as others map it. */
