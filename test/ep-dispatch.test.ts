@@ -451,6 +451,24 @@ describe('errors', () => {
     await round({ R: 2, E: 4, H: 16, K: 2, maxT: 4, payload: 'bf16', form: 'contiguous', inputs: ok }, bs);
   });
 
+  it('moeForwardEp checks its arguments before anything is sent', async () => {
+    const pgs = await group(2);
+    const spec: Spec = { E: 4, H: 32, I: 16, Is: 0, k: 2, scoring: 'softmax' };
+    const bs = await buffers(pgs, { maxTokensPerRank: 3, hidden: 32, topK: 2, numExperts: 4 });
+    const pkg = await import('../lib');
+    const layer = model.makeLayer(5, spec);
+    const mine = await model.layerOn(pkg, layer, 0, 2);
+    const all = await model.layerOn(pkg, layer, 0, 4);
+    const x = cpuArray(new Array(2 * 32).fill(0.5), [2, 32], 'bf16');
+    await expectCode(() => pkg.moeForwardEp(x, mine.router, mine.experts, {} as never), 'E_ARGUMENT', 'options.ep');
+    await expectCode(() => pkg.moeForwardEp(x, mine.router, all.experts, { ep: bs[0] }), 'E_SHAPE', 'experts.w13');
+    await expectCode(() => pkg.moeForwardEp(x, { ...(mine.router as object), k: 1 } as never, mine.experts, { ep: bs[0] }), 'E_ARGUMENT', 'router.k');
+    await expectCode(() => pkg.moeForwardEp(cpuArray(new Array(4 * 32).fill(0.5), [4, 32], 'bf16'), mine.router, mine.experts, { ep: bs[0] }), 'E_SHAPE', 'maxTokensPerRank');
+    await expectCode(() => pkg.moeForwardEp(cpuArray(new Array(2 * 16).fill(0.5), [2, 16], 'bf16'), mine.router, mine.experts, { ep: bs[0] }), 'E_SHAPE', 'hidden');
+    bs[1].dispose();
+    await expectCode(() => pkg.moeForwardEp(x, mine.router, mine.experts, { ep: bs[1] }), 'E_DISPOSED', 'EpBuffer');
+  });
+
   it('ranks with different options: E_ARGUMENT naming the option', async () => {
     const pgs = await group(2);
     const r = await Promise.allSettled([

@@ -8,9 +8,9 @@
 // The buffer is symmetric: rank s's data for rank d lands in region s of d's buffer, one writer
 // per region (native/common/ep.h has the byte layout). The host transport stages each region
 // locally and moves it with the group's allToAll (CPU ranks). The nvlink transport's kernels
-// write the rows straight into the peers' regions (ranks of one process, on one device or on
-// devices with peer access) and wait for their count words on the device, bounded by the
-// group's timeout.
+// write the rows straight into the peers' regions (ranks of one process through peer access or a
+// shared device, rank processes of one host through CUDA IPC) and wait for their count words on
+// the device, bounded by the group's timeout.
 import { DTYPES } from '../dtype';
 import { MoeError, describe } from '../errors';
 import { isCapturing } from '../capture';
@@ -27,7 +27,7 @@ export type EpPayload = 'bf16' | 'fp8' | 'nvfp4';
 export type EpLayoutForm = 'contiguous' | 'masked';
 /**
  * How bytes move between ranks. "host": through the process group (CPU ranks). "nvlink": the
- * device kernels write into the peers' buffers (CUDA ranks of one process).
+ * device kernels write into the peers' buffers (CUDA ranks of one host).
  */
 export type EpTransport = 'host' | 'nvlink';
 

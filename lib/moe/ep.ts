@@ -40,6 +40,7 @@ export async function moeForwardEp(x: Tensor<'bf16'>, router: MoeRouter, experts
   checkRank(xt, 'x', 2, '[tokens, hidden]');
   const [tokens, hidden] = xt.shape;
   checkShapeIs(xt, 'x', [tokens, ep.hidden], ['tokens', 'ep.hidden']);
+  if (tokens > ep.maxTokensPerRank) throw new MoeError('E_SHAPE', `x: ${tokens} tokens exceed the EpBuffer's maxTokensPerRank = ${ep.maxTokensPerRank}`);
   const r = checkRouter(router, hidden, ep.device);
   if (r.experts !== ep.numExperts) throw new MoeError('E_SHAPE', `router.weight: ${r.experts} experts, the EpBuffer has numExperts = ${ep.numExperts}`);
   if (r.k !== ep.topK) throw new MoeError('E_ARGUMENT', `router.k: ${r.k}, the EpBuffer has topK = ${ep.topK}`);
