@@ -321,73 +321,98 @@ __device__ __forceinline__ int32_t localIdOf(const E::EpShapeView& s, const uint
   return __ldcg(reinterpret_cast<const int32_t*>(regions + r * s.regionBytes + j * s.slotBytes + s.metaAt) + 1 + kk);
 }
 
-// Warp e < L: pairs of local expert e; warp L: ids outside [-1, L) (malformed slots).
+// The layout in three launches over tiles of kTile receive slots, so that the work spreads over
+// (tile, expert) instead of running down every slot in one warp per expert:
+//   countKernel: warp e of tile t counts expert e's pairs in the tile (warp L: malformed ids);
+//   scanKernel:  one CTA: each expert's pairs before each tile, its rows, the offsets;
+//   placeKernel: warp e of tile t places expert e's pairs of the tile, in slot order.
+constexpr int kTile = 256;
+
+// Expert e's pairs in slots [i0, i0 + 32) (bit kk of `which`: pair kk is e's; lanes past `slots` hold none).
+__device__ __forceinline__ int32_t pairsOf(const E::EpShapeView& s, const uint8_t* regions, const uint32_t* counts, int64_t i, int64_t slots, int e,
+                                          int L, uint32_t& which) {
+  which = 0;
+  int32_t n = 0;
+  if (i >= slots) return 0;
+  for (int kk = 0; kk < s.k; ++kk) {
+    const int32_t id = localIdOf(s, regions, counts, i, kk);
+    const bool hit = e < L ? id == e : (id < -1 || id >= L);
+    if (hit) {
+      which |= 1u << kk;
+      ++n;
+    }
+  }
+  return n;
+}
+
 __global__ void __launch_bounds__(kThreads) countKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
-                                                        int32_t* __restrict__ total, int32_t* __restrict__ errors, int32_t* __restrict__ dropped) {
+                                                        int32_t* __restrict__ tileCounts) {
   const int lane = threadIdx.x & 31;
-  const int e = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  const int e = blockIdx.y * kWarps + (threadIdx.x >> 5);
   const int L = s.experts / s.ranks;
   if (e > L) return;
   const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kTile;
   int32_t n = 0;
-  for (int64_t i = lane; i < slots; i += 32) {
-    for (int kk = 0; kk < s.k; ++kk) {
-      const int32_t id = localIdOf(s, regions, counts, i, kk);
-      n += e < L ? id == e : (id < -1 || id >= L);
-    }
+  for (int64_t i0 = first; i0 < first + kTile; i0 += 32) {
+    uint32_t which;
+    n += pairsOf(s, regions, counts, i0 + lane, slots, e, L, which);
   }
   n = __reduce_add_sync(0xFFFFFFFFu, n);
-  if (lane == 0) {
-    total[e] = n;
-    if (e == L) {
-      *errors = n;
-      *dropped = 0;
+  if (lane == 0) tileCounts[static_cast<int64_t>(blockIdx.x) * (L + 1) + e] = n;
+}
+
+// One CTA. tileCounts becomes each expert's pairs before each tile (exclusive); placed[e] = the
+// pairs of e that get a row; offsets, counts, usedRows, dropped, errors as the CPU computes them.
+__global__ void __launch_bounds__(1024) scanKernel(int L, int64_t tiles, int32_t align, int32_t maxPerExpert, int32_t* __restrict__ tileCounts,
+                                                   int32_t* __restrict__ placed, int32_t* __restrict__ layoutCounts, int32_t* __restrict__ offsets,
+                                                   int32_t* __restrict__ usedRows, int32_t* __restrict__ dropped, int32_t* __restrict__ errors) {
+  __shared__ int64_t total[E::kMaxLocalExperts + 1];
+  for (int e = threadIdx.x; e <= L; e += blockDim.x) {
+    int64_t run = 0;
+    for (int64_t t = 0; t < tiles; ++t) {
+      int32_t* c = tileCounts + t * (L + 1) + e;
+      const int32_t n = *c;
+      *c = static_cast<int32_t>(run);
+      run += n;
     }
+    total[e] = run;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const bool masked = maxPerExpert > 0;
+    int64_t at = 0, lost = 0;
+    offsets[0] = 0;
+    for (int e = 0; e < L; ++e) {
+      const int64_t p = masked ? min(total[e], static_cast<int64_t>(maxPerExpert)) : total[e];
+      lost += total[e] - p;
+      placed[e] = static_cast<int32_t>(p);
+      layoutCounts[e] = static_cast<int32_t>(p);
+      at += masked ? maxPerExpert : (total[e] + align - 1) / align * align;
+      offsets[e + 1] = static_cast<int32_t>(at);
+    }
+    *usedRows = static_cast<int32_t>(at);
+    *dropped = static_cast<int32_t>(lost);
+    *errors = static_cast<int32_t>(total[L]);
   }
 }
 
-// Warp e: expert e's offsets, counts and rows, its pairs in slot order.
 __global__ void __launch_bounds__(kThreads) placeKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
-                                                        const int32_t* __restrict__ total, int32_t align, int32_t maxPerExpert,
-                                                        int32_t* __restrict__ layoutCounts, int32_t* __restrict__ offsets,
-                                                        int32_t* __restrict__ sourceIndex, int32_t* __restrict__ rowIndex,
-                                                        int32_t* __restrict__ usedRows, int32_t* __restrict__ dropped) {
+                                                        const int32_t* __restrict__ tileBefore, const int32_t* __restrict__ placed,
+                                                        const int32_t* __restrict__ offsets, int32_t* __restrict__ sourceIndex,
+                                                        int32_t* __restrict__ rowIndex) {
   const int lane = threadIdx.x & 31;
-  const int e = blockIdx.x * kWarps + (threadIdx.x >> 5);
+  const int e = blockIdx.y * kWarps + (threadIdx.x >> 5);
   const int L = s.experts / s.ranks;
   if (e >= L) return;
-  const bool masked = maxPerExpert > 0;
-  int64_t before = 0;
-  if (masked) {
-    before = static_cast<int64_t>(e) * maxPerExpert;
-  } else {
-    for (int f = lane; f < e; f += 32) before += (static_cast<int64_t>(total[f]) + align - 1) / align * align;
-    for (int off = 16; off >= 1; off /= 2) before += __shfl_xor_sync(0xFFFFFFFFu, before, off);
-  }
-  const int64_t all = total[e];
-  const int64_t placed = masked ? min(all, static_cast<int64_t>(maxPerExpert)) : all;
-  const int64_t end = masked ? before + maxPerExpert : before + (all + align - 1) / align * align;
-  if (lane == 0) {
-    layoutCounts[e] = static_cast<int32_t>(placed);
-    offsets[e + 1] = static_cast<int32_t>(end);
-    if (e == 0) offsets[0] = 0;
-    if (e == L - 1) *usedRows = static_cast<int32_t>(end);
-    if (all > placed) atomicAdd(dropped, static_cast<int32_t>(all - placed));
-  }
   const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
-  int64_t next = 0;
-  for (int64_t i0 = 0; i0 < slots; i0 += 32) {
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kTile;
+  const int64_t base = offsets[e], limit = placed[e];
+  int64_t next = tileBefore[static_cast<int64_t>(blockIdx.x) * (L + 1) + e];
+  for (int64_t i0 = first; i0 < first + kTile; i0 += 32) {
     const int64_t i = i0 + lane;
-    int32_t mine = 0;
-    uint32_t which = 0;  // bit kk: pair kk is this expert's
-    if (i < slots) {
-      for (int kk = 0; kk < s.k; ++kk) {
-        if (localIdOf(s, regions, counts, i, kk) == e) {
-          which |= 1u << kk;
-          ++mine;
-        }
-      }
-    }
+    uint32_t which;
+    const int32_t mine = pairsOf(s, regions, counts, i, slots, e, L, which);
     int32_t incl = mine;
     for (int off = 1; off < 32; off *= 2) {
       const int32_t o = __shfl_up_sync(0xFFFFFFFFu, incl, off);
@@ -396,8 +421,8 @@ __global__ void __launch_bounds__(kThreads) placeKernel(E::EpShapeView s, const 
     int64_t n = next + incl - mine;
     for (int kk = 0; kk < s.k; ++kk) {
       if (!((which >> kk) & 1u)) continue;
-      if (n < placed) {
-        const int64_t row = before + n;
+      if (n < limit) {
+        const int64_t row = base + n;
         sourceIndex[row] = static_cast<int32_t>(i * s.k + kk);
         rowIndex[i * s.k + kk] = static_cast<int32_t>(row);
       }
@@ -540,19 +565,25 @@ cudaError_t dispatchSend(const EpDispatchSendArgs& a, const Launch& l) {
 cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
   const E::EpShapeView s = E::view(a.shape);
   const int L = s.experts / s.ranks;
-  int32_t* total = static_cast<int32_t*>(l.workspace.get(4 * static_cast<size_t>(L + 1)));
   const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
+  const int64_t tiles = (slots + kTile - 1) / kTile;
+  int32_t* tileCounts = static_cast<int32_t*>(l.workspace.get(4 * static_cast<size_t>(tiles * (L + 1) + L)));
+  int32_t* placed = tileCounts + tiles * (L + 1);
   cudaError_t err = cudaMemsetAsync(a.rowIndex, 0xFF, 4 * static_cast<size_t>(slots) * s.k, l.stream);
   if (err == cudaSuccess && a.rows > 0) err = cudaMemsetAsync(a.sourceIndex, 0xFF, 4 * static_cast<size_t>(a.rows), l.stream);
   if (err != cudaSuccess) return err;
   waitKernel<<<1, kThreads, 0, l.stream>>>(a.counts, s.ranks, a.epoch, 1, true, s.maxTokens, a.timeoutNs, a.status, E::kStatusDispatchTimeout,
                                            a.recvCounts);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  const unsigned blocks = static_cast<unsigned>((L + 1 + kWarps - 1) / kWarps);
-  countKernel<<<blocks, kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, total, a.errors, a.dropped);
+  // tiles fit a grid's x dimension: slots * k < 2^31
+  countKernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>((L + 1 + kWarps - 1) / kWarps)), kThreads, 0, l.stream>>>(
+      s, a.regions, a.recvCounts, tileCounts);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  placeKernel<<<blocks, kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, total, a.align, a.maxPerExpert, a.layoutCounts, a.offsets, a.sourceIndex,
-                                                 a.rowIndex, a.usedRows, a.dropped);
+  scanKernel<<<1, 1024, 0, l.stream>>>(L, tiles, a.align, a.maxPerExpert, tileCounts, placed, a.layoutCounts, a.offsets, a.usedRows, a.dropped,
+                                       a.errors);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  placeKernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>((L + kWarps - 1) / kWarps)), kThreads, 0, l.stream>>>(
+      s, a.regions, a.recvCounts, tileCounts, placed, a.offsets, a.sourceIndex, a.rowIndex);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   if (a.rows > 0) {
     rowsKernel<<<gridOf(a.rows, 1 << 16), kThreads, 0, l.stream>>>(s, a.regions, a.sourceIndex, a.usedRows, a.rows, a.tokensOut);

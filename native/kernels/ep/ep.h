@@ -13,8 +13,8 @@ namespace moe::kernels::ep {
 // token (encoded once into scratch), and the copy into the destinations' regions (a warp per
 // token on args.sms CTAs; the last CTA to finish publishes the count words).
 cudaError_t dispatchSend(const EpDispatchSendArgs& args, const Launch& launch);
-// The wait (one CTA), the layout (a warp per local expert, in two launches) and the rows (a CTA
-// per row).
+// The wait (one CTA), the layout (per tile of slots and local expert, in three launches) and the
+// rows (a CTA per row).
 cudaError_t dispatchRecv(const EpDispatchRecvArgs& args, const Launch& launch);
 // A warp per received slot on args.sms CTAs; the last CTA publishes the count words.
 cudaError_t combineSend(const EpCombineSendArgs& args, const Launch& launch);
