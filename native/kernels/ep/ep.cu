@@ -10,6 +10,7 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdint>
 
@@ -537,6 +538,37 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
   }
 }
 
+// Loads every kernel of the family on the current device, once. Under lazy loading (CUDA's
+// default) a kernel is loaded at its first launch, and that load may synchronize the context:
+// launched after a wait kernel that spins for another rank of this process whose work is not yet
+// enqueued, it would block the host until the wait times out. The first ep launch on a device
+// (a dispatch's send) loads them all, before any wait of the family can spin there.
+cudaError_t loadKernels() {
+  static std::atomic<uint64_t> loaded{0};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+  if (bit != 0 && (loaded.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
+  const void* kernels[] = {
+      reinterpret_cast<const void*>(slotsKernel),      reinterpret_cast<const void*>(encodeKernel),
+      reinterpret_cast<const void*>(sendKernel),       reinterpret_cast<const void*>(waitKernel),
+      reinterpret_cast<const void*>(countKernel),      reinterpret_cast<const void*>(scanKernel),
+      reinterpret_cast<const void*>(placeKernel),      reinterpret_cast<const void*>(rowsKernel),
+      reinterpret_cast<const void*>(combineSendKernel), reinterpret_cast<const void*>(combineSumKernel),
+  };
+  // not a stream operation: allowed while a graph capture is open on this thread
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  cudaThreadExchangeStreamCaptureMode(&mode);
+  for (const void* k : kernels) {
+    cudaFuncAttributes attributes;
+    if ((err = cudaFuncGetAttributes(&attributes, k)) != cudaSuccess) break;
+  }
+  cudaThreadExchangeStreamCaptureMode(&mode);
+  if (err == cudaSuccess) loaded.fetch_or(bit, std::memory_order_acq_rel);
+  return err;
+}
+
 unsigned gridOf(int64_t n, int64_t cap) { return static_cast<unsigned>(std::max<int64_t>(1, std::min(n, cap))); }
 
 size_t roundUp256(size_t n) { return (n + 255) / 256 * 256; }
@@ -544,6 +576,7 @@ size_t roundUp256(size_t n) { return (n + 255) / 256 * 256; }
 }  // namespace
 
 cudaError_t dispatchSend(const EpDispatchSendArgs& a, const Launch& l) {
+  if (const cudaError_t loadErr = loadKernels(); loadErr != cudaSuccess) return loadErr;
   const E::EpShapeView s = E::view(a.shape);
   const size_t countBytes = roundUp256(4 * static_cast<size_t>(s.ranks));
   uint8_t* scratch = static_cast<uint8_t*>(l.workspace.get(countBytes + static_cast<size_t>(a.tokens) * s.metaAt));
@@ -563,6 +596,7 @@ cudaError_t dispatchSend(const EpDispatchSendArgs& a, const Launch& l) {
 }
 
 cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
+  if (const cudaError_t loadErr = loadKernels(); loadErr != cudaSuccess) return loadErr;
   const E::EpShapeView s = E::view(a.shape);
   const int L = s.experts / s.ranks;
   const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
@@ -593,6 +627,7 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
 }
 
 cudaError_t combineSend(const EpCombineSendArgs& a, const Launch& l) {
+  if (const cudaError_t loadErr = loadKernels(); loadErr != cudaSuccess) return loadErr;
   const E::EpShapeView s = E::view(a.shape);
   // 16-byte copies where every row of y and of the regions starts on 16 bytes
   const bool vec = s.hidden % 8 == 0 && reinterpret_cast<uintptr_t>(a.y) % 16 == 0;
@@ -602,6 +637,7 @@ cudaError_t combineSend(const EpCombineSendArgs& a, const Launch& l) {
 }
 
 cudaError_t combineRecv(const EpCombineRecvArgs& a, const Launch& l) {
+  if (const cudaError_t loadErr = loadKernels(); loadErr != cudaSuccess) return loadErr;
   const E::EpShapeView s = E::view(a.shape);
   uint32_t* counts = static_cast<uint32_t*>(l.workspace.get(4 * static_cast<size_t>(s.ranks)));
   waitKernel<<<1, kThreads, 0, l.stream>>>(a.counts, s.ranks, const_cast<uint32_t*>(a.epoch), 0, false, s.maxTokens, a.timeoutNs, a.status,
