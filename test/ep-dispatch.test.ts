@@ -34,6 +34,7 @@ import {
   type Tensor,
 } from '../lib';
 import { native } from '../lib/native';
+import { SendGate } from '../lib/ep/gate';
 import { cudaReason, expectCode, freshSeed, hasCuda, rng } from './backends';
 const model = createRequire(__filename)('./fixtures/ep-model.js') as {
   makeLayer(seed: number, spec: Spec): unknown;
@@ -419,6 +420,39 @@ describe('payload error', () => {
   });
 });
 
+// nvlink ranks of one process enqueue their work from one thread: a rank's receive (a kernel that
+// waits for every rank's send) must not be queued before the other ranks' sends, or any host call
+// that waits for the device in between (a kernel's first load, an allocation) deadlocks.
+describe('the send gate of nvlink ranks in one process', () => {
+  it('no rank passes before every rank has arrived; the last passes at once; calls are separate', async () => {
+    const gate = new SendGate(3);
+    const passed: string[] = [];
+    const never = () => new Error('timeout');
+    const p0 = gate.arrive(0, 'dispatch 1', 10_000, never).then(() => passed.push('r0'));
+    const p2 = gate.arrive(2, 'dispatch 1', 10_000, never).then(() => passed.push('r2'));
+    const other = gate.arrive(0, 'combine 1', 10_000, never).then(() => passed.push('combine r0'));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(passed).toEqual([]);
+    expect(gate.missing('dispatch 1')).toEqual([1]);
+    await gate.arrive(1, 'dispatch 1', 10_000, never);
+    await Promise.all([p0, p2]);
+    expect(passed.sort()).toEqual(['r0', 'r2']);
+    expect(gate.missing('dispatch 1')).toEqual([0, 1, 2]);
+    await Promise.all([gate.arrive(1, 'combine 1', 10_000, never), gate.arrive(2, 'combine 1', 10_000, never), other]);
+    expect(passed).toContain('combine r0');
+  });
+
+  it('a rank that never arrives: the others fail after the timeout, naming it; a late arrival passes', async () => {
+    const gate = new SendGate(3);
+    const t0 = Date.now();
+    const r = await Promise.allSettled([0, 2].map((rank) => gate.arrive(rank, 'dispatch 4', 150, (missing) => new MoeError('E_TIMEOUT', `waited for rank ${missing}`))));
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(140);
+    for (const s of r) expect(((s as PromiseRejectedResult).reason as MoeError).message).toBe('waited for rank 1');
+    // its send follows the others': nothing is left to wait for
+    await gate.arrive(1, 'dispatch 4', 150, () => new Error('unexpected'));
+  });
+});
+
 describe('errors', () => {
   it('bad options and arguments name the argument; nothing is sent', async () => {
     const pgs = await group(2);
@@ -635,6 +669,32 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
         const T = [(seed + i) % 7, (seed + 3 * i + 1) % 7];
         await round({ R: 2, E, H, K, maxT: 6, payload: 'bf16', form: 'masked', M: 5, out: 'f32', devices: devs, streams, inputs: inputs(seed + i, T, H, E, K) }, bs);
       }
+    }
+  });
+
+  it('every rank\'s send is enqueued before any rank\'s receive, in dispatch and in combine', async () => {
+    for (const devs of [['cuda:0', 'cuda:0', 'cuda:0'] as Device[], ...pairs()]) {
+      const seed = freshSeed(`nvlink order ${devs.join(',')}`);
+      const R = devs.length, E = 2 * R, K = 2, H = 64;
+      const b = native() as unknown as Record<string, (...a: unknown[]) => unknown>;
+      const calls: string[] = [];
+      const names = ['epDispatchSend', 'epDispatchRecv', 'epCombineSend', 'epCombineRecv'];
+      const saved = names.map((n) => b[n]);
+      names.forEach((n, i) => {
+        b[n] = (...a: unknown[]) => {
+          calls.push(n);
+          return saved[i](...a);
+        };
+      });
+      try {
+        await round({ R, E, H, K, maxT: 4, payload: 'bf16', form: 'contiguous', devices: devs, inputs: inputs(seed, Array.from({ length: R }, (_, r) => 1 + r), H, E, K) });
+      } finally {
+        names.forEach((n, i) => (b[n] = saved[i]));
+      }
+      const sends = (op: string) => calls.map((c, i) => (c === op ? i : -1)).filter((i) => i >= 0);
+      expect(sends('epDispatchSend').length).toBe(R);
+      expect(Math.max(...sends('epDispatchSend'))).toBeLessThan(Math.min(...sends('epDispatchRecv')));
+      expect(Math.max(...sends('epCombineSend'))).toBeLessThan(Math.min(...sends('epCombineRecv')));
     }
   });
 

@@ -11,6 +11,7 @@
 // write the rows straight into the peers' regions (ranks of one process through peer access or a
 // shared device, rank processes of one host through CUDA IPC) and wait for their count words on
 // the device, bounded by the group's timeout.
+import { randomUUID } from 'node:crypto';
 import { DTYPES } from '../dtype';
 import { MoeError, describe } from '../errors';
 import { isCapturing } from '../capture';
@@ -20,6 +21,7 @@ import { empty, fromBytes, fromPointer, useOn, zeros, type Tensor } from '../ten
 import { EXPERT_LAYOUT, checkInteger, checkOneOf, checkOptions, checkShapeIs, checkTensor, deviceIndex as deviceIndexOf, keys, checkRank, type Device } from '../validate';
 import type { ExpertLayout } from '../routing';
 import type { ProcessGroup } from './group';
+import { gateOf, releaseGate, type SendGate } from './gate';
 
 /** How a token row travels: as bf16, fp8 e4m3 with one f32 scale per 128 elements, or NVFP4. */
 export type EpPayload = 'bf16' | 'fp8' | 'nvfp4';
@@ -238,9 +240,14 @@ export class EpBuffer {
 
   /** nvlink between processes: the block (ipcAlloc) that holds the receive buffers, and the peers' blocks mapped here. */
   private ipc: { base: bigint; bytes: number; opened: bigint[] } | undefined;
+  /** nvlink ranks of one process: where they meet between each call's send and receive (gate.ts). */
+  private gate: { id: string; gate: SendGate } | undefined;
 
-  /** @internal use createEpBuffer(); `ipc`: the receive buffers in memory other processes map */
-  constructor(group: ProcessGroup, c: Config, sharesDevice: boolean, ipc = false) {
+  /**
+   * @internal use createEpBuffer(); `ipc`: the receive buffers in memory other processes map;
+   * `gateId`: the id the in-process ranks agreed on for their SendGate
+   */
+  constructor(group: ProcessGroup, c: Config, sharesDevice: boolean, ipc = false, gateId?: string) {
     this.group = group;
     this.sms = c.sms;
     this.sharesDevice = sharesDevice;
@@ -364,6 +371,7 @@ export class EpBuffer {
       output,
       total,
     });
+    if (gateId !== undefined) this.gate = { id: gateId, gate: gateOf(gateId, this.worldSize) };
     buffers.add(this);
   }
 
@@ -444,12 +452,26 @@ export class EpBuffer {
     await native().copyToHostAsync(this.t.state.deviceIndex, words, this.t.state.dataPtr + 16n, 8, stream.handle);
     if (words[0] !== 0) {
       this.fail();
-      const op = STATUS_TIMEOUT[words[0]] ?? `op ${words[0]}`;
-      throw new MoeError(
-        'E_TIMEOUT',
-        `rank ${this.rank}: ${op} waited ${this.group.timeoutMs} ms for rank ${words[1]}, which did not send its part (it did not call ${op}, or called it much later); the EpBuffer is unusable`,
-      );
+      throw this.timeoutError(STATUS_TIMEOUT[words[0]] ?? `op ${words[0]}`, words[1]);
     }
+  }
+
+  private timeoutError(op: string, missing: number): MoeError {
+    return new MoeError(
+      'E_TIMEOUT',
+      `rank ${this.rank}: ${op} waited ${this.group.timeoutMs} ms for rank ${missing}, which did not send its part (it did not call ${op}, or called it much later); the EpBuffer is unusable`,
+    );
+  }
+
+  /**
+   * nvlink ranks of one process: resolves once every rank has enqueued its send of this call, so
+   * that no rank's receive (a kernel that waits for the sends) is queued before all sends are.
+   * Not in a graph capture: captured work runs only when the graphs are replayed.
+   */
+  private async sendsQueued(op: 'dispatch' | 'combine', epoch: number, stream: Stream): Promise<void> {
+    const g = this.gate;
+    if (!g || isCapturing(stream)) return;
+    await g.gate.arrive(this.rank, `${op} ${epoch}`, this.group.timeoutMs, (missing) => this.timeoutError(op, missing));
   }
 
   /**
@@ -493,6 +515,8 @@ export class EpBuffer {
         const parts = sent.map((word, d) => this.part(t.stageDispatch, d * this.dispatchRegion, word, [[0, Number(word & 0xffffffffn) * this.slotBytes]]));
         const got = await this.group.allToAll(parts);
         got.forEach((p, s) => this.place(p, s, t.recvDispatch, t.recvDispatchCounts, this.dispatchRegion, epoch, 'dispatch', (n) => [[0, n * this.slotBytes]]));
+      } else if (this.gate && !isCapturing(stream)) {
+        await this.sendsQueued('dispatch', epoch, stream);
       }
       b.epDispatchRecv(
         dev, stream.handle, ...this.shape, t.recvDispatch.dataPtr, t.recvDispatchCounts.dataPtr, st, this.timeoutNs, st + 16n, t.recvCounts.dataPtr,
@@ -554,6 +578,8 @@ export class EpBuffer {
         const parts = sent.map((word, s) => this.part(t.stageCombine, s * this.combineRegion, word, pieces(Number(word & 0xffffffffn))));
         const got = await this.group.allToAll(parts);
         got.forEach((p, d) => this.place(p, d, t.recvCombine, t.recvCombineCounts, this.combineRegion, epoch, 'combine', pieces));
+      } else if (this.gate && !isCapturing(stream)) {
+        await this.sendsQueued('combine', epoch, stream);
       }
       b.epCombineRecv(
         dev, stream.handle, ...this.shape, t.recvCombine.dataPtr, t.recvCombineCounts.dataPtr, st, this.timeoutNs, st + 16n,
@@ -593,6 +619,7 @@ export class EpBuffer {
   dispose(): void {
     if (this._disposed) return;
     this._disposed = true;
+    if (this.gate) releaseGate(this.gate.id);
     for (const x of Object.values(this.t)) x.dispose();
     const l = this.out.layout;
     for (const x of [this.out.tokens, this.out.invalidIds, this.out.combineIndex, l.counts, l.offsets, l.sourceIndex, l.rowIndex, l.usedRows, l.dropped, l.errors]) x.dispose();
@@ -725,11 +752,15 @@ export async function createEpBuffer(group: ProcessGroup, options: EpBufferOptio
     );
   }
   // every rank must have made the same buffer: a mismatch would corrupt, not fail
-  const all = await group.allGather(new TextEncoder().encode(JSON.stringify({ config: c, device: group.device })));
+  // nvlink ranks of one process meet between each call's send and receive: on rank 0's gate id
+  const gate = c.transport === 'nvlink' && group.kind === 'in-process' && group.worldSize > 1 ? randomUUID() : undefined;
+  const all = await group.allGather(new TextEncoder().encode(JSON.stringify({ config: c, device: group.device, gate })));
   const decoder = new TextDecoder();
   const devices: Device[] = [];
+  let gateId: string | undefined;
   for (let r = 0; r < all.length; r++) {
-    const theirs = JSON.parse(decoder.decode(all[r])) as { config: Record<string, unknown>; device: Device };
+    const theirs = JSON.parse(decoder.decode(all[r])) as { config: Record<string, unknown>; device: Device; gate?: string };
+    if (r === 0 && gate !== undefined) gateId = `ep-gate-${String(theirs.gate)}`;
     for (const [key, value] of Object.entries(c)) {
       if (theirs.config[key] !== value) {
         throw new MoeError('E_ARGUMENT', `options.${key}: rank ${group.rank} has ${JSON.stringify(value)}, rank ${r} has ${JSON.stringify(theirs.config[key])}; every rank must pass the same options`);
@@ -739,7 +770,7 @@ export async function createEpBuffer(group: ProcessGroup, options: EpBufferOptio
   }
   // in one process, ranks on one device would queue behind each other on one stream
   const sharesDevice = group.kind === 'in-process' && devices.filter((d) => d === group.device).length > 1;
-  const buffer = new EpBuffer(group, c, sharesDevice, ipc);
+  const buffer = new EpBuffer(group, c, sharesDevice, ipc, gateId);
   try {
     if (c.transport === 'host') {
       buffer.setDestinations([]);
