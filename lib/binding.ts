@@ -6,12 +6,19 @@
 // values were written into the op argument buffer (native.ts opArgs()).
 
 /** Raw binding: pointers are bigints, dtypes numeric ids, device -1 the CPU. Internal. */
-export interface Binding extends Nvfp4Binding, MtpBinding, RoutingBinding, MoeBinding {
+export interface Binding extends Nvfp4Binding, MtpBinding, RoutingBinding, MoeBinding, EpBinding {
   setErrorClass(cls: unknown): void;
   /** The op argument buffer (native.ts opArgs()): ops called with no arguments read it. */
   setArgBuffer(buffer: Float64Array): void;
   buildInfo(): NativeBuildInfo;
   canAccessPeer(from: number, to: number): boolean;
+  enablePeerAccess(device: number, peer: number): void;
+  /** CUDA IPC: device memory other processes map, its 64-byte handle, a peer's block mapped here. */
+  ipcAlloc(device: number, bytes: number): bigint;
+  ipcFree(device: number, ptr: bigint, bytes: number): void;
+  ipcHandle(device: number, ptr: bigint): Uint8Array;
+  ipcOpen(device: number, handle: Uint8Array): bigint;
+  ipcClose(device: number, ptr: bigint): void;
   deviceCount(): number;
   cudaUnavailableReason(): string;
   deviceInfo(device: number): NativeDeviceInfo;
@@ -190,5 +197,32 @@ export interface MoeBinding {
   moeSwiglu(device: number, stream: bigint, x: bigint, xType: number, out: bigint, outType: number, rows: number, inner: number): void;
   moeAdd(
     device: number, stream: bigint, a: bigint, aType: number, b: bigint, bType: number, out: bigint, outType: number, numel: number,
+  ): void;
+}
+
+/**
+ * Native entry points of the ep family (native/common/ep.h). Each starts with the shape:
+ * ranks, rank, experts, k, hidden, maxTokens, payload. @internal
+ */
+export interface EpBinding {
+  epDispatchSend(
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
+    x: bigint, ids: bigint, weights: bigint, tokens: number, dataDst: bigint, countDst: bigint, epoch: bigint, sync: bigint, sms: number,
+    combineIndex: bigint, errors: bigint,
+  ): void;
+  epDispatchRecv(
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
+    regions: bigint, counts: bigint, epoch: bigint, timeoutNs: number, status: bigint, recvCounts: bigint, align: number, maxPerExpert: number,
+    rows: number, tokensOut: bigint, layoutCounts: bigint, offsets: bigint, sourceIndex: bigint, rowIndex: bigint, usedRows: bigint,
+    dropped: bigint, errors: bigint,
+  ): void;
+  epCombineSend(
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
+    y: bigint, rows: number, rowIndex: bigint, recvCounts: bigint, dataDst: bigint, countDst: bigint, epoch: bigint, sync: bigint, sms: number,
+  ): void;
+  epCombineRecv(
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
+    regions: bigint, counts: bigint, epoch: bigint, timeoutNs: number, status: bigint, combineIndex: bigint, weights: bigint, tokens: number,
+    out: bigint, outType: number,
   ): void;
 }

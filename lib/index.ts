@@ -55,4 +55,21 @@ export {
   type UnpermuteOptions,
 } from './routing';
 export * from './moe';
-export { initProcessGroup, type ProcessGroup, type ProcessGroupOptions, type InProcessGroupOptions, type GroupKind } from './ep';
+export {
+  initProcessGroup,
+  createEpBuffer,
+  EpBuffer,
+  type ProcessGroup,
+  type ProcessGroupOptions,
+  type InProcessGroupOptions,
+  type GroupKind,
+  type EpBufferOptions,
+  type EpBufferBytes,
+  type EpCombineOptions,
+  type EpDispatchOptions,
+  type EpDispatchResult,
+  type EpHandle,
+  type EpLayoutForm,
+  type EpPayload,
+  type EpTransport,
+} from './ep';

@@ -174,6 +174,31 @@ describe('TCP rendezvous', () => {
     await expectCode(() => pgs[0].allGather([1, 2] as never), 'E_ARGUMENT', 'Uint8Array');
   });
 
+  it('allToAll: each rank gets the parts addressed to it, of any length, empty ones included', async () => {
+    const pgs = await tcpGroup(3, await freePort());
+    const part = (from: number, to: number) => new Uint8Array(from === to ? 0 : (from + 1) * 1000 + to).fill(10 * from + to);
+    for (let round = 0; round < 3; round++) {
+      const got = await Promise.all(pgs.map((pg) => pg.allToAll([0, 1, 2].map((to) => part(pg.rank, to)))));
+      got.forEach((parts, to) => expect(parts.map((p) => [p.length, p[0]])).toEqual([0, 1, 2].map((from) => [part(from, to).length, part(from, to)[0]])));
+    }
+    // interleaved with the other collectives
+    const mixed = await Promise.all(pgs.map((pg) => Promise.all([pg.allToAll([0, 1, 2].map((to) => Uint8Array.of(pg.rank, to))), pg.allGather(Uint8Array.of(pg.rank))])));
+    expect(mixed[2][0].map((p) => [...p])).toEqual([[0, 2], [1, 2], [2, 2]]);
+    expect(mixed[1][1].map((p) => p[0])).toEqual([0, 1, 2]);
+    await expectCode(() => pgs[0].allToAll([Uint8Array.of(1)]), 'E_ARGUMENT', 'one per rank');
+    await expectCode(() => pgs[0].allToAll([Uint8Array.of(1), [2] as never, Uint8Array.of(3)]), 'E_ARGUMENT', 'parts[1]');
+  });
+
+  it('allToAll: a rank that does not call it: the others get E_TIMEOUT', async () => {
+    const pgs = await tcpGroup(3, await freePort(), 1500);
+    const t0 = Date.now();
+    const parts = [Uint8Array.of(1), Uint8Array.of(2), Uint8Array.of(3)];
+    const r = await outcomes([pgs[0].allToAll(parts), pgs[2].allToAll(parts)]);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(r.map(([code]) => code)).toEqual(['E_TIMEOUT', 'E_TIMEOUT']);
+    expect((r[0][1] as MoeError).message).toMatch(/no contribution yet from rank 1/);
+  });
+
   it('a world-size mismatch, a duplicate rank and a protocol version mismatch are E_COMM naming both sides', async () => {
     let port = await freePort();
     const opts = { masterAddr: '127.0.0.1', masterPort: port, timeoutMs: 10_000 };
@@ -204,7 +229,7 @@ describe('TCP rendezvous', () => {
     });
     sock.destroy();
     expect(reply?.code).toBe('E_COMM');
-    expect(reply?.message).toMatch(/protocol version mismatch: rank 1 speaks version 99, rank 0 speaks version 1/);
+    expect(reply?.message).toMatch(/protocol version mismatch: rank 1 speaks version 99, rank 0 speaks version 2/);
     const [[code, e]] = await zero;
     expect(code).toBe('E_COMM');
     expect((e as MoeError).message).toContain('version 99');
@@ -308,6 +333,21 @@ describe('in-process group', () => {
     await Promise.all(pgs.map((pg) => pg.barrier()));
   });
 
+  it('allToAll between in-process handles: copies per rank; a missing handle times out', async () => {
+    const pgs = await initProcessGroup({ device: 'cpu', ranks: 'all', worldSize: 4, timeoutMs: 10_000 });
+    open.push(...pgs);
+    const got = await Promise.all(pgs.map((pg) => pg.allToAll([0, 1, 2, 3].map((to) => new Uint8Array(to).fill(pg.rank * 4 + to)))));
+    got.forEach((parts, to) => expect(parts.map((p) => [...p])).toEqual([0, 1, 2, 3].map((from) => new Array(to).fill(from * 4 + to))));
+    got[3][0][0] = 99;
+    expect(got[3][1][0]).toBe(7);
+    const one = await initProcessGroup({ device: 'cpu', ranks: 'all', worldSize: 1 });
+    open.push(...one);
+    expect((await one[0].allToAll([Uint8Array.of(5, 6)])).map((p) => [...p])).toEqual([[5, 6]]);
+    const slow = await initProcessGroup({ device: 'cpu', ranks: 'all', worldSize: 2, timeoutMs: 300 });
+    open.push(...slow);
+    await expectCode(() => slow[0].allToAll([Uint8Array.of(1), Uint8Array.of(2)]), 'E_TIMEOUT', 'waiting for rank 1');
+  });
+
   it('a handle that never calls: the others get E_TIMEOUT naming it; the group stays failed', async () => {
     const pgs = await initProcessGroup({ device: 'cpu', ranks: 'all', worldSize: 3, timeoutMs: 300 });
     open.push(...pgs);
@@ -326,6 +366,18 @@ describe('in-process group', () => {
     const again = await initProcessGroup({ device: 'cpu', ranks: 'all', worldSize: 2 });
     open.push(...again);
     expect((await Promise.all(again.map((pg) => pg.allGather(Uint8Array.of(pg.rank)))))[0].map((x) => x[0])).toEqual([0, 1]);
+  });
+
+  it('devices: rank i on devices[i], a device may repeat', async () => {
+    const pgs = await initProcessGroup({ ranks: 'all', devices: ['cpu', 'cpu', 'cpu'], timeoutMs: 10_000 });
+    open.push(...pgs);
+    expect(pgs.map((pg) => [pg.rank, pg.worldSize, pg.device, pg.kind])).toEqual([0, 1, 2].map((r) => [r, 3, 'cpu', 'in-process']));
+    expect((await Promise.all(pgs.map((pg) => pg.allGather(Uint8Array.of(pg.rank)))))[2].map((b) => b[0])).toEqual([0, 1, 2]);
+    await expectCode(() => initProcessGroup({ ranks: 'all', devices: ['cpu', 'cpu'], worldSize: 3 }), 'E_ARGUMENT', '2 devices for worldSize 3');
+    await expectCode(() => initProcessGroup({ ranks: 'all', devices: ['cpu'], device: 'cpu' }), 'E_ARGUMENT', 'not both');
+    await expectCode(() => initProcessGroup({ ranks: 'all', devices: [] }), 'E_ARGUMENT', 'non-empty');
+    await expectCode(() => initProcessGroup({ ranks: 'all', devices: ['gpu'] as never }), 'E_DEVICE', 'devices[0]');
+    await expectCode(() => initProcessGroup({ rank: 0, worldSize: 1, devices: ['cpu'] } as never), 'E_ARGUMENT', 'only with ranks');
   });
 
   it('without CUDA, worldSize is required', async () => {

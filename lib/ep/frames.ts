@@ -5,7 +5,7 @@ import { MoeError } from '../errors';
 import type { Collective } from './group';
 
 /** Bumped on any change to the frames below. */
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 export const MAGIC = '@moe/kernels process group';
 
 export enum FrameType {
@@ -24,7 +24,7 @@ export enum FrameType {
 }
 
 export type { Collective };
-const OPS: readonly Collective[] = ['allGather', 'broadcast', 'barrier'];
+const OPS: readonly Collective[] = ['allGather', 'broadcast', 'barrier', 'allToAll'];
 
 /** Before the hello, a frame larger than this is not one of ours. */
 export const MAX_HELLO_BYTES = 64 * 1024;
@@ -34,6 +34,38 @@ export const MAX_FRAME_BYTES = 2 ** 30;
 export interface Frame {
   type: number;
   body: Buffer;
+}
+
+/** An allToAll contribution: u32 count, count x u32 length, then the parts. */
+export function joinParts(parts: readonly Uint8Array[]): Uint8Array {
+  let n = 4 + 4 * parts.length;
+  for (const p of parts) n += p.byteLength;
+  const out = new Uint8Array(n);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, parts.length);
+  let at = 4 + 4 * parts.length;
+  parts.forEach((p, i) => {
+    view.setUint32(4 + 4 * i, p.byteLength);
+    out.set(p, at);
+    at += p.byteLength;
+  });
+  return out;
+}
+
+/** The parts of an allToAll contribution (views into it); E_COMM when it is not `count` of them. */
+export function splitParts(bytes: Uint8Array, count: number): Uint8Array[] {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (bytes.byteLength < 4 + 4 * count || view.getUint32(0) !== count) throw protocolError('all-to-all contribution');
+  const parts: Uint8Array[] = [];
+  let at = 4 + 4 * count;
+  for (let i = 0; i < count; i++) {
+    const len = view.getUint32(4 + 4 * i);
+    if (at + len > bytes.byteLength) throw protocolError('all-to-all contribution');
+    parts.push(bytes.subarray(at, at + len));
+    at += len;
+  }
+  if (at !== bytes.byteLength) throw protocolError('all-to-all contribution');
+  return parts;
 }
 
 export function frame(type: FrameType, ...parts: Uint8Array[]): Buffer {

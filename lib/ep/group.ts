@@ -5,8 +5,9 @@
 // process can destroy the group and form a new one instead of waiting forever.
 import { MoeError } from '../errors';
 import { checkBytes, checkFunction, checkInteger, type Device } from '../validate';
+import { joinParts } from './frames';
 /** The collectives a group carries out. */
-export type Collective = 'allGather' | 'broadcast' | 'barrier';
+export type Collective = 'allGather' | 'broadcast' | 'barrier' | 'allToAll';
 
 /** How a group moves bytes: one process of a world of one, ranks in one process, or TCP. */
 export type GroupKind = 'single' | 'in-process' | 'tcp';
@@ -35,6 +36,12 @@ export interface ProcessGroup {
   broadcast(bytes: Uint8Array | undefined, root: number): Promise<Uint8Array>;
   /** Resolves once every rank has called it. */
   barrier(): Promise<void>;
+  /**
+   * Personalized exchange (all-to-all-v): `parts[d]` goes to rank d (parts of any lengths, one
+   * per rank, this rank's own included); resolves with the part each rank addressed to this
+   * one, in rank order. Bounded by timeoutMs and failing as a whole like the other collectives.
+   */
+  allToAll(parts: readonly Uint8Array[]): Promise<Uint8Array[]>;
   /**
    * Runs `fn` once when the group ends: with the error when it fails, with undefined on
    * destroy(). A transport built on the group (NCCL communicator, IPC mappings) tears itself
@@ -143,6 +150,16 @@ export class Group implements ProcessGroup, Sink {
 
   async barrier(): Promise<void> {
     await this.begin(() => ({ op: 'barrier', root: 0, bytes: new Uint8Array(0) }));
+  }
+
+  allToAll(parts: readonly Uint8Array[]): Promise<Uint8Array[]> {
+    return this.begin(() => {
+      if (!Array.isArray(parts) || parts.length !== this.worldSize) {
+        throw new MoeError('E_ARGUMENT', `allToAll: parts: expected an array of ${this.worldSize} Uint8Arrays (one per rank), got ${Array.isArray(parts) ? `${parts.length}` : typeof parts}`);
+      }
+      // one contribution: the parts joined (a copy, as for the other collectives)
+      return { op: 'allToAll', root: 0, bytes: joinParts(parts.map((p, d) => checkBytes(p, `allToAll: parts[${d}]`))) };
+    });
   }
 
   private begin(args: () => Omit<Call, 'seq'>): Promise<Uint8Array[]> {

@@ -15,6 +15,19 @@ import { TcpHub, TcpPeer } from './tcp';
 
 export type { ProcessGroup, GroupKind, Collective } from './group';
 export type { RankSource } from './env';
+export {
+  EpBuffer,
+  createEpBuffer,
+  type EpBufferOptions,
+  type EpBufferBytes,
+  type EpCombineOptions,
+  type EpDispatchOptions,
+  type EpDispatchResult,
+  type EpHandle,
+  type EpLayoutForm,
+  type EpPayload,
+  type EpTransport,
+} from './buffer';
 
 /** The bound on the rendezvous and on each collective unless timeoutMs says otherwise. */
 export const DEFAULT_TIMEOUT_MS = 60_000;
@@ -49,10 +62,15 @@ export interface InProcessGroupOptions {
   timeoutMs?: number;
   /** "cpu": every rank on the CPU reference. Default: rank i on cuda:i where CUDA is usable. */
   device?: 'cpu';
+  /**
+   * Rank i on devices[i] (worldSize defaults to its length). Ranks may share a device: that is
+   * how multi-rank code runs on one GPU (each such rank must then use its own streams).
+   */
+  devices?: readonly Device[];
 }
 
-const PROCESS_KEYS = keys('rank', 'worldSize', 'localRank', 'localWorldSize', 'masterAddr', 'masterPort', 'timeoutMs', 'device', 'ranks');
-const IN_PROCESS_KEYS = keys('ranks', 'worldSize', 'timeoutMs', 'device');
+const PROCESS_KEYS = keys('rank', 'worldSize', 'localRank', 'localWorldSize', 'masterAddr', 'masterPort', 'timeoutMs', 'device', 'ranks', 'devices');
+const IN_PROCESS_KEYS = keys('ranks', 'worldSize', 'timeoutMs', 'device', 'devices');
 const MAX_RANKS = 65536;
 
 /**
@@ -78,9 +96,10 @@ export async function initProcessGroup(options?: ProcessGroupOptions | InProcess
   if (o.ranks !== undefined) {
     checkOneOf(o.ranks, 'initProcessGroup: ranks', ['all']);
     checkOptions(options, 'initProcessGroup: options (with ranks: "all")', IN_PROCESS_KEYS);
-    return inProcess(o.worldSize, timeoutMs, o.device);
+    return inProcess(o.worldSize, timeoutMs, o.device, o.devices);
   }
 
+  if (o.devices !== undefined) throw new MoeError('E_ARGUMENT', 'initProcessGroup: devices: only with ranks: "all" (a process rank takes the device option)');
   const given: RankOptions = {};
   if (o.rank !== undefined) given.rank = checkInteger(o.rank, 'initProcessGroup: rank', 0, MAX_RANKS - 1);
   if (o.worldSize !== undefined) given.worldSize = checkInteger(o.worldSize, 'initProcessGroup: worldSize', 1, MAX_RANKS);
@@ -121,7 +140,17 @@ function rankDevice(localRank: number): Device {
   return `cuda:${localRank}`;
 }
 
-function inProcess(worldSizeOption: unknown, timeoutMs: number, deviceOption: unknown): ProcessGroup[] {
+function inProcess(worldSizeOption: unknown, timeoutMs: number, deviceOption: unknown, devicesOption: unknown): ProcessGroup[] {
+  if (devicesOption !== undefined) {
+    if (deviceOption !== undefined) throw new MoeError('E_ARGUMENT', 'initProcessGroup: pass device or devices, not both');
+    if (!Array.isArray(devicesOption) || devicesOption.length < 1) {
+      throw new MoeError('E_ARGUMENT', 'initProcessGroup: devices: expected a non-empty array of devices, one per rank');
+    }
+    const list = devicesOption.map((d, i) => checkDevice(d, `initProcessGroup: devices[${i}]`));
+    const n = worldSizeOption === undefined ? list.length : checkInteger(worldSizeOption, 'initProcessGroup: worldSize', 1, MAX_RANKS);
+    if (n !== list.length) throw new MoeError('E_ARGUMENT', `initProcessGroup: devices: ${list.length} devices for worldSize ${n}`);
+    return makeLocal(list, timeoutMs);
+  }
   // device: "cpu" puts every rank on the CPU reference (as where CUDA is unusable)
   if (deviceOption !== undefined && checkDevice(deviceOption, 'initProcessGroup: device') !== 'cpu') {
     throw new MoeError('E_DEVICE', 'initProcessGroup: device: with ranks: "all", rank i runs on cuda:i; only "cpu" may be given, to put every rank on the CPU');
@@ -136,9 +165,14 @@ function inProcess(worldSizeOption: unknown, timeoutMs: number, deviceOption: un
   } else {
     throw new MoeError('E_ARGUMENT', `initProcessGroup: worldSize is required with ranks: "all" on the CPU (${deviceOption === 'cpu' ? 'device: "cpu"' : cudaUnavailableReason()})`);
   }
+  return makeLocal(Array.from({ length: worldSize }, (_, r): Device => (cuda ? `cuda:${r}` : 'cpu')), timeoutMs);
+}
+
+function makeLocal(devices: readonly Device[], timeoutMs: number): ProcessGroup[] {
   const hub = new LocalHub();
+  const worldSize = devices.length;
   for (let r = 0; r < worldSize; r++) {
-    const group = new Group({ rank: r, worldSize, localRank: r, localWorldSize: worldSize, device: cuda ? `cuda:${r}` : 'cpu', timeoutMs, kind: 'in-process' });
+    const group = new Group({ rank: r, worldSize, localRank: r, localWorldSize: worldSize, device: devices[r], timeoutMs, kind: 'in-process' });
     group.attach(worldSize === 1 ? new SingleTransport(group) : new LocalTransport(hub, r));
     hub.groups.push(group);
   }

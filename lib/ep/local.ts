@@ -3,6 +3,7 @@
 // ranks' calls by sequence number exactly as rank 0 does over TCP, so a program written against
 // one kind of group runs against the other, including its failures.
 import { MoeError } from '../errors';
+import { splitParts } from './frames';
 import type { Call, Collective, Group, Transport } from './group';
 
 /** Rank 0 of a world of one: every collective completes at once. @internal */
@@ -10,7 +11,7 @@ export class SingleTransport implements Transport {
   constructor(private readonly group: Group) {}
   start(call: Call): void {
     // settle after the caller has its promise, as a transport that waits would
-    queueMicrotask(() => this.group.complete(call.seq, resultOf(call.op, call.root, [call.bytes])));
+    queueMicrotask(() => this.group.complete(call.seq, resultsOf(call.op, call.root, [call.bytes])[0]));
   }
   waitingFor(): string {
     return 'in a world of one';
@@ -19,11 +20,16 @@ export class SingleTransport implements Transport {
   close(): void {}
 }
 
-/** The parts a collective hands every rank, given all ranks' contributions. @internal */
-export function resultOf(op: Collective, root: number, parts: Uint8Array[]): Uint8Array[] {
-  if (op === 'allGather') return parts;
-  if (op === 'broadcast') return [parts[root]];
-  return [];
+/** The parts a collective hands each rank (result[r] for rank r), given all ranks' contributions. @internal */
+export function resultsOf(op: Collective, root: number, parts: Uint8Array[]): Uint8Array[][] {
+  const n = parts.length;
+  if (op === 'allToAll') {
+    // rank s's contribution holds one part per destination
+    const split = parts.map((p) => splitParts(p, n));
+    return Array.from({ length: n }, (_, r) => split.map((s) => s[r]));
+  }
+  const same = op === 'allGather' ? parts : op === 'broadcast' ? [parts[root]] : [];
+  return new Array<Uint8Array[]>(n).fill(same);
 }
 
 interface Round {
@@ -56,10 +62,16 @@ export class LocalHub {
     round.count++;
     if (round.count < n) return;
     this.rounds.delete(call.seq);
+    let results: Uint8Array[][];
+    try {
+      results = resultsOf(round.op, round.root, round.parts as Uint8Array[]);
+    } catch (e) {
+      this.fail(e as MoeError, -1);
+      return;
+    }
     for (let r = 0; r < n; r++) {
       // each rank its own copies: in one process they would otherwise share memory
-      const parts = resultOf(round.op, round.root, round.parts as Uint8Array[]).map((p) => new Uint8Array(p));
-      this.groups[r].complete(call.seq, parts);
+      this.groups[r].complete(call.seq, results[r].map((p) => new Uint8Array(p)));
     }
   }
 

@@ -27,7 +27,7 @@ import {
   type Frame,
 } from './frames';
 import type { Call, Sink, Transport } from './group';
-import { mismatch, resultOf } from './local';
+import { mismatch, resultsOf } from './local';
 
 /** Where and how to meet. @internal */
 export interface TcpOptions {
@@ -293,10 +293,20 @@ export class TcpHub implements Transport {
     round.parts[rank] = c.bytes;
     if (++round.count < this.o.worldSize) return;
     this.rounds.delete(c.seq);
-    const parts = resultOf(round.op, round.root, round.parts as Uint8Array[]);
-    const out = resultFrame(c.seq, parts);
-    for (const s of this.peers) s?.write(out);
-    this.sink?.complete(c.seq, parts);
+    let results: Uint8Array[][];
+    try {
+      results = resultsOf(round.op, round.root, round.parts as Uint8Array[]);
+    } catch (e) {
+      this.failed(e as MoeError);
+      return;
+    }
+    if (round.op === 'allToAll') {
+      for (let r = 1; r < this.peers.length; r++) this.peers[r]?.write(resultFrame(c.seq, results[r]));
+    } else {
+      const out = resultFrame(c.seq, results[0]);
+      for (const s of this.peers) s?.write(out);
+    }
+    this.sink?.complete(c.seq, results[0]);
   }
 
   waitingFor(seq: number, withRankZero = false): string {

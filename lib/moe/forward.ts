@@ -105,7 +105,8 @@ const SCORINGS: readonly Scoring[] = ['softmax', 'sigmoid'];
 const BF16 = ['bf16'] as const;
 const F32 = ['f32'] as const;
 
-interface Router {
+/** @internal */
+export interface Router {
   weight: Tensor<'bf16'>;
   experts: number;
   k: number;
@@ -116,7 +117,8 @@ interface Router {
   scale?: number;
 }
 
-interface Experts {
+/** @internal */
+export interface Experts {
   w13: Nvfp4Tensor;
   w2: Nvfp4Tensor;
   inner: number;
@@ -131,7 +133,8 @@ interface Form {
   align: number;
 }
 
-function checkRouter(value: unknown, hidden: number | undefined, device: Device | undefined): Router {
+/** @internal */
+export function checkRouter(value: unknown, hidden: number | undefined, device: Device | undefined): Router {
   if (value === null || typeof value !== 'object') throw new MoeError('E_ARGUMENT', `router: expected { weight, k, scoring, ... }, got ${describe(value)}`);
   const r = checkOptions(value, 'router', ROUTER_KEYS);
   const weight = checkTensor<Tensor<'bf16'>>(r.weight, 'router.weight', BF16, device);
@@ -174,7 +177,8 @@ function checkExpertWeight(value: unknown, name: string, shape: (number | undefi
   return w;
 }
 
-function checkExperts(value: unknown, experts: number, hidden: number, device: Device): Experts {
+/** @internal */
+export function checkExperts(value: unknown, experts: number, hidden: number, device: Device): Experts {
   if (value === null || typeof value !== 'object') throw new MoeError('E_ARGUMENT', `experts: expected { w13, w2, shared? }, got ${describe(value)}`);
   const x = checkOptions(value, 'experts', EXPERTS_KEYS);
   const w13 = checkExpertWeight(x.w13, 'experts.w13', [experts, undefined, hidden], ['experts', '2I', 'hidden'], device);

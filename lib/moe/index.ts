@@ -10,3 +10,4 @@ export {
   type MoeRouter,
   type MoeWorkspaceOptions,
 } from './forward';
+export { moeForwardEp, type MoeForwardEpOptions } from './ep';

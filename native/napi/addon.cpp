@@ -40,6 +40,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   registerMtp(env, exports);
   registerRouting(env, exports);
   registerMoe(env, exports);
+  registerEp(env, exports);
   return exports;
 }
 

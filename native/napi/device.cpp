@@ -50,6 +50,13 @@ Napi::Value CanAccessPeer(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value EnablePeerAccess(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    runtime::enablePeerAccess(i32(info[0]), i32(info[1]));
+    return info.Env().Undefined();
+  });
+}
+
 Napi::Value MemoryStats(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     runtime::MemoryStats s = runtime::memoryStats(i32(info[0]));
@@ -84,6 +91,7 @@ Napi::Value SetMemoryLimit(const Napi::CallbackInfo& info) {
 void registerDevice(Napi::Env env, Napi::Object exports) {
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo));
   exports.Set("canAccessPeer", Napi::Function::New(env, CanAccessPeer));
+  exports.Set("enablePeerAccess", Napi::Function::New(env, EnablePeerAccess));
   exports.Set("deviceCount", Napi::Function::New(env, DeviceCount));
   exports.Set("cudaUnavailableReason", Napi::Function::New(env, UnavailableReason));
   exports.Set("deviceInfo", Napi::Function::New(env, DeviceInfo));

@@ -65,5 +65,6 @@ void registerNvfp4(Napi::Env env, Napi::Object exports);
 void registerMtp(Napi::Env env, Napi::Object exports);
 void registerRouting(Napi::Env env, Napi::Object exports);
 void registerMoe(Napi::Env env, Napi::Object exports);
+void registerEp(Napi::Env env, Napi::Object exports);
 
 }  // namespace moe::napi

@@ -137,9 +137,57 @@ Napi::Value Memset(const Napi::CallbackInfo& info) {
   });
 }
 
+// ipcAlloc(device, bytes) -> bigint; ipcFree(device, ptr)
+Napi::Value IpcAlloc(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const int64_t bytes = i64(info[1]);
+    void* p = runtime::ipcAlloc(i32(info[0]), static_cast<size_t>(bytes));
+    adjust(info.Env(), bytes);
+    return bigint(info.Env(), p);
+  });
+}
+
+Napi::Value IpcFree(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    runtime::ipcFree(i32(info[0]), ptr(info[1]));
+    adjust(info.Env(), -i64(info[2]));
+    return info.Env().Undefined();
+  });
+}
+
+// ipcHandle(device, ptr) -> Uint8Array(64)
+Napi::Value IpcHandle(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    Napi::Uint8Array out = Napi::Uint8Array::New(info.Env(), runtime::kIpcHandleBytes);
+    runtime::ipcHandle(i32(info[0]), ptr(info[1]), out.Data());
+    return out;
+  });
+}
+
+// ipcOpen(device, handle: Uint8Array(64)) -> bigint; ipcClose(device, ptr)
+Napi::Value IpcOpen(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    const JsBytes h = jsBytes(info[1]);
+    if (h.size != runtime::kIpcHandleBytes) fail("E_COMM", "a CUDA IPC handle has 64 bytes, got " + std::to_string(h.size));
+    return bigint(info.Env(), runtime::ipcOpen(i32(info[0]), static_cast<const uint8_t*>(h.data)));
+  });
+}
+
+Napi::Value IpcClose(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value {
+    runtime::ipcClose(i32(info[0]), ptr(info[1]));
+    return info.Env().Undefined();
+  });
+}
+
 }  // namespace
 
 void registerMemory(Napi::Env env, Napi::Object exports) {
+  exports.Set("ipcAlloc", Napi::Function::New(env, IpcAlloc));
+  exports.Set("ipcFree", Napi::Function::New(env, IpcFree));
+  exports.Set("ipcHandle", Napi::Function::New(env, IpcHandle));
+  exports.Set("ipcOpen", Napi::Function::New(env, IpcOpen));
+  exports.Set("ipcClose", Napi::Function::New(env, IpcClose));
   exports.Set("deviceAlloc", Napi::Function::New(env, DeviceAlloc));
   exports.Set("deviceFree", Napi::Function::New(env, DeviceFree));
   exports.Set("hostAlloc", Napi::Function::New(env, HostAlloc));

@@ -2,6 +2,7 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -185,6 +186,58 @@ bool canAccessPeer(int from, int to) {
   int ok = 0;
   checkCuda(cudaDeviceCanAccessPeer(&ok, from, to), "cudaDeviceCanAccessPeer");
   return ok != 0;
+}
+
+void enablePeerAccess(int device, int peer) {
+  state(peer);
+  if (device == peer) return;
+  setDevice(device);
+  const cudaError_t err = cudaDeviceEnablePeerAccess(peer, 0);
+  if (err == cudaErrorPeerAccessAlreadyEnabled) {
+    (void)cudaGetLastError();
+    return;
+  }
+  checkCuda(err, "cudaDeviceEnablePeerAccess");
+}
+
+static_assert(sizeof(cudaIpcMemHandle_t) == kIpcHandleBytes, "CUDA IPC handles are 64 bytes");
+
+void* ipcAlloc(int device, size_t bytes) {
+  setDevice(device);
+  void* p = nullptr;
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    fail("E_OOM", "out of device memory on cuda:" + std::to_string(device) + " allocating " + std::to_string(bytes) + " bytes of shared buffers");
+  }
+  checkCuda(err, "cudaMalloc");
+  return p;
+}
+
+void ipcFree(int device, void* p) {
+  setDevice(device);
+  checkCuda(cudaFree(p), "cudaFree");
+}
+
+void ipcHandle(int device, void* p, uint8_t out[kIpcHandleBytes]) {
+  setDevice(device);
+  cudaIpcMemHandle_t h;
+  checkCuda(cudaIpcGetMemHandle(&h, p), "cudaIpcGetMemHandle");
+  std::memcpy(out, &h, kIpcHandleBytes);
+}
+
+void* ipcOpen(int device, const uint8_t handle[kIpcHandleBytes]) {
+  setDevice(device);
+  cudaIpcMemHandle_t h;
+  std::memcpy(&h, handle, kIpcHandleBytes);
+  void* p = nullptr;
+  checkCuda(cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess), "cudaIpcOpenMemHandle");
+  return p;
+}
+
+void ipcClose(int device, void* p) {
+  setDevice(device);
+  checkCuda(cudaIpcCloseMemHandle(p), "cudaIpcCloseMemHandle");
 }
 
 void setDevice(int device) {

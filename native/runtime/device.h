@@ -46,6 +46,19 @@ struct BuildInfo {
 BuildInfo buildInfo();
 // Whether kernels on device `from` can access memory of device `to` directly (NVLink or PCIe P2P).
 bool canAccessPeer(int from, int to);
+// Lets kernels on `device` read and write memory of `peer` (idempotent; a no-op for the same device).
+void enablePeerAccess(int device, int peer);
+
+// Device memory that other processes map (CUDA IPC): a cudaMalloc of its own, outside the
+// caching allocator, so that it is never handed to another tensor while a peer may write it.
+constexpr size_t kIpcHandleBytes = 64;
+void* ipcAlloc(int device, size_t bytes);
+void ipcFree(int device, void* p);
+// The handle of an ipcAlloc block, and another process's block mapped into this one (peer
+// access enabled on demand); ipcClose unmaps it.
+void ipcHandle(int device, void* p, uint8_t out[kIpcHandleBytes]);
+void* ipcOpen(int device, const uint8_t handle[kIpcHandleBytes]);
+void ipcClose(int device, void* p);
 
 // Number of CUDA devices; 0 when CUDA is not compiled in, there is no driver or no GPU.
 int deviceCount();

@@ -17,6 +17,12 @@ namespace {
 
 BuildInfo buildInfo() { return BuildInfo{}; }
 bool canAccessPeer(int, int) { noCuda(); }
+void enablePeerAccess(int, int) { noCuda(); }
+void* ipcAlloc(int, size_t) { noCuda(); }
+void ipcFree(int, void*) { noCuda(); }
+void ipcHandle(int, void*, uint8_t*) { noCuda(); }
+void* ipcOpen(int, const uint8_t*) { noCuda(); }
+void ipcClose(int, void*) { noCuda(); }
 int deviceCount() { return 0; }
 std::string cudaUnavailableReason() { return "this build of @moe/kernels was compiled without CUDA (no nvcc at build time)"; }
 DeviceInfo deviceInfo(int) { noCuda(); }

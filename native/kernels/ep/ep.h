@@ -1,0 +1,24 @@
+// The ep family's CUDA launchers (common/ep.h), on the launch's stream. The destination tables
+// hold device addresses this device can write: its own memory (ranks that share a device) or a
+// peer's (peer access enabled by the runtime). Counts and completion travel as u64 count words:
+// written with st.release.sys after a system-scope fence, waited for with ld.acquire.sys and a
+// bound taken from %globaltimer, so a missing peer becomes a status word, never a hang.
+#pragma once
+#include "common/ep.h"
+#include "kernels/common/launch.h"
+
+namespace moe::kernels::ep {
+
+// Three launches: the slots of each destination (a CTA per destination), the payload of each
+// token (encoded once into scratch), and the copy into the destinations' regions (a warp per
+// token on args.sms CTAs; the last CTA to finish publishes the count words).
+cudaError_t dispatchSend(const EpDispatchSendArgs& args, const Launch& launch);
+// The wait (one CTA), the layout (per tile of slots and local expert, in three launches) and the
+// rows (a CTA per row).
+cudaError_t dispatchRecv(const EpDispatchRecvArgs& args, const Launch& launch);
+// A warp per received slot on args.sms CTAs; the last CTA publishes the count words.
+cudaError_t combineSend(const EpCombineSendArgs& args, const Launch& launch);
+// The wait (one CTA) and the sums (a CTA per token and slice of the hidden dimension).
+cudaError_t combineRecv(const EpCombineRecvArgs& args, const Launch& launch);
+
+}  // namespace moe::kernels::ep

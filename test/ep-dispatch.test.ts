@@ -1,0 +1,872 @@
+// Expert-parallel dispatch and combine on CPU ranks (the host transport): in-process groups for
+// the cases, rank processes under `moe-kernels launch` for moeForwardEp. The oracle of a round
+// is the single-device path over the ranks' tokens concatenated: routing's expertLayout, permute
+// and unpermute, whose rows and sums dispatch and combine must reproduce bit for bit.
+import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+import * as path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import {
+  MoeError,
+  captureGraph,
+  convert,
+  createEpBuffer,
+  createStream,
+  defaultStream,
+  devices as cudaDevices,
+  dequantizeNvfp4,
+  expertLayout,
+  fromArray,
+  groupedGemmNvfp4,
+  initProcessGroup,
+  moeForward,
+  permute,
+  quantizeNvfp4,
+  routeTopK,
+  routerLogits,
+  unpermute,
+  type EpBuffer,
+  type EpBufferOptions,
+  type EpPayload,
+  type Device,
+  type ProcessGroup,
+  type Stream,
+  type Tensor,
+} from '../lib';
+import { native } from '../lib/native';
+import { SendGate } from '../lib/ep/gate';
+import { cudaReason, expectCode, freshSeed, hasCuda, rng } from './backends';
+const model = createRequire(__filename)('./fixtures/ep-model.js') as {
+  makeLayer(seed: number, spec: Spec): unknown;
+  layerOn(m: unknown, layer: unknown, first: number, count: number, device?: Device): Promise<{ router: never; experts: never }>;
+  tokensOf(seed: number, rank: number, T: number, H: number): number[];
+};
+
+interface Spec {
+  E: number;
+  H: number;
+  I: number;
+  Is: number;
+  k: number;
+  scoring: 'softmax' | 'sigmoid';
+}
+
+const open: ProcessGroup[] = [];
+const made: { dispose(): void }[] = [];
+afterEach(() => {
+  for (const b of made.splice(0)) b.dispose();
+  for (const pg of open.splice(0)) pg.destroy();
+});
+
+async function group(n: number, timeoutMs = 20_000): Promise<ProcessGroup[]> {
+  const pgs = await initProcessGroup({ ranks: 'all', worldSize: n, device: 'cpu', timeoutMs });
+  open.push(...pgs);
+  return pgs;
+}
+
+/** CUDA ranks of one process: rank r on devs[r]. */
+async function groupOn(devs: Device[], timeoutMs = 20_000): Promise<ProcessGroup[]> {
+  const pgs = await initProcessGroup({ ranks: 'all', devices: devs, timeoutMs });
+  open.push(...pgs);
+  return pgs;
+}
+
+function keep<T extends { dispose(): void }>(x: T): T {
+  made.push(x);
+  return x;
+}
+
+async function buffers(pgs: ProcessGroup[], options: EpBufferOptions): Promise<EpBuffer[]> {
+  const bs = await Promise.all(pgs.map((pg) => createEpBuffer(pg, options)));
+  made.push(...bs);
+  return bs;
+}
+
+function bf16(x: number): number {
+  const f = new Float32Array([x]);
+  const u = new Uint32Array(f.buffer);
+  if (Number.isNaN(f[0])) return NaN;
+  u[0] = (u[0] + 0x7fff + ((u[0] >>> 16) & 1)) & 0xffff0000;
+  return f[0];
+}
+
+const cpuArray = <D extends 'bf16' | 'f32' | 'i32'>(values: ArrayLike<number>, shape: number[], dtype: D) =>
+  fromArray(Array.from(values), { shape, dtype, device: 'cpu' }) as unknown as Tensor<D>;
+
+/** What the payload makes of one row (the ep.h definition, through the package's own converters). */
+async function decoded(payload: EpPayload, row: number[]): Promise<number[]> {
+  const H = row.length;
+  if (payload === 'bf16') return row.map(bf16);
+  if (payload === 'nvfp4') {
+    const q = quantizeNvfp4(cpuArray(row, [1, H], 'bf16'));
+    const d = Array.from(await dequantizeNvfp4(q, 'bf16').toArray());
+    q.dispose();
+    return d;
+  }
+  const out: number[] = [];
+  for (let b0 = 0; b0 < H; b0 += 128) {
+    const block = row.slice(b0, b0 + 128).map(bf16);
+    const amax = Math.max(...block.map(Math.abs));
+    const s = amax === 0 ? 1 : Math.fround(amax / 448);
+    const q = await convert(cpuArray(block.map((v) => Math.fround(v / s)), [block.length], 'f32'), 'fp8e4m3').toArray();
+    for (const v of q) out.push(bf16(Math.fround(v * s)));
+  }
+  return out;
+}
+
+/** A row-local, expert-dependent stand-in for an expert: y = bf16(x * (1 + g/8) - g/16). */
+const expertFn = (g: number, v: number) => bf16(Math.fround(Math.fround(v * (1 + g / 8)) - g / 16));
+
+interface RankInput {
+  x: number[];
+  ids: number[];
+  weights: number[];
+}
+
+interface Case {
+  R: number;
+  E: number;
+  H: number;
+  K: number;
+  maxT: number;
+  payload: EpPayload;
+  form: 'contiguous' | 'masked';
+  M?: number;
+  align?: number;
+  /** combine's output dtype (f32 shows any change of summation order; bf16 mostly hides it) */
+  out?: 'bf16' | 'f32';
+  inputs: RankInput[];
+  /** CUDA ranks of one process (the nvlink transport), rank r on devices[r]; default: CPU ranks */
+  devices?: Device[];
+  /** with devices: each rank's stream (default: new ones) */
+  streams?: Stream[];
+}
+
+async function settle(devs: readonly Device[] | undefined): Promise<void> {
+  // inputs copied on the default streams are in place before the ranks' streams read them
+  if (devs) for (const d of new Set(devs)) await defaultStream(d).synchronize();
+}
+
+/**
+ * One dispatch/combine round on every rank, checked against the single-device oracle: the
+ * layout, the rows (tokens), the dropped and invalid counts, and combine's sums, bit for bit.
+ */
+async function round(c: Case, bufs?: EpBuffer[]): Promise<{ out: number[][]; dropped: number[] }> {
+  const { R, E, H, K, maxT } = c;
+  const L = E / R;
+  const devs = c.devices;
+  const pgs = bufs ? undefined : await (devs ? groupOn(devs) : group(R));
+  const bs = bufs ?? (await buffers(pgs as ProcessGroup[], {
+    maxTokensPerRank: maxT, hidden: H, topK: K, numExperts: E, payload: c.payload, layout: c.form,
+    ...(c.M !== undefined ? { maxTokensPerExpert: c.M } : {}), ...(c.align !== undefined ? { align: c.align } : {}),
+  }));
+  const streams = c.streams ?? (devs ? devs.map((d) => keep(createStream(d))) : undefined);
+  const on = <D extends 'bf16' | 'f32' | 'i32'>(values: ArrayLike<number>, shape: number[], dtype: D, r: number) =>
+    fromArray(Array.from(values), { shape, dtype, device: devs ? devs[r] : 'cpu' }) as unknown as Tensor<D>;
+  const withStream = (r: number) => (streams ? { stream: streams[r] } : {});
+  const T = c.inputs.map((i) => i.x.length / H);
+  const xs = c.inputs.map((inp, r) => on(inp.x, [T[r], H], 'bf16', r));
+  const ids = c.inputs.map((inp, r) => on(inp.ids, [T[r], K], 'i32', r));
+  const ws = c.inputs.map((inp, r) => on(inp.weights, [T[r], K], 'f32', r));
+  await settle(devs);
+  const results = await Promise.all(bs.map((b, r) => b.dispatch(xs[r], { ids: ids[r], weights: ws[r] }, withStream(r))));
+
+  // the oracle: the ranks' tokens concatenated; an invalid id goes to an extra expert E with
+  // weight 0, which adds nothing to a sum (w * y = +-0)
+  const invalid = (id: number) => id < 0 || id >= E;
+  const allIds = c.inputs.flatMap((i) => i.ids.map((id) => (invalid(id) ? E : id)));
+  const allW = c.inputs.flatMap((i) => i.weights.map((w, p) => (invalid(i.ids[p]) ? 0 : w)));
+  const allX: number[] = [];
+  for (const inp of c.inputs) for (let t = 0; t < inp.x.length / H; t++) allX.push(...(await decoded(c.payload, inp.x.slice(t * H, (t + 1) * H))));
+  const Tall = allIds.length / K;
+  const gl = expertLayout(cpuArray(allIds, [Tall, K], 'i32'), E + 1, c.form === 'masked' ? { maxTokensPerExpert: c.M ?? R * maxT } : {});
+  const gRows = Array.from(await permute(cpuArray(allX, [Tall, H], 'bf16'), gl).toArray());
+  const gCounts = Array.from(await gl.counts.toArray());
+  const gOffsets = Array.from(await gl.offsets.toArray());
+  const gSource = Array.from(await gl.sourceIndex.toArray());
+  const rowExpert = (offsets: number[], row: number) => offsets.findIndex((o, e) => row >= o && row < offsets[e + 1]);
+  const gY = gRows.map((v, i) => {
+    const g = rowExpert(gOffsets, Math.floor(i / H));
+    return g < 0 ? 0 : expertFn(g, v);
+  });
+  const outType = c.out ?? 'bf16';
+  const gOut = fromArray(new Float32Array(Tall * H), { shape: [Tall, H], dtype: outType, device: 'cpu' }) as Tensor<'bf16'> | Tensor<'f32'>;
+  const want = Array.from(await unpermute(cpuArray(gY, [gl.rows, H], 'bf16'), gl, cpuArray(allW, [Tall, K], 'f32'), { out: gOut }).toArray());
+
+  // the token a global pair came from: (source rank, token), and slot j of it at destination d
+  const firstToken = T.map((_, r) => T.slice(0, r).reduce((a, b) => a + b, 0));
+  const sent = c.inputs.map((inp, s) =>
+    Array.from({ length: R }, (_, d) => {
+      const list: number[] = [];
+      for (let t = 0; t < T[s]; t++) if (inp.ids.slice(t * K, (t + 1) * K).some((id) => !invalid(id) && Math.floor(id / L) === d)) list.push(t);
+      return list;
+    }),
+  );
+  const out: number[][] = [];
+  const dropped: number[] = [];
+  for (let d = 0; d < R; d++) {
+    const res = results[d];
+    const l = res.layout;
+    expect([l.form, l.numExperts, l.k, l.tokens]).toEqual([c.form, L, K, R * maxT]);
+    const counts = Array.from(await l.counts.toArray());
+    const offsets = Array.from(await l.offsets.toArray());
+    const source = Array.from(await l.sourceIndex.toArray());
+    const rowIndex = Array.from(await l.rowIndex.toArray());
+    const tokens = Array.from(await res.tokens.toArray());
+    expect((await l.errors.toArray())[0]).toBe(0);
+    expect((await res.invalidIds.toArray())[0]).toBe(c.inputs[d].ids.filter(invalid).length);
+    dropped.push((await l.dropped.toArray())[0]);
+    // expert e here is global expert d*L + e: the same pairs, in the same order
+    const align = c.align ?? 1;
+    const wantOffsets = [0];
+    for (let e = 0; e < L; e++) {
+      expect(counts[e], `rank ${d} expert ${e}`).toBe(gCounts[d * L + e]);
+      wantOffsets.push(c.form === 'masked' ? (e + 1) * (c.M ?? R * maxT) : wantOffsets[e] + Math.ceil(counts[e] / align) * align);
+    }
+    expect(offsets).toEqual(wantOffsets);
+    expect((await l.usedRows.toArray())[0]).toBe(offsets[L]);
+    const y = new Array<number>(l.rows * H).fill(0);
+    for (let e = 0; e < L; e++) {
+      const g = d * L + e;
+      for (let n = 0; n < counts[e]; n++) {
+        const gp = gSource[gOffsets[g] + n];
+        const gt = Math.floor(gp / K), kk = gp % K;
+        let s = 0;
+        for (let r = 0; r < R; r++) if (T[r] > 0 && gt >= firstToken[r]) s = r;
+        const j = sent[s][d].indexOf(gt - firstToken[s]);
+        const row = offsets[e] + n;
+        const pair = (s * maxT + j) * K + kk;
+        expect(source[row], `rank ${d} row ${row}`).toBe(pair);
+        expect(rowIndex[pair]).toBe(row);
+        const got = tokens.slice(row * H, (row + 1) * H);
+        const ref = gRows.slice((gOffsets[g] + n) * H, (gOffsets[g] + n + 1) * H);
+        expect(got, `rank ${d} row ${row}: the payload's row`).toEqual(ref);
+        for (let h = 0; h < H; h++) y[row * H + h] = expertFn(g, got[h]);
+      }
+      // padding rows are zeros, and the pairs placed are exactly counted
+      for (let row = offsets[e] + counts[e]; row < offsets[e + 1] && c.form === 'contiguous'; row++) {
+        expect(source[row]).toBe(-1);
+        expect(tokens.slice(row * H, (row + 1) * H).every((v) => v === 0)).toBe(true);
+      }
+    }
+    expect(rowIndex.filter((r) => r >= 0).length).toBe(counts.reduce((a, b) => a + b, 0));
+    out.push(y);
+  }
+  const ys = bs.map((b, r) => on(out[r], [b.rows, H], 'bf16', r));
+  const outs0 = bs.map((_, r) => fromArray(new Float32Array(T[r] * H), { shape: [T[r], H], dtype: outType, device: devs ? devs[r] : 'cpu' }) as Tensor<'bf16'> | Tensor<'f32'>);
+  await settle(devs);
+  const combined = await Promise.all(bs.map((b, r) => b.combine(ys[r], results[r].handle, { out: outs0[r], ...withStream(r) })));
+  const outs: number[][] = [];
+  for (let r = 0; r < R; r++) {
+    const got = Array.from(await combined[r].toArray());
+    expect(got, `rank ${r}: combine`).toEqual(want.slice(firstToken[r] * H, (firstToken[r] + T[r]) * H));
+    outs.push(got);
+  }
+  expect(dropped.reduce((a, b) => a + b, 0)).toBe((await gl.dropped.toArray())[0]);
+  return { out: outs, dropped };
+}
+
+/** Random tokens and routing: each token's k distinct experts drawn from `pick`. */
+function inputs(seed: number, T: number[], H: number, E: number, K: number, pick: (r: () => number) => number = (r) => Math.floor(r() * E)): RankInput[] {
+  const r = rng(seed);
+  return T.map((n) => {
+    const ids: number[] = [];
+    for (let t = 0; t < n; t++) {
+      const chosen: number[] = [];
+      while (chosen.length < K) {
+        const e = pick(r);
+        if (!chosen.includes(e)) chosen.push(e);
+      }
+      ids.push(...chosen);
+    }
+    return {
+      x: Array.from({ length: n * H }, () => (r() - 0.5) * 8),
+      ids,
+      weights: Array.from({ length: n * K }, () => r() * 2 - 0.25),
+    };
+  });
+}
+
+describe('dispatch and combine: hand-computed', () => {
+  it('2 ranks, 4 experts, k = 2: the layout, the rows and the sums', async () => {
+    const H = 4;
+    const bs = await buffers(await group(2), { maxTokensPerRank: 3, hidden: H, topK: 2, numExperts: 4 });
+    expect(bs.map((b) => [b.localExperts, b.firstExpert, b.rows, b.sms, b.transport])).toEqual([[2, 0, 12, 0, 'host'], [2, 2, 12, 0, 'host']]);
+    // rank 0: token 0 -> experts 0, 3; token 1 -> 1, 0. rank 1: token 0 -> 2, 3; token 1 -> 3, 1; token 2 -> 0, 2
+    const x0 = [1, 2, 3, 4, 5, 6, 7, 8];
+    const x1 = [-1, -2, -3, -4, 10, 20, 30, 40, 0.5, 1.5, 2.5, 3.5];
+    const d = await Promise.all([
+      bs[0].dispatch(cpuArray(x0, [2, H], 'bf16'), { ids: cpuArray([0, 3, 1, 0], [2, 2], 'i32'), weights: cpuArray([0.5, 0.25, 1, 2], [2, 2], 'f32') }),
+      bs[1].dispatch(cpuArray(x1, [3, H], 'bf16'), { ids: cpuArray([2, 3, 3, 1, 0, 2], [3, 2], 'i32'), weights: cpuArray([1, 4, 0.5, 0.125, 2, 8], [3, 2], 'f32') }),
+    ]);
+    // rank 0 (experts 0, 1) receives: from rank 0 tokens 0, 1 (slots 0, 1); from rank 1 tokens 1, 2 (slots 3, 4)
+    //   expert 0: (slot 0, k 0), (slot 1, k 1), (slot 4, k 0); expert 1: (slot 1, k 0), (slot 3, k 1)
+    expect(Array.from(await d[0].layout.counts.toArray())).toEqual([3, 2]);
+    expect(Array.from(await d[0].layout.offsets.toArray())).toEqual([0, 3, 5]);
+    expect(Array.from(await d[0].layout.sourceIndex.toArray()).slice(0, 6)).toEqual([0, 3, 8, 2, 7, -1]);
+    expect(Array.from(await d[0].tokens.toArray()).slice(0, 5 * H)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 0.5, 1.5, 2.5, 3.5, 5, 6, 7, 8, 10, 20, 30, 40]);
+    // rank 1 (experts 2, 3) receives: from rank 0 token 0 (slot 0); from rank 1 tokens 0, 1, 2 (slots 3, 4, 5)
+    //   expert 2: (slot 3, k 0), (slot 5, k 1); expert 3: (slot 0, k 1), (slot 3, k 1), (slot 4, k 0)
+    expect(Array.from(await d[1].layout.counts.toArray())).toEqual([2, 3]);
+    expect(Array.from(await d[1].layout.sourceIndex.toArray()).slice(0, 5)).toEqual([6, 11, 1, 7, 8]);
+    expect(Array.from(await d[1].tokens.toArray()).slice(0, 5 * H)).toEqual([-1, -2, -3, -4, 0.5, 1.5, 2.5, 3.5, 1, 2, 3, 4, -1, -2, -3, -4, 10, 20, 30, 40]);
+    // experts that multiply by (1 + global id): y row = tokens row * (1 + expert)
+    const scaled = async (r: number, factors: number[]) => {
+      const tok = Array.from(await d[r].tokens.toArray());
+      const offsets = Array.from(await d[r].layout.offsets.toArray());
+      return cpuArray(tok.map((v, i) => {
+        const row = Math.floor(i / H);
+        const e = offsets.findIndex((o, j) => row >= o && row < offsets[j + 1]);
+        return e < 0 ? 0 : v * factors[e];
+      }), [12, H], 'bf16');
+    };
+    const out = await Promise.all([bs[0].combine(await scaled(0, [1, 2]), d[0].handle), bs[1].combine(await scaled(1, [3, 4]), d[1].handle)]);
+    // rank 0 token 0: 0.5 * 1 * x + 0.25 * 4 * x = 1.5 x; token 1: 1 * 2 * x + 2 * 1 * x = 4 x
+    expect(Array.from(await out[0].toArray())).toEqual([1.5, 3, 4.5, 6, 20, 24, 28, 32]);
+    // rank 1 token 0: 1*3x + 4*4x = 19x; token 1: 0.5*4x + 0.125*2x = 2.25x; token 2: 2*1x + 8*3x = 26x
+    expect(Array.from(await out[1].toArray())).toEqual([-19, -38, -57, -76, 22.5, 45, 67.5, 90, 13, 39, 65, 91]);
+  });
+});
+
+describe('dispatch and combine against the single-device path', () => {
+  for (const R of [2, 4]) {
+    for (const payload of ['bf16', 'fp8', 'nvfp4'] as const) {
+      for (const form of ['contiguous', 'masked'] as const) {
+        it(`${R} ranks, ${payload}, ${form}: random routing`, async () => {
+          const seed = freshSeed(`ep ${R} ${payload} ${form}`);
+          const T = Array.from({ length: R }, (_, r) => 3 + ((seed >>> r) % 5));
+          const E = 4 * R, K = 3, H = 160;
+          await round({ R, E, H, K, maxT: 8, payload, form, out: 'f32', ...(form === 'contiguous' ? { align: 4 } : {}), inputs: inputs(seed, T, H, E, K) });
+          await round({ R, E, H, K, maxT: 8, payload, form, out: 'bf16', inputs: inputs(seed + 1, T, H, E, K) });
+        });
+      }
+    }
+  }
+
+  it('skewed: every token to rank 0\'s experts; masked overflow is dropped and counted', async () => {
+    const seed = freshSeed('ep skewed');
+    const R = 4, E = 8, K = 2, H = 32;
+    const inp = inputs(seed, [6, 5, 6, 4], H, E, K, (r) => Math.floor(r() * 2));
+    const { dropped } = await round({ R, E, H, K, maxT: 6, payload: 'bf16', form: 'masked', M: 5, out: 'f32', inputs: inp });
+    // 21 tokens each pick both of experts 0 and 1: 21 - 5 dropped from each
+    expect(dropped).toEqual([32, 0, 0, 0]);
+    await round({ R, E, H, K, maxT: 6, payload: 'bf16', form: 'contiguous', inputs: inp });
+  });
+
+  it('a rank that sends nothing, and a rank that receives nothing', async () => {
+    const seed = freshSeed('ep empty');
+    const R = 3, E = 6, K = 2, H = 16;
+    // rank 1 has no tokens; nobody picks rank 2's experts (4, 5)
+    const inp = inputs(seed, [4, 0, 5], H, E, K, (r) => Math.floor(r() * 4));
+    await round({ R, E, H, K, maxT: 5, payload: 'bf16', form: 'contiguous', out: 'f32', inputs: inp });
+    await round({ R, E, H, K, maxT: 5, payload: 'nvfp4', form: 'masked', M: 3, inputs: inp });
+  });
+
+  it('ids outside [0, numExperts) are counted, sent nowhere, and add nothing', async () => {
+    const seed = freshSeed('ep invalid ids');
+    const R = 2, E = 4, K = 2, H = 16;
+    const inp = inputs(seed, [4, 3], H, E, K);
+    inp[0].ids[1] = -1;
+    inp[0].ids[4] = 4;
+    inp[1].ids[5] = 1000;
+    await round({ R, E, H, K, maxT: 4, payload: 'bf16', form: 'contiguous', out: 'f32', inputs: inp });
+  });
+
+  it('many rounds on one buffer, with changing routing and token counts', async () => {
+    const seed = freshSeed('ep rounds');
+    const R = 2, E = 6, K = 2, H = 48;
+    const bs = await buffers(await group(R), { maxTokensPerRank: 5, hidden: H, topK: K, numExperts: E, payload: 'fp8', layout: 'masked', maxTokensPerExpert: 4 });
+    for (let i = 0; i < 4; i++) {
+      const inp = inputs(seed + i, [1 + ((seed + i) % 5), (seed >>> i) % 6], H, E, K);
+      await round({ R, E, H, K, maxT: 5, payload: 'fp8', form: 'masked', M: 4, inputs: inp }, bs);
+    }
+  });
+});
+
+describe('payload error', () => {
+  it('fp8 and nvfp4 rows are within the stated bounds; nvfp4 moves about 3.55x fewer bytes than bf16', async () => {
+    const seed = freshSeed('ep payload error');
+    const r = rng(seed);
+    const H = 512;
+    // rows of mixed magnitudes, so that block scales differ
+    const row = Array.from({ length: H }, (_, i) => bf16((r() - 0.5) * (i % 128 < 64 ? 1 : 300)));
+    const fp8 = await decoded('fp8', row);
+    const fp4 = await decoded('nvfp4', row);
+    for (let b = 0; b < H / 128; b++) {
+      const blk = row.slice(b * 128, (b + 1) * 128);
+      const s = Math.max(...blk.map(Math.abs)) / 448;
+      for (let i = b * 128; i < (b + 1) * 128; i++) {
+        expect(Math.abs(fp8[i] - row[i]), `fp8 ${i}`).toBeLessThanOrEqual(2 ** -4 * Math.abs(row[i]) + 2 ** -10 * s + 2 ** -9 * Math.abs(fp8[i]));
+      }
+    }
+    for (let b = 0; b < H / 16; b++) {
+      const amax = Math.max(...row.slice(b * 16, (b + 1) * 16).map(Math.abs));
+      for (let i = b * 16; i < (b + 1) * 16; i++) {
+        expect(Math.abs(fp4[i] - row[i]), `nvfp4 ${i}`).toBeLessThanOrEqual((amax / 6) * (1 + 2 ** -4) + 2 ** -9 * Math.abs(fp4[i]));
+      }
+    }
+    const [pg] = await group(1);
+    const sizes: Record<string, number> = {};
+    for (const payload of ['bf16', 'fp8', 'nvfp4'] as const) {
+      const [b] = await buffers([pg], { maxTokensPerRank: 2, hidden: 7168, topK: 8, numExperts: 8, payload });
+      sizes[payload] = b.bytes.payload;
+      expect(b.bytes.slot).toBe(Math.ceil(b.bytes.payload / 16) * 16 + 80);
+      expect(b.bytes.dispatch).toBe(2 * b.bytes.slot);
+      expect(b.bytes.combine).toBe(64 + 2 * 8 * 7168 * 2);
+      expect(b.bytes.total).toBeGreaterThan(2 * (b.bytes.dispatch + b.bytes.combine));
+    }
+    expect(sizes).toEqual({ bf16: 14336, fp8: 7168 + 4 * 56, nvfp4: 3584 + 448 + 4 });
+    expect(sizes.bf16 / sizes.nvfp4).toBeGreaterThan(3.5);
+  });
+});
+
+// nvlink ranks of one process enqueue their work from one thread: a rank's receive (a kernel that
+// waits for every rank's send) must not be queued before the other ranks' sends, or any host call
+// that waits for the device in between (a kernel's first load, an allocation) deadlocks.
+describe('the send gate of nvlink ranks in one process', () => {
+  it('no rank passes before every rank has arrived; the last passes at once; calls are separate', async () => {
+    const gate = new SendGate(3);
+    const passed: string[] = [];
+    const never = () => new Error('timeout');
+    const p0 = gate.arrive(0, 'dispatch 1', 10_000, never).then(() => passed.push('r0'));
+    const p2 = gate.arrive(2, 'dispatch 1', 10_000, never).then(() => passed.push('r2'));
+    const other = gate.arrive(0, 'combine 1', 10_000, never).then(() => passed.push('combine r0'));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(passed).toEqual([]);
+    expect(gate.missing('dispatch 1')).toEqual([1]);
+    await gate.arrive(1, 'dispatch 1', 10_000, never);
+    await Promise.all([p0, p2]);
+    expect(passed.sort()).toEqual(['r0', 'r2']);
+    expect(gate.missing('dispatch 1')).toEqual([0, 1, 2]);
+    await Promise.all([gate.arrive(1, 'combine 1', 10_000, never), gate.arrive(2, 'combine 1', 10_000, never), other]);
+    expect(passed).toContain('combine r0');
+  });
+
+  it('a rank that never arrives: the others fail after the timeout, naming it; a late arrival passes', async () => {
+    const gate = new SendGate(3);
+    const t0 = Date.now();
+    const r = await Promise.allSettled([0, 2].map((rank) => gate.arrive(rank, 'dispatch 4', 150, (missing) => new MoeError('E_TIMEOUT', `waited for rank ${missing}`))));
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(140);
+    for (const s of r) expect(((s as PromiseRejectedResult).reason as MoeError).message).toBe('waited for rank 1');
+    // its send follows the others': nothing is left to wait for
+    await gate.arrive(1, 'dispatch 4', 150, () => new Error('unexpected'));
+  });
+});
+
+describe('errors', () => {
+  it('bad options and arguments name the argument; nothing is sent', async () => {
+    const pgs = await group(2);
+    const base = { maxTokensPerRank: 4, hidden: 16, topK: 2, numExperts: 4 };
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, numExperts: 5 }), 'E_ARGUMENT', 'numExperts');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, topK: 5 }), 'E_ARGUMENT', 'topK');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, hidden: 24, payload: 'nvfp4' }), 'E_ARGUMENT', 'multiple of 16');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, payload: 'fp4' as never }), 'E_ARGUMENT', 'payload');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, transport: 'nccl' as never }), 'E_ARGUMENT', 'transport');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, transport: 'nvlink' }), 'E_DEVICE', 'CUDA ranks');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, sms: 8 }), 'E_ARGUMENT', 'sms');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, maxTokensPerExpert: 2 }), 'E_ARGUMENT', 'masked');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, layout: 'masked', align: 4 }), 'E_ARGUMENT', 'align');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, extra: 1 } as never), 'E_ARGUMENT', 'extra');
+    await expectCode(() => createEpBuffer({} as never, base), 'E_ARGUMENT', 'group');
+
+    const bs = await buffers(pgs, base);
+    const x = cpuArray(new Array(5 * 16).fill(1), [5, 16], 'bf16');
+    const ids = cpuArray(new Array(10).fill(0), [5, 2], 'i32');
+    const w = cpuArray(new Array(10).fill(1), [5, 2], 'f32');
+    await expectCode(() => bs[0].dispatch(x, { ids, weights: w }), 'E_SHAPE', 'maxTokensPerRank');
+    const x2 = cpuArray(new Array(2 * 16).fill(1), [2, 16], 'bf16');
+    await expectCode(() => bs[0].dispatch(x2, { ids, weights: w }), 'E_SHAPE', 'routing.ids');
+    await expectCode(() => bs[0].dispatch(x2, { ids: cpuArray([0, 1, 2, 3], [2, 2], 'f32') as never, weights: w }), 'E_DTYPE', 'routing.ids');
+    await expectCode(() => bs[0].dispatch(cpuArray(new Array(32).fill(1), [2, 16], 'f32') as never, { ids, weights: w }), 'E_DTYPE', 'x');
+    await expectCode(() => bs[0].dispatch(cpuArray(new Array(30).fill(1), [2, 15], 'bf16'), { ids, weights: w }), 'E_SHAPE', 'hidden');
+    await expectCode(() => bs[0].combine(cpuArray([1], [1, 1], 'bf16'), { epoch: 1, tokens: 1 }), 'E_ARGUMENT', 'handle');
+    // a working round after the refusals: nothing was sent
+    const ok = inputs(7, [2, 3], 16, 4, 2);
+    await round({ R: 2, E: 4, H: 16, K: 2, maxT: 4, payload: 'bf16', form: 'contiguous', inputs: ok }, bs);
+  });
+
+  it('moeForwardEp checks its arguments before anything is sent', async () => {
+    const pgs = await group(2);
+    const spec: Spec = { E: 4, H: 32, I: 16, Is: 0, k: 2, scoring: 'softmax' };
+    const bs = await buffers(pgs, { maxTokensPerRank: 3, hidden: 32, topK: 2, numExperts: 4 });
+    const pkg = await import('../lib');
+    const layer = model.makeLayer(5, spec);
+    const mine = await model.layerOn(pkg, layer, 0, 2);
+    const all = await model.layerOn(pkg, layer, 0, 4);
+    const x = cpuArray(new Array(2 * 32).fill(0.5), [2, 32], 'bf16');
+    await expectCode(() => pkg.moeForwardEp(x, mine.router, mine.experts, {} as never), 'E_ARGUMENT', 'options.ep');
+    await expectCode(() => pkg.moeForwardEp(x, mine.router, all.experts, { ep: bs[0] }), 'E_SHAPE', 'experts.w13');
+    await expectCode(() => pkg.moeForwardEp(x, { ...(mine.router as object), k: 1 } as never, mine.experts, { ep: bs[0] }), 'E_ARGUMENT', 'router.k');
+    await expectCode(() => pkg.moeForwardEp(cpuArray(new Array(4 * 32).fill(0.5), [4, 32], 'bf16'), mine.router, mine.experts, { ep: bs[0] }), 'E_SHAPE', 'maxTokensPerRank');
+    await expectCode(() => pkg.moeForwardEp(cpuArray(new Array(2 * 16).fill(0.5), [2, 16], 'bf16'), mine.router, mine.experts, { ep: bs[0] }), 'E_SHAPE', 'hidden');
+    bs[1].dispose();
+    await expectCode(() => pkg.moeForwardEp(x, mine.router, mine.experts, { ep: bs[1] }), 'E_DISPOSED', 'EpBuffer');
+  });
+
+  it('ranks with different options: E_ARGUMENT naming the option', async () => {
+    const pgs = await group(2);
+    const r = await Promise.allSettled([
+      createEpBuffer(pgs[0], { maxTokensPerRank: 4, hidden: 16, topK: 2, numExperts: 4 }),
+      createEpBuffer(pgs[1], { maxTokensPerRank: 4, hidden: 16, topK: 2, numExperts: 4, payload: 'fp8' }),
+    ]);
+    for (const s of r) {
+      expect(s.status).toBe('rejected');
+      const e = (s as PromiseRejectedResult).reason as MoeError;
+      expect(e.code).toBe('E_ARGUMENT');
+      expect(e.message).toMatch(/options\.payload: rank [01] has "(bf16|fp8)", rank [01] has "(bf16|fp8)"/);
+    }
+  });
+
+  it('a combine with a stale handle, a call in flight, y of the wrong shape', async () => {
+    const R = 2, H = 16;
+    const bs = await buffers(await group(R), { maxTokensPerRank: 4, hidden: H, topK: 2, numExperts: 4 });
+    const inp = inputs(11, [2, 2], H, 4, 2);
+    const args = (r: number) => [cpuArray(inp[r].x, [2, H], 'bf16'), { ids: cpuArray(inp[r].ids, [2, 2], 'i32'), weights: cpuArray(inp[r].weights, [2, 2], 'f32') }] as const;
+    const first = bs[0].dispatch(...args(0));
+    await expectCode(() => bs[0].dispatch(...args(0)), 'E_ARGUMENT', 'in flight');
+    const d = await Promise.all([first, bs[1].dispatch(...args(1))]);
+    await expectCode(() => bs[0].combine(cpuArray(new Array(16).fill(0), [1, H], 'bf16'), d[0].handle), 'E_SHAPE', 'y');
+    await Promise.all(bs.map((b, r) => b.combine(d[r].tokens, d[r].handle)));
+    await expectCode(() => bs[0].combine(d[0].tokens, d[0].handle), 'E_ARGUMENT', 'handle');
+  });
+
+  it('a rank that never dispatches: the others get E_TIMEOUT within the timeout; the buffer is then refused', async () => {
+    const pgs = await group(3, 400);
+    const bs = await buffers(pgs, { maxTokensPerRank: 2, hidden: 16, topK: 1, numExperts: 3 });
+    const inp = inputs(5, [2, 2, 2], 16, 3, 1);
+    const t0 = Date.now();
+    const r = await Promise.allSettled([0, 1].map((i) => bs[i].dispatch(cpuArray(inp[i].x, [2, 16], 'bf16'), { ids: cpuArray(inp[i].ids, [2, 1], 'i32'), weights: cpuArray(inp[i].weights, [2, 1], 'f32') })));
+    expect(Date.now() - t0).toBeLessThan(5000);
+    for (const s of r) expect(((s as PromiseRejectedResult).reason as MoeError).code).toBe('E_TIMEOUT');
+    await expectCode(() => bs[0].dispatch(cpuArray(inp[0].x, [2, 16], 'bf16'), { ids: cpuArray(inp[0].ids, [2, 1], 'i32'), weights: cpuArray(inp[0].weights, [2, 1], 'f32') }), 'E_COMM', 'earlier call');
+  });
+});
+
+// ---- moeForwardEp on rank processes ------------------------------------------------------
+
+const root = path.resolve(__dirname, '..');
+const cli = path.join(root, 'dist', 'cli.js');
+const rankScript = path.join(__dirname, 'fixtures', 'ep-dispatch-rank.js');
+
+function launch(n: number, env: Record<string, string>, backend: 'cpu' | 'cuda' = 'cpu'): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [cli, 'launch', '-n', String(n), rankScript], {
+    cwd: root, env: { ...process.env, MOE_KERNELS_BACKEND: backend, ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '', stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d));
+  child.stderr.on('data', (d: Buffer) => (stderr += d));
+  const limit = setTimeout(() => {
+    try {
+      process.kill(-(child.pid as number), 'SIGKILL');
+    } catch {
+      // gone
+    }
+  }, 90_000);
+  return new Promise((resolve) => child.on('close', (status) => {
+    clearTimeout(limit);
+    resolve({ status, stdout, stderr });
+  }));
+}
+
+function rankLines(stdout: string): Map<number, Record<string, unknown>> {
+  const out = new Map<number, Record<string, unknown>>();
+  for (const line of stdout.split('\n')) {
+    const m = /^\[rank (\d+)\] (\{.*\})$/.exec(line);
+    if (m) out.set(Number(m[1]), JSON.parse(m[2]));
+  }
+  return out;
+}
+
+describe('moeForwardEp on rank processes', () => {
+  for (const [R, payload, form] of [[2, 'bf16', 'contiguous'], [4, 'bf16', 'masked'], [2, 'nvfp4', 'contiguous'], [4, 'fp8', 'masked']] as const) {
+    it(`${R} ranks, ${payload} payload, ${form}: the single-device block's bits`, async () => {
+      const seed = freshSeed(`moeForwardEp ${R} ${payload}`);
+      const spec: Spec & { M?: number } = { E: 2 * R, H: 64, I: 32, Is: R === 2 && payload === 'bf16' ? 32 : 0, k: 2, scoring: R === 2 ? 'softmax' : 'sigmoid', ...(form === 'masked' ? { M: 3 } : {}) };
+      const tokens = Array.from({ length: R }, (_, r) => (r === 1 ? 0 : 2 + ((seed >>> r) % 3)));
+      const run = await launch(R, { EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(tokens), EP_PAYLOAD: payload, EP_LAYOUT: form });
+      expect(run.status, run.stdout + run.stderr).toBe(0);
+      const lines = rankLines(run.stdout);
+
+      const pkg = await import('../lib');
+      const layer = model.makeLayer(seed, spec);
+      const { router, experts } = await model.layerOn(pkg, layer, 0, spec.E);
+      const xs: number[] = [];
+      for (let r = 0; r < R; r++) xs.push(...model.tokensOf(seed, r, tokens[r], spec.H));
+      const Tall = xs.length / spec.H;
+      const x = cpuArray(xs, [Tall, spec.H], 'bf16');
+      let want: number[];
+      const maskedOptions = form === 'masked' ? { maxTokensPerExpert: spec.M as number } : {};
+      if (payload === 'bf16') {
+        want = Array.from(await moeForward(x, router, experts, maskedOptions).toArray());
+      } else {
+        // the block with the experts' inputs as the payload delivers them: routing from x itself
+        const r0 = router as unknown as { weight: Tensor<'bf16'>; k: number; scoring: 'softmax' | 'sigmoid'; correctionBias?: Tensor<'f32'>; scale?: number };
+        const ids = routeTopK(routerLogits(x, r0.weight), { k: r0.k, scoring: r0.scoring, ...(r0.correctionBias ? { correctionBias: r0.correctionBias, scale: r0.scale } : {}) });
+        const xq: number[] = [];
+        for (let t = 0; t < Tall; t++) xq.push(...(await decoded(payload, xs.slice(t * spec.H, (t + 1) * spec.H))));
+        const layout = expertLayout(ids.ids, spec.E, maskedOptions);
+        const ex = experts as unknown as { w13: never; w2: never };
+        const act = groupedGemmNvfp4(permute(cpuArray(xq, [Tall, spec.H], 'bf16'), layout), ex.w13, layout, { epilogue: 'swiglu' });
+        want = Array.from(await unpermute(groupedGemmNvfp4(act, ex.w2, layout), layout, ids.weights).toArray());
+      }
+      let at = 0;
+      for (let r = 0; r < R; r++) {
+        const line = lines.get(r);
+        expect(line?.code, String(line?.message)).toBeUndefined();
+        expect(line?.out, `rank ${r}`).toEqual(want.slice(at, at + tokens[r] * spec.H));
+        at += tokens[r] * spec.H;
+      }
+    });
+  }
+});
+
+// ---- the nvlink transport: CUDA ranks of one process ----------------------------------------
+// Ranks on one device test the kernels on a one-GPU host (each rank with its own stream); with
+// two GPUs, ranks on cuda:0 and cuda:1 write each other's memory through peer access. The oracle
+// is the same single-device path on the CPU: dispatch and combine move and sum bytes exactly.
+
+describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaReason})`}`, () => {
+  /** Rank layouts to run: two ranks on cuda:0, and on cuda:0 / cuda:1 where there are two GPUs. */
+  const pairs = (): Device[][] => (cudaDevices().length >= 2 ? [['cuda:0', 'cuda:0'], ['cuda:0', 'cuda:1']] : [['cuda:0', 'cuda:0']]);
+
+  for (const payload of ['bf16', 'fp8', 'nvfp4'] as const) {
+    for (const form of ['contiguous', 'masked'] as const) {
+      it(`${payload}, ${form}: random routing, bit for bit against the CPU oracle`, async () => {
+        for (const devs of pairs()) {
+          const seed = freshSeed(`nvlink ${payload} ${form} ${devs.join(',')}`);
+          const E = 8, K = 3, H = 4096 + 64;
+          const T = [5 + (seed % 4), 3 + ((seed >>> 3) % 6)];
+          await round({ R: 2, E, H, K, maxT: 9, payload, form, out: 'f32', devices: devs, ...(form === 'contiguous' ? { align: 8 } : { M: 4 }), inputs: inputs(seed, T, H, E, K) });
+          // a hidden size off the 16-byte copies (and, for fp8, a partial 128-block); nvfp4 needs 16 | hidden
+          await round({ R: 2, E, H: 36, K: 2, maxT: 9, payload: payload === 'nvfp4' ? 'bf16' : payload, form, out: 'bf16', devices: devs, inputs: inputs(seed + 1, T, 36, E, 2) });
+        }
+      });
+    }
+  }
+
+  it('4 ranks on one device; skewed routing with masked overflow; a rank that sends nothing; invalid ids', async () => {
+    const seed = freshSeed('nvlink 4 ranks');
+    const devs: Device[] = ['cuda:0', 'cuda:0', 'cuda:0', 'cuda:0'];
+    const E = 8, K = 2, H = 256;
+    await round({ R: 4, E, H, K, maxT: 6, payload: 'bf16', form: 'contiguous', out: 'f32', devices: devs, inputs: inputs(seed, [6, 0, 5, 3], H, E, K) });
+    const skewed = inputs(seed + 1, [6, 5, 6, 4], H, E, K, (r) => Math.floor(r() * 2));
+    const { dropped } = await round({ R: 4, E, H, K, maxT: 6, payload: 'nvfp4', form: 'masked', M: 5, out: 'f32', devices: devs, inputs: skewed });
+    expect(dropped).toEqual([32, 0, 0, 0]);
+    const bad = inputs(seed + 2, [4, 3, 2, 1], H, E, K);
+    bad[0].ids[1] = -1;
+    bad[2].ids[2] = 99;
+    await round({ R: 4, E, H, K, maxT: 4, payload: 'fp8', form: 'contiguous', out: 'f32', devices: devs, inputs: bad });
+  });
+
+  it('many rounds on one buffer: the call numbers advance without a host barrier', async () => {
+    for (const devs of pairs()) {
+      const seed = freshSeed(`nvlink rounds ${devs.join(',')}`);
+      const E = 4, K = 2, H = 128;
+      const pgs = await groupOn(devs);
+      const bs = await buffers(pgs, { maxTokensPerRank: 6, hidden: H, topK: K, numExperts: E, layout: 'masked', maxTokensPerExpert: 5, sms: 3 });
+      const streams = devs.map((d) => keep(createStream(d)));
+      for (let i = 0; i < 6; i++) {
+        const T = [(seed + i) % 7, (seed + 3 * i + 1) % 7];
+        await round({ R: 2, E, H, K, maxT: 6, payload: 'bf16', form: 'masked', M: 5, out: 'f32', devices: devs, streams, inputs: inputs(seed + i, T, H, E, K) }, bs);
+      }
+    }
+  });
+
+  it('every rank\'s send is enqueued before any rank\'s receive, in dispatch and in combine', async () => {
+    for (const devs of [['cuda:0', 'cuda:0', 'cuda:0'] as Device[], ...pairs()]) {
+      const seed = freshSeed(`nvlink order ${devs.join(',')}`);
+      const R = devs.length, E = 2 * R, K = 2, H = 64;
+      const b = native() as unknown as Record<string, (...a: unknown[]) => unknown>;
+      const calls: string[] = [];
+      const names = ['epDispatchSend', 'epDispatchRecv', 'epCombineSend', 'epCombineRecv'];
+      const saved = names.map((n) => b[n]);
+      names.forEach((n, i) => {
+        b[n] = (...a: unknown[]) => {
+          calls.push(n);
+          return saved[i](...a);
+        };
+      });
+      try {
+        await round({ R, E, H, K, maxT: 4, payload: 'bf16', form: 'contiguous', devices: devs, inputs: inputs(seed, Array.from({ length: R }, (_, r) => 1 + r), H, E, K) });
+      } finally {
+        names.forEach((n, i) => (b[n] = saved[i]));
+      }
+      const sends = (op: string) => calls.map((c, i) => (c === op ? i : -1)).filter((i) => i >= 0);
+      expect(sends('epDispatchSend').length).toBe(R);
+      expect(Math.max(...sends('epDispatchSend'))).toBeLessThan(Math.min(...sends('epDispatchRecv')));
+      expect(Math.max(...sends('epCombineSend'))).toBeLessThan(Math.min(...sends('epCombineRecv')));
+    }
+  });
+
+  it('ranks that share a device and a stream are refused', async () => {
+    const pgs = await groupOn(['cuda:0', 'cuda:0']);
+    const bs = await buffers(pgs, { maxTokensPerRank: 2, hidden: 16, topK: 1, numExperts: 2 });
+    expect(bs.map((b) => [b.transport, b.sms])).toEqual([['nvlink', 16], ['nvlink', 16]]);
+    const x = fromArray(new Array(32).fill(1), { shape: [2, 16], dtype: 'bf16', device: 'cuda:0' });
+    const ids = fromArray([0, 1], { shape: [2, 1], dtype: 'i32', device: 'cuda:0' });
+    const w = fromArray([1, 1], { shape: [2, 1], device: 'cuda:0' });
+    await expectCode(() => bs[0].dispatch(x, { ids, weights: w }), 'E_ARGUMENT', 'stream of its own');
+    await expectCode(() => createEpBuffer(pgs[0], { maxTokensPerRank: 2, hidden: 16, topK: 1, numExperts: 2, transport: 'host' }), 'E_DEVICE', 'host');
+  });
+
+  it('a rank that never dispatches: the other gets E_TIMEOUT within the timeout; its device stays usable', async () => {
+    const timeoutMs = 1500;
+    const pgs = await groupOn(['cuda:0', 'cuda:0'], timeoutMs);
+    const bs = await buffers(pgs, { maxTokensPerRank: 2, hidden: 64, topK: 1, numExperts: 2 });
+    const s = keep(createStream('cuda:0'));
+    const inp = inputs(3, [2], 64, 2, 1)[0];
+    const x = fromArray(inp.x, { shape: [2, 64], dtype: 'bf16', device: 'cuda:0' });
+    const ids = fromArray(inp.ids, { shape: [2, 1], dtype: 'i32', device: 'cuda:0' });
+    const w = fromArray(inp.weights, { shape: [2, 1], device: 'cuda:0' });
+    await settle(['cuda:0']);
+    const t0 = Date.now();
+    await expectCode(() => bs[0].dispatch(x, { ids, weights: w }, { stream: s }), 'E_TIMEOUT', 'waited 1500 ms for rank 1');
+    const ms = Date.now() - t0;
+    expect(ms).toBeGreaterThanOrEqual(timeoutMs - 50);
+    expect(ms).toBeLessThan(timeoutMs + 8000);
+    await expectCode(() => bs[0].dispatch(x, { ids, weights: w }, { stream: s }), 'E_COMM', 'earlier call');
+    // the stream and the device work on: an op on the same stream, and a new pair of ranks
+    const y = convert(x, 'f32', { stream: s });
+    expect(Array.from(await y.toArray({ stream: s }))).toEqual(inp.x.map(bf16));
+    await round({ R: 2, E: 2, H: 64, K: 1, maxT: 2, payload: 'bf16', form: 'contiguous', devices: ['cuda:0', 'cuda:0'], inputs: inputs(4, [2, 1], 64, 2, 1) });
+  });
+
+  it('a decode-size dispatch and combine captured in a CUDA graph, replayed with changing routing', async () => {
+    for (const devs of pairs()) {
+      const seed = freshSeed(`nvlink graph ${devs.join(',')}`);
+      const R = 2, E = 8, K = 2, H = 512, T = 4;
+      const pgs = await groupOn(devs);
+      const bs = await buffers(pgs, { maxTokensPerRank: T, hidden: H, topK: K, numExperts: E, layout: 'masked', maxTokensPerExpert: R * T, sms: 4 });
+      const streams = devs.map((d) => keep(createStream(d)));
+      const xs = devs.map((d) => fromArray(new Float32Array(T * H), { shape: [T, H], dtype: 'bf16', device: d }));
+      const ids = devs.map((d) => fromArray(new Int32Array(T * K), { shape: [T, K], dtype: 'i32', device: d }));
+      const ws = devs.map((d) => fromArray(new Float32Array(T * K), { shape: [T, K], device: d }));
+      const outs = devs.map((d) => fromArray(new Float32Array(T * H), { shape: [T, H], device: d }));
+      await settle(devs);
+      // the experts return their input: combine gives sum_k w_k * bf16 row, in slot order
+      const graphs = bs.map((b, r) => captureGraph(streams[r], () => {
+        void b.dispatch(xs[r], { ids: ids[r], weights: ws[r] }, { stream: streams[r] });
+        void b.combine(b.tokens, b.lastHandle as never, { out: outs[r], stream: streams[r] });
+      }));
+      const seen = new Set<string>();
+      for (let step = 0; step < 4; step++) {
+        const inp = inputs(seed + step, [T, T], H, E, K);
+        const b = native();
+        for (let r = 0; r < R; r++) {
+          const xb = fromArray(inp[r].x, { shape: [T, H], dtype: 'bf16', device: devs[r] });
+          await settle(devs);
+          b.copyDeviceToDevice(xs[r].deviceIndex, xs[r].dataPtr, xb.dataPtr, xs[r].byteLength, streams[r].handle);
+          b.copyToDevice(ids[r].deviceIndex, ids[r].dataPtr, Int32Array.from(inp[r].ids), ids[r].byteLength, streams[r].handle);
+          b.copyToDevice(ws[r].deviceIndex, ws[r].dataPtr, Float32Array.from(inp[r].weights), ws[r].byteLength, streams[r].handle);
+          await streams[r].synchronize();
+          xb.dispose();
+        }
+        seen.add(JSON.stringify(inp.map((i) => i.ids)));
+        for (let r = 0; r < R; r++) graphs[r].replay(streams[r]);
+        await Promise.all(bs.map((buf, r) => buf.check(streams[r])));
+        // the oracle: unpermute of the bf16 rows over the ranks' tokens concatenated
+        const allIds = inp.flatMap((i) => i.ids);
+        const gl = expertLayout(cpuArray(allIds, [R * T, K], 'i32'), E);
+        const rows = permute(cpuArray(inp.flatMap((i) => i.x), [R * T, H], 'bf16'), gl);
+        const want = Array.from(await unpermute(rows, gl, cpuArray(inp.flatMap((i) => i.weights), [R * T, K], 'f32'), { out: fromArray(new Float32Array(R * T * H), { shape: [R * T, H], device: 'cpu' }) as Tensor<'f32'> }).toArray());
+        for (let r = 0; r < R; r++) {
+          expect(Array.from(await outs[r].toArray({ stream: streams[r] })), `step ${step} rank ${r}`).toEqual(want.slice(r * T * H, (r + 1) * T * H));
+        }
+      }
+      expect(seen.size).toBe(4);
+      for (const g of graphs) g.dispose();
+    }
+  });
+
+  it('moeForwardEp on two ranks against moeForward on one device (the expert GEMMs may split K differently: 2^-8 relative L2)', async () => {
+    for (const devs of pairs()) {
+      const seed = freshSeed(`nvlink moeForwardEp ${devs.join(',')}`);
+      const spec: Spec = { E: 8, H: 256, I: 128, Is: 128, k: 2, scoring: 'sigmoid' };
+      const pkg = await import('../lib');
+      const layer = model.makeLayer(seed, spec);
+      const T = [5, 3];
+      const pgs = await groupOn(devs);
+      const bs = await buffers(pgs, { maxTokensPerRank: 5, hidden: spec.H, topK: spec.k, numExperts: spec.E });
+      const streams = devs.map((d) => keep(createStream(d)));
+      const parts = await Promise.all(devs.map((d, r) => model.layerOn(pkg, layer, r * 4, 4, d)));
+      const xs = devs.map((d, r) => fromArray(model.tokensOf(seed, r, T[r], spec.H), { shape: [T[r], spec.H], dtype: 'bf16', device: d }));
+      await settle(devs);
+      const outs = await Promise.all(bs.map((ep, r) => pkg.moeForwardEp(xs[r], parts[r].router, parts[r].experts, { ep, stream: streams[r] })));
+      const whole = await model.layerOn(pkg, layer, 0, spec.E, 'cuda:0');
+      const all = [...model.tokensOf(seed, 0, T[0], spec.H), ...model.tokensOf(seed, 1, T[1], spec.H)];
+      const want = await moeForward(fromArray(all, { shape: [8, spec.H], dtype: 'bf16', device: 'cuda:0' }), whole.router, whole.experts).toArray();
+      const got = [...(await outs[0].toArray({ stream: streams[0] })), ...(await outs[1].toArray({ stream: streams[1] }))];
+      let d2 = 0, n2 = 0;
+      for (let i = 0; i < want.length; i++) {
+        d2 += (got[i] - want[i]) ** 2;
+        n2 += want[i] ** 2;
+      }
+      expect(Math.sqrt(d2 / n2)).toBeLessThanOrEqual(2 ** -8);
+    }
+  });
+});
+
+// One process per rank on GPUs: the ranks map each other's buffers with CUDA IPC. Two ranks on
+// cuda:0 run on a one-GPU host (the processes share the GPU by time slices).
+describe.skipIf(!hasCuda)(`nvlink transport between rank processes (CUDA IPC)${hasCuda ? '' : ` (skipped: ${cudaReason})`}`, () => {
+  const rankDevices = (): string[][] => (cudaDevices().length >= 2 ? [['cuda:0', 'cuda:0'], ['cuda:0', 'cuda:1']] : [['cuda:0', 'cuda:0']]);
+
+  it('a dispatch/combine round: the bits of the single-device path', async () => {
+    for (const devs of rankDevices()) {
+      const seed = freshSeed(`ipc roundtrip ${devs.join(',')}`);
+      const spec = { E: 8, H: 272, I: 32, Is: 0, k: 3, scoring: 'softmax' as const };
+      const tokens = [5, 3];
+      // both ranks on cuda:0, or rank r on cuda:<r> (its LOCAL_RANK)
+      const run = await launch(2, {
+        EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(tokens), EP_MODE: 'roundtrip',
+        EP_DEVICE: devs[1] === 'cuda:0' ? 'cuda:0' : 'local',
+      }, 'cuda');
+      const lines = rankLines(run.stdout);
+      expect(run.status, run.stdout + run.stderr).toBe(0);
+      const fixture = createRequire(__filename)('./fixtures/ep-model.js') as { rng(seed: number): () => number };
+      const routingOf = (r: number, T: number) => {
+        const next = fixture.rng((seed * 31 + r + 7) >>> 0);
+        const ids: number[] = [];
+        for (let t = 0; t < T; t++) {
+          const chosen: number[] = [];
+          while (chosen.length < spec.k) {
+            const e = Math.floor(next() * spec.E);
+            if (!chosen.includes(e)) chosen.push(e);
+          }
+          ids.push(...chosen);
+        }
+        return { ids, weights: Array.from({ length: T * spec.k }, () => next() * 2 - 0.25) };
+      };
+      const rs = tokens.map((T, r) => routingOf(r, T));
+      const xs = tokens.flatMap((T, r) => model.tokensOf(seed, r, T, spec.H));
+      const Tall = tokens[0] + tokens[1];
+      const gl = expertLayout(cpuArray(rs.flatMap((r) => r.ids), [Tall, spec.k], 'i32'), spec.E);
+      const want = Array.from(await unpermute(permute(cpuArray(xs, [Tall, spec.H], 'bf16'), gl), gl, cpuArray(rs.flatMap((r) => r.weights), [Tall, spec.k], 'f32'), {
+        out: fromArray(new Float32Array(Tall * spec.H), { shape: [Tall, spec.H], device: 'cpu' }) as Tensor<'f32'>,
+      }).toArray());
+      expect(lines.get(0)?.transport).toBe('nvlink');
+      expect(lines.get(0)?.out).toEqual(want.slice(0, tokens[0] * spec.H));
+      expect(lines.get(1)?.out).toEqual(want.slice(tokens[0] * spec.H));
+    }
+  });
+
+  it('moeForwardEp against moeForward on one device (2^-8 relative L2: the expert GEMMs may split K differently)', async () => {
+    const seed = freshSeed('ipc moeForwardEp');
+    const spec: Spec = { E: 8, H: 256, I: 128, Is: 128, k: 2, scoring: 'sigmoid' };
+    const tokens = [4, 6];
+    const run = await launch(2, { EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(tokens), EP_DEVICE: 'cuda:0' }, 'cuda');
+    expect(run.status, run.stdout + run.stderr).toBe(0);
+    const lines = rankLines(run.stdout);
+    const pkg = await import('../lib');
+    const whole = await model.layerOn(pkg, model.makeLayer(seed, spec), 0, spec.E, 'cuda:0');
+    const all = [...model.tokensOf(seed, 0, tokens[0], spec.H), ...model.tokensOf(seed, 1, tokens[1], spec.H)];
+    const want = await moeForward(fromArray(all, { shape: [10, spec.H], dtype: 'bf16', device: 'cuda:0' }), whole.router, whole.experts).toArray();
+    const got = [...(lines.get(0)?.out as number[]), ...(lines.get(1)?.out as number[])];
+    let d2 = 0, n2 = 0;
+    for (let i = 0; i < want.length; i++) {
+      d2 += (got[i] - want[i]) ** 2;
+      n2 += want[i] ** 2;
+    }
+    expect(Math.sqrt(d2 / n2)).toBeLessThanOrEqual(2 ** -8);
+  });
+});
