@@ -19,7 +19,6 @@ import {
   routerLogits,
   unpermute,
   type Device,
-  type ExpertLayout,
   type ExpertLayoutOptions,
   type MoeExperts,
   type MoeRouter,
@@ -27,94 +26,22 @@ import {
   type Tensor,
 } from '../lib';
 import { expectClose, expectCode, forEachBackend, freshSeed, hasCuda, rng } from './backends';
+import {
+  GEMM_TOLERANCE as TOLERANCE,
+  bf16Bits,
+  bf16Value,
+  idsForCounts,
+  layoutOf,
+  placeExperts,
+  randomBf16Bits,
+  randomExperts,
+  randomIds,
+  readI32,
+  swigluF32,
+  type GemmCase as Case,
+  type RawExperts,
+} from './experts';
 
-const f32Scratch = new Float32Array(1);
-const u32Scratch = new Uint32Array(f32Scratch.buffer);
-function bf16Bits(v: number): number {
-  f32Scratch[0] = v;
-  const u = u32Scratch[0];
-  return Math.floor((u + 0x7fff + ((u >>> 16) & 1)) / 65536) & 0xffff;
-}
-function bf16Value(bits: number): number {
-  u32Scratch[0] = bits << 16;
-  return f32Scratch[0];
-}
-/** silu(gate) * up with the f32 operations of the reference. */
-function swigluF32(gate: number, up: number): number {
-  const e = Math.fround(Math.exp(-gate));
-  return Math.fround(Math.fround(gate / Math.fround(1 + e)) * up);
-}
-
-// the GEMM's stated error for bf16 output (test/nvfp4.test.ts), W4A16 and W4A4 alike
-const TOLERANCE = 1e-3;
-
-function randomBf16Bits(r: () => number, n: number): Uint16Array {
-  const bits = new Uint16Array(n);
-  for (let i = 0; i < n; i++) {
-    let v = 0;
-    while (v === 0) v = (r() * 2 - 1) * 2 ** Math.floor(r() * 4 - 2);
-    bits[i] = bf16Bits(v);
-  }
-  return bits;
-}
-
-interface RawExperts {
-  E: number;
-  N: number;
-  K: number;
-  data: Uint8Array;
-  scales: Uint8Array;
-  gs: number[];
-}
-
-function randomExperts(r: () => number, E: number, N: number, K: number): RawExperts {
-  const data = new Uint8Array((E * N * K) / 2);
-  for (let i = 0; i < data.length; i++) data[i] = Math.floor(r() * 256);
-  const scales = new Uint8Array((E * N * K) / 16);
-  for (let i = 0; i < scales.length; i++) scales[i] = 0x20 + Math.floor(r() * 40);
-  const gs = Array.from({ length: E }, () => Math.fround(0.01 + r() * 0.02));
-  return { E, N, K, data, scales, gs };
-}
-
-function placeExperts(q: RawExperts, device: Device): Nvfp4Tensor {
-  return nvfp4FromCheckpoint(
-    {
-      weight: { data: q.data, shape: [q.E, q.N, q.K / 2], dtype: 'U8' },
-      weight_scale: { data: q.scales, shape: [q.E, q.N, q.K / 16], dtype: 'F8_E4M3' },
-      weight_scale_2: q.gs,
-    },
-    { device },
-  );
-}
-
-/** ids [T, 1] giving expert e exactly counts[e] tokens, in a shuffled token order. */
-function idsForCounts(r: () => number, counts: number[]): number[][] {
-  const ids: number[][] = [];
-  counts.forEach((c, e) => {
-    for (let i = 0; i < c; i++) ids.push([e]);
-  });
-  for (let i = ids.length - 1; i > 0; i--) {
-    const j = Math.floor(r() * (i + 1));
-    [ids[i], ids[j]] = [ids[j], ids[i]];
-  }
-  return ids;
-}
-
-function randomIds(r: () => number, T: number, k: number, E: number): number[][] {
-  return Array.from({ length: T }, () => {
-    const row = new Set<number>();
-    while (row.size < k) row.add(Math.floor(r() * E));
-    return [...row];
-  });
-}
-
-function layoutOf(ids: number[][], k: number, E: number, options: ExpertLayoutOptions, device: Device): ExpertLayout {
-  return expertLayout(fromArray(new Int32Array(ids.flat()), { shape: [ids.length, k], device }), E, options);
-}
-
-async function readI32(t: Tensor<'i32'>): Promise<number[]> {
-  return Array.from(await t.toArray());
-}
 
 async function bytes(t: Tensor): Promise<Uint8Array> {
   return (await t.toBytes()).slice();
@@ -267,15 +194,6 @@ forEachBackend('permute with NVFP4 quantization', (device: Device) => {
 
 // ---- grouped GEMM, W4A4 and NVFP4 output -------------------------------------------------
 
-interface Case {
-  E: number;
-  N: number;
-  K: number;
-  ids: number[][];
-  k: number;
-  layout: ExpertLayoutOptions;
-  epilogue: 'none' | 'swiglu';
-}
 
 /**
  * One W4A4 case: x quantized by permute, the grouped GEMM, against a loop of the dense W4A4
