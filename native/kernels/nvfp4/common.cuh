@@ -87,7 +87,7 @@ __device__ __forceinline__ uint32_t scaleToBf16x2(uint32_t b) {
 }
 
 // The two scale bytes of a 16-bit word at once, as scaleToBf16x2 gives each of them (out[0] for
-// the low byte), in about a third of the instructions: the E4M3 bits placed in a bf16's low
+// the low byte), in fewer instructions than two calls of it: the E4M3 bits placed in a bf16's low
 // exponent and mantissa bits are the value times 2^-120, subnormals included, and two exact
 // multiplications by 2^119 make it times 2^118. A magnitude of 0x7F (NaN) becomes a bf16 NaN.
 __device__ __forceinline__ void scalePairToBf16x2(uint32_t s, uint32_t out[2]) {

@@ -144,11 +144,11 @@ struct GroupedConfig {
 // every problem with few rows per expert: a masked capacity of at most 16 (the dense rule,
 // kGemvMaxM), or a mean of at most 4 rows per expert in either form (decode: T <= 128 at top-8
 // of 256), whatever the capacity. At such means one 8-token tile per pass is the cheaper one:
-// the 16-token tile costs about 1.5x the instructions per weight byte on every expert
-// (benchmarks/NOTES.md), while with rows per expert near Poisson(4) only a few percent of the
-// experts hold more than 8 rows and pay a second pass over their weights. Measured on H200 at
-// T = 32 and 128, the tiled Tile16 kernel these problems took before reached 39-41% of the copy
-// bandwidth against 51-79% for the streaming kernel at T = 1 and 8.
+// the 16-token tile takes about 1.5x the time per weight byte on every expert (dense M = 16
+// against M = 1, benchmarks/NOTES.md), while with rows per expert near Poisson(4) only a few
+// percent of the experts hold more than 8 rows and pay a second pass over their weights.
+// Measured on H200 at T = 32 and 128: 39-41% of the copy bandwidth on the Tile16 kernel these
+// problems took before, 65-74% on the streaming kernel.
 inline constexpr int64_t kGroupedGemvMaxMean = 4;
 
 // Tiled kernels by the expected rows per expert R (the mean pairs / E, capped by the masked
