@@ -20,7 +20,7 @@ constexpr int kTileWarps = kTile / 32;
 constexpr int kScanThreads = 1024;
 constexpr int kMaxCols = moe::routing::kMaxLayoutExperts + 1;
 // One tile (T <= 32 at top-8). Measured on H200 (graph replay, noaux_tc 256 experts): the single
-// CTA saved 1.3-1.6 µs at T = 1 and 16, and cost 3.7 µs at T = 128 (four tiles walked in turn
+// CTA saved 0.9-1.9 µs at T = 1 and 16, and cost 3.7 µs at T = 128 (four tiles walked in turn
 // against three launches of four CTAs).
 constexpr int64_t kOneCtaMaxPairs = kTile;
 static_assert((3 + kTileWarps) * kMaxCols * sizeof(int32_t) <= 48 * 1024, "oneCtaKernel's shared memory");
