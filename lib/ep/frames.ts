@@ -2,7 +2,6 @@
 // big-endian length, a type byte and the body. The hello carries a magic string and a protocol
 // version, so a stray client is dropped and a rank from another release is refused by name.
 import { MoeError } from '../errors';
-import type { Collective } from './group';
 
 /** Bumped on any change to the frames below. */
 export const PROTOCOL_VERSION = 2;
@@ -23,8 +22,9 @@ export enum FrameType {
   Result = 6,
 }
 
-export type { Collective };
-const OPS: readonly Collective[] = ['allGather', 'broadcast', 'barrier', 'allToAll'];
+/** The collectives a group carries out; their wire codes are their indices here. */
+const OPS = ['allGather', 'broadcast', 'barrier', 'allToAll'] as const;
+export type Collective = (typeof OPS)[number];
 
 /** Before the hello, a frame larger than this is not one of ours. */
 export const MAX_HELLO_BYTES = 64 * 1024;

@@ -5,9 +5,9 @@
 // process can destroy the group and form a new one instead of waiting forever.
 import { MoeError } from '../errors';
 import { checkBytes, checkFunction, checkInteger, type Device } from '../validate';
-import { joinParts } from './frames';
-/** The collectives a group carries out. */
-export type Collective = 'allGather' | 'broadcast' | 'barrier' | 'allToAll';
+import { joinParts, type Collective } from './frames';
+
+export type { Collective };
 
 /** How a group moves bytes: one process of a world of one, ranks in one process, or TCP. */
 export type GroupKind = 'single' | 'in-process' | 'tcp';
