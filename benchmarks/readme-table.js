@@ -329,6 +329,39 @@ function decodeStep(file) {
   return lines;
 }
 
+function ep(file) {
+  const r = h.readJson(file);
+  const s = r.settings;
+  const peer = r.peer && Array.isArray(r.peer.cases) ? r.peer : undefined;
+  const table = h.merge(r.rows, peer ? peer.cases : [], {
+    key: ['mode', 'payload'],
+    missing: 'n/a',
+    columns: [
+      { title: 'mode', cell: ({ ours }) => `${ours.mode} (${ours.tokens} tokens/rank)` },
+      { title: 'payload', cell: ({ ours }) => ours.payload },
+      { title: 'dispatch (µs)', cell: ({ ours }) => us(ours.dispatchMs) },
+      { title: 'combine (µs)', cell: ({ ours }) => us(ours.combineMs) },
+      { title: '% of one-way copy, dispatch / combine', cell: ({ ours }) => `${ours.dispatchPctCopy.toFixed(0)}% / ${ours.combinePctCopy.toFixed(0)}%` },
+      { title: 'NCCL all_to_all_single (µs), dispatch / combine', cell: ({ peer: p }) => p && `${us(p.dispatchMs)} / ${us(p.combineMs)}` },
+      { title: 'speedup over NCCL, dispatch / combine', cell: ({ ours, peer: p }) => p && `${h.ratio(p.dispatchMs, ours.dispatchMs)} / ${h.ratio(p.combineMs, ours.combineMs)}` },
+    ],
+  });
+  const t = r.targets;
+  return [
+    `### Expert-parallel dispatch and combine (${s.ranks} GPUs) on ${r.device}`,
+    '',
+    `${s.ranks} ranks over NVLink (\`nvlink\` transport), hidden ${s.hidden}, top-${s.k} of ${s.experts} experts, random routing; ` +
+      `one-way GPU-to-GPU copy ${r.copy.gbPerS.toFixed(0)} GB/s in the same run.` +
+      (peer ? ` Peer: NCCL ${peer.nccl} \`all_to_all_single\` on the same bytes (PyTorch ${peer.torch}).` : ' No peer measured.'),
+    '',
+    ...table.lines,
+    '',
+    `Targets (throughput at >= ${t.throughputPctCopy}% of the one-way copy, decode dispatch <= ${t.decodeUs.dispatch} µs and combine <= ${t.decodeUs.combine} µs): ${t.met} of ${t.of} met.`,
+    '',
+    `${h.headerLine(r)}.`,
+  ];
+}
+
 function section(dir = h.RESULTS_DIR) {
   const parts = [
     ...resultFiles(dir, 'decode_step', ['ours', 'pytorch']).map(decodeStep),
@@ -337,6 +370,7 @@ function section(dir = h.RESULTS_DIR) {
     ...resultFiles(dir, 'routing', ['pytorch']).map(routing),
     ...resultFiles(dir, 'grouped_gemm', ['ours', 'peers']).map(grouped),
     ...resultFiles(dir, 'moe', ['pytorch']).map(moeBlock),
+    ...resultFiles(dir, 'ep', ['pytorch']).map(ep),
     ...resultFiles(dir, 'launch_overhead', []).map(launch),
   ];
   return [BEGIN, '', ...parts.flatMap((p) => [...p, '']), END].join('\n');
