@@ -2,6 +2,7 @@
 // big-endian length, a type byte and the body. The hello carries a magic string and a protocol
 // version, so a stray client is dropped and a rank from another release is refused by name.
 import { MoeError } from '../errors';
+import { COLLECTIVES, type Collective } from './collective';
 
 /** Bumped on any change to the frames below. */
 export const PROTOCOL_VERSION = 2;
@@ -22,9 +23,6 @@ export enum FrameType {
   Result = 6,
 }
 
-/** The collectives a group carries out; their wire codes are their indices here. */
-const OPS = ['allGather', 'broadcast', 'barrier', 'allToAll'] as const;
-export type Collective = (typeof OPS)[number];
 
 /** Before the hello, a frame larger than this is not one of ours. */
 export const MAX_HELLO_BYTES = 64 * 1024;
@@ -84,7 +82,7 @@ export function jsonFrame(type: FrameType, value: unknown): Buffer {
 export function contributeFrame(seq: number, op: Collective, root: number, bytes: Uint8Array): Buffer {
   const head = Buffer.allocUnsafe(9);
   head.writeUInt32BE(seq >>> 0, 0);
-  head.writeUInt8(OPS.indexOf(op), 4);
+  head.writeUInt8(COLLECTIVES.indexOf(op), 4);
   head.writeUInt32BE(root, 5);
   return frame(FrameType.Contribute, head, bytes);
 }
@@ -108,8 +106,8 @@ function protocolError(what: string): MoeError {
 }
 
 export function parseContribute(body: Buffer): { seq: number; op: Collective; root: number; bytes: Uint8Array } {
-  if (body.length < 9 || body[4] >= OPS.length) throw protocolError('contribution');
-  return { seq: body.readUInt32BE(0), op: OPS[body[4]], root: body.readUInt32BE(5), bytes: new Uint8Array(body.subarray(9)) };
+  if (body.length < 9 || body[4] >= COLLECTIVES.length) throw protocolError('contribution');
+  return { seq: body.readUInt32BE(0), op: COLLECTIVES[body[4]], root: body.readUInt32BE(5), bytes: new Uint8Array(body.subarray(9)) };
 }
 
 export function parseResult(body: Buffer): { seq: number; parts: Uint8Array[] } {

@@ -5,7 +5,8 @@
 // process can destroy the group and form a new one instead of waiting forever.
 import { MoeError } from '../errors';
 import { checkBytes, checkFunction, checkInteger, type Device } from '../validate';
-import { joinParts, type Collective } from './frames';
+import type { Collective } from './collective';
+import { joinParts } from './frames';
 
 export type { Collective };
 

@@ -23,9 +23,9 @@ import {
   parseJson,
   parseResult,
   resultFrame,
-  type Collective,
   type Frame,
 } from './frames';
+import type { Collective } from './collective';
 import type { Call, Sink, Transport } from './group';
 import { mismatch, resultsOf } from './local';
 
