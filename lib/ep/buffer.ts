@@ -61,6 +61,9 @@ export interface EpDispatchResult {
    * bf16 [layout.rows, hidden]: the rows of this rank's experts, in `layout` (the payload
    * dequantized). Within an expert, rows follow (source rank, source token): the order of the
    * ranks' tokens concatenated. Padding rows are zeros; rows past layout.usedRows are not written.
+   * The buffer's own tensor, rewritten by each dispatch: in the masked layout a dispatch writes
+   * only the rows of its counts and of the last call's (clearing those), so the capacity beyond
+   * stays zero without being rewritten; write nothing into it (or into `layout`).
    */
   tokens: Tensor<'bf16'>;
   /**
@@ -336,7 +339,8 @@ export class EpBuffer {
         align: c.align,
         maxTokensPerExpert: c.maxTokensPerExpert,
         rows: this.rows,
-        counts: make([L], 'i32'),
+        // zeros: a masked dispatch clears the rows of the last call's counts (see tokens)
+        counts: make([L], 'i32', true),
         offsets: make([L + 1], 'i32'),
         sourceIndex: make(rowsShape, 'i32'),
         rowIndex: make([slots, K], 'i32'),
@@ -347,7 +351,7 @@ export class EpBuffer {
       // groupedGemmNvfp4 takes it as one of routing's layouts: the same fields and meaning
       Object.defineProperty(layout, EXPERT_LAYOUT, { value: true });
       this.out = {
-        tokens: make([this.rows, H], 'bf16'),
+        tokens: make([this.rows, H], 'bf16', c.layout === 'masked'),
         layout: Object.freeze(layout) as ExpertLayout,
         invalidIds: make([1], 'i32'),
         combineIndex: make([M, K], 'i32'),

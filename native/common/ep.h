@@ -176,7 +176,7 @@ struct EpDispatchRecvArgs {
   int32_t maxPerExpert;
   int64_t rows;
   uint16_t* tokensOut;         // bf16 [rows, hidden]
-  int32_t* layoutCounts;       // [L]
+  int32_t* layoutCounts;       // [L]; masked: the last call's on entry, tokensOut rows beyond them zeros
   int32_t* offsets;            // [L + 1]
   int32_t* sourceIndex;        // [rows]
   int32_t* rowIndex;           // [slots * k]

@@ -85,6 +85,22 @@ __device__ __forceinline__ uint32_t blockMax(uint32_t v, uint32_t* shared) {
   return r;
 }
 
+// A warp copies n 16-byte chunks with kUnroll loads in flight per lane before their stores: with
+// one load at a time a warp waits a DRAM latency per 512 bytes, which held a 16-CTA copy kernel
+// near 7 GB/s per SM.
+constexpr int kUnroll = 8;
+__device__ __forceinline__ void warpCopy(uint4* __restrict__ to, const uint4* __restrict__ from, int64_t n, int lane) {
+  int64_t c = lane;
+  for (; c + 32 * (kUnroll - 1) < n; c += 32 * kUnroll) {
+    uint4 v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) v[u] = from[c + 32 * u];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) to[c + 32 * u] = v[u];
+  }
+  for (; c < n; c += 32) to[c] = from[c];
+}
+
 // ---- dispatch: send ------------------------------------------------------------------------
 
 // Block d: the tokens that go to destination d, in order, get slots 0..; combineIndex of their
@@ -228,10 +244,11 @@ __device__ __forceinline__ bool lastBlock(uint32_t* sync) {
   return last;
 }
 
-// A warp per token: a copy of its staged payload and its metadata into the slot of each
-// destination of its experts (once per destination).
-__global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const uint8_t* __restrict__ staging, const int32_t* __restrict__ ids,
-                                                       const float* __restrict__ weights, int64_t tokens,
+// A warp per pair (t, i) that is token t's first pair on its destination d: a copy of the token's
+// payload row (source + t * sourceStride: the staging row, or x itself for an aligned bf16
+// payload) and its metadata into d's slot, so each token reaches each destination once.
+__global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const uint8_t* __restrict__ source, int64_t sourceStride,
+                                                       const int32_t* __restrict__ ids, const float* __restrict__ weights, int64_t tokens,
                                                        const int32_t* __restrict__ combineIndex, const uint64_t* __restrict__ dataDst,
                                                        const uint64_t* __restrict__ countDst, const uint32_t* __restrict__ sendCount,
                                                        const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync) {
@@ -239,28 +256,26 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
   const int k = s.k, local = s.experts / s.ranks;
   const int64_t chunks = s.metaAt / 16;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); t < tokens; t += warps) {
-    for (int i = 0; i < k; ++i) {
-      const int32_t ci = combineIndex[t * k + i];
-      if (ci < 0) continue;
-      const int d = ids[t * k + i] / local;
-      bool first = true;  // the token goes to d once, at its first pair there
-      for (int j = 0; j < i; ++j) first &= !(combineIndex[t * k + j] >= 0 && ids[t * k + j] / local == d);
-      if (!first) continue;
-      const int64_t slot = static_cast<int64_t>(ci / k) - static_cast<int64_t>(d) * s.maxTokens;
-      uint8_t* dst = at<uint8_t>(dataDst[d]) + slot * s.slotBytes;
-      const uint4* from = reinterpret_cast<const uint4*>(staging + t * s.metaAt);
-      uint4* to = reinterpret_cast<uint4*>(dst);
-      for (int64_t c = lane; c < chunks; c += 32) to[c] = from[c];
-      int32_t* meta = reinterpret_cast<int32_t*>(dst + s.metaAt);
-      float* w = reinterpret_cast<float*>(meta + 1 + k);
-      if (lane == 0) meta[0] = static_cast<int32_t>(t);
-      if (lane < k) {
-        const int32_t id = ids[t * k + lane];
-        const bool mine = combineIndex[t * k + lane] >= 0 && id / local == d;
-        meta[1 + lane] = mine ? id - d * local : -1;
-        w[lane] = mine ? weights[t * k + lane] : 0.0f;
-      }
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); p < tokens * k; p += warps) {
+    const int64_t t = p / k;
+    const int i = static_cast<int>(p % k);
+    const int32_t ci = combineIndex[p];
+    if (ci < 0) continue;
+    const int d = ids[p] / local;
+    bool first = true;  // the token goes to d once, at its first pair there
+    for (int j = 0; j < i; ++j) first &= !(combineIndex[t * k + j] >= 0 && ids[t * k + j] / local == d);
+    if (!first) continue;
+    const int64_t slot = static_cast<int64_t>(ci / k) - static_cast<int64_t>(d) * s.maxTokens;
+    uint8_t* dst = at<uint8_t>(dataDst[d]) + slot * s.slotBytes;
+    warpCopy(reinterpret_cast<uint4*>(dst), reinterpret_cast<const uint4*>(source + t * sourceStride), chunks, lane);
+    int32_t* meta = reinterpret_cast<int32_t*>(dst + s.metaAt);
+    float* w = reinterpret_cast<float*>(meta + 1 + k);
+    if (lane == 0) meta[0] = static_cast<int32_t>(t);
+    if (lane < k) {
+      const int32_t id = ids[t * k + lane];
+      const bool mine = combineIndex[t * k + lane] >= 0 && id / local == d;
+      meta[1 + lane] = mine ? id - d * local : -1;
+      w[lane] = mine ? weights[t * k + lane] : 0.0f;
     }
   }
   if (lastBlock(sync)) {
@@ -365,8 +380,11 @@ __global__ void __launch_bounds__(kThreads) countKernel(E::EpShapeView s, const 
 
 // One CTA. tileCounts becomes each expert's pairs before each tile (exclusive); placed[e] = the
 // pairs of e that get a row; offsets, counts, usedRows, dropped, errors as the CPU computes them.
+// Masked: layoutCounts holds the last call's counts on entry (zeros before the first call, whose
+// rows start zeroed); touch[e] = the larger of that and this call's.
 __global__ void __launch_bounds__(1024) scanKernel(int L, int64_t tiles, int32_t align, int32_t maxPerExpert, int32_t* __restrict__ tileCounts,
-                                                   int32_t* __restrict__ placed, int32_t* __restrict__ layoutCounts, int32_t* __restrict__ offsets,
+                                                   int32_t* __restrict__ placed, int32_t* __restrict__ touch, int32_t* __restrict__ layoutCounts,
+                                                   int32_t* __restrict__ offsets,
                                                    int32_t* __restrict__ usedRows, int32_t* __restrict__ dropped, int32_t* __restrict__ errors) {
   __shared__ int64_t total[E::kMaxLocalExperts + 1];
   for (int e = threadIdx.x; e <= L; e += blockDim.x) {
@@ -388,6 +406,9 @@ __global__ void __launch_bounds__(1024) scanKernel(int L, int64_t tiles, int32_t
       const int64_t p = masked ? min(total[e], static_cast<int64_t>(maxPerExpert)) : total[e];
       lost += total[e] - p;
       placed[e] = static_cast<int32_t>(p);
+      // masked: the rows the rows kernel writes, this call's and the last call's (now padding:
+      // back to zeros), so that a call touches the rows in use and not every expert's capacity
+      if (masked) touch[e] = max(layoutCounts[e], static_cast<int32_t>(p));
       layoutCounts[e] = static_cast<int32_t>(p);
       at += masked ? maxPerExpert : (total[e] + align - 1) / align * align;
       offsets[e + 1] = static_cast<int32_t>(at);
@@ -433,72 +454,104 @@ __global__ void __launch_bounds__(kThreads) placeKernel(E::EpShapeView s, const 
   }
 }
 
-// A CTA per row: the row's slot decoded to bf16 (zeros for padding).
-__global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const int32_t* __restrict__ sourceIndex,
-                                                       const int32_t* __restrict__ usedRows, int64_t rows, uint16_t* __restrict__ out) {
-  const int64_t used = min(max(static_cast<int64_t>(*usedRows), int64_t{0}), rows);
+// Row r: the slot of sourceIndex[r] decoded to bf16, zeros for padding (sourceIndex -1). V
+// elements per thread: 8 (16-byte stores) where hidden % 8 == 0 and the output is aligned.
+template <int V>
+__device__ __forceinline__ void decodeRow(const E::EpShapeView& s, const uint8_t* __restrict__ regions, int32_t src, uint16_t* __restrict__ dst) {
   const int64_t H = s.hidden;
   const int64_t pairs = static_cast<int64_t>(s.ranks) * s.maxTokens * s.k;
-  for (int64_t r = blockIdx.x; r < used; r += gridDim.x) {
-    uint16_t* dst = out + r * H;
-    const int32_t src = sourceIndex[r];
-    if (src < 0 || src >= pairs) {
-      for (int64_t h = threadIdx.x; h < H; h += kThreads) dst[h] = 0;
-      continue;
+  if (src < 0 || src >= pairs) {
+    for (int64_t h = threadIdx.x * V; h < H; h += kThreads * V) {
+      if constexpr (V == 8) *reinterpret_cast<uint4*>(dst + h) = make_uint4(0, 0, 0, 0);
+      else dst[h] = 0;
     }
-    const int64_t i = src / s.k;
-    const uint8_t* p = regions + (i / s.maxTokens) * s.regionBytes + (i % s.maxTokens) * s.slotBytes;
-    if (s.payload == E::kPayloadBf16) {
-      const uint16_t* q = reinterpret_cast<const uint16_t*>(p);
-      for (int64_t h = threadIdx.x; h < H; h += kThreads) dst[h] = __ldcg(q + h);
-    } else if (s.payload == E::kPayloadFp8) {
-      for (int64_t h = threadIdx.x; h < H; h += kThreads) {
-        const float scale = __uint_as_float(loadU32(p + H + 4 * (h / E::kFp8Block)));
+    return;
+  }
+  const int64_t i = src / s.k;
+  const uint8_t* p = regions + (i / s.maxTokens) * s.regionBytes + (i % s.maxTokens) * s.slotBytes;
+  if (s.payload == E::kPayloadBf16) {
+    for (int64_t h = threadIdx.x * V; h < H; h += kThreads * V) {
+      if constexpr (V == 8) *reinterpret_cast<uint4*>(dst + h) = __ldcg(reinterpret_cast<const uint4*>(p + 2 * h));
+      else dst[h] = __ldcg(reinterpret_cast<const uint16_t*>(p) + h);
+    }
+  } else if (s.payload == E::kPayloadFp8) {
+    for (int64_t h = threadIdx.x * V; h < H; h += kThreads * V) {
+      // V divides the block of 128: one scale for the V elements
+      const float scale = __uint_as_float(loadU32(p + H + 4 * (h / E::kFp8Block)));
+      uint16_t o[V];
+      if constexpr (V == 8) {
+        const uint2 q = __ldcg(reinterpret_cast<const uint2*>(p + h));
+#pragma unroll
+        for (int u = 0; u < 8; ++u) o[u] = floatToBf16(__fmul_rn(e4m3ToFloat(((u < 4 ? q.x : q.y) >> (8 * (u % 4))) & 0xFFu), scale));
+        *reinterpret_cast<uint4*>(dst + h) = *reinterpret_cast<const uint4*>(o);
+      } else {
         dst[h] = floatToBf16(__fmul_rn(e4m3ToFloat(__ldcg(p + h)), scale));
       }
-    } else {
-      const float gs = __uint_as_float(loadU32(p + H / 2 + H / 16));
-      for (int64_t h = threadIdx.x; h < H; h += kThreads) {
+    }
+  } else {
+    const float gs = __uint_as_float(loadU32(p + H / 2 + H / 16));
+    for (int64_t h = threadIdx.x * V; h < H; h += kThreads * V) {
+      // V divides the block of 16: one block scale for the V elements
+      const float bs = e4m3ToFloat(__ldcg(p + H / 2 + h / 16));
+      if constexpr (V == 8) {
+        const uint32_t codes = __ldcg(reinterpret_cast<const uint32_t*>(p + h / 2));
+        uint16_t o[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) o[u] = floatToBf16(__fmul_rn(__fmul_rn(e2m1ToFloat((codes >> (4 * u)) & 0xFu), bs), gs));
+        *reinterpret_cast<uint4*>(dst + h) = *reinterpret_cast<const uint4*>(o);
+      } else {
         const uint32_t code = (__ldcg(p + h / 2) >> ((h % 2) * 4)) & 0xFu;
-        const float v = __fmul_rn(__fmul_rn(e2m1ToFloat(code), e4m3ToFloat(__ldcg(p + H / 2 + h / 16))), gs);
-        dst[h] = floatToBf16(v);  // a NaN becomes bf16's canonical NaN, as on the CPU
+        dst[h] = floatToBf16(__fmul_rn(__fmul_rn(e2m1ToFloat(code), bs), gs));  // a NaN becomes bf16's canonical NaN, as on the CPU
       }
     }
   }
 }
 
+// Contiguous: a CTA per row below usedRows. Masked (touch != nullptr): blockIdx.y is the expert,
+// its CTAs stride over its first touch[e] rows only.
+template <int V>
+__global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const int32_t* __restrict__ sourceIndex,
+                                                       const int32_t* __restrict__ usedRows, const int32_t* __restrict__ touch, int32_t maxPerExpert,
+                                                       int64_t rows, uint16_t* __restrict__ out) {
+  const int64_t H = s.hidden;
+  if (touch != nullptr) {
+    const int64_t e = blockIdx.y;
+    const int64_t n = min(static_cast<int64_t>(touch[e]), static_cast<int64_t>(maxPerExpert));
+    for (int64_t j = blockIdx.x; j < n; j += gridDim.x) {
+      const int64_t r = e * maxPerExpert + j;
+      decodeRow<V>(s, regions, sourceIndex[r], out + r * H);
+    }
+    return;
+  }
+  const int64_t used = min(max(static_cast<int64_t>(*usedRows), int64_t{0}), rows);
+  for (int64_t r = blockIdx.x; r < used; r += gridDim.x) decodeRow<V>(s, regions, sourceIndex[r], out + r * H);
+}
+
 // ---- combine -------------------------------------------------------------------------------
 
-// A warp per received slot (source s, slot j): its k entries (valid flag, output row) into
-// region `rank` of s's combine buffer.
+// A warp per entry (source s, slot j, pair kk) of the received slots: its valid flag and output
+// row into region `rank` of s's combine buffer.
 __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, const uint16_t* __restrict__ y, int64_t rows,
                                                               const int32_t* __restrict__ rowIndex, const uint32_t* __restrict__ recvCounts,
                                                               const uint64_t* __restrict__ dataDst, const uint64_t* __restrict__ countDst,
                                                               const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync, bool vec) {
   const int lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
-  const int64_t M = s.maxTokens, H = s.hidden, slots = static_cast<int64_t>(s.ranks) * M;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); i < slots; i += warps) {
-    const int64_t src = i / M, j = i % M;
-    if (j >= min(recvCounts[src], static_cast<uint32_t>(M))) continue;
+  const int64_t M = s.maxTokens, H = s.hidden, entries = static_cast<int64_t>(s.ranks) * M * s.k;
+  for (int64_t p = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); p < entries; p += warps) {
+    const int64_t i = p / s.k, src = i / M, entry = p - src * M * s.k;
+    if (i % M >= min(recvCounts[src], static_cast<uint32_t>(M))) continue;
     uint8_t* region = at<uint8_t>(dataDst[src]);
-    int32_t* valid = reinterpret_cast<int32_t*>(region);
-    uint16_t* out = reinterpret_cast<uint16_t*>(region + s.combineRowsAt);
-    for (int kk = 0; kk < s.k; ++kk) {
-      const int64_t entry = j * s.k + kk;
-      const int32_t r = rowIndex[i * s.k + kk];
-      const bool ok = r >= 0 && r < rows;
-      if (lane == 0) valid[entry] = ok ? 1 : 0;
-      if (!ok) continue;
-      if (vec) {
-        const uint4* from = reinterpret_cast<const uint4*>(y + static_cast<int64_t>(r) * H);
-        uint4* to = reinterpret_cast<uint4*>(out + entry * H);
-        for (int64_t c = lane; c < H / 8; c += 32) to[c] = from[c];
-      } else {
-        const uint16_t* from = y + static_cast<int64_t>(r) * H;
-        uint16_t* to = out + entry * H;
-        for (int64_t h = lane; h < H; h += 32) to[h] = from[h];
-      }
+    const int32_t r = rowIndex[p];
+    const bool ok = r >= 0 && r < rows;
+    if (lane == 0) reinterpret_cast<int32_t*>(region)[entry] = ok ? 1 : 0;
+    if (!ok) continue;
+    uint16_t* to = reinterpret_cast<uint16_t*>(region + s.combineRowsAt) + entry * H;
+    const uint16_t* from = y + static_cast<int64_t>(r) * H;
+    if (vec) {
+      warpCopy(reinterpret_cast<uint4*>(to), reinterpret_cast<const uint4*>(from), H / 8, lane);
+    } else {
+      for (int64_t h = lane; h < H; h += 32) to[h] = from[h];
     }
   }
   if (lastBlock(sync)) {
@@ -511,29 +564,69 @@ __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, 
   }
 }
 
-// A CTA per (token, slice of kThreads elements): the k returned rows summed in slot order.
+// A CTA per (token, slice of kThreads * V elements): the k returned rows summed in slot order.
+// The pairs' entries are looked up once per CTA; V = 8 (16-byte loads) where hidden % 8 == 0 and
+// the output is aligned.
+template <int V>
 __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
                                                              const int32_t* __restrict__ combineIndex, const float* __restrict__ weights,
                                                              int64_t tokens, void* __restrict__ out, bool bf16Out) {
+  __shared__ const uint16_t* rowOf[E::kMaxTopK];  // nullptr: the pair adds nothing
+  __shared__ float weightOf[E::kMaxTopK];
   const int64_t H = s.hidden, MK = s.maxTokens * s.k;
-  const int64_t h = static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x;
+  const int64_t h = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * V;
   for (int64_t t = blockIdx.x; t < tokens; t += gridDim.x) {
-    float acc = 0.0f;
-    for (int kk = 0; kk < s.k; ++kk) {
+    __syncthreads();  // the last token's entries are read
+    if (threadIdx.x < s.k) {
+      const int kk = threadIdx.x;
       const int32_t idx = combineIndex[t * s.k + kk];
-      if (idx < 0) continue;
-      const int64_t d = idx / MK, e = idx % MK;
-      if (d >= s.ranks || e / s.k >= counts[d]) continue;
-      const uint8_t* base = regions + d * s.combineRegionBytes;
-      if (static_cast<int32_t>(loadU32(base + 4 * e)) != 1) continue;
-      if (h < H) {
-        const uint16_t v = __ldcg(reinterpret_cast<const uint16_t*>(base + s.combineRowsAt) + e * H + h);
-        acc = __fmaf_rn(weights[t * s.k + kk], bf16ToFloat(v), acc);
+      const uint16_t* row = nullptr;
+      if (idx >= 0) {
+        const int64_t d = idx / MK, e = idx % MK;
+        if (d < s.ranks && e / s.k < counts[d]) {
+          const uint8_t* base = regions + d * s.combineRegionBytes;
+          if (static_cast<int32_t>(loadU32(base + 4 * e)) == 1) row = reinterpret_cast<const uint16_t*>(base + s.combineRowsAt) + e * H;
+        }
+      }
+      rowOf[kk] = row;
+      weightOf[kk] = weights[t * s.k + kk];
+    }
+    __syncthreads();
+    if (h >= H) continue;
+    float acc[V];
+#pragma unroll
+    for (int u = 0; u < V; ++u) acc[u] = 0.0f;
+    for (int kk = 0; kk < s.k; ++kk) {
+      const uint16_t* row = rowOf[kk];
+      if (row == nullptr) continue;
+      const float w = weightOf[kk];
+      if constexpr (V == 8) {
+        const uint4 q = __ldcg(reinterpret_cast<const uint4*>(row + h));
+        const uint32_t words[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int u = 0; u < 8; ++u) acc[u] = __fmaf_rn(w, bf16ToFloat(static_cast<uint16_t>(words[u / 2] >> (16 * (u % 2)))), acc[u]);
+      } else {
+        acc[0] = __fmaf_rn(w, bf16ToFloat(__ldcg(row + h)), acc[0]);
       }
     }
-    if (h < H) {
-      if (bf16Out) static_cast<uint16_t*>(out)[t * H + h] = floatToBf16(acc);
-      else static_cast<float*>(out)[t * H + h] = acc;
+    if (bf16Out) {
+      uint16_t* o = static_cast<uint16_t*>(out) + t * H + h;
+      if constexpr (V == 8) {
+        uint16_t b[8];
+#pragma unroll
+        for (int u = 0; u < 8; ++u) b[u] = floatToBf16(acc[u]);
+        *reinterpret_cast<uint4*>(o) = *reinterpret_cast<const uint4*>(b);
+      } else {
+        o[0] = floatToBf16(acc[0]);
+      }
+    } else {
+      float* o = static_cast<float*>(out) + t * H + h;
+      if constexpr (V == 8) {
+        reinterpret_cast<float4*>(o)[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+        reinterpret_cast<float4*>(o)[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+      } else {
+        o[0] = acc[0];
+      }
     }
   }
 }
@@ -554,8 +647,10 @@ cudaError_t loadKernels() {
       reinterpret_cast<const void*>(slotsKernel),      reinterpret_cast<const void*>(encodeKernel),
       reinterpret_cast<const void*>(sendKernel),       reinterpret_cast<const void*>(waitKernel),
       reinterpret_cast<const void*>(countKernel),      reinterpret_cast<const void*>(scanKernel),
-      reinterpret_cast<const void*>(placeKernel),      reinterpret_cast<const void*>(rowsKernel),
-      reinterpret_cast<const void*>(combineSendKernel), reinterpret_cast<const void*>(combineSumKernel),
+      reinterpret_cast<const void*>(placeKernel),      reinterpret_cast<const void*>(rowsKernel<1>),
+      reinterpret_cast<const void*>(rowsKernel<8>),
+      reinterpret_cast<const void*>(combineSendKernel), reinterpret_cast<const void*>(combineSumKernel<1>),
+      reinterpret_cast<const void*>(combineSumKernel<8>),
   };
   // not a stream operation: allowed while a graph capture is open on this thread
   cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
@@ -579,19 +674,22 @@ cudaError_t dispatchSend(const EpDispatchSendArgs& a, const Launch& l) {
   if (const cudaError_t loadErr = loadKernels(); loadErr != cudaSuccess) return loadErr;
   const E::EpShapeView s = E::view(a.shape);
   const size_t countBytes = roundUp256(4 * static_cast<size_t>(s.ranks));
-  uint8_t* scratch = static_cast<uint8_t*>(l.workspace.get(countBytes + static_cast<size_t>(a.tokens) * s.metaAt));
+  // a bf16 row that fills its payload exactly (hidden % 8 == 0) is sent straight from x
+  const bool direct = s.payload == E::kPayloadBf16 && s.metaAt == 2 * s.hidden && reinterpret_cast<uintptr_t>(a.x) % 16 == 0;
+  uint8_t* scratch = static_cast<uint8_t*>(l.workspace.get(countBytes + (direct ? 0 : static_cast<size_t>(a.tokens) * s.metaAt)));
   uint32_t* sendCount = reinterpret_cast<uint32_t*>(scratch);
   uint8_t* staging = scratch + countBytes;
   slotsKernel<<<static_cast<unsigned>(s.ranks), kThreads, 0, l.stream>>>(a.ids, a.tokens, s.k, s.experts, s.experts / s.ranks, s.maxTokens,
                                                                           a.combineIndex, sendCount, a.errors);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
-  if (a.tokens > 0) {
+  if (a.tokens > 0 && !direct) {
     encodeKernel<<<static_cast<unsigned>(a.tokens), kThreads, 0, l.stream>>>(a.x, s.hidden, s.payload, s.metaAt, staging);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
-  sendKernel<<<static_cast<unsigned>(a.sms), kThreads, 0, l.stream>>>(s, staging, a.ids, a.weights, a.tokens, a.combineIndex, a.dataDst, a.countDst,
-                                                                      sendCount, a.epoch, a.sync);
+  const uint8_t* source = direct ? reinterpret_cast<const uint8_t*>(a.x) : staging;
+  sendKernel<<<static_cast<unsigned>(a.sms), kThreads, 0, l.stream>>>(s, source, s.metaAt, a.ids, a.weights, a.tokens, a.combineIndex, a.dataDst,
+                                                                      a.countDst, sendCount, a.epoch, a.sync);
   return cudaGetLastError();
 }
 
@@ -601,8 +699,10 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
   const int L = s.experts / s.ranks;
   const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
   const int64_t tiles = (slots + kTile - 1) / kTile;
-  int32_t* tileCounts = static_cast<int32_t*>(l.workspace.get(4 * static_cast<size_t>(tiles * (L + 1) + L)));
+  int32_t* tileCounts = static_cast<int32_t*>(l.workspace.get(4 * static_cast<size_t>(tiles * (L + 1) + 2 * L)));
   int32_t* placed = tileCounts + tiles * (L + 1);
+  int32_t* touch = placed + L;
+  const bool masked = a.maxPerExpert > 0;
   cudaError_t err = cudaMemsetAsync(a.rowIndex, 0xFF, 4 * static_cast<size_t>(slots) * s.k, l.stream);
   if (err == cudaSuccess && a.rows > 0) err = cudaMemsetAsync(a.sourceIndex, 0xFF, 4 * static_cast<size_t>(a.rows), l.stream);
   if (err != cudaSuccess) return err;
@@ -613,14 +713,21 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
   countKernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>((L + 1 + kWarps - 1) / kWarps)), kThreads, 0, l.stream>>>(
       s, a.regions, a.recvCounts, tileCounts);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  scanKernel<<<1, 1024, 0, l.stream>>>(L, tiles, a.align, a.maxPerExpert, tileCounts, placed, a.layoutCounts, a.offsets, a.usedRows, a.dropped,
-                                       a.errors);
+  scanKernel<<<1, 1024, 0, l.stream>>>(L, tiles, a.align, a.maxPerExpert, tileCounts, placed, touch, a.layoutCounts, a.offsets, a.usedRows,
+                                       a.dropped, a.errors);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   placeKernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>((L + kWarps - 1) / kWarps)), kThreads, 0, l.stream>>>(
       s, a.regions, a.recvCounts, tileCounts, placed, a.offsets, a.sourceIndex, a.rowIndex);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   if (a.rows > 0) {
-    rowsKernel<<<gridOf(a.rows, 1 << 16), kThreads, 0, l.stream>>>(s, a.regions, a.sourceIndex, a.usedRows, a.rows, a.tokensOut);
+    // 16-byte rows where every row of the output starts on 16 bytes
+    const bool vec = s.hidden % 8 == 0 && reinterpret_cast<uintptr_t>(a.tokensOut) % 16 == 0;
+    // masked: about 2048 CTAs over the experts (L <= 1024, so at least 2 per expert)
+    const dim3 grid = masked ? dim3(gridOf(std::min<int64_t>(a.maxPerExpert, (2048 + L - 1) / L), 1 << 16), static_cast<unsigned>(L))
+                             : dim3(gridOf(a.rows, 1 << 16));
+    const int32_t* t = masked ? touch : nullptr;
+    if (vec) rowsKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.sourceIndex, a.usedRows, t, a.maxPerExpert, a.rows, a.tokensOut);
+    else rowsKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.sourceIndex, a.usedRows, t, a.maxPerExpert, a.rows, a.tokensOut);
     err = cudaGetLastError();
   }
   return err;
@@ -644,8 +751,13 @@ cudaError_t combineRecv(const EpCombineRecvArgs& a, const Launch& l) {
                                            E::kStatusCombineTimeout, counts);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || a.tokens == 0) return err;
-  const dim3 grid(gridOf(a.tokens, 1 << 16), static_cast<unsigned>((s.hidden + kThreads - 1) / kThreads));
-  combineSumKernel<<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, a.out, a.outType == DType::BF16);
+  // 16-byte loads where every returned row and every output row starts on 16 bytes
+  const bool vec = s.hidden % 8 == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
+  const int64_t per = static_cast<int64_t>(kThreads) * (vec ? 8 : 1);
+  const dim3 grid(gridOf(a.tokens, 1 << 16), static_cast<unsigned>((s.hidden + per - 1) / per));
+  const bool bf16Out = a.outType == DType::BF16;
+  if (vec) combineSumKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, a.out, bf16Out);
+  else combineSumKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, a.out, bf16Out);
   return cudaGetLastError();
 }
 
