@@ -232,14 +232,16 @@ export interface EpBinding {
   /** The id of a communicator ncclCreate will make. */
   ncclReserve(): number;
   /**
-   * Makes the communicator on a worker thread (ncclCommInitRank, then both exchange plans once
-   * on `stream`, waited for). A plan: send, sendCounts, recv, recvCounts, regionBytes.
+   * Starts making the communicator on a thread of its own (ncclCommInitRank, then both exchange
+   * plans once on `stream`, waited for). A plan: send, sendCounts, recv, recvCounts, regionBytes.
    */
   ncclCreate(
     handle: number, device: number, ranks: number, rank: number, id: Uint8Array,
     dSend: bigint, dSendCounts: bigint, dRecv: bigint, dRecvCounts: bigint, dRegionBytes: number,
     cSend: bigint, cSendCounts: bigint, cRecv: bigint, cRecvCounts: bigint, cRegionBytes: number, stream: bigint,
-  ): Promise<void>;
+  ): void;
+  /** True once ncclCreate's communicator is ready, false while it is being made; throws why it failed. */
+  ncclCreated(handle: number): boolean;
   /** Enqueues plan 0 (dispatch) or 1 (combine) on `stream`. */
   ncclExchange(handle: number, plan: number, stream: bigint): void;
   /** NCCL's asynchronous error of the communicator, or "". */

@@ -17,10 +17,12 @@ import {
   expertLayout,
   fromArray,
   initProcessGroup,
+  moeForward,
   permute,
   quantizeNvfp4,
   unpermute,
   zeros,
+  type Device,
   type EpPayload,
   type ProcessGroup,
   type Tensor,
@@ -29,6 +31,8 @@ import { native } from '../lib/native';
 import { cudaReason, expectCode, freshSeed, hasCuda } from './backends';
 
 const model = createRequire(__filename)('./fixtures/ep-model.js') as {
+  makeLayer(seed: number, spec: unknown): unknown;
+  layerOn(m: unknown, layer: unknown, first: number, count: number, device?: Device): Promise<{ router: never; experts: never }>;
   tokensOf(seed: number, rank: number, T: number, H: number): number[];
   rng(seed: number): () => number;
 };
@@ -308,6 +312,30 @@ describe.skipIf(twoSkip !== undefined)(`nccl transport between rank processes on
       expect(lines.get(1)?.out, 'rank 1').toEqual(want.slice(c.tokens[0] * spec.H));
     });
   }
+
+  it('moeForwardEp against moeForward on one device (2^-8 relative L2: the expert GEMMs may split K differently)', async () => {
+    const seed = freshSeed('nccl moeForwardEp');
+    const spec = { E: 8, H: 256, I: 128, Is: 128, k: 2, scoring: 'sigmoid' as const };
+    const tokens = [4, 6];
+    const run = await launch({ EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(tokens) });
+    const report = `exit ${run.status}\n--- stdout\n${run.stdout}\n--- stderr\n${run.stderr}`;
+    const lines = rankLines(run.stdout);
+    for (const r of [0, 1]) expect(lines.get(r)?.code, `rank ${r} failed: ${String(lines.get(r)?.message)}\n${report}`).toBeUndefined();
+    expect(run.status, report).toBe(0);
+    expect(lines.get(0)?.transport, report).toBe('nccl');
+    const pkg = await import('../lib');
+    const whole = await model.layerOn(pkg, model.makeLayer(seed, spec), 0, spec.E, 'cuda:0');
+    const all = [...model.tokensOf(seed, 0, tokens[0], spec.H), ...model.tokensOf(seed, 1, tokens[1], spec.H)];
+    const want = await moeForward(fromArray(all, { shape: [10, spec.H], dtype: 'bf16', device: 'cuda:0' }), whole.router, whole.experts).toArray();
+    const got = [...(lines.get(0)?.out as number[]), ...(lines.get(1)?.out as number[])];
+    expect(got.length).toBe(want.length);
+    let d2 = 0, n2 = 0;
+    for (let i = 0; i < want.length; i++) {
+      d2 += (got[i] - want[i]) ** 2;
+      n2 += want[i] ** 2;
+    }
+    expect(Math.sqrt(d2 / n2)).toBeLessThanOrEqual(2 ** -8);
+  });
 
   it('a rank that never dispatches: E_TIMEOUT on the other after the group timeout, no hang', async () => {
     const seed = freshSeed('nccl stall');

@@ -675,9 +675,12 @@ export class EpBuffer {
       for (const p of ipc.opened.splice(0)) b.ipcClose(dev, p);
     }
     await this.group.barrier();
-    // every rank's last combine has finished: the communicator has no work left anywhere
-    this.endNccl(this.state === 'failed' ? 'abort' : 'destroy');
-    this.dispose();
+    try {
+      // every rank's last combine has finished: the communicator has no work left anywhere
+      this.endNccl(this.state === 'failed' ? 'abort' : 'destroy');
+    } finally {
+      this.dispose();
+    }
   }
 
   /** @internal nvlink between processes: this rank's receive block as others map it. */
@@ -736,28 +739,29 @@ export class EpBuffer {
     await stream.synchronize();
     if (!nccl.live) throw new MoeError('E_COMM', `rank ${this.rank}: the process group failed while the NCCL communicator was being set up`);
     nccl.handle = b.ncclReserve();
-    const made = b.ncclCreate(
+    b.ncclCreate(
       nccl.handle, dev, this.worldSize, this.rank, id,
       t.stageDispatch.dataPtr, t.stageDispatchCounts.dataPtr, t.recvDispatch.dataPtr, t.recvDispatchCounts.dataPtr, this.dispatchRegion,
       t.stageCombine.dataPtr, t.stageCombineCounts.dataPtr, t.recvCombine.dataPtr, t.recvCombineCounts.dataPtr, this.combineRegion,
       stream.handle,
     );
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const late = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new MoeError(
-        'E_TIMEOUT',
-        `rank ${this.rank}: the NCCL communicator was not made within ${g.timeoutMs} ms (a rank did not call createEpBuffer, or NCCL could not connect the ranks; NCCL_DEBUG=WARN tells more)`,
-      )), g.timeoutMs);
-    });
+    const started = performance.now();
     try {
-      await Promise.race([made, late]);
+      for (;;) {
+        if (!nccl.live) throw new MoeError('E_COMM', 'the process group failed while the NCCL communicator was being made');
+        if (b.ncclCreated(nccl.handle)) return;
+        if (performance.now() - started > g.timeoutMs) {
+          throw new MoeError(
+            'E_TIMEOUT',
+            `rank ${this.rank}: the NCCL communicator was not made within ${g.timeoutMs} ms (a rank did not call createEpBuffer, or NCCL could not connect the ranks; NCCL_DEBUG=WARN tells more)`,
+          );
+        }
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
     } catch (e) {
-      // a communicator still being made is aborted by its worker once that is safe
-      made.catch(() => {});
+      // a communicator still being made is aborted by its thread once that is safe
       this.fail();
       throw e instanceof MoeError && e.code !== 'E_TIMEOUT' ? new MoeError(e.code, `rank ${this.rank}: making the NCCL communicator: ${e.message}`) : e;
-    } finally {
-      clearTimeout(timer);
     }
   }
 

@@ -8,9 +8,6 @@
 // On the CPU the host transport moves the regions between ranks; on a device the destination
 // tables hold addresses the device writes (the nvlink transport), or this rank's staging, which
 // the nccl transport's communicator (ncclCreate, ncclExchange, ...) moves to the peers.
-#include <array>
-#include <cstring>
-
 #include "common/ep.h"
 #include "cpu/ep/ep.h"
 #include "napi/op.h"
@@ -68,19 +65,22 @@ Napi::Value NcclReserve(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value { return Napi::Number::New(info.Env(), nccl::reserve()); });
 }
 
-// ncclCreate(handle, device, ranks, rank, id: Uint8Array(128), ...dispatchPlan(5), ...combinePlan(5), stream) -> Promise<void>
+// ncclCreate(handle, device, ranks, rank, id: Uint8Array(128), ...dispatchPlan(5), ...combinePlan(5), stream): starts it
 Napi::Value NcclCreate(const Napi::CallbackInfo& info) {
   return guard(info, [&]() -> Napi::Value {
     const int handle = i32(info[0]), device = i32(info[1]), ranks = i32(info[2]), rank = i32(info[3]);
     const JsBytes id = jsBytes(info[4]);
     if (id.size != nccl::kUniqueIdBytes) fail("E_COMM", "an NCCL unique id has 128 bytes, got " + std::to_string(id.size));
     if (ranks < 1 || rank < 0 || rank >= ranks) fail("E_ARGUMENT", "nccl: rank " + std::to_string(rank) + " of " + std::to_string(ranks));
-    std::array<uint8_t, nccl::kUniqueIdBytes> bytes;
-    std::memcpy(bytes.data(), id.data, bytes.size());
     const nccl::Plan dispatch = readPlan(info, 5), combine = readPlan(info, 10);
-    runtime::Stream stream = ptr(info[15]);
-    return runAsync(info.Env(), [=]() { nccl::create(handle, device, ranks, rank, bytes.data(), dispatch, combine, stream); });
+    nccl::start(handle, device, ranks, rank, static_cast<const uint8_t*>(id.data), dispatch, combine, ptr(info[15]));
+    return info.Env().Undefined();
   });
+}
+
+// ncclCreated(handle) -> true once made, false while being made; throws why it failed
+Napi::Value NcclCreated(const Napi::CallbackInfo& info) {
+  return guard(info, [&]() -> Napi::Value { return Napi::Boolean::New(info.Env(), nccl::created(i32(info[0]))); });
 }
 
 // ncclExchange(handle, plan: 0 dispatch | 1 combine, stream)
@@ -201,6 +201,7 @@ void registerEp(Napi::Env env, Napi::Object exports) {
   exports.Set("ncclUniqueId", Napi::Function::New(env, NcclUniqueId));
   exports.Set("ncclReserve", Napi::Function::New(env, NcclReserve));
   exports.Set("ncclCreate", Napi::Function::New(env, NcclCreate));
+  exports.Set("ncclCreated", Napi::Function::New(env, NcclCreated));
   exports.Set("ncclExchange", Napi::Function::New(env, NcclExchange));
   exports.Set("ncclAsyncError", Napi::Function::New(env, NcclAsyncError));
   exports.Set("ncclAbort", Napi::Function::New(env, NcclAbort));

@@ -7,10 +7,12 @@
 
 #include <dlfcn.h>
 
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 
 #include "runtime/errors.h"
@@ -52,10 +54,11 @@ struct Api {
   }
 };
 
-std::mutex g_mu;
+// The state below is never destroyed: a thread still inside NCCL at process exit may reach it.
+std::mutex& g_mu = *new std::mutex;
 // Libraries opened so far, by the name they were opened with (never closed: communicators and
 // NCCL's own threads keep using them).
-std::unordered_map<std::string, std::shared_ptr<const Api>> g_libraries;
+auto& g_libraries = *new std::unordered_map<std::string, std::shared_ptr<const Api>>;
 
 template <typename F>
 void entry(void* lib, const std::string& name, const char* symbol, F& f) {
@@ -107,8 +110,10 @@ struct Comm {
   bool aborted = false;  // abort() came while it was being made
 };
 
-std::mutex g_commsMu;
-std::unordered_map<int, std::shared_ptr<Comm>> g_comms;
+std::mutex& g_commsMu = *new std::mutex;
+auto& g_comms = *new std::unordered_map<int, std::shared_ptr<Comm>>;
+// Why create() failed, by handle, until created() reports it.
+auto& g_failures = *new std::unordered_map<int, Error>;
 int g_next = 1;
 
 std::shared_ptr<Comm> find(int handle) {
@@ -239,6 +244,35 @@ void create(int handle, int device, int ranks, int rank, const uint8_t id[kUniqu
     g_comms.erase(handle);
     throw;
   }
+}
+
+void start(int handle, int device, int ranks, int rank, const uint8_t id[kUniqueIdBytes], const Plan& dispatch, const Plan& combine, Stream stream) {
+  std::array<uint8_t, kUniqueIdBytes> bytes;
+  std::memcpy(bytes.data(), id, kUniqueIdBytes);
+  std::thread([=]() {
+    try {
+      create(handle, device, ranks, rank, bytes.data(), dispatch, combine, stream);
+    } catch (const Error& e) {
+      std::lock_guard<std::mutex> lock(g_commsMu);
+      g_failures.emplace(handle, e);
+    } catch (const std::exception& e) {
+      std::lock_guard<std::mutex> lock(g_commsMu);
+      g_failures.emplace(handle, Error("E_COMM", e.what()));
+    }
+  }).detach();
+}
+
+bool created(int handle) {
+  std::lock_guard<std::mutex> lock(g_commsMu);
+  auto failed = g_failures.find(handle);
+  if (failed != g_failures.end()) {
+    const Error e = failed->second;
+    g_failures.erase(failed);
+    throw e;
+  }
+  auto it = g_comms.find(handle);
+  if (it == g_comms.end()) fail("E_COMM", "the NCCL communicator was ended");
+  return it->second->phase == Phase::Ready && !it->second->aborted;
 }
 
 void exchange(int handle, int plan, Stream stream) {

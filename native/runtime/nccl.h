@@ -41,6 +41,12 @@ int reserve();
 // with NCCL's error; if abort(handle) came meanwhile, the communicator is aborted as soon as no
 // NCCL call of this thread is in flight, and create throws E_COMM.
 void create(int handle, int device, int ranks, int rank, const uint8_t id[kUniqueIdBytes], const Plan& dispatch, const Plan& combine, Stream stream);
+// create() on a thread of its own, detached (a peer that never comes must not keep the process
+// from exiting); created() polls it.
+void start(int handle, int device, int ranks, int rank, const uint8_t id[kUniqueIdBytes], const Plan& dispatch, const Plan& combine, Stream stream);
+// True once start()'s communicator is ready, false while it is being made; throws what create()
+// threw (once), E_COMM for an id that was ended.
+bool created(int handle);
 // Enqueues one plan on `stream`: the count words of every peer (one NCCL group), then the
 // regions (a second group), and the rank's own region and word as device copies.
 void exchange(int handle, int plan, Stream stream);
