@@ -666,6 +666,7 @@ export class EpBuffer {
    * Releases the buffers on every rank together (a collective: every rank calls it once its
    * last combine has finished): each rank unmaps the others' buffers, the ranks meet, then each
    * frees its own. Rank processes (CUDA IPC) need this order; dispose() alone frees at once.
+   * nccl: the ranks destroy their communicators after they meet (dispose() aborts it instead).
    */
   async close(): Promise<void> {
     if (this._disposed) return;
