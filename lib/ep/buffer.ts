@@ -23,6 +23,7 @@ import { empty, fromBytes, fromPointer, useOn, zeros, type Tensor } from '../ten
 import { EXPERT_LAYOUT, checkInteger, checkOneOf, checkOptions, checkShapeIs, checkTensor, deviceIndex as deviceIndexOf, keys, checkRank, type Device } from '../validate';
 import type { ExpertLayout } from '../routing';
 import type { ProcessGroup } from './group';
+import { Deadline, pollUntil } from './deadline';
 import { gateOf, releaseGate, type SendGate } from './gate';
 
 /** How a token row travels: as bf16, fp8 e4m3 with one f32 scale per 128 elements, or NVFP4. */
@@ -116,6 +117,8 @@ const FORMS: readonly EpLayoutForm[] = ['contiguous', 'masked'];
 const TRANSPORTS: readonly EpTransport[] = ['host', 'nvlink', 'nccl'];
 const DEFAULT_SMS = 16;
 const STATUS_TIMEOUT: Readonly<Record<number, string>> = { 1: 'dispatch', 2: 'combine' };
+/** nccl: the most the receive's device wait waits for a count word NCCL has already delivered. */
+const NCCL_RECV_WAIT_MS = 10;
 const MAX_TOP_K = 16;
 const MAX_LOCAL_EXPERTS = 1024;
 const I32_MAX = 2 ** 31 - 1;
@@ -501,6 +504,7 @@ export class EpBuffer {
    * is sent.
    */
   async dispatch(x: Tensor<'bf16'>, routing: { ids: Tensor<'i32'>; weights: Tensor<'f32'> }, options?: EpDispatchOptions): Promise<EpDispatchResult> {
+    const deadline = new Deadline(this.group.timeoutMs);
     this.usable('dispatch');
     const o = checkOptions(options, 'options', DISPATCH_KEYS);
     const xt = checkTensor<Tensor<'bf16'>>(x, 'x', ['bf16'], this.device);
@@ -539,13 +543,13 @@ export class EpBuffer {
         await this.sendsQueued('dispatch', epoch, stream);
       }
       b.epDispatchRecv(
-        dev, stream.handle, ...this.shape, t.recvDispatch.dataPtr, t.recvDispatchCounts.dataPtr, st, this.timeoutNs, st + 16n, t.recvCounts.dataPtr,
+        dev, stream.handle, ...this.shape, t.recvDispatch.dataPtr, t.recvDispatchCounts.dataPtr, st, this.recvBoundNs(deadline), st + 16n, t.recvCounts.dataPtr,
         this.align, this.maxTokensPerExpert, this.rows, this.out.tokens.dataPtr, l.counts.dataPtr, l.offsets.dataPtr, l.sourceIndex.dataPtr,
         l.rowIndex.dataPtr, l.usedRows.dataPtr, l.dropped.dataPtr, l.errors.dataPtr,
       );
       const handle: EpHandle = Object.freeze({ epoch, tokens: T });
       this.last = { handle, weights };
-      if (this.nccl) await this.ncclWait('dispatch', stream);
+      if (this.nccl) await this.ncclWait('dispatch', stream, deadline);
       this.state = 'dispatched';
       if (!isCapturing(stream)) await this.readStatus(stream);
       return { tokens: this.out.tokens, layout: l, invalidIds: this.out.invalidIds, handle };
@@ -563,6 +567,7 @@ export class EpBuffer {
    * dropped or had an invalid id add nothing. Every rank must call it.
    */
   async combine(y: Tensor<'bf16'>, handle: EpHandle, options?: EpCombineOptions): Promise<Tensor<'bf16' | 'f32'>> {
+    const deadline = new Deadline(this.group.timeoutMs);
     this.usable('combine');
     const o = checkOptions(options, 'options', COMBINE_KEYS);
     const last = this.last;
@@ -605,10 +610,10 @@ export class EpBuffer {
         await this.sendsQueued('combine', epoch, stream);
       }
       b.epCombineRecv(
-        dev, stream.handle, ...this.shape, t.recvCombine.dataPtr, t.recvCombineCounts.dataPtr, st, this.timeoutNs, st + 16n,
+        dev, stream.handle, ...this.shape, t.recvCombine.dataPtr, t.recvCombineCounts.dataPtr, st, this.recvBoundNs(deadline), st + 16n,
         this.out.combineIndex.dataPtr, last.weights.dataPtr, T, out.dataPtr, DTYPES[out.dtype].id,
       );
-      if (this.nccl) await this.ncclWait('combine', stream);
+      if (this.nccl) await this.ncclWait('combine', stream, deadline);
       this.state = 'idle';
       this.last = undefined;
       if (!isCapturing(stream)) await this.readStatus(stream);
@@ -767,32 +772,47 @@ export class EpBuffer {
   }
 
   /**
+   * The bound of the receive's device wait. nvlink: the group's timeout (the wait starts once the
+   * kernels before it have run, which the host does not wait for). nccl: the wait is queued behind
+   * NCCL's exchange, so when it starts every count word is in place, or the exchange was aborted
+   * and none will come: it gets a few milliseconds at most, within the call's deadline. With the
+   * group's timeout it would start its own full timeout when the abort at the deadline ends
+   * NCCL's kernel, and ncclCommAbort, which frees device memory (cudaFree waits for the device),
+   * would block the thread that called it until that wait ran out too.
+   */
+  private recvBoundNs(deadline: Deadline): number {
+    return this.nccl ? deadline.deviceBoundNs(NCCL_RECV_WAIT_MS) : this.timeoutNs;
+  }
+
+  /**
    * nccl: resolves once this call's work queued on `stream` has finished; NCCL's asynchronous
-   * error (E_COMM) or the group's timeout (E_TIMEOUT) aborts the communicator instead, which ends
+   * error (E_COMM) or the call's deadline (E_TIMEOUT) aborts the communicator instead, which ends
    * NCCL's kernels, and the buffer is unusable.
    */
-  private async ncclWait(op: 'dispatch' | 'combine', stream: Stream): Promise<void> {
+  private async ncclWait(op: 'dispatch' | 'combine', stream: Stream, deadline: Deadline): Promise<void> {
     const n = this.nccl as NonNullable<EpBuffer['nccl']>;
     const b = native(), dev = deviceIndexOf(this.device);
     b.recordEvent(dev, n.event, stream.handle);
-    const start = performance.now();
-    for (let polls = 0; ; polls++) {
-      if (b.eventQuery(dev, n.event)) return;
-      const error = b.ncclAsyncError(n.handle);
-      if (error) {
+    // a short call finishes within a few event-loop turns; past that, it polls every millisecond
+    await pollUntil(
+      deadline,
+      () => {
+        if (b.eventQuery(dev, n.event)) return true;
+        const error = b.ncclAsyncError(n.handle);
+        if (error) {
+          this.fail();
+          throw new MoeError('E_COMM', `rank ${this.rank}: ${op}: NCCL failed: ${error}; the EpBuffer is unusable`);
+        }
+        return false;
+      },
+      () => {
         this.fail();
-        throw new MoeError('E_COMM', `rank ${this.rank}: ${op}: NCCL failed: ${error}; the EpBuffer is unusable`);
-      }
-      if (performance.now() - start > this.group.timeoutMs) {
-        this.fail();
-        throw new MoeError(
+        return new MoeError(
           'E_TIMEOUT',
-          `rank ${this.rank}: ${op}: NCCL's exchange did not finish within ${this.group.timeoutMs} ms (a rank did not call ${op}, or called it much later); the EpBuffer is unusable`,
+          `rank ${this.rank}: ${op}: NCCL's exchange did not finish within ${deadline.timeoutMs} ms (a rank did not call ${op}, or called it much later); the EpBuffer is unusable`,
         );
-      }
-      // a short call finishes within a few event-loop turns; past that, poll every millisecond
-      await new Promise((resolve) => (polls < 64 ? setImmediate(resolve) : setTimeout(resolve, 1)));
-    }
+      },
+    );
   }
 
   /** nccl: ends the communicator once (abort: at any time; destroy: once no rank has work left on it). */
