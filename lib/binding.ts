@@ -225,4 +225,27 @@ export interface EpBinding {
     regions: bigint, counts: bigint, epoch: bigint, timeoutNs: number, status: bigint, combineIndex: bigint, weights: bigint, tokens: number,
     out: bigint, outType: number,
   ): void;
+  /** Opens NCCL (libnccl.so.2, or MOE_KERNELS_NCCL_LIBRARY) and names it with its version; E_COMM when it cannot. */
+  ncclLoad(): string;
+  /** A new ncclUniqueId (128 bytes). */
+  ncclUniqueId(): Uint8Array;
+  /** The id of a communicator ncclCreate will make. */
+  ncclReserve(): number;
+  /**
+   * Starts making the communicator on a thread of its own (ncclCommInitRank, then both exchange
+   * plans once on `stream`, waited for). A plan: send, sendCounts, recv, recvCounts, regionBytes.
+   */
+  ncclCreate(
+    handle: number, device: number, ranks: number, rank: number, id: Uint8Array,
+    dSend: bigint, dSendCounts: bigint, dRecv: bigint, dRecvCounts: bigint, dRegionBytes: number,
+    cSend: bigint, cSendCounts: bigint, cRecv: bigint, cRecvCounts: bigint, cRegionBytes: number, stream: bigint,
+  ): void;
+  /** True once ncclCreate's communicator is ready, false while it is being made; throws why it failed. */
+  ncclCreated(handle: number): boolean;
+  /** Enqueues plan 0 (dispatch) or 1 (combine) on `stream`. */
+  ncclExchange(handle: number, plan: number, stream: bigint): void;
+  /** NCCL's asynchronous error of the communicator, or "". */
+  ncclAsyncError(handle: number): string;
+  ncclAbort(handle: number): void;
+  ncclDestroy(handle: number): void;
 }

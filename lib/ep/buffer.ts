@@ -10,7 +10,9 @@
 // locally and moves it with the group's allToAll (CPU ranks). The nvlink transport's kernels
 // write the rows straight into the peers' regions (ranks of one process through peer access or a
 // shared device, rank processes of one host through CUDA IPC) and wait for their count words on
-// the device, bounded by the group's timeout.
+// the device, bounded by the group's timeout. The nccl transport runs the same kernels on local
+// staging and moves every staged region to its peer with NCCL send/receive (rank processes on any
+// hosts, devices without peer access), waited for from the host with the same bound.
 import { randomUUID } from 'node:crypto';
 import { DTYPES } from '../dtype';
 import { MoeError, describe } from '../errors';
@@ -21,6 +23,7 @@ import { empty, fromBytes, fromPointer, useOn, zeros, type Tensor } from '../ten
 import { EXPERT_LAYOUT, checkInteger, checkOneOf, checkOptions, checkShapeIs, checkTensor, deviceIndex as deviceIndexOf, keys, checkRank, type Device } from '../validate';
 import type { ExpertLayout } from '../routing';
 import type { ProcessGroup } from './group';
+import { Deadline, pollUntil } from './deadline';
 import { gateOf, releaseGate, type SendGate } from './gate';
 
 /** How a token row travels: as bf16, fp8 e4m3 with one f32 scale per 128 elements, or NVFP4. */
@@ -29,9 +32,11 @@ export type EpPayload = 'bf16' | 'fp8' | 'nvfp4';
 export type EpLayoutForm = 'contiguous' | 'masked';
 /**
  * How bytes move between ranks. "host": through the process group (CPU ranks). "nvlink": the
- * device kernels write into the peers' buffers (CUDA ranks of one host).
+ * device kernels write into the peers' buffers (CUDA ranks of one host). "nccl": the kernels
+ * stage each peer's region and NCCL sends it (CUDA ranks, one process each, on one host or
+ * several; libnccl.so.2 is loaded at run time).
  */
-export type EpTransport = 'host' | 'nvlink';
+export type EpTransport = 'host' | 'nvlink' | 'nccl';
 
 export interface EpBufferOptions {
   /** Most tokens a rank dispatches per call. */
@@ -49,9 +54,14 @@ export interface EpBufferOptions {
   maxTokensPerExpert?: number;
   /** Contiguous layout: each expert's rows start at a multiple of align (1..1024). Default 1. */
   align?: number;
-  /** Default: "nvlink" for CUDA ranks, "host" for CPU ranks. */
+  /**
+   * Default: "nvlink" for CUDA ranks, "host" for CPU ranks. "nccl" needs one process per rank
+   * (`moe-kernels launch`; a group of one rank may be in-process) and NCCL 2 at run time:
+   * libnccl.so.2 on the library path, or the file MOE_KERNELS_NCCL_LIBRARY names (E_COMM when
+   * it cannot be loaded). It sets NCCL_NVLS_ENABLE=0 where the environment does not set it.
+   */
   transport?: EpTransport;
-  /** nvlink: CTAs (streaming multiprocessors) of the copy kernels, 1..1024. Default 16. */
+  /** nvlink and nccl: CTAs (streaming multiprocessors) of the copy kernels, 1..1024. Default 16. */
   sms?: number;
 }
 
@@ -107,9 +117,11 @@ const DISPATCH_KEYS = keys('stream');
 const PAYLOADS: readonly EpPayload[] = ['bf16', 'fp8', 'nvfp4'];
 const PAYLOAD_ID: Readonly<Record<EpPayload, number>> = { bf16: 0, fp8: 1, nvfp4: 2 };
 const FORMS: readonly EpLayoutForm[] = ['contiguous', 'masked'];
-const TRANSPORTS: readonly EpTransport[] = ['host', 'nvlink'];
+const TRANSPORTS: readonly EpTransport[] = ['host', 'nvlink', 'nccl'];
 const DEFAULT_SMS = 16;
 const STATUS_TIMEOUT: Readonly<Record<number, string>> = { 1: 'dispatch', 2: 'combine' };
+/** nccl: the most the receive's device wait waits for a count word NCCL has already delivered. */
+const NCCL_RECV_WAIT_MS = 10;
 const MAX_TOP_K = 16;
 const MAX_LOCAL_EXPERTS = 1024;
 const I32_MAX = 2 ** 31 - 1;
@@ -166,6 +178,11 @@ function checkConfig(options: unknown, worldSize: number, device: Device): Confi
     throw new MoeError('E_DEVICE', `options.transport: "host" moves CPU tensors; this rank is on ${device} (use "nvlink", or a group made with device: "cpu")`);
   }
   if (transport === 'nvlink' && device === 'cpu') throw new MoeError('E_DEVICE', 'options.transport: "nvlink" needs CUDA ranks; this rank is on the CPU (use "host")');
+  if (transport === 'nccl') {
+    // E_COMM naming the library when NCCL cannot be loaded, before anything else is made
+    native().ncclLoad();
+    if (device === 'cpu') throw new MoeError('E_DEVICE', 'options.transport: "nccl" needs CUDA ranks; this rank is on the CPU (use "host")');
+  }
   const sms = transport === 'host' ? 0 : o.sms === undefined ? DEFAULT_SMS : checkInteger(o.sms, 'options.sms', 1, 1024);
   if (transport === 'host' && o.sms !== undefined) throw new MoeError('E_ARGUMENT', 'options.sms: the host transport runs no kernels');
   return { maxTokensPerRank, hidden, topK, numExperts, payload, layout, maxTokensPerExpert, align, transport, sms };
@@ -245,6 +262,8 @@ export class EpBuffer {
   private ipc: { base: bigint; bytes: number; opened: bigint[] } | undefined;
   /** nvlink ranks of one process: where they meet between each call's send and receive (gate.ts). */
   private gate: { id: string; gate: SendGate } | undefined;
+  /** nccl: the communicator (native ncclReserve), the event that marks a call's end, and the group's close hook. */
+  private nccl: { handle: number; event: bigint; live: boolean; unhook: () => void } | undefined;
 
   /**
    * @internal use createEpBuffer(); `ipc`: the receive buffers in memory other processes map;
@@ -322,12 +341,14 @@ export class EpBuffer {
         state: make([8], 'i32', true),
         recvCounts: make([R], 'i32'),
       };
-      if (c.transport === 'host') {
+      if (c.transport === 'host' || c.transport === 'nccl') {
+        // nccl sends whole regions: zeroed, so that no byte it moves was never written
+        const zero = c.transport === 'nccl';
         Object.assign(this.t, {
-          stageDispatch: make([R * this.dispatchRegion], 'u8'),
-          stageDispatchCounts: make([R], 'i64'),
-          stageCombine: make([R * this.combineRegion], 'u8'),
-          stageCombineCounts: make([R], 'i64'),
+          stageDispatch: make([R * this.dispatchRegion], 'u8', zero),
+          stageDispatchCounts: make([R], 'i64', zero),
+          stageCombine: make([R * this.combineRegion], 'u8', zero),
+          stageCombineCounts: make([R], 'i64', zero),
         });
       }
       const rowsShape = c.layout === 'masked' ? [L, c.maxTokensPerExpert] : [this.rows];
@@ -409,8 +430,8 @@ export class EpBuffer {
   }
 
   /**
-   * @internal The destination tables: for the host transport this rank's staging (region d for
-   * rank d); for nvlink, the address of this rank's region in each rank's receive buffers.
+   * @internal The destination tables: for the host and nccl transports this rank's staging
+   * (region d for rank d); for nvlink, the address of this rank's region in each rank's receive buffers.
    */
   setDestinations(peers: readonly { recvDispatch: bigint; recvDispatchCounts: bigint; recvCombine: bigint; recvCombineCounts: bigint }[]): void {
     const R = this.worldSize, me = BigInt(this.rank);
@@ -420,7 +441,7 @@ export class EpBuffer {
       return t;
     };
     const t = this.t;
-    this.tables = this.transport === 'host'
+    this.tables = this.transport !== 'nvlink'
       ? {
         dispatch: table('dispatchDst', (d) => t.stageDispatch.dataPtr + BigInt(d * this.dispatchRegion)),
         dispatchCounts: table('dispatchCountDst', (d) => t.stageDispatchCounts.dataPtr + BigInt(8 * d)),
@@ -487,6 +508,7 @@ export class EpBuffer {
    * is sent.
    */
   async dispatch(x: Tensor<'bf16'>, routing: { ids: Tensor<'i32'>; weights: Tensor<'f32'> }, options?: EpDispatchOptions): Promise<EpDispatchResult> {
+    const deadline = new Deadline(this.group.timeoutMs);
     this.usable('dispatch');
     const o = checkOptions(options, 'options', DISPATCH_KEYS);
     const xt = checkTensor<Tensor<'bf16'>>(x, 'x', ['bf16'], this.device);
@@ -519,16 +541,19 @@ export class EpBuffer {
         const parts = sent.map((word, d) => this.part(t.stageDispatch, d * this.dispatchRegion, word, [[0, Number(word & 0xffffffffn) * this.slotBytes]]));
         const got = await this.group.allToAll(parts);
         got.forEach((p, s) => this.place(p, s, t.recvDispatch, t.recvDispatchCounts, this.dispatchRegion, epoch, 'dispatch', (n) => [[0, n * this.slotBytes]]));
+      } else if (this.nccl) {
+        b.ncclExchange(this.nccl.handle, 0, stream.handle);
       } else if (this.gate && !isCapturing(stream)) {
         await this.sendsQueued('dispatch', epoch, stream);
       }
       b.epDispatchRecv(
-        dev, stream.handle, ...this.shape, t.recvDispatch.dataPtr, t.recvDispatchCounts.dataPtr, st, this.timeoutNs, st + 16n, t.recvCounts.dataPtr,
+        dev, stream.handle, ...this.shape, t.recvDispatch.dataPtr, t.recvDispatchCounts.dataPtr, st, this.recvBoundNs(deadline), st + 16n, t.recvCounts.dataPtr,
         this.align, this.maxTokensPerExpert, this.rows, this.out.tokens.dataPtr, l.counts.dataPtr, l.offsets.dataPtr, l.sourceIndex.dataPtr,
         l.rowIndex.dataPtr, l.usedRows.dataPtr, l.dropped.dataPtr, l.errors.dataPtr,
       );
       const handle: EpHandle = Object.freeze({ epoch, tokens: T });
       this.last = { handle, weights };
+      if (this.nccl) await this.ncclWait('dispatch', stream, deadline);
       this.state = 'dispatched';
       if (!isCapturing(stream)) await this.readStatus(stream);
       return { tokens: this.out.tokens, layout: l, invalidIds: this.out.invalidIds, handle };
@@ -546,6 +571,7 @@ export class EpBuffer {
    * dropped or had an invalid id add nothing. Every rank must call it.
    */
   async combine(y: Tensor<'bf16'>, handle: EpHandle, options?: EpCombineOptions): Promise<Tensor<'bf16' | 'f32'>> {
+    const deadline = new Deadline(this.group.timeoutMs);
     this.usable('combine');
     const o = checkOptions(options, 'options', COMBINE_KEYS);
     const last = this.last;
@@ -582,13 +608,16 @@ export class EpBuffer {
         const parts = sent.map((word, s) => this.part(t.stageCombine, s * this.combineRegion, word, pieces(Number(word & 0xffffffffn))));
         const got = await this.group.allToAll(parts);
         got.forEach((p, d) => this.place(p, d, t.recvCombine, t.recvCombineCounts, this.combineRegion, epoch, 'combine', pieces));
+      } else if (this.nccl) {
+        b.ncclExchange(this.nccl.handle, 1, stream.handle);
       } else if (this.gate && !isCapturing(stream)) {
         await this.sendsQueued('combine', epoch, stream);
       }
       b.epCombineRecv(
-        dev, stream.handle, ...this.shape, t.recvCombine.dataPtr, t.recvCombineCounts.dataPtr, st, this.timeoutNs, st + 16n,
+        dev, stream.handle, ...this.shape, t.recvCombine.dataPtr, t.recvCombineCounts.dataPtr, st, this.recvBoundNs(deadline), st + 16n,
         this.out.combineIndex.dataPtr, last.weights.dataPtr, T, out.dataPtr, DTYPES[out.dtype].id,
       );
+      if (this.nccl) await this.ncclWait('combine', stream, deadline);
       this.state = 'idle';
       this.last = undefined;
       if (!isCapturing(stream)) await this.readStatus(stream);
@@ -606,6 +635,8 @@ export class EpBuffer {
     if (this.transport === 'nvlink' && this.sharesDevice && s.isDefault) {
       throw new MoeError('E_ARGUMENT', `options.stream: rank ${this.rank} shares ${this.device} with another rank; pass each rank a stream of its own (createStream)`);
     }
+    // its waits are bounded from the host, which a replayed graph would bypass
+    if (this.transport === 'nccl' && isCapturing(s)) throw new MoeError('E_CAPTURE', 'options.stream: the nccl transport cannot be captured into a graph (use nvlink)');
     return s;
   }
 
@@ -624,6 +655,9 @@ export class EpBuffer {
     if (this._disposed) return;
     this._disposed = true;
     if (this.gate) releaseGate(this.gate.id);
+    this.endNccl('abort');
+    // cudaEventDestroy of an event still pending lets it complete first
+    if (this.nccl) native().destroyEvent(deviceIndexOf(this.device), this.nccl.event);
     for (const x of Object.values(this.t)) x.dispose();
     const l = this.out.layout;
     for (const x of [this.out.tokens, this.out.invalidIds, this.out.combineIndex, l.counts, l.offsets, l.sourceIndex, l.rowIndex, l.usedRows, l.dropped, l.errors]) x.dispose();
@@ -641,6 +675,7 @@ export class EpBuffer {
    * Releases the buffers on every rank together (a collective: every rank calls it once its
    * last combine has finished): each rank unmaps the others' buffers, the ranks meet, then each
    * frees its own. Rank processes (CUDA IPC) need this order; dispose() alone frees at once.
+   * nccl: the ranks destroy their communicators after they meet (dispose() aborts it instead).
    */
   async close(): Promise<void> {
     if (this._disposed) return;
@@ -650,7 +685,12 @@ export class EpBuffer {
       for (const p of ipc.opened.splice(0)) b.ipcClose(dev, p);
     }
     await this.group.barrier();
-    this.dispose();
+    try {
+      // every rank's last combine has finished: the communicator has no work left anywhere
+      this.endNccl(this.state === 'failed' ? 'abort' : 'destroy');
+    } finally {
+      this.dispose();
+    }
   }
 
   /** @internal nvlink between processes: this rank's receive block as others map it. */
@@ -689,6 +729,106 @@ export class EpBuffer {
     // the ranks' calls are no longer in step: this buffer cannot be used again
     this.state = 'failed';
     this.last = undefined;
+    this.endNccl('abort');
+  }
+
+  /** @internal nccl: makes the communicator (in createEpBuffer, on every rank together) and its teardown hooks. */
+  async connectNccl(): Promise<void> {
+    const b = native(), g = this.group, dev = deviceIndexOf(this.device), t = this.t;
+    const event = b.createEvent(dev, false);
+    // handle -1 until the communicator is being made
+    const nccl = { handle: -1, event, live: true, unhook: () => {} };
+    this.nccl = nccl;
+    // a group that fails ends the communicator, and with it any NCCL work this rank waits for
+    nccl.unhook = g.onClose((error) => {
+      if (error) this.fail();
+    });
+    const id = await g.broadcast(g.rank === 0 ? b.ncclUniqueId() : undefined, 0);
+    const stream = resolveStream(undefined, this.device);
+    // the zeroed buffers are in place before the first exchange reads or writes them
+    await stream.synchronize();
+    if (!nccl.live) throw new MoeError('E_COMM', `rank ${this.rank}: the process group failed while the NCCL communicator was being set up`);
+    nccl.handle = b.ncclReserve();
+    b.ncclCreate(
+      nccl.handle, dev, this.worldSize, this.rank, id,
+      t.stageDispatch.dataPtr, t.stageDispatchCounts.dataPtr, t.recvDispatch.dataPtr, t.recvDispatchCounts.dataPtr, this.dispatchRegion,
+      t.stageCombine.dataPtr, t.stageCombineCounts.dataPtr, t.recvCombine.dataPtr, t.recvCombineCounts.dataPtr, this.combineRegion,
+      stream.handle,
+    );
+    const started = performance.now();
+    try {
+      for (;;) {
+        if (!nccl.live) throw new MoeError('E_COMM', 'the process group failed while the NCCL communicator was being made');
+        if (b.ncclCreated(nccl.handle)) return;
+        if (performance.now() - started > g.timeoutMs) {
+          throw new MoeError(
+            'E_TIMEOUT',
+            `rank ${this.rank}: the NCCL communicator was not made within ${g.timeoutMs} ms (a rank did not call createEpBuffer, or NCCL could not connect the ranks; NCCL_DEBUG=WARN tells more)`,
+          );
+        }
+        await new Promise((resolve) => setTimeout(resolve, 2));
+      }
+    } catch (e) {
+      // a communicator still being made is aborted by its thread once that is safe
+      this.fail();
+      throw e instanceof MoeError && e.code !== 'E_TIMEOUT' ? new MoeError(e.code, `rank ${this.rank}: making the NCCL communicator: ${e.message}`) : e;
+    }
+  }
+
+  /**
+   * The bound of the receive's device wait. nvlink: the group's timeout (the wait starts once the
+   * kernels before it have run, which the host does not wait for). nccl: the wait is queued behind
+   * NCCL's exchange, so when it starts every count word is in place, or the exchange was aborted
+   * and none will come: it gets a few milliseconds at most, within the call's deadline. With the
+   * group's timeout it would start its own full timeout when the abort at the deadline ends
+   * NCCL's kernel, and ncclCommAbort, which frees device memory (cudaFree waits for the device),
+   * would block the thread that called it until that wait ran out too.
+   */
+  private recvBoundNs(deadline: Deadline): number {
+    return this.nccl ? deadline.deviceBoundNs(NCCL_RECV_WAIT_MS) : this.timeoutNs;
+  }
+
+  /**
+   * nccl: resolves once this call's work queued on `stream` has finished; NCCL's asynchronous
+   * error (E_COMM) or the call's deadline (E_TIMEOUT) aborts the communicator instead, which ends
+   * NCCL's kernels, and the buffer is unusable.
+   */
+  private async ncclWait(op: 'dispatch' | 'combine', stream: Stream, deadline: Deadline): Promise<void> {
+    const n = this.nccl as NonNullable<EpBuffer['nccl']>;
+    const b = native(), dev = deviceIndexOf(this.device);
+    b.recordEvent(dev, n.event, stream.handle);
+    // a short call finishes within a few event-loop turns; past that, it polls every millisecond
+    await pollUntil(
+      deadline,
+      () => {
+        if (b.eventQuery(dev, n.event)) return true;
+        const error = b.ncclAsyncError(n.handle);
+        if (error) {
+          this.fail();
+          throw new MoeError('E_COMM', `rank ${this.rank}: ${op}: NCCL failed: ${error}; the EpBuffer is unusable`);
+        }
+        return false;
+      },
+      () => {
+        this.fail();
+        return new MoeError(
+          'E_TIMEOUT',
+          `rank ${this.rank}: ${op}: NCCL's exchange did not finish within ${deadline.timeoutMs} ms (a rank did not call ${op}, or called it much later); the EpBuffer is unusable`,
+        );
+      },
+    );
+  }
+
+  /** nccl: ends the communicator once (abort: at any time; destroy: once no rank has work left on it). */
+  private endNccl(how: 'abort' | 'destroy'): void {
+    const n = this.nccl;
+    if (!n || !n.live) return;
+    n.live = false;
+    n.unhook();
+    if (n.handle < 0) return;
+    const b = native();
+    if (how === 'destroy') b.ncclDestroy(n.handle);
+    else b.ncclAbort(n.handle);
   }
 
   private readWords(t: Tensor): bigint[] {
@@ -739,8 +879,11 @@ export class EpBuffer {
  * options (checked: the ranks exchange them, E_ARGUMENT naming the first that differs).
  * The host transport needs CPU ranks; nvlink needs CUDA ranks on one host whose devices reach
  * each other: ranks of one process (peer access) or one process per rank (CUDA IPC handles
- * exchanged through the group). nvlink ranks write each other's buffers: dispose every rank's
- * buffer only after the last combine of every rank has finished.
+ * exchanged through the group). nccl needs CUDA ranks, one process each, on any hosts: rank 0
+ * makes an NCCL unique id, the group broadcasts it, and every rank makes its communicator
+ * (bounded by the group's timeout: E_TIMEOUT; NCCL's errors: E_COMM). nvlink and nccl ranks
+ * write each other's buffers: dispose every rank's buffer only after the last combine of every
+ * rank has finished, or close() them all together.
  */
 export async function createEpBuffer(group: ProcessGroup, options: EpBufferOptions): Promise<EpBuffer> {
   if (group === null || typeof group !== 'object' || typeof (group as ProcessGroup).allToAll !== 'function') {
@@ -753,6 +896,14 @@ export async function createEpBuffer(group: ProcessGroup, options: EpBufferOptio
     throw new MoeError(
       'E_ARGUMENT',
       `options.transport: "nvlink" needs every rank on one host (${group.localWorldSize} of ${group.worldSize} ranks are on this one); there is no transport across hosts yet`,
+    );
+  }
+  // NCCL wants one process per rank (it refuses two ranks of one communicator on one device, and
+  // an in-process rank's NCCL call could wait for another rank of the same thread)
+  if (c.transport === 'nccl' && group.kind !== 'tcp' && group.worldSize > 1) {
+    throw new MoeError(
+      'E_ARGUMENT',
+      `options.transport: "nccl" needs one process per rank (moe-kernels launch); this group's ${group.worldSize} ranks share a process (use "nvlink")`,
     );
   }
   // every rank must have made the same buffer: a mismatch would corrupt, not fail
@@ -778,6 +929,14 @@ export async function createEpBuffer(group: ProcessGroup, options: EpBufferOptio
   try {
     if (c.transport === 'host') {
       buffer.setDestinations([]);
+      return buffer;
+    }
+    if (c.transport === 'nccl') {
+      // the kernels write this rank's staging; the communicator moves it to the peers
+      buffer.setDestinations([]);
+      await buffer.connectNccl();
+      // no rank sends before every rank's communicator is ready
+      await group.barrier();
       return buffer;
     }
     const b = native();
