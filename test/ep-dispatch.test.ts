@@ -645,6 +645,17 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
     }
   }
 
+  it('more received slots than one tile of the layout kernels (64): the order and the drops across tiles', async () => {
+    for (const devs of pairs()) {
+      const seed = freshSeed(`nvlink tiles ${devs.join(',')}`);
+      const E = 6, K = 3, H = 64;
+      const T = [100 + (seed % 30), 70 + ((seed >>> 4) % 60)];
+      await round({ R: 2, E, H, K, maxT: 130, payload: 'bf16', form: 'contiguous', align: 4, out: 'f32', devices: devs, inputs: inputs(seed, T, H, E, K) });
+      // about 85 pairs per expert against 60 rows: the drops fall in later tiles
+      await round({ R: 2, E, H, K, maxT: 130, payload: 'fp8', form: 'masked', M: 60, out: 'bf16', devices: devs, inputs: inputs(seed + 1, T, H, E, K) });
+    }
+  });
+
   it('4 ranks on one device; skewed routing with masked overflow; a rank that sends nothing; invalid ids', async () => {
     const seed = freshSeed('nvlink 4 ranks');
     const devs: Device[] = ['cuda:0', 'cuda:0', 'cuda:0', 'cuda:0'];

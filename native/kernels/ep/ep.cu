@@ -85,35 +85,50 @@ __device__ __forceinline__ uint32_t blockMax(uint32_t v, uint32_t* shared) {
   return r;
 }
 
-// A warp copies n 16-byte chunks with kUnroll loads in flight per lane before their stores: with
-// one load at a time a warp waits a DRAM latency per 512 bytes, which held a 16-CTA copy kernel
-// near 7 GB/s per SM.
+// The copy kernels keep kUnroll 16-byte loads in flight per lane before their stores: with one
+// load at a time a warp waits a DRAM latency per 512 bytes, which held a 16-CTA copy kernel near
+// 7 GB/s per SM.
 constexpr int kUnroll = 8;
-__device__ __forceinline__ void warpCopy(uint4* __restrict__ to, const uint4* __restrict__ from, int64_t n, int lane) {
-  int64_t c = lane;
-  for (; c + 32 * (kUnroll - 1) < n; c += 32 * kUnroll) {
-    uint4 v[kUnroll];
+
+// A part of a row: kPart 16-byte chunks, one load per lane and unroll step (4 KB).
+constexpr int kPart = 32 * kUnroll;
+
+// Part `part` of a row of n 16-byte chunks, to several destinations: lane b holds destination
+// b's row address in `to`, `mask` names the lanes that hold one; each chunk is loaded once and
+// stored to each of them. Every lane runs every step (the shuffles need the whole warp).
+__device__ __forceinline__ void warpScatterPart(uint64_t to, uint32_t mask, const uint4* __restrict__ from, int64_t n, int64_t part, int lane) {
+  const int64_t c0 = part * kPart + lane;
+  uint4 v[kUnroll];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) v[u] = from[c + 32 * u];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) to[c + 32 * u] = v[u];
+  for (int u = 0; u < kUnroll; ++u) {
+    if (c0 + 32 * u < n) v[u] = from[c0 + 32 * u];
   }
-  for (; c < n; c += 32) to[c] = from[c];
+  for (uint32_t m = mask; m != 0; m &= m - 1) {
+    uint4* dst = at<uint4>(__shfl_sync(0xFFFFFFFFu, static_cast<unsigned long long>(to), __ffs(m) - 1));
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (c0 + 32 * u < n) dst[c0 + 32 * u] = v[u];
+    }
+  }
 }
 
 // ---- dispatch: send ------------------------------------------------------------------------
 
+// 1024 threads: a chunk of 1024 tokens per step of the CTA's scan.
+constexpr int kSlotThreads = 1024;
+
 // Block d: the tokens that go to destination d, in order, get slots 0..; combineIndex of their
 // pairs for d, and sendCount[d]. Block 0 also marks the pairs whose id is out of range.
-__global__ void __launch_bounds__(kThreads) slotsKernel(const int32_t* __restrict__ ids, int64_t tokens, int k, int experts, int local,
+__global__ void __launch_bounds__(kSlotThreads) slotsKernel(const int32_t* __restrict__ ids, int64_t tokens, int k, int experts, int local,
                                                         int64_t maxTokens, int32_t* __restrict__ combineIndex,
                                                         uint32_t* __restrict__ sendCount, int32_t* __restrict__ errors) {
-  __shared__ uint32_t warpSum[kWarps];
+  constexpr int kSlotWarps = kSlotThreads / 32;
+  __shared__ uint32_t warpSum[kSlotWarps];
   const int d = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   uint32_t base = 0;
   int32_t bad = 0;
-  for (int64_t t0 = 0; t0 < tokens; t0 += kThreads) {
+  for (int64_t t0 = 0; t0 < tokens; t0 += kSlotThreads) {
     const int64_t t = t0 + threadIdx.x;
     bool here = false;
     if (t < tokens) {
@@ -135,7 +150,7 @@ __global__ void __launch_bounds__(kThreads) slotsKernel(const int32_t* __restric
     for (int w = 0; w < warp; ++w) before += warpSum[w];
     before += __popc(ballot & ((1u << lane) - 1u));
     uint32_t total = 0;
-    for (int w = 0; w < kWarps; ++w) total += warpSum[w];
+    for (int w = 0; w < kSlotWarps; ++w) total += warpSum[w];
     if (here) {
       const int64_t slot = static_cast<int64_t>(d) * maxTokens + before;
       for (int i = 0; i < k; ++i) {
@@ -153,7 +168,7 @@ __global__ void __launch_bounds__(kThreads) slotsKernel(const int32_t* __restric
     __syncthreads();
     if (threadIdx.x == 0) {
       int32_t n = 0;
-      for (int w = 0; w < kWarps; ++w) n += static_cast<int32_t>(warpSum[w]);
+      for (int w = 0; w < kSlotWarps; ++w) n += static_cast<int32_t>(warpSum[w]);
       *errors = n;
     }
   }
@@ -244,9 +259,11 @@ __device__ __forceinline__ bool lastBlock(uint32_t* sync) {
   return last;
 }
 
-// A warp per pair (t, i) that is token t's first pair on its destination d: a copy of the token's
-// payload row (source + t * sourceStride: the staging row, or x itself for an aligned bf16
-// payload) and its metadata into d's slot, so each token reaches each destination once.
+// A warp per (token, part of its row): lane i < k looks up pair i, and the lanes of the token's
+// first pair on each destination hold that destination's slot; the part of the payload row
+// (source + t * sourceStride: the staging row, or x itself for an aligned bf16 payload) is read
+// once and stored to every such slot, so each token reaches each destination once; part 0 also
+// writes each slot's metadata. Parts spread a decode step's few tokens over many warps.
 __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const uint8_t* __restrict__ source, int64_t sourceStride,
                                                        const int32_t* __restrict__ ids, const float* __restrict__ weights, int64_t tokens,
                                                        const int32_t* __restrict__ combineIndex, const uint64_t* __restrict__ dataDst,
@@ -255,27 +272,33 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
   const int lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
   const int k = s.k, local = s.experts / s.ranks;
-  const int64_t chunks = s.metaAt / 16;
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); p < tokens * k; p += warps) {
-    const int64_t t = p / k;
-    const int i = static_cast<int>(p % k);
-    const int32_t ci = combineIndex[p];
-    if (ci < 0) continue;
-    const int d = ids[p] / local;
-    bool first = true;  // the token goes to d once, at its first pair there
-    for (int j = 0; j < i; ++j) first &= !(combineIndex[t * k + j] >= 0 && ids[t * k + j] / local == d);
-    if (!first) continue;
-    const int64_t slot = static_cast<int64_t>(ci / k) - static_cast<int64_t>(d) * s.maxTokens;
-    uint8_t* dst = at<uint8_t>(dataDst[d]) + slot * s.slotBytes;
-    warpCopy(reinterpret_cast<uint4*>(dst), reinterpret_cast<const uint4*>(source + t * sourceStride), chunks, lane);
-    int32_t* meta = reinterpret_cast<int32_t*>(dst + s.metaAt);
-    float* w = reinterpret_cast<float*>(meta + 1 + k);
-    if (lane == 0) meta[0] = static_cast<int32_t>(t);
+  const int64_t chunks = s.metaAt / 16, parts = (chunks + kPart - 1) / kPart;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); item < tokens * parts; item += warps) {
+    const int64_t t = item / parts, part = item % parts;
+    int32_t id = -1, d = -1, ci = -1;
     if (lane < k) {
-      const int32_t id = ids[t * k + lane];
-      const bool mine = combineIndex[t * k + lane] >= 0 && id / local == d;
-      meta[1 + lane] = mine ? id - d * local : -1;
-      w[lane] = mine ? weights[t * k + lane] : 0.0f;
+      id = ids[t * k + lane];
+      ci = combineIndex[t * k + lane];
+      d = ci >= 0 ? id / local : -1;
+    }
+    const uint32_t same = __match_any_sync(0xFFFFFFFFu, d);
+    const bool first = d >= 0 && (same & ((1u << lane) - 1u)) == 0;
+    const uint32_t firsts = __ballot_sync(0xFFFFFFFFu, first);
+    uint64_t dst = 0;
+    if (first) dst = dataDst[d] + static_cast<uint64_t>((static_cast<int64_t>(ci / k) - static_cast<int64_t>(d) * s.maxTokens) * s.slotBytes);
+    warpScatterPart(dst, firsts, reinterpret_cast<const uint4*>(source + t * sourceStride), chunks, part, lane);
+    if (part != 0) continue;
+    for (uint32_t m = firsts; m != 0; m &= m - 1) {
+      const int b = __ffs(m) - 1;
+      const int32_t db = __shfl_sync(0xFFFFFFFFu, d, b);
+      int32_t* meta = reinterpret_cast<int32_t*>(at<uint8_t>(__shfl_sync(0xFFFFFFFFu, static_cast<unsigned long long>(dst), b)) + s.metaAt);
+      float* w = reinterpret_cast<float*>(meta + 1 + k);
+      if (lane == 0) meta[0] = static_cast<int32_t>(t);
+      if (lane < k) {
+        const bool mine = d == db;
+        meta[1 + lane] = mine ? id - db * local : -1;
+        w[lane] = mine ? weights[t * k + lane] : 0.0f;
+      }
     }
   }
   if (lastBlock(sync)) {
@@ -330,52 +353,40 @@ __global__ void __launch_bounds__(kThreads) waitKernel(const uint64_t* __restric
 
 // ---- dispatch: receive ---------------------------------------------------------------------
 
-__device__ __forceinline__ int32_t localIdOf(const E::EpShapeView& s, const uint8_t* regions, const uint32_t* counts, int64_t i, int kk) {
-  const int64_t r = i / s.maxTokens, j = i % s.maxTokens;
-  if (j >= counts[r]) return -1;
-  // slots and their metadata start on 16 bytes: an aligned load
-  return __ldcg(reinterpret_cast<const int32_t*>(regions + r * s.regionBytes + j * s.slotBytes + s.metaAt) + 1 + kk);
-}
-
-// The layout in three launches over tiles of kTile receive slots, so that the work spreads over
-// (tile, expert) instead of running down every slot in one warp per expert:
-//   countKernel: warp e of tile t counts expert e's pairs in the tile (warp L: malformed ids);
+// The layout in three launches over tiles of kTile receive slots:
+//   countKernel: a thread per pair of the tile: its local id into lid (L for a malformed one, -1
+//                for none), its rowIndex reset to -1, and the tile's count per expert through a
+//                shared-memory histogram;
 //   scanKernel:  one CTA: each expert's pairs before each tile, its rows, the offsets;
-//   placeKernel: warp e of tile t places expert e's pairs of the tile, in slot order.
-constexpr int kTile = 256;
-
-// Expert e's pairs in slots [i0, i0 + 32) (bit kk of `which`: pair kk is e's; lanes past `slots` hold none).
-__device__ __forceinline__ int32_t pairsOf(const E::EpShapeView& s, const uint8_t* regions, const uint32_t* counts, int64_t i, int64_t slots, int e,
-                                          int L, uint32_t& which) {
-  which = 0;
-  int32_t n = 0;
-  if (i >= slots) return 0;
-  for (int kk = 0; kk < s.k; ++kk) {
-    const int32_t id = localIdOf(s, regions, counts, i, kk);
-    const bool hit = e < L ? id == e : (id < -1 || id >= L);
-    if (hit) {
-      which |= 1u << kk;
-      ++n;
-    }
-  }
-  return n;
-}
+//   placeKernel: one warp per tile walks the tile's pairs in order (slot, then k) from shared
+//                memory, so that within an expert the pairs keep slot order.
+// Small tiles keep the ordered walk short (kTile * k pairs); the scan's loop over tiles reads
+// eight at a time.
+constexpr int kTile = 64;
 
 __global__ void __launch_bounds__(kThreads) countKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
+                                                        int32_t* __restrict__ lid, int32_t* __restrict__ rowIndex,
                                                         int32_t* __restrict__ tileCounts) {
-  const int lane = threadIdx.x & 31;
-  const int e = blockIdx.y * kWarps + (threadIdx.x >> 5);
+  __shared__ int32_t hist[E::kMaxLocalExperts + 1];
   const int L = s.experts / s.ranks;
-  if (e > L) return;
-  const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * kTile;
-  int32_t n = 0;
-  for (int64_t i0 = first; i0 < first + kTile; i0 += 32) {
-    uint32_t which;
-    n += pairsOf(s, regions, counts, i0 + lane, slots, e, L, which);
+  for (int e = threadIdx.x; e <= L; e += kThreads) hist[e] = 0;
+  __syncthreads();
+  const int64_t pairs = static_cast<int64_t>(s.ranks) * s.maxTokens * s.k;
+  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * kTile * s.k, p1 = min(pairs, p0 + static_cast<int64_t>(kTile) * s.k);
+  for (int64_t p = p0 + threadIdx.x; p < p1; p += kThreads) {
+    const int64_t i = p / s.k, r = i / s.maxTokens, j = i % s.maxTokens;
+    int32_t id = -1;
+    if (j < counts[r]) {
+      // slots and their metadata start on 16 bytes: aligned loads
+      const int32_t raw = __ldcg(reinterpret_cast<const int32_t*>(regions + r * s.regionBytes + j * s.slotBytes + s.metaAt) + 1 + p % s.k);
+      id = raw == -1 ? -1 : (raw < -1 || raw >= L ? L : raw);
+      if (id >= 0) atomicAdd(&hist[id], 1);
+    }
+    lid[p] = id;
+    rowIndex[p] = -1;
   }
-  n = __reduce_add_sync(0xFFFFFFFFu, n);
-  if (lane == 0) tileCounts[static_cast<int64_t>(blockIdx.x) * (L + 1) + e] = n;
+  __syncthreads();
+  for (int e = threadIdx.x; e <= L; e += kThreads) tileCounts[static_cast<int64_t>(blockIdx.x) * (L + 1) + e] = hist[e];
 }
 
 // One CTA. tileCounts becomes each expert's pairs before each tile (exclusive); placed[e] = the
@@ -389,148 +400,189 @@ __global__ void __launch_bounds__(1024) scanKernel(int L, int64_t tiles, int32_t
   __shared__ int64_t total[E::kMaxLocalExperts + 1];
   for (int e = threadIdx.x; e <= L; e += blockDim.x) {
     int64_t run = 0;
-    for (int64_t t = 0; t < tiles; ++t) {
-      int32_t* c = tileCounts + t * (L + 1) + e;
-      const int32_t n = *c;
-      *c = static_cast<int32_t>(run);
-      run += n;
+    for (int64_t t0 = 0; t0 < tiles; t0 += 8) {
+      int32_t n[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) n[u] = t0 + u < tiles ? tileCounts[(t0 + u) * (L + 1) + e] : 0;
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        if (t0 + u < tiles) tileCounts[(t0 + u) * (L + 1) + e] = static_cast<int32_t>(run);
+        run += n[u];
+      }
     }
     total[e] = run;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    const bool masked = maxPerExpert > 0;
-    int64_t at = 0, lost = 0;
-    offsets[0] = 0;
-    for (int e = 0; e < L; ++e) {
-      const int64_t p = masked ? min(total[e], static_cast<int64_t>(maxPerExpert)) : total[e];
-      lost += total[e] - p;
-      placed[e] = static_cast<int32_t>(p);
-      // masked: the rows the rows kernel writes, this call's and the last call's (now padding:
-      // back to zeros), so that a call touches the rows in use and not every expert's capacity
-      if (masked) touch[e] = max(layoutCounts[e], static_cast<int32_t>(p));
-      layoutCounts[e] = static_cast<int32_t>(p);
-      at += masked ? maxPerExpert : (total[e] + align - 1) / align * align;
-      offsets[e + 1] = static_cast<int32_t>(at);
-    }
-    *usedRows = static_cast<int32_t>(at);
-    *dropped = static_cast<int32_t>(lost);
-    *errors = static_cast<int32_t>(total[L]);
+  // one thread per expert (L <= 1024 = blockDim.x): its rows, then a block-wide scan of them
+  __shared__ long long warpRows[32], warpLost[32];
+  const int e = threadIdx.x, lane = e & 31, warp = e >> 5;
+  const bool masked = maxPerExpert > 0;
+  long long size = 0, lost = 0;
+  if (e < L) {
+    const int64_t p = masked ? min(total[e], static_cast<int64_t>(maxPerExpert)) : total[e];
+    lost = total[e] - p;
+    size = masked ? maxPerExpert : (total[e] + align - 1) / align * align;
+    placed[e] = static_cast<int32_t>(p);
+    // masked: the rows the rows kernel writes, this call's and the last call's (now padding:
+    // back to zeros), so that a call touches the rows in use and not every expert's capacity
+    if (masked) touch[e] = max(layoutCounts[e], static_cast<int32_t>(p));
+    layoutCounts[e] = static_cast<int32_t>(p);
   }
-}
-
-__global__ void __launch_bounds__(kThreads) placeKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
-                                                        const int32_t* __restrict__ tileBefore, const int32_t* __restrict__ placed,
-                                                        const int32_t* __restrict__ offsets, int32_t* __restrict__ sourceIndex,
-                                                        int32_t* __restrict__ rowIndex) {
-  const int lane = threadIdx.x & 31;
-  const int e = blockIdx.y * kWarps + (threadIdx.x >> 5);
-  const int L = s.experts / s.ranks;
-  if (e >= L) return;
-  const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
-  const int64_t first = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int64_t base = offsets[e], limit = placed[e];
-  int64_t next = tileBefore[static_cast<int64_t>(blockIdx.x) * (L + 1) + e];
-  for (int64_t i0 = first; i0 < first + kTile; i0 += 32) {
-    const int64_t i = i0 + lane;
-    uint32_t which;
-    const int32_t mine = pairsOf(s, regions, counts, i, slots, e, L, which);
-    int32_t incl = mine;
+  long long inc = size;
+  for (int off = 1; off < 32; off *= 2) {
+    const long long v = __shfl_up_sync(0xFFFFFFFFu, inc, off);
+    if (lane >= off) inc += v;
+  }
+  for (int off = 16; off >= 1; off /= 2) lost += __shfl_xor_sync(0xFFFFFFFFu, lost, off);
+  if (lane == 31) warpRows[warp] = inc;
+  if (lane == 0) warpLost[warp] = lost;
+  __syncthreads();
+  if (warp == 0) {
+    long long w = warpRows[lane], all = w;
     for (int off = 1; off < 32; off *= 2) {
-      const int32_t o = __shfl_up_sync(0xFFFFFFFFu, incl, off);
-      if (lane >= off) incl += o;
+      const long long v = __shfl_up_sync(0xFFFFFFFFu, all, off);
+      if (lane >= off) all += v;
     }
-    int64_t n = next + incl - mine;
-    for (int kk = 0; kk < s.k; ++kk) {
-      if (!((which >> kk) & 1u)) continue;
-      if (n < limit) {
-        const int64_t row = base + n;
-        sourceIndex[row] = static_cast<int32_t>(i * s.k + kk);
-        rowIndex[i * s.k + kk] = static_cast<int32_t>(row);
+    warpRows[lane] = all - w;  // rows before warp `lane`
+    long long l = warpLost[lane];
+    for (int off = 16; off >= 1; off /= 2) l += __shfl_xor_sync(0xFFFFFFFFu, l, off);
+    if (lane == 0) {
+      *dropped = static_cast<int32_t>(l);
+      *errors = static_cast<int32_t>(total[L]);
+      offsets[0] = 0;
+    }
+  }
+  __syncthreads();
+  inc += warpRows[warp];
+  if (e < L) offsets[e + 1] = static_cast<int32_t>(inc);
+  if (e == L - 1) *usedRows = static_cast<int32_t>(inc);
+}
+
+__global__ void __launch_bounds__(kThreads) placeKernel(E::EpShapeView s, const int32_t* __restrict__ lid, const int32_t* __restrict__ tileBefore,
+                                                        const int32_t* __restrict__ placed, const int32_t* __restrict__ offsets,
+                                                        int32_t* __restrict__ sourceIndex, int32_t* __restrict__ rowIndex) {
+  __shared__ int32_t ids[kTile * E::kMaxTopK];
+  __shared__ int32_t next[E::kMaxLocalExperts], limit[E::kMaxLocalExperts], base[E::kMaxLocalExperts];
+  const int L = s.experts / s.ranks;
+  const int64_t pairs = static_cast<int64_t>(s.ranks) * s.maxTokens * s.k;
+  const int64_t p0 = static_cast<int64_t>(blockIdx.x) * kTile * s.k;
+  const int n = static_cast<int>(min(pairs - p0, static_cast<int64_t>(kTile) * s.k));
+  for (int q = threadIdx.x; q < n; q += kThreads) ids[q] = lid[p0 + q];
+  for (int e = threadIdx.x; e < L; e += kThreads) {
+    next[e] = tileBefore[static_cast<int64_t>(blockIdx.x) * (L + 1) + e];
+    limit[e] = placed[e];
+    base[e] = offsets[e];
+  }
+  __syncthreads();
+  if (threadIdx.x >= 32) return;
+  const int lane = threadIdx.x;
+  for (int c = 0; c < n; c += 32) {
+    const int e = c + lane < n ? ids[c + lane] : -1;
+    const bool mine = e >= 0 && e < L;
+    const uint32_t peers = __match_any_sync(0xFFFFFFFFu, e);
+    if (mine) {
+      // this pair's place among the tile's pairs of e: those before it in earlier rounds and lanes
+      const int at = next[e] + __popc(peers & ((1u << lane) - 1u));
+      if (at < limit[e]) {
+        const int32_t row = base[e] + at;
+        const int32_t pair = static_cast<int32_t>(p0 + c + lane);
+        sourceIndex[row] = pair;
+        rowIndex[pair] = row;
       }
-      ++n;
     }
-    next += __shfl_sync(0xFFFFFFFFu, incl, 31);
+    __syncwarp();
+    if (mine && (peers >> lane) == 1u) next[e] += __popc(peers);  // the group's last lane
+    __syncwarp();
   }
 }
 
-// Row r: the slot of sourceIndex[r] decoded to bf16, zeros for padding (sourceIndex -1). V
-// elements per thread: 8 (16-byte stores) where hidden % 8 == 0 and the output is aligned.
+// V elements of a slot's payload from element h, as bf16 bits (V = 8: h % 8 == 0, hidden % 8 == 0).
 template <int V>
-__device__ __forceinline__ void decodeRow(const E::EpShapeView& s, const uint8_t* __restrict__ regions, int32_t src, uint16_t* __restrict__ dst) {
+__device__ __forceinline__ void decodeAt(const E::EpShapeView& s, const uint8_t* __restrict__ p, int64_t h, uint16_t (&o)[V]) {
   const int64_t H = s.hidden;
-  const int64_t pairs = static_cast<int64_t>(s.ranks) * s.maxTokens * s.k;
-  if (src < 0 || src >= pairs) {
-    for (int64_t h = threadIdx.x * V; h < H; h += kThreads * V) {
-      if constexpr (V == 8) *reinterpret_cast<uint4*>(dst + h) = make_uint4(0, 0, 0, 0);
-      else dst[h] = 0;
-    }
-    return;
-  }
-  const int64_t i = src / s.k;
-  const uint8_t* p = regions + (i / s.maxTokens) * s.regionBytes + (i % s.maxTokens) * s.slotBytes;
   if (s.payload == E::kPayloadBf16) {
-    for (int64_t h = threadIdx.x * V; h < H; h += kThreads * V) {
-      if constexpr (V == 8) *reinterpret_cast<uint4*>(dst + h) = __ldcg(reinterpret_cast<const uint4*>(p + 2 * h));
-      else dst[h] = __ldcg(reinterpret_cast<const uint16_t*>(p) + h);
-    }
+    if constexpr (V == 8) *reinterpret_cast<uint4*>(o) = __ldcg(reinterpret_cast<const uint4*>(p + 2 * h));
+    else o[0] = __ldcg(reinterpret_cast<const uint16_t*>(p) + h);
   } else if (s.payload == E::kPayloadFp8) {
-    for (int64_t h = threadIdx.x * V; h < H; h += kThreads * V) {
-      // V divides the block of 128: one scale for the V elements
-      const float scale = __uint_as_float(loadU32(p + H + 4 * (h / E::kFp8Block)));
-      uint16_t o[V];
-      if constexpr (V == 8) {
-        const uint2 q = __ldcg(reinterpret_cast<const uint2*>(p + h));
+    // V divides the block of 128: one scale for the V elements
+    const float scale = __uint_as_float(loadU32(p + H + 4 * (h / E::kFp8Block)));
+    if constexpr (V == 8) {
+      const uint2 q = __ldcg(reinterpret_cast<const uint2*>(p + h));
 #pragma unroll
-        for (int u = 0; u < 8; ++u) o[u] = floatToBf16(__fmul_rn(e4m3ToFloat(((u < 4 ? q.x : q.y) >> (8 * (u % 4))) & 0xFFu), scale));
-        *reinterpret_cast<uint4*>(dst + h) = *reinterpret_cast<const uint4*>(o);
-      } else {
-        dst[h] = floatToBf16(__fmul_rn(e4m3ToFloat(__ldcg(p + h)), scale));
-      }
+      for (int u = 0; u < 8; ++u) o[u] = floatToBf16(__fmul_rn(e4m3ToFloat(((u < 4 ? q.x : q.y) >> (8 * (u % 4))) & 0xFFu), scale));
+    } else {
+      o[0] = floatToBf16(__fmul_rn(e4m3ToFloat(__ldcg(p + h)), scale));
     }
   } else {
+    // V divides the block of 16: one block scale for the V elements
     const float gs = __uint_as_float(loadU32(p + H / 2 + H / 16));
-    for (int64_t h = threadIdx.x * V; h < H; h += kThreads * V) {
-      // V divides the block of 16: one block scale for the V elements
-      const float bs = e4m3ToFloat(__ldcg(p + H / 2 + h / 16));
-      if constexpr (V == 8) {
-        const uint32_t codes = __ldcg(reinterpret_cast<const uint32_t*>(p + h / 2));
-        uint16_t o[8];
+    const float bs = e4m3ToFloat(__ldcg(p + H / 2 + h / 16));
+    if constexpr (V == 8) {
+      const uint32_t codes = __ldcg(reinterpret_cast<const uint32_t*>(p + h / 2));
 #pragma unroll
-        for (int u = 0; u < 8; ++u) o[u] = floatToBf16(__fmul_rn(__fmul_rn(e2m1ToFloat((codes >> (4 * u)) & 0xFu), bs), gs));
-        *reinterpret_cast<uint4*>(dst + h) = *reinterpret_cast<const uint4*>(o);
-      } else {
-        const uint32_t code = (__ldcg(p + h / 2) >> ((h % 2) * 4)) & 0xFu;
-        dst[h] = floatToBf16(__fmul_rn(__fmul_rn(e2m1ToFloat(code), bs), gs));  // a NaN becomes bf16's canonical NaN, as on the CPU
-      }
+      for (int u = 0; u < 8; ++u) o[u] = floatToBf16(__fmul_rn(__fmul_rn(e2m1ToFloat((codes >> (4 * u)) & 0xFu), bs), gs));
+    } else {
+      const uint32_t code = (__ldcg(p + h / 2) >> ((h % 2) * 4)) & 0xFu;
+      o[0] = floatToBf16(__fmul_rn(__fmul_rn(e2m1ToFloat(code), bs), gs));  // a NaN becomes bf16's canonical NaN, as on the CPU
     }
   }
 }
 
-// Contiguous: a CTA per row below usedRows. Masked (touch != nullptr): blockIdx.y is the expert,
-// its CTAs stride over its first touch[e] rows only.
+// blockIdx.y == 0: a CTA per (received slot, part of kThreads * V elements), grid-stride: the
+// part decoded once and stored into the row of each of the slot's pairs that got one, so that a
+// token is read once however many local experts it has. blockIdx.y == 1: a CTA per expert zeroes its padding rows: contiguous,
+// up to the next expert's offset; masked, up to touch[e] (the last call's rows included). V
+// elements per thread: 8 (16-byte stores) where hidden % 8 == 0 and the output is aligned.
 template <int V>
-__global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const int32_t* __restrict__ sourceIndex,
-                                                       const int32_t* __restrict__ usedRows, const int32_t* __restrict__ touch, int32_t maxPerExpert,
-                                                       int64_t rows, uint16_t* __restrict__ out) {
+__global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
+                                                       const int32_t* __restrict__ rowIndex, const int32_t* __restrict__ offsets,
+                                                       const int32_t* __restrict__ placed, const int32_t* __restrict__ touch, int32_t maxPerExpert,
+                                                       uint16_t* __restrict__ out) {
   const int64_t H = s.hidden;
-  if (touch != nullptr) {
-    const int64_t e = blockIdx.y;
-    const int64_t n = min(static_cast<int64_t>(touch[e]), static_cast<int64_t>(maxPerExpert));
-    for (int64_t j = blockIdx.x; j < n; j += gridDim.x) {
-      const int64_t r = e * maxPerExpert + j;
-      decodeRow<V>(s, regions, sourceIndex[r], out + r * H);
+  if (blockIdx.y == 1) {
+    const int L = s.experts / s.ranks;
+    for (int e = blockIdx.x; e < L; e += gridDim.x) {
+      const int64_t from = static_cast<int64_t>(offsets[e]) + placed[e];
+      const int64_t to = maxPerExpert > 0 ? static_cast<int64_t>(offsets[e]) + min(touch[e], maxPerExpert) : offsets[e + 1];
+      for (int64_t r = from; r < to; ++r) {
+        for (int64_t h = threadIdx.x * V; h < H; h += kThreads * V) {
+          if constexpr (V == 8) *reinterpret_cast<uint4*>(out + r * H + h) = make_uint4(0, 0, 0, 0);
+          else out[r * H + h] = 0;
+        }
+      }
     }
     return;
   }
-  const int64_t used = min(max(static_cast<int64_t>(*usedRows), int64_t{0}), rows);
-  for (int64_t r = blockIdx.x; r < used; r += gridDim.x) decodeRow<V>(s, regions, sourceIndex[r], out + r * H);
+  __shared__ int32_t rowOf[E::kMaxTopK];
+  const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
+  const int64_t parts = (H + kThreads * V - 1) / (kThreads * V);
+  for (int64_t item = blockIdx.x; item < slots * parts; item += gridDim.x) {
+    const int64_t i = item / parts, part = item % parts;
+    const int64_t r = i / s.maxTokens, j = i % s.maxTokens;
+    if (j >= counts[r]) continue;  // the same for the whole CTA
+    __syncthreads();  // the last slot's rows are read
+    if (threadIdx.x < s.k) rowOf[threadIdx.x] = rowIndex[i * s.k + threadIdx.x];
+    __syncthreads();
+    const uint8_t* p = regions + r * s.regionBytes + j * s.slotBytes;
+    const int64_t h = (part * kThreads + threadIdx.x) * V;
+    if (h < H) {
+      uint16_t o[V];
+      decodeAt<V>(s, p, h, o);
+      for (int kk = 0; kk < s.k; ++kk) {
+        const int32_t row = rowOf[kk];
+        if (row < 0) continue;
+        if constexpr (V == 8) *reinterpret_cast<uint4*>(out + row * H + h) = *reinterpret_cast<const uint4*>(o);
+        else out[row * H + h] = o[0];
+      }
+    }
+  }
 }
 
 // ---- combine -------------------------------------------------------------------------------
 
-// A warp per entry (source s, slot j, pair kk) of the received slots: its valid flag and output
-// row into region `rank` of s's combine buffer.
+// A warp per (received pair, part of its row): the pair's valid flag (part 0) and the part of its
+// computed row into region `rank` of its source's combine buffer. The lookups of an item are
+// independent loads, so a warp waits about one latency before its copy.
 __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, const uint16_t* __restrict__ y, int64_t rows,
                                                               const int32_t* __restrict__ rowIndex, const uint32_t* __restrict__ recvCounts,
                                                               const uint64_t* __restrict__ dataDst, const uint64_t* __restrict__ countDst,
@@ -538,18 +590,31 @@ __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, 
   const int lane = threadIdx.x & 31;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
   const int64_t M = s.maxTokens, H = s.hidden, entries = static_cast<int64_t>(s.ranks) * M * s.k;
-  for (int64_t p = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); p < entries; p += warps) {
+  // vec: parts of kPart chunks of 8 elements; otherwise one part per row, element by element
+  const int64_t parts = vec ? (H / 8 + kPart - 1) / kPart : 1;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); item < entries * parts; item += warps) {
+    const int64_t p = item / parts, part = item % parts;
     const int64_t i = p / s.k, src = i / M, entry = p - src * M * s.k;
-    if (i % M >= min(recvCounts[src], static_cast<uint32_t>(M))) continue;
+    const uint32_t count = recvCounts[src];
     uint8_t* region = at<uint8_t>(dataDst[src]);
     const int32_t r = rowIndex[p];
+    if (i % M >= min(count, static_cast<uint32_t>(M))) continue;
     const bool ok = r >= 0 && r < rows;
-    if (lane == 0) reinterpret_cast<int32_t*>(region)[entry] = ok ? 1 : 0;
+    if (part == 0 && lane == 0) reinterpret_cast<int32_t*>(region)[entry] = ok ? 1 : 0;
     if (!ok) continue;
     uint16_t* to = reinterpret_cast<uint16_t*>(region + s.combineRowsAt) + entry * H;
     const uint16_t* from = y + static_cast<int64_t>(r) * H;
     if (vec) {
-      warpCopy(reinterpret_cast<uint4*>(to), reinterpret_cast<const uint4*>(from), H / 8, lane);
+      const int64_t c0 = part * kPart + lane, n = H / 8;
+      uint4 v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (c0 + 32 * u < n) v[u] = reinterpret_cast<const uint4*>(from)[c0 + 32 * u];
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (c0 + 32 * u < n) reinterpret_cast<uint4*>(to)[c0 + 32 * u] = v[u];
+      }
     } else {
       for (int64_t h = lane; h < H; h += 32) to[h] = from[h];
     }
@@ -596,17 +661,28 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
     float acc[V];
 #pragma unroll
     for (int u = 0; u < V; ++u) acc[u] = 0.0f;
-    for (int kk = 0; kk < s.k; ++kk) {
-      const uint16_t* row = rowOf[kk];
-      if (row == nullptr) continue;
-      const float w = weightOf[kk];
-      if constexpr (V == 8) {
-        const uint4 q = __ldcg(reinterpret_cast<const uint4*>(row + h));
-        const uint32_t words[4] = {q.x, q.y, q.z, q.w};
+    // eight rows' loads in flight before their sums, which stay in slot order
+    for (int k0 = 0; k0 < s.k; k0 += 8) {
+      uint4 q[8];
 #pragma unroll
-        for (int u = 0; u < 8; ++u) acc[u] = __fmaf_rn(w, bf16ToFloat(static_cast<uint16_t>(words[u / 2] >> (16 * (u % 2)))), acc[u]);
-      } else {
-        acc[0] = __fmaf_rn(w, bf16ToFloat(__ldcg(row + h)), acc[0]);
+      for (int u = 0; u < 8; ++u) {
+        const uint16_t* row = k0 + u < s.k ? rowOf[k0 + u] : nullptr;
+        if (row == nullptr) continue;
+        if constexpr (V == 8) q[u] = __ldcg(reinterpret_cast<const uint4*>(row + h));
+        else q[u].x = __ldcg(row + h);
+      }
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        const uint16_t* row = k0 + u < s.k ? rowOf[k0 + u] : nullptr;
+        if (row == nullptr) continue;
+        const float w = weightOf[k0 + u];
+        if constexpr (V == 8) {
+          const uint32_t words[4] = {q[u].x, q[u].y, q[u].z, q[u].w};
+#pragma unroll
+          for (int v = 0; v < 8; ++v) acc[v] = __fmaf_rn(w, bf16ToFloat(static_cast<uint16_t>(words[v / 2] >> (16 * (v % 2)))), acc[v]);
+        } else {
+          acc[0] = __fmaf_rn(w, bf16ToFloat(static_cast<uint16_t>(q[u].x)), acc[0]);
+        }
       }
     }
     if (bf16Out) {
@@ -679,7 +755,7 @@ cudaError_t dispatchSend(const EpDispatchSendArgs& a, const Launch& l) {
   uint8_t* scratch = static_cast<uint8_t*>(l.workspace.get(countBytes + (direct ? 0 : static_cast<size_t>(a.tokens) * s.metaAt)));
   uint32_t* sendCount = reinterpret_cast<uint32_t*>(scratch);
   uint8_t* staging = scratch + countBytes;
-  slotsKernel<<<static_cast<unsigned>(s.ranks), kThreads, 0, l.stream>>>(a.ids, a.tokens, s.k, s.experts, s.experts / s.ranks, s.maxTokens,
+  slotsKernel<<<static_cast<unsigned>(s.ranks), kSlotThreads, 0, l.stream>>>(a.ids, a.tokens, s.k, s.experts, s.experts / s.ranks, s.maxTokens,
                                                                           a.combineIndex, sendCount, a.errors);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
@@ -699,35 +775,33 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
   const int L = s.experts / s.ranks;
   const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
   const int64_t tiles = (slots + kTile - 1) / kTile;
-  int32_t* tileCounts = static_cast<int32_t*>(l.workspace.get(4 * static_cast<size_t>(tiles * (L + 1) + 2 * L)));
+  int32_t* lid = static_cast<int32_t*>(l.workspace.get(4 * static_cast<size_t>(slots * s.k + tiles * (L + 1) + 2 * L)));
+  int32_t* tileCounts = lid + slots * s.k;
   int32_t* placed = tileCounts + tiles * (L + 1);
   int32_t* touch = placed + L;
-  const bool masked = a.maxPerExpert > 0;
-  cudaError_t err = cudaMemsetAsync(a.rowIndex, 0xFF, 4 * static_cast<size_t>(slots) * s.k, l.stream);
-  if (err == cudaSuccess && a.rows > 0) err = cudaMemsetAsync(a.sourceIndex, 0xFF, 4 * static_cast<size_t>(a.rows), l.stream);
+  cudaError_t err = a.rows > 0 ? cudaMemsetAsync(a.sourceIndex, 0xFF, 4 * static_cast<size_t>(a.rows), l.stream) : cudaSuccess;
   if (err != cudaSuccess) return err;
   waitKernel<<<1, kThreads, 0, l.stream>>>(a.counts, s.ranks, a.epoch, 1, true, s.maxTokens, a.timeoutNs, a.status, E::kStatusDispatchTimeout,
                                            a.recvCounts);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   // tiles fit a grid's x dimension: slots * k < 2^31
-  countKernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>((L + 1 + kWarps - 1) / kWarps)), kThreads, 0, l.stream>>>(
-      s, a.regions, a.recvCounts, tileCounts);
+  countKernel<<<static_cast<unsigned>(tiles), kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, lid, a.rowIndex, tileCounts);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   scanKernel<<<1, 1024, 0, l.stream>>>(L, tiles, a.align, a.maxPerExpert, tileCounts, placed, touch, a.layoutCounts, a.offsets, a.usedRows,
                                        a.dropped, a.errors);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  placeKernel<<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>((L + kWarps - 1) / kWarps)), kThreads, 0, l.stream>>>(
-      s, a.regions, a.recvCounts, tileCounts, placed, a.offsets, a.sourceIndex, a.rowIndex);
+  placeKernel<<<static_cast<unsigned>(tiles), kThreads, 0, l.stream>>>(s, lid, tileCounts, placed, a.offsets, a.sourceIndex, a.rowIndex);
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   if (a.rows > 0) {
     // 16-byte rows where every row of the output starts on 16 bytes
     const bool vec = s.hidden % 8 == 0 && reinterpret_cast<uintptr_t>(a.tokensOut) % 16 == 0;
-    // masked: about 2048 CTAs over the experts (L <= 1024, so at least 2 per expert)
-    const dim3 grid = masked ? dim3(gridOf(std::min<int64_t>(a.maxPerExpert, (2048 + L - 1) / L), 1 << 16), static_cast<unsigned>(L))
-                             : dim3(gridOf(a.rows, 1 << 16));
-    const int32_t* t = masked ? touch : nullptr;
-    if (vec) rowsKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.sourceIndex, a.usedRows, t, a.maxPerExpert, a.rows, a.tokensOut);
-    else rowsKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.sourceIndex, a.usedRows, t, a.maxPerExpert, a.rows, a.tokensOut);
+    const int64_t parts = (s.hidden + kThreads * (vec ? 8 : 1) - 1) / (kThreads * (vec ? 8 : 1));
+    const dim3 grid(gridOf(std::max<int64_t>(slots * parts, L), 1 << 16), 2);
+    if (vec) {
+      rowsKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, a.rowIndex, a.offsets, placed, touch, a.maxPerExpert, a.tokensOut);
+    } else {
+      rowsKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, a.rowIndex, a.offsets, placed, touch, a.maxPerExpert, a.tokensOut);
+    }
     err = cudaGetLastError();
   }
   return err;

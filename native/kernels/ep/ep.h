@@ -11,13 +11,14 @@ namespace moe::kernels::ep {
 
 // Three launches: the slots of each destination (a CTA per destination), the payload of each
 // token (encoded once into scratch; an aligned bf16 payload is sent from x and skips it), and the
-// copy into the destinations' regions (a warp per token and destination on args.sms CTAs; the
-// last CTA to finish publishes the count words).
+// copy into the destinations' regions (a warp per token, its row read once for all its
+// destinations, on args.sms CTAs; the last CTA to finish publishes the count words).
 cudaError_t dispatchSend(const EpDispatchSendArgs& args, const Launch& launch);
-// The wait (one CTA), the layout (per tile of slots and local expert, in three launches) and the
-// rows (a CTA per row; masked: only the rows this call or the last one wrote).
+// The wait (one CTA), the layout (per tile of slots, in three launches) and the rows (a CTA per
+// received slot, stored into the rows of its pairs; padding rows zeroed per expert, masked: only
+// those this call or the last one wrote).
 cudaError_t dispatchRecv(const EpDispatchRecvArgs& args, const Launch& launch);
-// A warp per received pair on args.sms CTAs; the last CTA publishes the count words.
+// A warp per received slot on args.sms CTAs; the last CTA publishes the count words.
 cudaError_t combineSend(const EpCombineSendArgs& args, const Launch& launch);
 // The wait (one CTA) and the sums (a CTA per token and slice of the hidden dimension).
 cudaError_t combineRecv(const EpCombineRecvArgs& args, const Launch& launch);
