@@ -24,6 +24,7 @@ import { EXPERT_LAYOUT, checkInteger, checkOneOf, checkOptions, checkShapeIs, ch
 import type { ExpertLayout } from '../routing';
 import type { ProcessGroup } from './group';
 import { Deadline, pollUntil } from './deadline';
+import { devices } from '../device';
 import { gateOf, releaseGate, type SendGate } from './gate';
 
 /** How a token row travels: as bf16, fp8 e4m3 with one f32 scale per 128 elements, or NVFP4. */
@@ -61,7 +62,12 @@ export interface EpBufferOptions {
    * it cannot be loaded). It sets NCCL_NVLS_ENABLE=0 where the environment does not set it.
    */
   transport?: EpTransport;
-  /** nvlink and nccl: CTAs (streaming multiprocessors) of the copy kernels, 1..1024. Default 16. */
+  /**
+   * nvlink and nccl: CTAs (streaming multiprocessors) of the copy kernels, 1..1024. Default: the
+   * device's SM count, since dispatch and combine run between the expert GEMMs, not beside them
+   * (on 2 x H200 the bf16 throughput dispatch took 950 µs with 16 and 458 µs with 132). Pass
+   * fewer to leave SMs to work overlapped on other streams.
+   */
   sms?: number;
 }
 
@@ -110,6 +116,12 @@ export interface EpCombineOptions {
   stream?: Stream;
 }
 
+/** Every SM of a CUDA device (at most 1024, the option's bound). */
+function defaultSms(device: Device): number {
+  const info = devices().find((d) => d.device === device);
+  return Math.min(1024, Math.max(1, info?.multiprocessors ?? 1));
+}
+
 const BUFFER_KEYS = keys('maxTokensPerRank', 'hidden', 'topK', 'numExperts', 'payload', 'layout', 'maxTokensPerExpert', 'align', 'transport', 'sms');
 const ROUTING_KEYS = keys('ids', 'weights');
 const COMBINE_KEYS = keys('out', 'stream');
@@ -118,7 +130,6 @@ const PAYLOADS: readonly EpPayload[] = ['bf16', 'fp8', 'nvfp4'];
 const PAYLOAD_ID: Readonly<Record<EpPayload, number>> = { bf16: 0, fp8: 1, nvfp4: 2 };
 const FORMS: readonly EpLayoutForm[] = ['contiguous', 'masked'];
 const TRANSPORTS: readonly EpTransport[] = ['host', 'nvlink', 'nccl'];
-const DEFAULT_SMS = 16;
 const STATUS_TIMEOUT: Readonly<Record<number, string>> = { 1: 'dispatch', 2: 'combine' };
 /** nccl: the most the receive's device wait waits for a count word NCCL has already delivered. */
 const NCCL_RECV_WAIT_MS = 10;
@@ -183,7 +194,7 @@ function checkConfig(options: unknown, worldSize: number, device: Device): Confi
     native().ncclLoad();
     if (device === 'cpu') throw new MoeError('E_DEVICE', 'options.transport: "nccl" needs CUDA ranks; this rank is on the CPU (use "host")');
   }
-  const sms = transport === 'host' ? 0 : o.sms === undefined ? DEFAULT_SMS : checkInteger(o.sms, 'options.sms', 1, 1024);
+  const sms = transport === 'host' ? 0 : o.sms === undefined ? defaultSms(device) : checkInteger(o.sms, 'options.sms', 1, 1024);
   if (transport === 'host' && o.sms !== undefined) throw new MoeError('E_ARGUMENT', 'options.sms: the host transport runs no kernels');
   return { maxTokensPerRank, hidden, topK, numExperts, payload, layout, maxTokensPerExpert, align, transport, sms };
 }
