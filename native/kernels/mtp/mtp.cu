@@ -3,9 +3,13 @@
 // Three kernels, all sized from (B, n, V) only, so one launch sequence serves every mix of
 // per-request modes and can be captured in a CUDA graph:
 //
-//  1. filterRowKernel  grid (rows), 1024 threads, one CTA per SM: zeroes the counters of
-//     kernels 2 and 3 (it runs before both), then handles the rows of rejection requests with
-//     top-k or top-p. The thresholds are found by radix select on the order-preserving
+//  1. rowStatsKernel   grid (rows, rowChunks): one streaming pass over each needed row that is
+//     not filtered (greedy, relaxed, rejection without top-k/top-p). Each CTA reduces its chunk
+//     to a record {max, sum exp((l-max)/T), argmax, #logits > l(draft)} in the workspace. Rows
+//     past a request's draft length are never read. Splitting rows into chunks keeps B = 1
+//     (4 rows) spread over ~100 CTAs; at B = 256 each row gets two CTAs.
+//  2. filterRowKernel  grid (rows), 1024 threads, one CTA per SM: rows of rejection requests
+//     with top-k or top-p. The thresholds are found by radix select on the order-preserving
 //     key of the logits (12 + 12 (+ 8 for f32) bit digits), with count and probability-mass
 //     histograms in shared memory:
 //       pass 1: max, argmax, count histogram of the top digit (for top-k);
@@ -14,19 +18,10 @@
 //               top-k mass, each picks the largest digit whose suffix mass reaches the target;
 //       top-k only: one pass summing the kept mass.
 //     Pass 1 streams from DRAM; with one 258 KB row per SM the later passes are L2 hits.
-//  2. rowStatsKernel   grid (rows, rowChunks): one streaming pass over each needed row that is
-//     not filtered (greedy, relaxed, rejection without top-k/top-p). Each CTA reduces its chunk
-//     to a record {max, sum exp((l-max)/T), argmax, #logits > l(draft)} in the workspace. Rows
-//     past a request's draft length are never read. Splitting rows into chunks keeps B = 1
-//     (4 rows) spread over ~100 CTAs; at B = 256 each row gets two CTAs. Greedy and relaxed
-//     requests end here: the last of the request's CTAs to finish (atomic counter) merges its
-//     records in a fixed order, walks the drafts and writes the outputs, so they need no
-//     further pass.
-//  3. verifyKernel     grid (B, verifyChunks), rejection requests only (the others return at
-//     once): every CTA of a request merges that request's records (fixed order, so all CTAs
-//     reach the same decision), walks the draft positions and races its chunk of the sampled
-//     row; the last CTA to finish (atomic counter) merges the chunk winners and writes the
-//     outputs.
+//  3. verifyKernel     grid (B, verifyChunks): every CTA of a request merges that request's
+//     records (fixed order, so all CTAs reach the same decision), walks the draft positions,
+//     and for rejection requests races its chunk of the sampled row; the last CTA to finish
+//     (atomic counter zeroed by kernel 1) merges the chunk winners and writes the outputs.
 //
 // The race needs one Philox draw per candidate token; candidates whose weight times the
 // largest possible 1/E cannot beat the thread's best so far are skipped without drawing,
@@ -74,9 +69,6 @@ struct Plan {
   size_t recordsOffset = 0, partialsOffset = 0, countersOffset = 0, total = 0;
 };
 
-// Counters per request in the workspace: CTAs of kernel 3 done, then CTAs of kernel 2 done.
-constexpr int64_t kCountersPerRequest = 2;
-
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 size_t alignUp(size_t a, size_t b) { return (a + b - 1) / b * b; }
 
@@ -98,8 +90,7 @@ Plan makePlan(int64_t batch, int64_t numDrafts, int64_t vocab) {
   p.partialsOffset = alignUp(static_cast<size_t>(rows * p.rowChunks) * sizeof(RowRecord), 256);
   p.countersOffset = alignUp(
       p.partialsOffset + static_cast<size_t>(batch * p.verifyChunks) * sizeof(RacePartial), 256);
-  p.total = alignUp(
-      p.countersOffset + static_cast<size_t>(batch * kCountersPerRequest) * sizeof(uint32_t), 256);
+  p.total = alignUp(p.countersOffset + static_cast<size_t>(batch) * sizeof(uint32_t), 256);
   return p;
 }
 
@@ -109,8 +100,7 @@ struct Args : VerifyDraftsArgs {
   int64_t rowChunks, rowChunkLen, verifyChunks, verifyChunkLen;
   RowRecord* records;
   RacePartial* partials;
-  uint32_t* counters;  // [B] kernel 3 CTAs done per request
-  uint32_t* rowsDone;  // [B] kernel 2 CTAs done per greedy or relaxed request
+  uint32_t* counters;
 };
 
 // ---- element access -------------------------------------------------------------------
@@ -360,7 +350,7 @@ __device__ Selection selectDigit(const T* hist, int nbins, T target, T base) {
   return sel;
 }
 
-// ---- kernel 2: unfiltered row statistics -----------------------------------------------
+// ---- kernel 1: unfiltered row statistics -----------------------------------------------
 
 struct RowRef {
   int64_t b, i;
@@ -444,7 +434,34 @@ __device__ void rowStats(const Args& a, const T* row, int64_t rowId, const Reque
   }
 }
 
-// ---- kernel 1: filtered rows (one CTA per row) -----------------------------------------
+template <typename TT, typename TD>
+__global__ void __launch_bounds__(kRowThreads) rowStatsKernel(Args a) {
+  const int64_t rowId = blockIdx.x;
+  const RowRef r = rowRef(a, rowId);
+  if (!r.isDraft && r.i == 0 && blockIdx.y == 0 && threadIdx.x == 0) a.counters[r.b] = 0u;
+  const Request q = loadRequest(a, r.b);
+  if (!rowNeeded(a, r, q) || q.filtered) return;
+  if (r.isDraft) {
+    const TD* row = static_cast<const TD*>(a.draftData) + (r.b * a.numDrafts + r.i) * a.vocab;
+    rowStats<TD>(a, row, rowId, q, true, false, 0.0f);
+    return;
+  }
+  const TT* row = static_cast<const TT*>(a.targetLogits) + rowId * a.vocab;
+  const bool hasDraft = r.i < q.len;
+  const bool wantSum = q.mode == kModeRejection || (q.mode == kModeRelaxed && hasDraft);
+  bool wantCount = false;
+  float lx = 0.0f;
+  if (q.mode == kModeRelaxed && hasDraft) {
+    const int32_t x = a.draftTokens[r.b * a.numDrafts + r.i];
+    if (x >= 0 && x < a.vocab) {
+      wantCount = true;
+      lx = Elem<TT>::load(row + x);
+    }
+  }
+  rowStats<TT>(a, row, rowId, q, wantSum, wantCount, lx);
+}
+
+// ---- kernel 2: filtered rows (one CTA per row) -----------------------------------------
 
 template <typename T>
 __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Request& q,
@@ -555,12 +572,6 @@ __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Requ
 
 template <typename TT, typename TD>
 __global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a) {
-  // Kernels 2 and 3 count their CTAs from zero; the grid has rows >= B CTAs, so every counter
-  // is reached.
-  if (threadIdx.x == 0 && blockIdx.x < a.batch) {
-    a.counters[blockIdx.x] = 0u;
-    a.rowsDone[blockIdx.x] = 0u;
-  }
   const int64_t rowId = blockIdx.x;
   const RowRef r = rowRef(a, rowId);
   const Request q = loadRequest(a, r.b);
@@ -575,7 +586,7 @@ __global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a) {
     filterRow<TT>(a, static_cast<const TT*>(a.targetLogits) + rowId * a.vocab, rowId, q, counts, mass);
 }
 
-// ---- decision and outputs (kernels 2 and 3), race (kernel 3) ---------------------------
+// ---- kernel 3: decision, race, outputs -------------------------------------------------
 
 struct Merged {
   float m, z;
@@ -583,26 +594,13 @@ struct Merged {
   uint32_t countGreater, tau;
 };
 
-// Warp-wide merge of one row's chunk records; every lane returns lane 0's result. InRowPass:
-// the records were written by other CTAs of the running grid, so they are read from L2.
-template <bool InRowPass>
-__device__ __forceinline__ Merged mergeRow(const Args& a, int64_t rowId, float invT) {
+// Warp-wide merge of one row's chunk records; every lane returns lane 0's result.
+__device__ Merged mergeRow(const Args& a, int64_t rowId, float invT) {
   const int lane = threadIdx.x & 31;
   Stats st{-INFINITY, INT_MAX, -INFINITY, 0.0f, 0u};
   uint32_t tau = 0u;
   for (int64_t c = lane; c < a.rowChunks; c += 32) {
-    RowRecord rec;
-    if (InRowPass) {
-      const RowRecord* p = &a.records[rowId * a.rowChunks + c];
-      const uint4 w = __ldcg(reinterpret_cast<const uint4*>(p));
-      rec.max = __uint_as_float(w.x);
-      rec.sum = __uint_as_float(w.y);
-      rec.argmax = static_cast<int32_t>(w.z);
-      rec.countGreater = w.w;
-      rec.tau = 0u;  // set by kernel 1 only, for rejection rows
-    } else {
-      rec = a.records[rowId * a.rowChunks + c];
-    }
+    const RowRecord rec = a.records[rowId * a.rowChunks + c];
     Stats o{rec.max, rec.argmax, rec.max, rec.sum, rec.countGreater};
     combineStats(st, o, invT);
     tau = max(tau, rec.tau);
@@ -622,7 +620,8 @@ __device__ __forceinline__ Merged mergeRow(const Args& a, int64_t rowId, float i
 
 struct Decision {
   int32_t accepted;  // position j of the emitted token
-  int32_t token;     // emitted token (greedy, relaxed), or the fallback when sampling finds nothing
+  int32_t token;     // emitted token, or the fallback when sampling finds nothing
+  int32_t sample;    // 1: race over row j
   int32_t exclude;   // one-hot residual: token removed from the race
   int32_t qKind;     // draft distribution subtracted in the race
   int32_t state;     // thinking state before the emitted token
@@ -632,10 +631,8 @@ struct Decision {
   uint64_t seed, offset;
 };
 
-// Walks request b's drafts. InRowPass: called by kernel 2 for a greedy or relaxed request, so
-// only those rules are compiled there.
-template <typename TT, typename TD, bool InRowPass>
-__device__ __forceinline__ void decide(const Args& a, int64_t b, Decision& dec) {
+template <typename TT, typename TD>
+__device__ void decide(const Args& a, int64_t b, Decision& dec) {
   const int lane = threadIdx.x & 31;
   const Request q = loadRequest(a, b);
   const int64_t n = a.numDrafts, V = a.vocab;
@@ -654,11 +651,11 @@ __device__ __forceinline__ void decide(const Args& a, int64_t b, Decision& dec) 
   int32_t j = 0;
   Merged row{};
   for (;; ++j) {
-    row = mergeRow<InRowPass>(a, b * (n + 1) + j, q.invT);
+    row = mergeRow(a, b * (n + 1) + j, q.invT);
     if (j == q.len) break;
     Merged qRow{};
-    if (!InRowPass && q.mode == kModeRejection && kind == kDraftLogits)
-      qRow = mergeRow<InRowPass>(a, targetRows + b * n + j, q.invT);
+    if (q.mode == kModeRejection && kind == kDraftLogits)
+      qRow = mergeRow(a, targetRows + b * n + j, q.invT);
     int32_t accept = 0;
     if (lane == 0) {
       const int32_t x = drafts[j];
@@ -672,7 +669,7 @@ __device__ __forceinline__ void decide(const Args& a, int64_t b, Decision& dec) 
             const float lx = loadAt<TT>(a.targetLogits, rowBase + x);
             accept = relaxedAccepts(static_cast<int64_t>(row.countGreater), rk, lx, row.m, row.z, delta);
           }
-        } else if (!InRowPass) {
+        } else {
           const float lx = loadAt<TT>(a.targetLogits, rowBase + x);
           const float px = keptProb(lx, row.tau, row.m, q.invT, row.z);
           float qx = 1.0f;
@@ -690,7 +687,7 @@ __device__ __forceinline__ void decide(const Args& a, int64_t b, Decision& dec) 
     }
     accept = __shfl_sync(0xFFFFFFFFu, accept, 0);
     if (!accept) {
-      if (!InRowPass && q.mode == kModeRejection && kind == kDraftLogits && lane == 0) {
+      if (q.mode == kModeRejection && kind == kDraftLogits && lane == 0) {
         dec.mQ = qRow.m;
         dec.zQ = qRow.z;
         dec.tauQ = qRow.tau;
@@ -701,6 +698,7 @@ __device__ __forceinline__ void decide(const Args& a, int64_t b, Decision& dec) 
   if (lane == 0) {
     dec.accepted = j;
     dec.token = row.argmax;
+    dec.sample = q.mode == kModeRejection ? 1 : 0;
     dec.exclude = (j < q.len && kind == kDraftNone) ? drafts[j] : -1;
     dec.qKind = j < q.len ? kind : kDraftNone;
     dec.state = state;
@@ -728,70 +726,18 @@ __device__ void writeOutputs(const Args& a, int64_t b, const Decision& dec, int3
   }
 }
 
-// The walk and the outputs of a greedy or relaxed request, in kernel 2's last CTA for it. Not
-// inlined, and the kernel bounded to 5 CTAs per SM: inlined, the walk raised the kernel from
-// 48 to 63 registers (4 CTAs per SM) for the streaming loop that rejection rows share, while
-// the walk runs once per request. The arguments are __grid_constant__ so that this reference
-// to them is no copy.
-template <typename TT, typename TD>
-__device__ __noinline__ void finishRequest(const Args& a, int64_t b) {
-  __shared__ Decision dec;
-  if (threadIdx.x < 32) decide<TT, TD, true>(a, b, dec);
-  __syncthreads();
-  writeOutputs(a, b, dec, dec.token);
-}
-
-template <typename TT, typename TD>
-__global__ void __launch_bounds__(kRowThreads, 5) rowStatsKernel(const __grid_constant__ Args a) {
-  __shared__ int32_t isLast;
-  const int64_t rowId = blockIdx.x;
-  const RowRef r = rowRef(a, rowId);
-  const Request q = loadRequest(a, r.b);
-  if (!rowNeeded(a, r, q) || q.filtered) return;
-  if (r.isDraft) {
-    const TD* row = static_cast<const TD*>(a.draftData) + (r.b * a.numDrafts + r.i) * a.vocab;
-    rowStats<TD>(a, row, rowId, q, true, false, 0.0f);
-    return;
-  }
-  const TT* row = static_cast<const TT*>(a.targetLogits) + rowId * a.vocab;
-  const bool hasDraft = r.i < q.len;
-  const bool wantSum = q.mode == kModeRejection || (q.mode == kModeRelaxed && hasDraft);
-  bool wantCount = false;
-  float lx = 0.0f;
-  if (q.mode == kModeRelaxed && hasDraft) {
-    const int32_t x = a.draftTokens[r.b * a.numDrafts + r.i];
-    if (x >= 0 && x < a.vocab) {
-      wantCount = true;
-      lx = Elem<TT>::load(row + x);
-    }
-  }
-  rowStats<TT>(a, row, rowId, q, wantSum, wantCount, lx);
-  if (q.mode == kModeRejection) return;  // kernel 3 decides and samples
-
-  // Greedy and relaxed requests finish here. Thread 0 wrote this CTA's record; once all
-  // (len + 1) x rowChunks CTAs of the request have counted themselves, the last merges the
-  // records in a fixed order (the same result whichever CTA is last) and writes the outputs.
-  if (threadIdx.x == 0) {
-    __threadfence();
-    const uint32_t expected = static_cast<uint32_t>((static_cast<int64_t>(q.len) + 1) * a.rowChunks);
-    const uint32_t prev = atomicAdd(&a.rowsDone[r.b], 1u);
-    isLast = prev + 1u == expected ? 1 : 0;
-  }
-  __syncthreads();
-  if (!isLast) return;
-  __threadfence();
-  finishRequest<TT, TD>(a, r.b);
-}
-
 template <typename TT, typename TD>
 __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
   __shared__ Decision dec;
   __shared__ int32_t isLast;
   const int64_t b = blockIdx.x;
   const int64_t chunk = blockIdx.y;
-  if (loadRequest(a, b).mode != kModeRejection) return;  // finished by kernel 2
-  if (threadIdx.x < 32) decide<TT, TD, false>(a, b, dec);
+  if (threadIdx.x < 32) decide<TT, TD>(a, b, dec);
   __syncthreads();
+  if (!dec.sample) {
+    if (chunk == 0) writeOutputs(a, b, dec, dec.token);
+    return;
+  }
 
   const int64_t n = a.numDrafts, V = a.vocab;
   const int32_t j = dec.accepted;
@@ -869,9 +815,9 @@ void launchAll(const Args& a, cudaStream_t stream) {
   const int64_t targetRows = a.batch * (a.numDrafts + 1);
   const int64_t draftRows = a.draftKind == kDraftLogits ? a.batch * a.numDrafts : 0;
   const int64_t rows = targetRows + draftRows;
-  filterRowKernel<TT, TD><<<static_cast<unsigned>(rows), kFilterThreads, 0, stream>>>(a);
   rowStatsKernel<TT, TD><<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(a.rowChunks)),
                            kRowThreads, 0, stream>>>(a);
+  filterRowKernel<TT, TD><<<static_cast<unsigned>(rows), kFilterThreads, 0, stream>>>(a);
   verifyKernel<TT, TD><<<dim3(static_cast<unsigned>(a.batch), static_cast<unsigned>(a.verifyChunks)),
                          kVerifyThreads, 0, stream>>>(a);
 }
@@ -911,7 +857,6 @@ cudaError_t verifyDrafts(const VerifyDraftsArgs& args, const Launch& l) {
   a.records = reinterpret_cast<RowRecord*>(ws + plan.recordsOffset);
   a.partials = reinterpret_cast<RacePartial*>(ws + plan.partialsOffset);
   a.counters = reinterpret_cast<uint32_t*>(ws + plan.countersOffset);
-  a.rowsDone = a.counters + args.batch;
 
   const cudaStream_t stream = l.stream;
   cudaError_t err;
