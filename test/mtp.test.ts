@@ -10,9 +10,11 @@ import {
   verifyDrafts,
   type Device,
   type DType,
+  type Stream,
   type Tensor,
   type VerifyDraftsOptions,
   type VerifyDraftsParams,
+  type VerifyDraftsResult,
   type VerifyMode,
 } from '../lib';
 import { native } from '../lib/native';
@@ -1041,6 +1043,226 @@ describe.skipIf(!hasCuda)('verifyDrafts: CUDA and the CPU reference agree token 
         params,
       });
       expect(Array.from(got)).toEqual(Array.from(await want.tokens.toArray()));
+    } finally {
+      await s[Symbol.asyncDispose]();
+    }
+  });
+});
+
+// ---- many requests, calls back to back, graph replays (CUDA) ---------------------------------
+//
+// CUDA against the CPU reference where the kernels' per-call state matters: 1 and many row
+// chunks per row, many requests, draft lengths 0..n, batches of one mode, calls queued back to
+// back on one stream, and graph replays with new logits.
+
+describe.skipIf(!hasCuda)('verifyDrafts: many requests, calls back to back, graph replays [cuda]', () => {
+  type Mode = 'greedy' | 'relaxed' | 'rejection';
+  interface Inputs {
+    B: number;
+    n: number;
+    V: number;
+    target: Float32Array;
+    drafts: Int32Array;
+    lengths: number[];
+    params: VerifyDraftsParams;
+  }
+
+  /** Random logits; drafts mostly their row's argmax so that walks run deep; modes cycle over the requests. */
+  function inputs(r: () => number, B: number, n: number, V: number, modes: readonly Mode[]): Inputs {
+    const target = new Float32Array(B * (n + 1) * V);
+    for (let i = 0; i < target.length; i++) target[i] = gaussian(r) * 2.5;
+    const drafts = new Int32Array(B * n);
+    for (let b = 0; b < B; b++) {
+      for (let i = 0; i < n; i++) {
+        const row = target.subarray((b * (n + 1) + i) * V, (b * (n + 1) + i + 1) * V);
+        drafts[b * n + i] = r() < 0.03 ? V + 3 : r() < 0.75 ? argmax(row) : Math.floor(r() * V);
+      }
+    }
+    return {
+      B, n, V, target, drafts,
+      lengths: Array.from({ length: B }, () => (r() < 0.25 ? Math.floor(r() * (n + 1)) : n)),
+      params: {
+        mode: Array.from({ length: B }, (_, b) => modes[b % modes.length]),
+        temperature: Array.from({ length: B }, () => 0.5 + r()),
+        seed: Array.from({ length: B }, () => Math.floor(r() * 2 ** 32)),
+        offset: Array.from({ length: B }, () => Math.floor(r() * 2 ** 32)),
+        relaxedTopK: 4,
+        relaxedDelta: 0.2,
+        thinkBeginId: Array.from({ length: B }, () => Math.floor(r() * V)),
+        thinkEndId: Array.from({ length: B }, () => Math.floor(r() * V)),
+        inThinking: Array.from({ length: B }, () => r() < 0.8),
+      },
+    };
+  }
+
+  function options(x: Inputs, dtype: DType, device: Device, stream?: Stream): VerifyDraftsOptions {
+    const on = stream ? { device, stream } : { device };
+    if (x.B === 0) {
+      return {
+        targetLogits: empty([0, x.n + 1, x.V], { dtype, ...on }),
+        draftTokens: empty([0, x.n], { dtype: 'i32', ...on }),
+        acceptMask: true,
+        ...(stream ? { stream } : {}),
+      };
+    }
+    return {
+      targetLogits: fromArray(x.target, { dtype, shape: [x.B, x.n + 1, x.V], ...on }),
+      draftTokens: x.n === 0 ? empty([x.B, 0], { dtype: 'i32', ...on }) : fromArray(x.drafts, { dtype: 'i32', shape: [x.B, x.n], ...on }),
+      draftLengths: x.lengths,
+      params: x.params,
+      acceptMask: true,
+      ...(stream ? { stream } : {}),
+    };
+  }
+
+  async function read(res: VerifyDraftsResult, stream: Stream): Promise<Result> {
+    return {
+      tokens: await res.tokens.toArray({ stream }),
+      numAccepted: await res.numAccepted.toArray({ stream }),
+      inThinking: await res.inThinking.toArray({ stream }),
+      acceptMask: await res.acceptMask!.toArray({ stream }),
+    };
+  }
+
+  function expectSame(got: Result, want: Result, where: string): void {
+    expect(Array.from(got.tokens), `${where}: tokens`).toEqual(Array.from(want.tokens));
+    expect(Array.from(got.numAccepted), `${where}: numAccepted`).toEqual(Array.from(want.numAccepted));
+    expect(Array.from(got.inThinking), `${where}: inThinking`).toEqual(Array.from(want.inThinking));
+    expect(Array.from(got.acceptMask), `${where}: acceptMask`).toEqual(Array.from(want.acceptMask));
+  }
+
+  /** The case exercises what it claims: some requests accept drafts, some reject one. */
+  function expectBothOutcomes(want: Result, x: Inputs, where: string): void {
+    const num = Array.from(want.numAccepted);
+    expect(num.filter((k) => k > 1).length, `${where}: requests that accept drafts`).toBeGreaterThan(0);
+    expect(num.filter((k, b) => k - 1 < x.lengths[b]).length, `${where}: requests that reject a draft`).toBeGreaterThan(0);
+  }
+
+  it('B = 1 and B = 3 over the DeepSeek-V3 vocabulary (32 row chunks per row)', async () => {
+    const seed = freshSeed('mtp state, B = 1');
+    const r = rng(seed);
+    const s = createStream('cuda:0');
+    try {
+      const batches: [number, readonly Mode[]][] = [
+        [1, ['greedy']], [1, ['relaxed']], [1, ['greedy']], [1, ['relaxed']], [3, ['relaxed', 'greedy', 'rejection']],
+      ];
+      for (const [k, [B, modes]] of batches.entries()) {
+        const x = inputs(r, B, 3, 129280, modes);
+        const got = await read(verifyDrafts(options(x, 'bf16', 'cuda:0', s)), s);
+        expectSame(got, await run(options(x, 'bf16', 'cpu')), `seed ${seed}, batch ${k} (B = ${B}, ${modes})`);
+      }
+    } finally {
+      await s[Symbol.asyncDispose]();
+    }
+  });
+
+  it('many requests, draft lengths 0..n, every mode mixed and each alone, and n = 0', async () => {
+    const seed = freshSeed('mtp state, many requests');
+    const r = rng(seed);
+    const s = createStream('cuda:0');
+    try {
+      // 300 x 4 rows of 12000: 2 row chunks per row; 1000 x 4 rows of 1531 (odd): 1 chunk per row
+      const cases: [number, number, number, DType, readonly Mode[]][] = [
+        [300, 3, 12000, 'bf16', ['greedy']],
+        [300, 3, 12000, 'f32', ['relaxed']],
+        [300, 3, 12000, 'f16', ['greedy', 'relaxed', 'rejection']],
+        [300, 3, 12000, 'bf16', ['rejection']],
+        [1000, 3, 1531, 'f32', ['relaxed', 'greedy']],
+        [200, 0, 9000, 'bf16', ['greedy', 'relaxed']],
+      ];
+      for (const [B, n, V, dtype, modes] of cases) {
+        const where = `seed ${seed}, B = ${B}, n = ${n}, V = ${V}, ${dtype}, ${modes}`;
+        const x = inputs(r, B, n, V, modes);
+        const want = await run(options(x, dtype, 'cpu'));
+        expectSame(await read(verifyDrafts(options(x, dtype, 'cuda:0', s)), s), want, where);
+        if (n > 0) expectBothOutcomes(want, x, where);
+      }
+    } finally {
+      await s[Symbol.asyncDispose]();
+    }
+  });
+
+  it('calls queued back to back on one stream, no wait between them, each start their counters from zero', async () => {
+    const seed = freshSeed('mtp state, back to back');
+    const r = rng(seed);
+    const s = createStream('cuda:0');
+    try {
+      // sizes change from call to call, so each call's counters lie where an earlier call kept
+      // records or counters of its own; B = 0 and an all-rejection batch in between
+      const shapes: [number, number, number, readonly Mode[]][] = [
+        [300, 3, 12000, ['greedy', 'relaxed']],
+        [0, 3, 12000, ['greedy']],
+        [1, 3, 129280, ['relaxed']],
+        [256, 2, 3000, ['rejection']],
+        [300, 3, 12000, ['greedy', 'relaxed']],
+        [7, 3, 129280, ['greedy', 'rejection', 'relaxed']],
+        [300, 3, 12000, ['greedy']],
+      ];
+      const xs = shapes.map(([B, n, V, modes]) => inputs(r, B, n, V, modes));
+      const results = xs.map((x) => verifyDrafts(options(x, 'bf16', 'cuda:0', s)));
+      for (const [k, x] of xs.entries()) {
+        const where = `seed ${seed}, call ${k} (B = ${x.B}, V = ${x.V}, ${shapes[k][3]})`;
+        const want = await run(options(x, 'bf16', 'cpu'));
+        expectSame(await read(results[k], s), want, where);
+        if (x.B >= 64) expectBothOutcomes(want, x, where);
+      }
+    } finally {
+      await s[Symbol.asyncDispose]();
+    }
+  });
+
+  it('graph replays with new logits each time: every replay writes every request', async () => {
+    const seed = freshSeed('mtp state, graph');
+    const r = rng(seed);
+    const B = 96, n = 3, V = 6000, device: Device = 'cuda:0';
+    const s = createStream(device);
+    try {
+      const drafts = Int32Array.from({ length: B * n }, () => Math.floor(r() * V));
+      const lengths = Array.from({ length: B }, () => (r() < 0.25 ? Math.floor(r() * (n + 1)) : n));
+      const modes = Array.from({ length: B }, (_, b) => (b % 2 ? VERIFY_MODES.relaxed : VERIFY_MODES.greedy));
+      const targetLogits = empty([B, n + 1, V], { dtype: 'bf16', device, stream: s });
+      const draftTokens = fromArray(drafts, { dtype: 'i32', shape: [B, n], device, stream: s });
+      const draftLengths = fromArray(Int32Array.from(lengths), { dtype: 'i32', device, stream: s });
+      const params: VerifyDraftsParams = {
+        mode: fromArray(Int32Array.from(modes), { dtype: 'i32', device, stream: s }),
+        relaxedTopK: fromArray(new Int32Array(B).fill(4), { dtype: 'i32', device, stream: s }),
+        relaxedDelta: fromArray(new Float32Array(B).fill(0.2), { dtype: 'f32', device, stream: s }),
+      };
+      const out = {
+        tokens: empty([B, n + 1], { dtype: 'i32', device, stream: s }),
+        numAccepted: empty([B], { dtype: 'i32', device, stream: s }),
+        inThinking: empty([B], { dtype: 'i32', device, stream: s }),
+        acceptMask: empty([B, n], { dtype: 'u8', device, stream: s }),
+      };
+      await s.synchronize();
+      const graph = captureGraph(s, () => void verifyDrafts({ targetLogits, draftTokens, draftLengths, params, out, stream: s }));
+      let previous: Int32Array | undefined;
+      for (let round = 0; round < 3; round++) {
+        // new logits in place; each draft is made its row's argmax with probability 0.7
+        const target = Float32Array.from({ length: B * (n + 1) * V }, () => gaussian(r) * 2.5);
+        for (let b = 0; b < B; b++) {
+          for (let i = 0; i < n; i++) {
+            const base = (b * (n + 1) + i) * V;
+            if (r() < 0.7) target[base + drafts[b * n + i]] = target[base + argmax(target.subarray(base, base + V))] + 1;
+          }
+        }
+        convert(fromArray(target, { shape: [B, n + 1, V], device, stream: s }), 'bf16', { out: targetLogits, stream: s });
+        graph.replay(s);
+        const got = await read(out as VerifyDraftsResult, s);
+        const want = await run({
+          targetLogits: fromArray(target, { dtype: 'bf16', shape: [B, n + 1, V], device: 'cpu' }),
+          draftTokens: fromArray(drafts, { dtype: 'i32', shape: [B, n], device: 'cpu' }),
+          draftLengths: lengths,
+          params: { mode: modes.map((m) => (m === VERIFY_MODES.relaxed ? 'relaxed' : 'greedy')), relaxedTopK: 4, relaxedDelta: 0.2 },
+        });
+        const where = `seed ${seed}, replay ${round}`;
+        expectSame(got, want, where);
+        expectBothOutcomes(want, { B, n, V, target, drafts, lengths, params }, where);
+        // a replay that wrote nothing would leave the previous round's tokens
+        if (previous) expect(Array.from(want.tokens), `${where}: differs from the round before`).not.toEqual(Array.from(previous));
+        previous = want.tokens;
+      }
+      graph.dispose();
     } finally {
       await s[Symbol.asyncDispose]();
     }
