@@ -124,28 +124,14 @@ def worker(rank, out_file):
 
 
 def peer_copy(torch, nbytes=COPY_BYTES, copies=5, trials=10, warmup=3):
-    """One-way GPU0 -> GPU1 bandwidth: `copies` copies of `nbytes` between events, median of `trials`."""
+    """One-way GPU0 -> GPU1 bandwidth: harness.time_copies with the source device current."""
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda:0")
     dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda:1")
     # a copy between devices runs on the source device's current stream: the events go there
     with torch.cuda.device(0):
-        start = torch.cuda.Event(enable_timing=True)
-        end = torch.cuda.Event(enable_timing=True)
-        for _ in range(warmup):
-            dst.copy_(src)
-        torch.cuda.synchronize(0)
-        torch.cuda.synchronize(1)
-        times = []
-        for _ in range(trials):
-            start.record()
-            for _ in range(copies):
-                dst.copy_(src)
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / copies)
+        ms = harness.time_copies(dst, src, copies, trials, warmup)
     torch.cuda.synchronize(1)
     del src, dst
-    ms = harness.median(times)
     return {"bytes": nbytes, "ms": ms, "gbPerS": nbytes / (ms * 1e-3) / 1e9, "method": "torch copy_ cuda:0 -> cuda:1, one-way bytes"}
 
 

@@ -140,17 +140,16 @@ def time_launches_auto(fn, step, trials, stream, replay_ms=3.0, max_launches=200
     return launches, time_launches(fn, launches, trials, stream)
 
 
-def copy_bandwidth(nbytes=1 << 30, copies=5, trials=10, warmup=3):
-    """Device-to-device copy of `nbytes`: `copies` back-to-back copies between a pair of events,
-    median over `trials`, counted as bytes read plus written (the traffic a kernel that reads
-    its operands once competes with)."""
+def time_copies(dst, src, copies=5, trials=10, warmup=3):
+    """Milliseconds of one dst.copy_(src): `copies` back-to-back copies between a pair of events on
+    the current device's stream (where a copy between devices runs when src's device is
+    current), median over `trials`."""
     torch = require_cuda()
-    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
     start = torch.cuda.Event(enable_timing=True)
     end = torch.cuda.Event(enable_timing=True)
     for _ in range(warmup):
         dst.copy_(src)
+    torch.cuda.synchronize()
     times = []
     for _ in range(trials):
         start.record()
@@ -159,8 +158,17 @@ def copy_bandwidth(nbytes=1 << 30, copies=5, trials=10, warmup=3):
         end.record()
         end.synchronize()
         times.append(start.elapsed_time(end) / copies)
+    return median(times)
+
+
+def copy_bandwidth(nbytes=1 << 30, copies=5, trials=10, warmup=3):
+    """Device-to-device copy of `nbytes` (time_copies), counted as bytes read plus written (the
+    traffic a kernel that reads its operands once competes with)."""
+    torch = require_cuda()
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms = time_copies(dst, src, copies, trials, warmup)
     del src, dst
-    ms = median(times)
     per_s = 2 * nbytes / (ms * 1e-3)
     return {"bytes": nbytes, "ms": ms, "tbs": per_s / 1e12, "gbPerS": per_s / 1e9}
 
