@@ -645,14 +645,17 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
     }
   }
 
-  it('more received slots than one tile of the layout kernels (64): the order and the drops across tiles', async () => {
+  it('larger receives: the one-launch layout over many warps, and the tiled one (over 4096 pairs) across tiles', async () => {
     for (const devs of pairs()) {
       const seed = freshSeed(`nvlink tiles ${devs.join(',')}`);
       const E = 6, K = 3, H = 64;
       const T = [100 + (seed % 30), 70 + ((seed >>> 4) % 60)];
-      await round({ R: 2, E, H, K, maxT: 130, payload: 'bf16', form: 'contiguous', align: 4, out: 'f32', devices: devs, inputs: inputs(seed, T, H, E, K) });
-      // about 85 pairs per expert against 60 rows: the drops fall in later tiles
-      await round({ R: 2, E, H, K, maxT: 130, payload: 'fp8', form: 'masked', M: 60, out: 'bf16', devices: devs, inputs: inputs(seed + 1, T, H, E, K) });
+      // maxT 130: 780 pairs, the one-launch layout; maxT 700: 4200 pairs, tiles of 64 slots
+      for (const maxT of [130, 700]) {
+        await round({ R: 2, E, H, K, maxT, payload: 'bf16', form: 'contiguous', align: 4, out: 'f32', devices: devs, inputs: inputs(seed, T, H, E, K) });
+        // about 85 pairs per expert against 60 rows: drops, in the later warps' ranges and tiles
+        await round({ R: 2, E, H, K, maxT, payload: 'fp8', form: 'masked', M: 60, out: 'bf16', devices: devs, inputs: inputs(seed + 1, T, H, E, K) });
+      }
     }
   });
 

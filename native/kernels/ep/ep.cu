@@ -353,7 +353,8 @@ __global__ void __launch_bounds__(kThreads) waitKernel(const uint64_t* __restric
 
 // ---- dispatch: receive ---------------------------------------------------------------------
 
-// The layout in three launches over tiles of kTile receive slots:
+// The layout of a large receive in three launches over tiles of kTile receive slots (a small
+// one takes layoutSmallKernel below):
 //   countKernel: a thread per pair of the tile: its local id into lid (L for a malformed one, -1
 //                for none), its rowIndex reset to -1, and the tile's count per expert through a
 //                shared-memory histogram;
@@ -364,24 +365,33 @@ __global__ void __launch_bounds__(kThreads) waitKernel(const uint64_t* __restric
 // eight at a time.
 constexpr int kTile = 64;
 
+// The local id of received pair p: L for a malformed one, -1 for none (a slot past its source's
+// count, or a pair of another rank).
+__device__ __forceinline__ int32_t receivedId(const E::EpShapeView& s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
+                                              int64_t p, int L) {
+  const int64_t i = p / s.k, r = i / s.maxTokens, j = i % s.maxTokens;
+  if (j >= counts[r]) return -1;
+  // slots and their metadata start on 16 bytes: aligned loads
+  const int32_t raw = __ldcg(reinterpret_cast<const int32_t*>(regions + r * s.regionBytes + j * s.slotBytes + s.metaAt) + 1 + p % s.k);
+  return raw == -1 ? -1 : (raw < -1 || raw >= L ? L : raw);
+}
+
+// Also clears sourceIndex (rows entries, grid-stride) before placeKernel writes the placed rows.
 __global__ void __launch_bounds__(kThreads) countKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
                                                         int32_t* __restrict__ lid, int32_t* __restrict__ rowIndex,
-                                                        int32_t* __restrict__ tileCounts) {
+                                                        int32_t* __restrict__ tileCounts, int32_t* __restrict__ sourceIndex, int64_t rows) {
   __shared__ int32_t hist[E::kMaxLocalExperts + 1];
   const int L = s.experts / s.ranks;
   for (int e = threadIdx.x; e <= L; e += kThreads) hist[e] = 0;
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; r < rows; r += static_cast<int64_t>(gridDim.x) * kThreads) {
+    sourceIndex[r] = -1;
+  }
   __syncthreads();
   const int64_t pairs = static_cast<int64_t>(s.ranks) * s.maxTokens * s.k;
   const int64_t p0 = static_cast<int64_t>(blockIdx.x) * kTile * s.k, p1 = min(pairs, p0 + static_cast<int64_t>(kTile) * s.k);
   for (int64_t p = p0 + threadIdx.x; p < p1; p += kThreads) {
-    const int64_t i = p / s.k, r = i / s.maxTokens, j = i % s.maxTokens;
-    int32_t id = -1;
-    if (j < counts[r]) {
-      // slots and their metadata start on 16 bytes: aligned loads
-      const int32_t raw = __ldcg(reinterpret_cast<const int32_t*>(regions + r * s.regionBytes + j * s.slotBytes + s.metaAt) + 1 + p % s.k);
-      id = raw == -1 ? -1 : (raw < -1 || raw >= L ? L : raw);
-      if (id >= 0) atomicAdd(&hist[id], 1);
-    }
+    const int32_t id = receivedId(s, regions, counts, p, L);
+    if (id >= 0) atomicAdd(&hist[id], 1);
     lid[p] = id;
     rowIndex[p] = -1;
   }
@@ -389,30 +399,14 @@ __global__ void __launch_bounds__(kThreads) countKernel(E::EpShapeView s, const 
   for (int e = threadIdx.x; e <= L; e += kThreads) tileCounts[static_cast<int64_t>(blockIdx.x) * (L + 1) + e] = hist[e];
 }
 
-// One CTA. tileCounts becomes each expert's pairs before each tile (exclusive); placed[e] = the
-// pairs of e that get a row; offsets, counts, usedRows, dropped, errors as the CPU computes them.
-// Masked: layoutCounts holds the last call's counts on entry (zeros before the first call, whose
-// rows start zeroed); touch[e] = the larger of that and this call's.
-__global__ void __launch_bounds__(1024) scanKernel(int L, int64_t tiles, int32_t align, int32_t maxPerExpert, int32_t* __restrict__ tileCounts,
-                                                   int32_t* __restrict__ placed, int32_t* __restrict__ touch, int32_t* __restrict__ layoutCounts,
-                                                   int32_t* __restrict__ offsets,
-                                                   int32_t* __restrict__ usedRows, int32_t* __restrict__ dropped, int32_t* __restrict__ errors) {
-  __shared__ int64_t total[E::kMaxLocalExperts + 1];
-  for (int e = threadIdx.x; e <= L; e += blockDim.x) {
-    int64_t run = 0;
-    for (int64_t t0 = 0; t0 < tiles; t0 += 8) {
-      int32_t n[8];
-#pragma unroll
-      for (int u = 0; u < 8; ++u) n[u] = t0 + u < tiles ? tileCounts[(t0 + u) * (L + 1) + e] : 0;
-#pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        if (t0 + u < tiles) tileCounts[(t0 + u) * (L + 1) + e] = static_cast<int32_t>(run);
-        run += n[u];
-      }
-    }
-    total[e] = run;
-  }
-  __syncthreads();
+// A CTA of 1024 threads, total[e] (shared, e <= L <= 1024) each expert's pairs, total[L] the
+// malformed ones: placed[e] = the pairs of e that get a row; offsets, counts, usedRows, dropped,
+// errors as the CPU computes them. Masked: layoutCounts holds the last call's counts on entry
+// (zeros before the first call, whose rows start zeroed); touch[e] = the larger of that and
+// this call's.
+__device__ void expertRows(int L, const int64_t* total, int32_t align, int32_t maxPerExpert, int32_t* __restrict__ placed,
+                           int32_t* __restrict__ touch, int32_t* __restrict__ layoutCounts, int32_t* __restrict__ offsets,
+                           int32_t* __restrict__ usedRows, int32_t* __restrict__ dropped, int32_t* __restrict__ errors) {
   // one thread per expert (L <= 1024 = blockDim.x): its rows, then a block-wide scan of them
   __shared__ long long warpRows[32], warpLost[32];
   const int e = threadIdx.x, lane = e & 31, warp = e >> 5;
@@ -458,6 +452,56 @@ __global__ void __launch_bounds__(1024) scanKernel(int L, int64_t tiles, int32_t
   if (e == L - 1) *usedRows = static_cast<int32_t>(inc);
 }
 
+// One CTA of 1024 threads. tileCounts becomes each expert's pairs before each tile (exclusive);
+// then expertRows.
+__global__ void __launch_bounds__(1024) scanKernel(int L, int64_t tiles, int32_t align, int32_t maxPerExpert, int32_t* __restrict__ tileCounts,
+                                                   int32_t* __restrict__ placed, int32_t* __restrict__ touch, int32_t* __restrict__ layoutCounts,
+                                                   int32_t* __restrict__ offsets,
+                                                   int32_t* __restrict__ usedRows, int32_t* __restrict__ dropped, int32_t* __restrict__ errors) {
+  __shared__ int64_t total[E::kMaxLocalExperts + 1];
+  for (int e = threadIdx.x; e <= L; e += blockDim.x) {
+    int64_t run = 0;
+    for (int64_t t0 = 0; t0 < tiles; t0 += 8) {
+      int32_t n[8];
+#pragma unroll
+      for (int u = 0; u < 8; ++u) n[u] = t0 + u < tiles ? tileCounts[(t0 + u) * (L + 1) + e] : 0;
+#pragma unroll
+      for (int u = 0; u < 8; ++u) {
+        if (t0 + u < tiles) tileCounts[(t0 + u) * (L + 1) + e] = static_cast<int32_t>(run);
+        run += n[u];
+      }
+    }
+    total[e] = run;
+  }
+  __syncthreads();
+  expertRows(L, total, align, maxPerExpert, placed, touch, layoutCounts, offsets, usedRows, dropped, errors);
+}
+
+// One warp places pairs p0 + [c0, c1) in order (ids[q]: pair p0 + q's local id): a pair of
+// expert e gets row base[e] + next[e] + (its place among e's pairs of the round) while that is
+// below limit[e]; next[e] advances by each round's pairs of e.
+__device__ __forceinline__ void walkPairs(const int32_t* ids, int c0, int c1, int64_t p0, int L, int32_t* next, const int32_t* limit,
+                                          const int32_t* base, int32_t* __restrict__ sourceIndex, int32_t* __restrict__ rowIndex, int lane) {
+  for (int c = c0; c < c1; c += 32) {
+    const int e = c + lane < c1 ? ids[c + lane] : -1;
+    const bool mine = e >= 0 && e < L;
+    const uint32_t peers = __match_any_sync(0xFFFFFFFFu, e);
+    if (mine) {
+      // this pair's place among the pairs of e: those of earlier rounds and of lower lanes
+      const int at = next[e] + __popc(peers & ((1u << lane) - 1u));
+      if (at < limit[e]) {
+        const int32_t row = base[e] + at;
+        const int32_t pair = static_cast<int32_t>(p0 + c + lane);
+        sourceIndex[row] = pair;
+        rowIndex[pair] = row;
+      }
+    }
+    __syncwarp();
+    if (mine && (peers >> lane) == 1u) next[e] += __popc(peers);  // the group's last lane
+    __syncwarp();
+  }
+}
+
 __global__ void __launch_bounds__(kThreads) placeKernel(E::EpShapeView s, const int32_t* __restrict__ lid, const int32_t* __restrict__ tileBefore,
                                                         const int32_t* __restrict__ placed, const int32_t* __restrict__ offsets,
                                                         int32_t* __restrict__ sourceIndex, int32_t* __restrict__ rowIndex) {
@@ -474,26 +518,52 @@ __global__ void __launch_bounds__(kThreads) placeKernel(E::EpShapeView s, const 
     base[e] = offsets[e];
   }
   __syncthreads();
-  if (threadIdx.x >= 32) return;
-  const int lane = threadIdx.x;
-  for (int c = 0; c < n; c += 32) {
-    const int e = c + lane < n ? ids[c + lane] : -1;
-    const bool mine = e >= 0 && e < L;
-    const uint32_t peers = __match_any_sync(0xFFFFFFFFu, e);
-    if (mine) {
-      // this pair's place among the tile's pairs of e: those before it in earlier rounds and lanes
-      const int at = next[e] + __popc(peers & ((1u << lane) - 1u));
-      if (at < limit[e]) {
-        const int32_t row = base[e] + at;
-        const int32_t pair = static_cast<int32_t>(p0 + c + lane);
-        sourceIndex[row] = pair;
-        rowIndex[pair] = row;
-      }
-    }
-    __syncwarp();
-    if (mine && (peers >> lane) == 1u) next[e] += __popc(peers);  // the group's last lane
-    __syncwarp();
+  if (threadIdx.x < 32) walkPairs(ids, 0, n, p0, L, next, limit, base, sourceIndex, rowIndex, threadIdx.x);
+}
+
+// A small receive in one launch (the three kernels above for a single tile): a CTA of 1024
+// threads, pairs <= kSmallPairs and L <= kSmallExperts. Warp w takes a contiguous range of the
+// pairs; a histogram per warp gives each warp its place in every expert, expertRows the rows,
+// and the warps then place their ranges at once.
+constexpr int kSmallPairs = 4096;
+constexpr int kSmallExperts = 128;
+
+__global__ void __launch_bounds__(1024) layoutSmallKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
+                                                          int32_t align, int32_t maxPerExpert, int64_t rows, int32_t* __restrict__ placed,
+                                                          int32_t* __restrict__ touch, int32_t* __restrict__ layoutCounts,
+                                                          int32_t* __restrict__ offsets, int32_t* __restrict__ sourceIndex,
+                                                          int32_t* __restrict__ rowIndex, int32_t* __restrict__ usedRows,
+                                                          int32_t* __restrict__ dropped, int32_t* __restrict__ errors) {
+  __shared__ int32_t ids[kSmallPairs];
+  __shared__ int32_t hist[32 * (kSmallExperts + 1)];  // [warp][expert]
+  __shared__ int64_t total[kSmallExperts + 1];
+  const int L = s.experts / s.ranks, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int pairs = static_cast<int>(static_cast<int64_t>(s.ranks) * s.maxTokens * s.k);
+  const int per = (pairs + 31) / 32, c0 = min(pairs, warp * per), c1 = min(pairs, c0 + per);
+  for (int i = threadIdx.x; i < 32 * (L + 1); i += 1024) hist[i] = 0;
+  for (int64_t r = threadIdx.x; r < rows; r += 1024) sourceIndex[r] = -1;
+  __syncthreads();
+  for (int q = c0 + lane; q < c1; q += 32) {
+    const int32_t id = receivedId(s, regions, counts, q, L);
+    if (id >= 0) atomicAdd(&hist[warp * (L + 1) + id], 1);
+    ids[q] = id;
+    rowIndex[q] = -1;
   }
+  __syncthreads();
+  // each expert's pairs before each warp's range (exclusive), and in all
+  if (threadIdx.x <= L) {
+    int64_t run = 0;
+    for (int w = 0; w < 32; ++w) {
+      const int32_t n = hist[w * (L + 1) + threadIdx.x];
+      hist[w * (L + 1) + threadIdx.x] = static_cast<int32_t>(run);
+      run += n;
+    }
+    total[threadIdx.x] = run;
+  }
+  __syncthreads();
+  expertRows(L, total, align, maxPerExpert, placed, touch, layoutCounts, offsets, usedRows, dropped, errors);
+  __syncthreads();  // placed and offsets written (global memory, visible to the block from here)
+  walkPairs(ids, c0, c1, 0, L, hist + warp * (L + 1), placed, offsets, sourceIndex, rowIndex, lane);
 }
 
 // V elements of a slot's payload from element h, as bf16 bits (V = 8: h % 8 == 0, hidden % 8 == 0).
@@ -723,7 +793,7 @@ cudaError_t loadKernels() {
       reinterpret_cast<const void*>(slotsKernel),      reinterpret_cast<const void*>(encodeKernel),
       reinterpret_cast<const void*>(sendKernel),       reinterpret_cast<const void*>(waitKernel),
       reinterpret_cast<const void*>(countKernel),      reinterpret_cast<const void*>(scanKernel),
-      reinterpret_cast<const void*>(placeKernel),      reinterpret_cast<const void*>(rowsKernel<1>),
+      reinterpret_cast<const void*>(placeKernel),      reinterpret_cast<const void*>(layoutSmallKernel),      reinterpret_cast<const void*>(rowsKernel<1>),
       reinterpret_cast<const void*>(rowsKernel<8>),
       reinterpret_cast<const void*>(combineSendKernel), reinterpret_cast<const void*>(combineSumKernel<1>),
       reinterpret_cast<const void*>(combineSumKernel<8>),
@@ -779,18 +849,24 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
   int32_t* tileCounts = lid + slots * s.k;
   int32_t* placed = tileCounts + tiles * (L + 1);
   int32_t* touch = placed + L;
-  cudaError_t err = a.rows > 0 ? cudaMemsetAsync(a.sourceIndex, 0xFF, 4 * static_cast<size_t>(a.rows), l.stream) : cudaSuccess;
-  if (err != cudaSuccess) return err;
   waitKernel<<<1, kThreads, 0, l.stream>>>(a.counts, s.ranks, a.epoch, 1, true, s.maxTokens, a.timeoutNs, a.status, E::kStatusDispatchTimeout,
                                            a.recvCounts);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  // tiles fit a grid's x dimension: slots * k < 2^31
-  countKernel<<<static_cast<unsigned>(tiles), kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, lid, a.rowIndex, tileCounts);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  scanKernel<<<1, 1024, 0, l.stream>>>(L, tiles, a.align, a.maxPerExpert, tileCounts, placed, touch, a.layoutCounts, a.offsets, a.usedRows,
-                                       a.dropped, a.errors);
-  if ((err = cudaGetLastError()) != cudaSuccess) return err;
-  placeKernel<<<static_cast<unsigned>(tiles), kThreads, 0, l.stream>>>(s, lid, tileCounts, placed, a.offsets, a.sourceIndex, a.rowIndex);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  if (slots * s.k <= kSmallPairs && L <= kSmallExperts) {
+    // a decode step's receive: one launch instead of three
+    layoutSmallKernel<<<1, 1024, 0, l.stream>>>(s, a.regions, a.recvCounts, a.align, a.maxPerExpert, a.rows, placed, touch, a.layoutCounts,
+                                                a.offsets, a.sourceIndex, a.rowIndex, a.usedRows, a.dropped, a.errors);
+  } else {
+    // tiles fit a grid's x dimension: slots * k < 2^31
+    countKernel<<<static_cast<unsigned>(tiles), kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, lid, a.rowIndex, tileCounts, a.sourceIndex,
+                                                                         a.rows);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    scanKernel<<<1, 1024, 0, l.stream>>>(L, tiles, a.align, a.maxPerExpert, tileCounts, placed, touch, a.layoutCounts, a.offsets, a.usedRows,
+                                         a.dropped, a.errors);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    placeKernel<<<static_cast<unsigned>(tiles), kThreads, 0, l.stream>>>(s, lid, tileCounts, placed, a.offsets, a.sourceIndex, a.rowIndex);
+  }
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   if (a.rows > 0) {
     // 16-byte rows where every row of the output starts on 16 bytes

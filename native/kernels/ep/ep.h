@@ -14,11 +14,12 @@ namespace moe::kernels::ep {
 // copy into the destinations' regions (a warp per token, its row read once for all its
 // destinations, on args.sms CTAs; the last CTA to finish publishes the count words).
 cudaError_t dispatchSend(const EpDispatchSendArgs& args, const Launch& launch);
-// The wait (one CTA), the layout (per tile of slots, in three launches) and the rows (a CTA per
-// received slot, stored into the rows of its pairs; padding rows zeroed per expert, masked: only
-// those this call or the last one wrote).
+// The wait (one CTA), the layout (per tile of slots in three launches; one CTA where the receive
+// is small) and the rows (a CTA per received slot, stored into the rows of its pairs; padding
+// rows zeroed per expert, masked: only those this call or the last one wrote).
 cudaError_t dispatchRecv(const EpDispatchRecvArgs& args, const Launch& launch);
-// A warp per received slot on args.sms CTAs; the last CTA publishes the count words.
+// A warp per received pair and 4 KB part of its row on args.sms CTAs; the last CTA publishes the
+// count words.
 cudaError_t combineSend(const EpCombineSendArgs& args, const Launch& launch);
 // The wait (one CTA) and the sums (a CTA per token and slice of the hidden dimension).
 cudaError_t combineRecv(const EpCombineRecvArgs& args, const Launch& launch);
