@@ -750,6 +750,15 @@ forEachBackend('nvfp4 gemm', (device: Device) => {
     }
   });
 
+  it('tiles too few for the SMs: the Hopper kernel splits K (2 to 8 splits; a K tail in the last step)', async () => {
+    const seed = freshSeed(`nvfp4 gemm sm90 split K ${device}`);
+    let i = 0;
+    for (const [M, N, K] of [[65, 130, 2048], [129, 600, 1056], [300, 260, 4096]]) {
+      await checkGemm(device, { M, N, K, outDtype: 'f32', alpha: 0.7, bias: 'f32' }, seed + i++);
+      await checkGemm(device, { M, N, K, outDtype: 'bf16' }, seed + i++);
+    }
+  });
+
   it("path: 'portable' computes the product; bad values are refused", async () => {
     const seed = freshSeed(`nvfp4 gemm portable ${device}`);
     await checkGemm(device, { M: 3, N: 130, K: 1040, outDtype: 'f32', path: 'portable' }, seed);

@@ -122,6 +122,26 @@ inline size_t gemmConfigWorkspaceBytes(const GemmConfig& c, int64_t M, int64_t N
 // 3.5-4.5x the mma.sync kernel at M >= 1024. Decode stays on the streaming kernel, which splits K.
 inline bool preferSm90(int64_t M, bool portable) { return !portable && M > kDecodeMaxM; }
 
+// Split K inside the wgmma kernel, for output tiles too few to occupy the SMs (M = 65..512 on
+// the DeepSeek-V3 shapes gives 16-128 tiles of 128 x 128 on 132 SMs): each tile's k range is cut
+// into `splits` work units of at least kSm90MinKTilesPerSplit 64-wide steps (so the pipeline
+// fills), the units spread over the persistent grid, and the last unit of a tile sums the fp32
+// partials. Partials are bounded like the portable kernel's split-K workspace.
+inline constexpr int64_t kSm90MinKTilesPerSplit = 8;
+struct Sm90Split {
+  int64_t splits;
+  int64_t kTilesPerSplit;
+};
+inline Sm90Split selectSm90Split(int64_t tiles, int64_t kTiles, int numSMs, int64_t bytesPerUnit) {
+  const int64_t sms = std::max(1, numSMs);
+  int64_t splits = 1;
+  if (tiles < sms) splits = std::min(sms / std::max<int64_t>(1, tiles), kTiles / kSm90MinKTilesPerSplit);
+  splits = std::min(splits, kMaxSplitWorkspaceBytes / std::max<int64_t>(1, tiles * bytesPerUnit));
+  splits = std::max<int64_t>(1, splits);
+  const int64_t per = (kTiles + splits - 1) / splits;
+  return {(kTiles + per - 1) / per, per};  // every split gets at least one step
+}
+
 // ---- grouped (expert) GEMM ----
 
 enum class GroupedKernel : int {

@@ -7,6 +7,7 @@
 
 #include "common/align.h"
 #include "kernels/nvfp4/sm90_gemm.cuh"
+#include "kernels/nvfp4/heuristics.h"
 #include "kernels/nvfp4/sm90_gemm.h"
 
 namespace moe::kernels::nvfp4 {
@@ -133,6 +134,20 @@ cudaError_t sm90Gemm(const GemmArgs& g, const Launch& l) {
   p.scalesVec4 = K % 64 == 0 && isAligned(wScales, 4);
   p.outVec16 = (N * (outF32 ? 4 : 2)) % 16 == 0 && isAligned(out, 16);
   p.tmaStore = !outF32 && p.outVec16;
+  // fp32 partials: kAcc registers x 256 consumer threads per unit
+  const int64_t bytesPerUnit = static_cast<int64_t>(BM / 2) * 256 * 4;
+  const Sm90Split split = selectSm90Split(p.numTiles, p.numKTiles, sms, bytesPerUnit);
+  p.splits = static_cast<int>(split.splits);
+  p.kTilesPerSplit = static_cast<int>(split.kTilesPerSplit);
+  p.numUnits = p.numTiles * p.splits;
+  if (p.splits > 1) {
+    const size_t partialBytes = static_cast<size_t>(p.numUnits) * static_cast<size_t>(bytesPerUnit);
+    uint8_t* ws = static_cast<uint8_t*>(l.workspace.get(partialBytes + 4 * static_cast<size_t>(p.numTiles)));
+    p.partials = reinterpret_cast<float*>(ws);
+    p.tileDone = reinterpret_cast<int*>(ws + partialBytes);
+    const cudaError_t err = cudaMemsetAsync(p.tileDone, 0, 4 * static_cast<size_t>(p.numTiles), l.stream);
+    if (err != cudaSuccess) return err;
+  }
 
   CUtensorMap mapA, mapW, mapOut;
   std::memset(&mapOut, 0, sizeof(mapOut));
@@ -147,7 +162,7 @@ cudaError_t sm90Gemm(const GemmArgs& g, const Launch& l) {
     return cudaErrorInvalidValue;
   }
 
-  const int grid = static_cast<int>(std::min<int64_t>(p.numTiles, sms));
+  const int grid = static_cast<int>(std::min<int64_t>(p.numUnits, sms));
   return BM == 256 ? launch<256>(mapA, mapW, mapOut, p, grid, outF32, l.stream)
                    : launch<128>(mapA, mapW, mapOut, p, grid, outF32, l.stream);
 }

@@ -39,6 +39,9 @@
 //    zero scale multipliers.
 //  - Tile order: groups of kGroupM token tiles, weight tiles outer within a group, so one wave of
 //    CTAs shares a few activation tiles and a few dozen weight tiles in L2.
+//  - Split K (selectSm90Split) where the tiles cannot fill the SMs: a tile's k range becomes
+//    several work units; each stores its fp32 accumulators, and the unit that finishes last sums
+//    them in split order and runs the epilogue, in the same launch.
 //
 // The .cu that includes this is also compiled for compute_80: every sm_90a instruction sits
 // behind __CUDA_ARCH_FEAT_SM90_ALL and the kernel traps elsewhere (the host never launches it
@@ -86,7 +89,8 @@ struct Config {
                                        : kEpiRowsBf16 * kEpiRowBytesBf16;
   static constexpr int kEpiOffset = kStages * kStageBytes;
   static constexpr int kBarOffset = kEpiOffset + 2 * kEpiBytes;
-  static constexpr int kSmemBytes = kBarOffset + 2 * kStages * 8 + 1024;  // + alignment slack
+  static constexpr int kFlagOffset = kBarOffset + 2 * kStages * 8;  // split K: "this CTA sums the tile"
+  static constexpr int kSmemBytes = kFlagOffset + 16 + 1024;         // + alignment slack
   static_assert(kEpiRowsF32 * kEpiRowBytesF32 <= kEpiBytes, "epilogue buffer too small");
   static_assert(kStageBytes % 1024 == 0 && kEpiBytes % 1024 == 0, "1024-byte alignment");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory budget");
@@ -97,6 +101,16 @@ struct Params {
   int numKTiles;       // ceil(K / 64)
   int tilesM, tilesN;  // ceil(M / BM), ceil(N / 128)
   int numTiles;
+  // Split K: work unit u is split u % splits of tile u / splits, k-tiles [split * kTilesPerSplit,
+  // ...). With splits > 1 each unit stores its fp32 accumulators in partials ([unit][kAcc][256
+  // consumer threads]) and counts itself on tileDone[tile] (zero on entry); the unit that counts
+  // last sums the tile's partials in split order (the same bits whichever arrives last), resets
+  // the counter and runs the epilogue.
+  int splits;
+  int kTilesPerSplit;
+  int numUnits;        // numTiles * splits
+  float* partials;
+  int* tileDone;
   const uint8_t* wScales;   // e4m3 [N, K/16]
   const float* wGlobalScale;
   const void* bias;         // [N] or nullptr
@@ -430,13 +444,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int r = threadIdx.x;
     const int kBlocks = p.K >> 4;
     uint32_t it = 0;
-    for (int tile = blockIdx.x; tile < p.numTiles; tile += gridDim.x) {
+    for (int unit = blockIdx.x; unit < p.numUnits; unit += gridDim.x) {
       int mTile, nTile;
-      tileCoords(p, tile, mTile, nTile);
+      tileCoords(p, unit / p.splits, mTile, nTile);
+      const int kt0 = (unit % p.splits) * p.kTilesPerSplit, kt1 = min(p.numKTiles, kt0 + p.kTilesPerSplit);
       const int n = nTile * kTileN + r;
       const bool valid = n < p.N;
       const uint8_t* row = p.wScales + static_cast<int64_t>(valid ? n : 0) * kBlocks;
-      for (int kt = 0; kt < p.numKTiles; ++kt, ++it) {
+      for (int kt = kt0; kt < kt1; ++kt, ++it) {
         const uint32_t raw = loadScaleBytes(p, row, valid, kt);
         const int s = it % kStages;
         mbarWait(&empty[s], ((it / kStages) & 1) ^ 1);
@@ -467,10 +482,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     float acc[C::kAcc];
     uint32_t fragA[16], fragB[16];
     uint32_t it = 0;
-    for (int tile = blockIdx.x; tile < p.numTiles; tile += gridDim.x) {
+    for (int unit = blockIdx.x; unit < p.numUnits; unit += gridDim.x) {
+      const int tile = unit / p.splits;
       int mTile, nTile;
       tileCoords(p, tile, mTile, nTile);
-      const int nk = p.numKTiles;
+      const int kt0 = (unit % p.splits) * p.kTilesPerSplit, kt1 = min(p.numKTiles, kt0 + p.kTilesPerSplit);
       // Two stages per iteration with separate fragment registers (see the header comment):
       // the group that last read a fragment set is always retired before it is rewritten.
       auto step = [&](uint32_t(&frag)[16], uint32_t scaleFirst, bool release) {
@@ -483,15 +499,38 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (release) releaseStage(&empty[(it + kStages - 1) % kStages], lane);
         ++it;
       };
-      int kt = 0;
-      for (; kt + 1 < nk; kt += 2) {
-        step(fragA, kt == 0 ? 0u : 1u, kt > 0);
+      int kt = kt0;
+      for (; kt + 1 < kt1; kt += 2) {
+        step(fragA, kt == kt0 ? 0u : 1u, kt > kt0);
         step(fragB, 1u, true);
       }
-      if (kt < nk) step(fragA, kt == 0 ? 0u : 1u, kt > 0);
+      if (kt < kt1) step(fragA, kt == kt0 ? 0u : 1u, kt > kt0);
       wgmmaWait<0>();
       fenceAcc(acc);
       releaseStage(&empty[(it + kStages - 1) % kStages], lane);
+
+      if (p.splits > 1) {
+        // this unit's partial, coalesced per accumulator register across the 256 consumer threads
+        const int ctid = tid + 128 * cw;
+        float* mine = p.partials + static_cast<int64_t>(unit) * C::kAcc * 256 + ctid;
+#pragma unroll
+        for (int i = 0; i < C::kAcc; ++i) mine[i * 256] = acc[i];
+        __threadfence();
+        namedBarrier(3, 256);  // both consumer warpgroups' partials are written
+        volatile int* last = reinterpret_cast<volatile int*>(base + C::kFlagOffset);
+        if (ctid == 0) *last = atomicAdd(p.tileDone + tile, 1) == p.splits - 1;
+        namedBarrier(3, 256);
+        if (!*last) continue;
+        __threadfence();
+        const float* all = p.partials + static_cast<int64_t>(tile) * p.splits * C::kAcc * 256 + ctid;
+#pragma unroll
+        for (int i = 0; i < C::kAcc; ++i) acc[i] = 0.f;
+        for (int sp = 0; sp < p.splits; ++sp) {
+#pragma unroll
+          for (int i = 0; i < C::kAcc; ++i) acc[i] += __ldcg(all + (sp * C::kAcc + i) * 256);
+        }
+        if (ctid == 0) p.tileDone[tile] = 0;  // for the next launch
+      }
 
       // ---------------- epilogue ----------------
       const int nLocal0 = 16 * warp + g;  // this thread's two outputs: nLocal0, nLocal0 + 8
