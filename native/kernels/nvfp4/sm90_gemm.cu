@@ -31,24 +31,38 @@ PFN_cuTensorMapEncodeTiled_v12000 encodeTiledFn() {
   return fn;
 }
 
-template <int BM, bool OutF32>
+template <int BM, bool OutF32, bool Split>
 cudaError_t launchVariant(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
                           const Params& p, int grid, cudaStream_t stream) {
   const int smem = sm90::Config<BM>::kSmemBytes;
   // The shared-memory allowance belongs to the current device's context: set at each launch,
   // so that no per-device state is kept here.
   const cudaError_t err =
-      cudaFuncSetAttribute(sm90::gemmKernel<BM, OutF32>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+      cudaFuncSetAttribute(sm90::gemmKernel<BM, OutF32, Split>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
-  sm90::gemmKernel<BM, OutF32><<<grid, sm90::kThreads, smem, stream>>>(mapA, mapW, mapOut, p);
+  sm90::gemmKernel<BM, OutF32, Split><<<grid, sm90::kThreads, smem, stream>>>(mapA, mapW, mapOut, p);
   return cudaGetLastError();
 }
 
-template <int BM>
-cudaError_t launch(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
-                   const Params& p, int grid, bool outF32, cudaStream_t stream) {
-  return outF32 ? launchVariant<BM, true>(mapA, mapW, mapOut, p, grid, stream)
-                : launchVariant<BM, false>(mapA, mapW, mapOut, p, grid, stream);
+template <int BM, bool OutF32>
+cudaError_t launchSplit(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
+                        const Params& p, int grid, cudaStream_t stream) {
+  return p.splits > 1 ? launchVariant<BM, OutF32, true>(mapA, mapW, mapOut, p, grid, stream)
+                      : launchVariant<BM, OutF32, false>(mapA, mapW, mapOut, p, grid, stream);
+}
+
+// Only 128-token tiles split: chooseTileM takes 256-token tiles only where 128-token ones
+// would overfill a wave, and then the 256-token tiles number more than half the SMs.
+cudaError_t launch128(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
+                      const Params& p, int grid, bool outF32, cudaStream_t stream) {
+  return outF32 ? launchSplit<128, true>(mapA, mapW, mapOut, p, grid, stream)
+                : launchSplit<128, false>(mapA, mapW, mapOut, p, grid, stream);
+}
+
+cudaError_t launch256(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
+                      const Params& p, int grid, bool outF32, cudaStream_t stream) {
+  return outF32 ? launchVariant<256, true, false>(mapA, mapW, mapOut, p, grid, stream)
+                : launchVariant<256, false, false>(mapA, mapW, mapOut, p, grid, stream);
 }
 
 // 256-token tiles halve the decode work per FLOP and are much faster per tile; 128-token tiles
@@ -68,7 +82,7 @@ bool sm90ImagePresent() {
     bool ok = encodeTiledFn() != nullptr;
     if (ok) {
       cudaFuncAttributes attr{};
-      ok = cudaFuncGetAttributes(&attr, sm90::gemmKernel<256, false>) == cudaSuccess &&
+      ok = cudaFuncGetAttributes(&attr, sm90::gemmKernel<256, false, false>) == cudaSuccess &&
            attr.ptxVersion == 90 && attr.binaryVersion == 90;
     }
     if (!ok) (void)cudaGetLastError();
@@ -136,7 +150,7 @@ cudaError_t sm90Gemm(const GemmArgs& g, const Launch& l) {
   p.tmaStore = !outF32 && p.outVec16;
   // fp32 partials: kAcc registers x 256 consumer threads per unit
   const int64_t bytesPerUnit = static_cast<int64_t>(BM / 2) * 256 * 4;
-  const Sm90Split split = selectSm90Split(p.numTiles, p.numKTiles, sms, bytesPerUnit);
+  const Sm90Split split = BM == 128 ? selectSm90Split(p.numTiles, p.numKTiles, sms, bytesPerUnit) : Sm90Split{1, p.numKTiles};
   p.splits = static_cast<int>(split.splits);
   p.kTilesPerSplit = static_cast<int>(split.kTilesPerSplit);
   p.numUnits = p.numTiles * p.splits;
@@ -163,8 +177,8 @@ cudaError_t sm90Gemm(const GemmArgs& g, const Launch& l) {
   }
 
   const int grid = static_cast<int>(std::min<int64_t>(p.numUnits, sms));
-  return BM == 256 ? launch<256>(mapA, mapW, mapOut, p, grid, outF32, l.stream)
-                   : launch<128>(mapA, mapW, mapOut, p, grid, outF32, l.stream);
+  return BM == 256 ? launch256(mapA, mapW, mapOut, p, grid, outF32, l.stream)
+                   : launch128(mapA, mapW, mapOut, p, grid, outF32, l.stream);
 }
 
 }  // namespace moe::kernels::nvfp4
