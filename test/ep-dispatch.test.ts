@@ -330,7 +330,7 @@ describe('dispatch and combine: hand-computed', () => {
 });
 
 describe('dispatch and combine against the single-device path', () => {
-  for (const R of [2, 4]) {
+  for (const R of [2, 4, 8]) {
     for (const payload of ['bf16', 'fp8', 'nvfp4'] as const) {
       for (const form of ['contiguous', 'masked'] as const) {
         it(`${R} ranks, ${payload}, ${form}: random routing`, async () => {
@@ -579,7 +579,7 @@ function rankLines(stdout: string): Map<number, Record<string, unknown>> {
 }
 
 describe('moeForwardEp on rank processes', () => {
-  for (const [R, payload, form] of [[2, 'bf16', 'contiguous'], [4, 'bf16', 'masked'], [2, 'nvfp4', 'contiguous'], [4, 'fp8', 'masked']] as const) {
+  for (const [R, payload, form] of [[2, 'bf16', 'contiguous'], [4, 'bf16', 'masked'], [2, 'nvfp4', 'contiguous'], [4, 'fp8', 'masked'], [8, 'nvfp4', 'masked']] as const) {
     it(`${R} ranks, ${payload} payload, ${form}: the single-device block's bits`, async () => {
       const seed = freshSeed(`moeForwardEp ${R} ${payload}`);
       const spec: Spec & { M?: number } = { E: 2 * R, H: 64, I: 32, Is: R === 2 && payload === 'bf16' ? 32 : 0, k: 2, scoring: R === 2 ? 'softmax' : 'sigmoid', ...(form === 'masked' ? { M: 3 } : {}) };
