@@ -14,14 +14,12 @@ import {
   createStream,
   defaultStream,
   devices as cudaDevices,
-  dequantizeNvfp4,
   expertLayout,
   fromArray,
   groupedGemmNvfp4,
   initProcessGroup,
   moeForward,
   permute,
-  quantizeNvfp4,
   routeTopK,
   routerLogits,
   unpermute,
@@ -35,6 +33,7 @@ import {
 } from '../lib';
 import { native } from '../lib/native';
 import { SendGate } from '../lib/ep/gate';
+import { bf16, cpuArray, decoded, rankLines } from './ep-helpers';
 import { cudaReason, expectCode, freshSeed, hasCuda, rng } from './backends';
 const model = createRequire(__filename)('./fixtures/ep-model.js') as {
   makeLayer(seed: number, spec: Spec): unknown;
@@ -82,37 +81,8 @@ async function buffers(pgs: ProcessGroup[], options: EpBufferOptions): Promise<E
   return bs;
 }
 
-function bf16(x: number): number {
-  const f = new Float32Array([x]);
-  const u = new Uint32Array(f.buffer);
-  if (Number.isNaN(f[0])) return NaN;
-  u[0] = (u[0] + 0x7fff + ((u[0] >>> 16) & 1)) & 0xffff0000;
-  return f[0];
-}
 
-const cpuArray = <D extends 'bf16' | 'f32' | 'i32'>(values: ArrayLike<number>, shape: number[], dtype: D) =>
-  fromArray(Array.from(values), { shape, dtype, device: 'cpu' }) as unknown as Tensor<D>;
 
-/** What the payload makes of one row (the ep.h definition, through the package's own converters). */
-async function decoded(payload: EpPayload, row: number[]): Promise<number[]> {
-  const H = row.length;
-  if (payload === 'bf16') return row.map(bf16);
-  if (payload === 'nvfp4') {
-    const q = quantizeNvfp4(cpuArray(row, [1, H], 'bf16'));
-    const d = Array.from(await dequantizeNvfp4(q, 'bf16').toArray());
-    q.dispose();
-    return d;
-  }
-  const out: number[] = [];
-  for (let b0 = 0; b0 < H; b0 += 128) {
-    const block = row.slice(b0, b0 + 128).map(bf16);
-    const amax = Math.max(...block.map(Math.abs));
-    const s = amax === 0 ? 1 : Math.fround(amax / 448);
-    const q = await convert(cpuArray(block.map((v) => Math.fround(v / s)), [block.length], 'f32'), 'fp8e4m3').toArray();
-    for (const v of q) out.push(bf16(Math.fround(v * s)));
-  }
-  return out;
-}
 
 /** A row-local, expert-dependent stand-in for an expert: y = bf16(x * (1 + g/8) - g/16). */
 const expertFn = (g: number, v: number) => bf16(Math.fround(Math.fround(v * (1 + g / 8)) - g / 16));
@@ -569,14 +539,6 @@ function launch(n: number, env: Record<string, string>, backend: 'cpu' | 'cuda' 
   }));
 }
 
-function rankLines(stdout: string): Map<number, Record<string, unknown>> {
-  const out = new Map<number, Record<string, unknown>>();
-  for (const line of stdout.split('\n')) {
-    const m = /^\[rank (\d+)\] (\{.*\})$/.exec(line);
-    if (m) out.set(Number(m[1]), JSON.parse(m[2]));
-  }
-  return out;
-}
 
 describe('moeForwardEp on rank processes', () => {
   for (const [R, payload, form] of [[2, 'bf16', 'contiguous'], [4, 'bf16', 'masked'], [2, 'nvfp4', 'contiguous'], [4, 'fp8', 'masked'], [8, 'nvfp4', 'masked']] as const) {

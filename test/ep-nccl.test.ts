@@ -10,16 +10,13 @@ import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
-  convert,
   createEpBuffer,
-  dequantizeNvfp4,
   devices as cudaDevices,
   expertLayout,
   fromArray,
   initProcessGroup,
   moeForward,
   permute,
-  quantizeNvfp4,
   unpermute,
   zeros,
   type Device,
@@ -28,6 +25,7 @@ import {
   type Tensor,
 } from '../lib';
 import { native } from '../lib/native';
+import { bf16, cpuArray, decoded, rankLines } from './ep-helpers';
 import { cudaReason, expectCode, freshSeed, hasCuda } from './backends';
 
 const model = createRequire(__filename)('./fixtures/ep-model.js') as {
@@ -53,37 +51,8 @@ afterEach(() => {
   for (const pg of open.splice(0)) pg.destroy();
 });
 
-function bf16(x: number): number {
-  const f = new Float32Array([x]);
-  const u = new Uint32Array(f.buffer);
-  if (Number.isNaN(f[0])) return NaN;
-  u[0] = (u[0] + 0x7fff + ((u[0] >>> 16) & 1)) & 0xffff0000;
-  return f[0];
-}
 
-const cpuArray = <D extends 'bf16' | 'f32' | 'i32'>(values: ArrayLike<number>, shape: number[], dtype: D) =>
-  fromArray(Array.from(values), { shape, dtype, device: 'cpu' }) as unknown as Tensor<D>;
 
-/** What the payload makes of one row (native/common/ep.h), through the package's own converters. */
-async function decoded(payload: EpPayload, row: number[]): Promise<number[]> {
-  const H = row.length;
-  if (payload === 'bf16') return row.map(bf16);
-  if (payload === 'nvfp4') {
-    const q = quantizeNvfp4(cpuArray(row, [1, H], 'bf16'));
-    const d = Array.from(await dequantizeNvfp4(q, 'bf16').toArray());
-    q.dispose();
-    return d;
-  }
-  const out: number[] = [];
-  for (let b0 = 0; b0 < H; b0 += 128) {
-    const block = row.slice(b0, b0 + 128).map(bf16);
-    const amax = Math.max(...block.map(Math.abs));
-    const s = amax === 0 ? 1 : Math.fround(amax / 448);
-    const q = await convert(cpuArray(block.map((v) => Math.fround(v / s)), [block.length], 'f32'), 'fp8e4m3').toArray();
-    for (const v of q) out.push(bf16(Math.fround(v * s)));
-  }
-  return out;
-}
 
 interface Spec {
   E: number;
@@ -242,14 +211,6 @@ function launch(env: Record<string, string>, cpu = false): Promise<{ status: num
   }));
 }
 
-function rankLines(stdout: string): Map<number, Record<string, unknown>> {
-  const out = new Map<number, Record<string, unknown>>();
-  for (const line of stdout.split('\n')) {
-    const m = /^\[rank (\d+)\] (\{.*\})$/.exec(line);
-    if (m) out.set(Number(m[1]), JSON.parse(m[2]));
-  }
-  return out;
-}
 
 // The oracle and the rank fixture's modes, checked where they always run: CPU rank processes over
 // the host transport must give the same bits, and a stalled rank the same E_TIMEOUT.

@@ -1,0 +1,46 @@
+// Helpers the ep test files share: bf16 rounding, CPU tensors, what a payload makes of a row (the
+// oracle's side of native/common/ep.h), and the rank fixture's output lines.
+import { convert, dequantizeNvfp4, fromArray, quantizeNvfp4, type EpPayload, type Tensor } from '../lib';
+
+/** x rounded to bf16 (nearest even), NaN kept. */
+export function bf16(x: number): number {
+  const f = new Float32Array([x]);
+  const u = new Uint32Array(f.buffer);
+  if (Number.isNaN(f[0])) return NaN;
+  u[0] = (u[0] + 0x7fff + ((u[0] >>> 16) & 1)) & 0xffff0000;
+  return f[0];
+}
+
+export const cpuArray = <D extends 'bf16' | 'f32' | 'i32'>(values: ArrayLike<number>, shape: number[], dtype: D) =>
+  fromArray(Array.from(values), { shape, dtype, device: 'cpu' }) as unknown as Tensor<D>;
+
+/** What the payload makes of one row (native/common/ep.h), through the package's own converters. */
+export async function decoded(payload: EpPayload, row: number[]): Promise<number[]> {
+  const H = row.length;
+  if (payload === 'bf16') return row.map(bf16);
+  if (payload === 'nvfp4') {
+    const q = quantizeNvfp4(cpuArray(row, [1, H], 'bf16'));
+    const d = Array.from(await dequantizeNvfp4(q, 'bf16').toArray());
+    q.dispose();
+    return d;
+  }
+  const out: number[] = [];
+  for (let b0 = 0; b0 < H; b0 += 128) {
+    const block = row.slice(b0, b0 + 128).map(bf16);
+    const amax = Math.max(...block.map(Math.abs));
+    const s = amax === 0 ? 1 : Math.fround(amax / 448);
+    const q = await convert(cpuArray(block.map((v) => Math.fround(v / s)), [block.length], 'f32'), 'fp8e4m3').toArray();
+    for (const v of q) out.push(bf16(Math.fround(v * s)));
+  }
+  return out;
+}
+
+/** The rank fixture's lines, `[rank r] {json}`, by rank. */
+export function rankLines(stdout: string): Map<number, Record<string, unknown>> {
+  const out = new Map<number, Record<string, unknown>>();
+  for (const line of stdout.split('\n')) {
+    const m = /^\[rank (\d+)\] (\{.*\})$/.exec(line);
+    if (m) out.set(Number(m[1]), JSON.parse(m[2]));
+  }
+  return out;
+}
