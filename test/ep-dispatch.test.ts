@@ -2,9 +2,7 @@
 // the cases, rank processes under `moe-kernels launch` for moeForwardEp. The oracle of a round
 // is the single-device path over the ranks' tokens concatenated: routing's expertLayout, permute
 // and unpermute, whose rows and sums dispatch and combine must reproduce bit for bit.
-import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
-import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   MoeError,
@@ -33,13 +31,8 @@ import {
 } from '../lib';
 import { native } from '../lib/native';
 import { SendGate } from '../lib/ep/gate';
-import { bf16, cpuArray, decoded, rankLines } from './ep-helpers';
+import { bf16, cpuArray, decoded, launchRanks, model, rankLines } from './ep-helpers';
 import { cudaReason, expectCode, freshSeed, hasCuda, rng } from './backends';
-const model = createRequire(__filename)('./fixtures/ep-model.js') as {
-  makeLayer(seed: number, spec: Spec): unknown;
-  layerOn(m: unknown, layer: unknown, first: number, count: number, device?: Device): Promise<{ router: never; experts: never }>;
-  tokensOf(seed: number, rank: number, T: number, H: number): number[];
-};
 
 interface Spec {
   E: number;
@@ -515,30 +508,9 @@ describe('errors', () => {
 
 // ---- moeForwardEp on rank processes ------------------------------------------------------
 
-const root = path.resolve(__dirname, '..');
-const cli = path.join(root, 'dist', 'cli.js');
-const rankScript = path.join(__dirname, 'fixtures', 'ep-dispatch-rank.js');
-
 function launch(n: number, env: Record<string, string>, backend: 'cpu' | 'cuda' = 'cpu'): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [cli, 'launch', '-n', String(n), rankScript], {
-    cwd: root, env: { ...process.env, MOE_KERNELS_BACKEND: backend, ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '', stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d));
-  child.stderr.on('data', (d: Buffer) => (stderr += d));
-  const limit = setTimeout(() => {
-    try {
-      process.kill(-(child.pid as number), 'SIGKILL');
-    } catch {
-      // gone
-    }
-  }, 90_000);
-  return new Promise((resolve) => child.on('close', (status) => {
-    clearTimeout(limit);
-    resolve({ status, stdout, stderr });
-  }));
+  return launchRanks(n, { MOE_KERNELS_BACKEND: backend, ...env }, 90_000);
 }
-
 
 describe('moeForwardEp on rank processes', () => {
   for (const [R, payload, form] of [[2, 'bf16', 'contiguous'], [4, 'bf16', 'masked'], [2, 'nvfp4', 'contiguous'], [4, 'fp8', 'masked'], [8, 'nvfp4', 'masked']] as const) {

@@ -1,6 +1,17 @@
 // Helpers the ep test files share: bf16 rounding, CPU tensors, what a payload makes of a row (the
-// oracle's side of native/common/ep.h), and the rank fixture's output lines.
-import { convert, dequantizeNvfp4, fromArray, quantizeNvfp4, type EpPayload, type Tensor } from '../lib';
+// oracle's side of native/common/ep.h), and rank processes of the fixture with their output lines.
+import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
+import * as path from 'node:path';
+import { convert, dequantizeNvfp4, fromArray, quantizeNvfp4, type Device, type EpPayload, type Tensor } from '../lib';
+
+/** The MoE layer model the rank fixture and the tests share (fixtures/ep-model.js). */
+export const model = createRequire(__filename)('./fixtures/ep-model.js') as {
+  makeLayer(seed: number, spec: unknown): unknown;
+  layerOn(m: unknown, layer: unknown, first: number, count: number, device?: Device): Promise<{ router: never; experts: never }>;
+  tokensOf(seed: number, rank: number, T: number, H: number): number[];
+  rng(seed: number): () => number;
+};
 
 /** x rounded to bf16 (nearest even), NaN kept. */
 export function bf16(x: number): number {
@@ -43,4 +54,32 @@ export function rankLines(stdout: string): Map<number, Record<string, unknown>> 
     if (m) out.set(Number(m[1]), JSON.parse(m[2]));
   }
   return out;
+}
+
+const root = path.resolve(__dirname, '..');
+const cli = path.join(root, 'dist', 'cli.js');
+const rankScript = path.join(__dirname, 'fixtures', 'ep-dispatch-rank.js');
+
+/**
+ * `moe-kernels launch -n n` of the rank fixture with `env` over this process's environment; the
+ * whole process group is killed after limitMs, so that a hung rank fails the test, not the run.
+ */
+export function launchRanks(n: number, env: Record<string, string>, limitMs: number): Promise<{ status: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [cli, 'launch', '-n', String(n), rankScript], {
+    cwd: root, env: { ...process.env, ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '', stderr = '';
+  child.stdout.on('data', (d: Buffer) => (stdout += d));
+  child.stderr.on('data', (d: Buffer) => (stderr += d));
+  const limit = setTimeout(() => {
+    try {
+      process.kill(-(child.pid as number), 'SIGKILL');
+    } catch {
+      // gone
+    }
+  }, limitMs);
+  return new Promise((resolve) => child.on('close', (status) => {
+    clearTimeout(limit);
+    resolve({ status, stdout, stderr });
+  }));
 }

@@ -5,9 +5,6 @@
 // rounds whose result must equal the single-device path bit for bit, over NCCL's default
 // transports and forced onto its socket path, and a rank that never dispatches must turn into
 // E_TIMEOUT, not a hang.
-import { spawn } from 'node:child_process';
-import { createRequire } from 'node:module';
-import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   createEpBuffer,
@@ -25,15 +22,9 @@ import {
   type Tensor,
 } from '../lib';
 import { native } from '../lib/native';
-import { bf16, cpuArray, decoded, rankLines } from './ep-helpers';
+import { bf16, cpuArray, decoded, launchRanks, model, rankLines } from './ep-helpers';
 import { cudaReason, expectCode, freshSeed, hasCuda } from './backends';
 
-const model = createRequire(__filename)('./fixtures/ep-model.js') as {
-  makeLayer(seed: number, spec: unknown): unknown;
-  layerOn(m: unknown, layer: unknown, first: number, count: number, device?: Device): Promise<{ router: never; experts: never }>;
-  tokensOf(seed: number, rank: number, T: number, H: number): number[];
-  rng(seed: number): () => number;
-};
 
 /** Why NCCL cannot be used here, or undefined where libnccl.so.2 loads. */
 const ncclReason: string | undefined = (() => {
@@ -179,38 +170,14 @@ describe.skipIf(oneSkip !== undefined)(`nccl transport, one rank on cuda:0${oneS
 
 // ---- two GPUs: one process per rank ---------------------------------------------------------
 
-const root = path.resolve(__dirname, '..');
-const cli = path.join(root, 'dist', 'cli.js');
-const rankScript = path.join(__dirname, 'fixtures', 'ep-dispatch-rank.js');
-
 /**
  * Two rank processes under `moe-kernels launch`, NVLink SHARP off in every one: by default rank r
  * on cuda:r over nccl; `cpu`: CPU ranks over the host transport.
  */
 function launch(env: Record<string, string>, cpu = false): Promise<{ status: number | null; stdout: string; stderr: string }> {
   const ranks = cpu ? { MOE_KERNELS_BACKEND: 'cpu', EP_DEVICE: 'cpu', EP_TRANSPORT: '' } : { MOE_KERNELS_BACKEND: 'cuda', EP_DEVICE: 'local', EP_TRANSPORT: 'nccl' };
-  const child = spawn(process.execPath, [cli, 'launch', '-n', '2', rankScript], {
-    cwd: root,
-    env: { ...process.env, NCCL_NVLS_ENABLE: '0', NCCL_DEBUG: process.env.NCCL_DEBUG ?? 'WARN', ...ranks, ...env },
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '', stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d));
-  child.stderr.on('data', (d: Buffer) => (stderr += d));
-  const limit = setTimeout(() => {
-    try {
-      process.kill(-(child.pid as number), 'SIGKILL');
-    } catch {
-      // gone
-    }
-  }, 100_000);
-  return new Promise((resolve) => child.on('close', (status) => {
-    clearTimeout(limit);
-    resolve({ status, stdout, stderr });
-  }));
+  return launchRanks(2, { NCCL_NVLS_ENABLE: '0', NCCL_DEBUG: process.env.NCCL_DEBUG ?? 'WARN', ...ranks, ...env }, 100_000);
 }
-
 
 // The oracle and the rank fixture's modes, checked where they always run: CPU rank processes over
 // the host transport must give the same bits, and a stalled rank the same E_TIMEOUT.
