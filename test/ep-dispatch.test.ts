@@ -2,7 +2,6 @@
 // the cases, rank processes under `moe-kernels launch` for moeForwardEp. The oracle of a round
 // is the single-device path over the ranks' tokens concatenated: routing's expertLayout, permute
 // and unpermute, whose rows and sums dispatch and combine must reproduce bit for bit.
-import { createRequire } from 'node:module';
 import { afterEach, describe, expect, it } from 'vitest';
 import {
   MoeError,
@@ -31,7 +30,7 @@ import {
 } from '../lib';
 import { native } from '../lib/native';
 import { SendGate } from '../lib/ep/gate';
-import { bf16, cpuArray, decoded, launchRanks, model, rankLines } from './ep-helpers';
+import { bf16, cpuArray, decoded, launchRanks, model, rankLines, routingOf } from './ep-helpers';
 import { cudaReason, expectCode, freshSeed, hasCuda, rng } from './backends';
 
 interface Spec {
@@ -774,21 +773,7 @@ describe.skipIf(!hasCuda)(`nvlink transport between rank processes (CUDA IPC)${h
       }, 'cuda');
       const lines = rankLines(run.stdout);
       expect(run.status, run.stdout + run.stderr).toBe(0);
-      const fixture = createRequire(__filename)('./fixtures/ep-model.js') as { rng(seed: number): () => number };
-      const routingOf = (r: number, T: number) => {
-        const next = fixture.rng((seed * 31 + r + 7) >>> 0);
-        const ids: number[] = [];
-        for (let t = 0; t < T; t++) {
-          const chosen: number[] = [];
-          while (chosen.length < spec.k) {
-            const e = Math.floor(next() * spec.E);
-            if (!chosen.includes(e)) chosen.push(e);
-          }
-          ids.push(...chosen);
-        }
-        return { ids, weights: Array.from({ length: T * spec.k }, () => next() * 2 - 0.25) };
-      };
-      const rs = tokens.map((T, r) => routingOf(r, T));
+      const rs = tokens.map((T, r) => routingOf(seed, spec, r, T));
       const xs = tokens.flatMap((T, r) => model.tokensOf(seed, r, T, spec.H));
       const Tall = tokens[0] + tokens[1];
       const gl = expertLayout(cpuArray(rs.flatMap((r) => r.ids), [Tall, spec.k], 'i32'), spec.E);

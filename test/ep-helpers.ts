@@ -83,3 +83,18 @@ export function launchRanks(n: number, env: Record<string, string>, limitMs: num
     resolve({ status, stdout, stderr });
   }));
 }
+
+/** Rank r's routing, as the rank fixture makes it: k distinct experts per token, weights in [-0.25, 1.75). */
+export function routingOf(seed: number, spec: { E: number; k: number }, r: number, T: number): { ids: number[]; weights: number[] } {
+  const next = model.rng((seed * 31 + r + 7) >>> 0);
+  const ids: number[] = [];
+  for (let t = 0; t < T; t++) {
+    const chosen: number[] = [];
+    while (chosen.length < spec.k) {
+      const e = Math.floor(next() * spec.E);
+      if (!chosen.includes(e)) chosen.push(e);
+    }
+    ids.push(...chosen);
+  }
+  return { ids, weights: Array.from({ length: T * spec.k }, () => next() * 2 - 0.25) };
+}

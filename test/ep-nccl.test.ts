@@ -22,9 +22,8 @@ import {
   type Tensor,
 } from '../lib';
 import { native } from '../lib/native';
-import { bf16, cpuArray, decoded, launchRanks, model, rankLines } from './ep-helpers';
+import { bf16, cpuArray, decoded, launchRanks, model, rankLines, routingOf } from './ep-helpers';
 import { cudaReason, expectCode, freshSeed, hasCuda } from './backends';
-
 
 /** Why NCCL cannot be used here, or undefined where libnccl.so.2 loads. */
 const ncclReason: string | undefined = (() => {
@@ -42,28 +41,10 @@ afterEach(() => {
   for (const pg of open.splice(0)) pg.destroy();
 });
 
-
-
-
 interface Spec {
   E: number;
   H: number;
   k: number;
-}
-
-/** Rank r's routing, as the rank fixture makes it: k distinct experts per token, weights in [-0.25, 1.75). */
-function routingOf(seed: number, spec: Spec, r: number, T: number): { ids: number[]; weights: number[] } {
-  const next = model.rng((seed * 31 + r + 7) >>> 0);
-  const ids: number[] = [];
-  for (let t = 0; t < T; t++) {
-    const chosen: number[] = [];
-    while (chosen.length < spec.k) {
-      const e = Math.floor(next() * spec.E);
-      if (!chosen.includes(e)) chosen.push(e);
-    }
-    ids.push(...chosen);
-  }
-  return { ids, weights: Array.from({ length: T * spec.k }, () => next() * 2 - 0.25) };
 }
 
 /**
