@@ -6,6 +6,8 @@
 //
 //   throughput: 4096 tokens per rank, contiguous layout, payloads bf16, fp8 and nvfp4
 //   decode:     128 tokens per rank, masked layout, payloads bf16 and nvfp4
+// each with the buffer's exact combine (a bf16 row per pair back to the token's rank), and bf16
+// and nvfp4 also with combine "reduced" (each rank's partial sum, one bf16 row per token and rank).
 //
 // Each rank's dispatch and its combine are captured in CUDA graphs of their own (a capture skips
 // the host gate that eager in-process ranks meet on between send and receive; the receive waits
@@ -15,8 +17,9 @@
 // ranks', the result the median over rounds. Where a capture fails the case is timed eagerly
 // (events around the calls, the host's wait for completion included) and the table says so.
 // Bytes: tokens actually sent to the other GPU x the payload's row bytes (dispatch), pairs whose
-// expert is on the other GPU x bf16 row bytes (combine), per direction; the totals add the rows
-// a rank sends to itself. GB/s is per direction, against the one-way GPU0 -> GPU1 copy
+// expert is on the other GPU x bf16 row bytes (exact combine) or tokens with an expert on the
+// other GPU x bf16 row bytes (reduced combine), per direction; the totals add the rows a rank
+// sends to itself. GB/s is per direction, against the one-way GPU0 -> GPU1 copy
 // bandwidth measured in the same run (tensor.copyTo between the devices, 1 GiB).
 //
 //   node benchmarks/ep.js [--out DIR] [--peer FILE] [--seed N] [--iters N] [--sms N]
@@ -40,11 +43,15 @@ const COPY_BYTES = 1 << 30;
 const TARGET_PCT = 85;
 const TARGET_DECODE_US = { dispatch: 20, combine: 25 };
 const CASES = [
-  { mode: 'throughput', payload: 'bf16', tokens: 4096, layout: 'contiguous' },
-  { mode: 'throughput', payload: 'fp8', tokens: 4096, layout: 'contiguous' },
-  { mode: 'throughput', payload: 'nvfp4', tokens: 4096, layout: 'contiguous' },
-  { mode: 'decode', payload: 'bf16', tokens: 128, layout: 'masked' },
-  { mode: 'decode', payload: 'nvfp4', tokens: 128, layout: 'masked' },
+  { mode: 'throughput', payload: 'bf16', tokens: 4096, layout: 'contiguous', combine: 'exact' },
+  { mode: 'throughput', payload: 'fp8', tokens: 4096, layout: 'contiguous', combine: 'exact' },
+  { mode: 'throughput', payload: 'nvfp4', tokens: 4096, layout: 'contiguous', combine: 'exact' },
+  { mode: 'throughput', payload: 'bf16', tokens: 4096, layout: 'contiguous', combine: 'reduced' },
+  { mode: 'throughput', payload: 'nvfp4', tokens: 4096, layout: 'contiguous', combine: 'reduced' },
+  { mode: 'decode', payload: 'bf16', tokens: 128, layout: 'masked', combine: 'exact' },
+  { mode: 'decode', payload: 'nvfp4', tokens: 128, layout: 'masked', combine: 'exact' },
+  { mode: 'decode', payload: 'bf16', tokens: 128, layout: 'masked', combine: 'reduced' },
+  { mode: 'decode', payload: 'nvfp4', tokens: 128, layout: 'masked', combine: 'reduced' },
 ];
 
 /** Row bytes of a payload (native/common/ep.h): what one token costs on the wire. */
@@ -99,11 +106,13 @@ function bytesOf(c, sent) {
   const d = { cross: [], total: 0 };
   const k = { cross: [], total: 0 };
   sent.forEach(({ tokens, pairs }, s) => {
-    // direction s -> other: dispatch carries s's tokens; combine brings s's pairs back from the other rank
+    // direction s -> other: dispatch carries s's tokens; combine brings s's pairs (exact) or
+    // s's tokens (reduced: one partial sum per token and rank) back from the other rank
+    const back = c.combine === 'reduced' ? tokens : pairs;
     d.cross.push(tokens[1 - s] * row);
-    k.cross.push(pairs[1 - s] * bf16Row);
+    k.cross.push(back[1 - s] * bf16Row);
     d.total += (tokens[0] + tokens[1]) * row;
-    k.total += (pairs[0] + pairs[1]) * bf16Row;
+    k.total += (back[0] + back[1]) * bf16Row;
   });
   return { rowBytes: row, dispatch: d, combine: k };
 }
@@ -195,7 +204,8 @@ async function checkRound(c, bs, inputs, outs, streams, sent) {
       if (used !== want) notes.push(`rank ${r}: ${used} rows received, the routing sends ${want} pairs`);
     }
   }
-  // bound per payload: bf16 exact up to the f32 sum; fp8 e4m3 (2^-4 relative); nvfp4 (block amax / 6)
+  // bound per payload: bf16 exact up to the f32 sum (and the partials' bf16 rounding, reduced);
+  // fp8 e4m3 (2^-4 relative); nvfp4 (block amax / 6)
   const bound = { bf16: 2 ** -7, fp8: 2 ** -4, nvfp4: 0.25 }[c.payload];
   const worst = Math.max(...errs);
   if (!(worst <= bound)) notes.push(`combine(dispatch(x)) differs from x by ${worst.toExponential(2)} relative L2 (expected <= ${bound})`);
@@ -218,7 +228,7 @@ async function runCase(moe, c, inputs, sent, { iters, sms, eager }) {
   let bs = [];
   const dispatch = (r) => bs[r].dispatch(inputs[r].x, { ids: inputs[r].ids, weights: inputs[r].weights }, { stream: streams[r] });
   try {
-    const options = { maxTokensPerRank: c.tokens, hidden: HIDDEN, topK: TOP_K, numExperts: EXPERTS, payload: c.payload, layout: c.layout };
+    const options = { maxTokensPerRank: c.tokens, hidden: HIDDEN, topK: TOP_K, numExperts: EXPERTS, payload: c.payload, layout: c.layout, combine: c.combine };
     if (sms !== undefined) options.sms = sms;
     bs = await Promise.all(pgs.map((pg) => moe.createEpBuffer(pg, options)));
     const outs = devices.map((d, r) => moe.empty([c.tokens, HIDDEN], { dtype: 'bf16', device: d, stream: streams[r] }));
@@ -286,7 +296,7 @@ async function runCase(moe, c, inputs, sent, { iters, sms, eager }) {
       }
     }
     const check = await checkRound(c, bs, inputs, outs, streams, sent);
-    for (const n of check.notes) console.error(`  ${c.mode} ${c.payload}: check: ${n}`);
+    for (const n of check.notes) console.error(`  ${c.mode} ${c.payload} ${c.combine}: check: ${n}`);
     return {
       timing: eager ? 'eager' : 'cuda-graph',
       sms: bs[0].sms,
@@ -315,6 +325,21 @@ function sample(e) {
 
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
+/**
+ * The peer's rows by (mode, payload, tokens, combine): its exact-combine rows as measured; a
+ * reduced combine moves one bf16 row per token and rank, the bytes of the peer's bf16 dispatch,
+ * so its row takes that figure for combine (the dispatch figure stays the payload's).
+ */
+function peerCases(peer) {
+  if (!peer) return [];
+  const cases = peer.cases.map((p) => ({ ...p, combine: 'exact' }));
+  for (const p of peer.cases) {
+    const bf16 = peer.cases.find((q) => q.mode === p.mode && q.tokens === p.tokens && q.payload === 'bf16');
+    if (bf16) cases.push({ ...p, combine: 'reduced', combineMs: bf16.dispatchMs });
+  }
+  return cases;
+}
+
 /** The merged rows: ours, their GB/s and % of the copy, the peer's NCCL times on the same bytes. */
 function report(rows, copy, peer) {
   const us = (ms) => (ms === null || ms === undefined ? undefined : (ms * 1e3).toFixed(1));
@@ -341,11 +366,12 @@ function report(rows, copy, peer) {
       if (v) met.met++;
     }
   }
-  const table = h.merge(rows, peer ? peer.cases : [], {
-    key: ['mode', 'payload', 'tokens'],
+  const table = h.merge(rows, peerCases(peer), {
+    key: ['mode', 'payload', 'tokens', 'combine'],
     missing: '-',
     columns: [
       { title: 'case', cell: ({ ours }) => `${ours.mode} ${ours.payload}${ours.timing && ours.timing.startsWith('eager') ? ' (eager)' : ''}` },
+      { title: 'combine', cell: ({ ours }) => ours.combine },
       { title: 'mode', cell: ({ ours }) => `${ours.mode} (${ours.layout})` },
       { title: 'payload', cell: ({ ours }) => `${ours.payload} (${ours.bytes.rowBytes} B/row)` },
       { title: 'tokens/rank', cell: ({ ours }) => ours.tokens },
@@ -390,11 +416,14 @@ function report(rows, copy, peer) {
         'rounds queued back to back, CUDA events on each rank\'s stream; a round\'s time is the longer rank\'s, then the median ' +
         'over rounds (eager, where a case says so: events around the awaited calls, the host\'s wait included). Dispatch ' +
         'includes the payload encode, the send, the wait and the layout with the rows dequantized to bf16; combine the send ' +
-        'of the bf16 expert rows and the weighted sum. GB/s: bytes sent to the other GPU per direction (dispatch: tokens with ' +
-        'an expert there x the payload row; combine: pairs with their expert there x the bf16 row, 2 x hidden bytes) over ' +
+        'of the bf16 expert rows (exact) or of each rank\'s bf16 partial sums (reduced) and the sum. GB/s: bytes sent to the ' +
+        'other GPU per direction (dispatch: tokens with an expert there x the payload row; exact combine: pairs with their ' +
+        'expert there x the bf16 row, 2 x hidden bytes; reduced combine: tokens with an expert there x the bf16 row) over ' +
         'the time (MB: the mean of the two directions, and in brackets everything all ranks send, to themselves included). NCCL: all_to_all_single between 2 processes on a uint8 tensor of the same row bytes, each rank sending ' +
         `every token to each rank (dispatch; with ${EXPERTS / RANKS} of ${EXPERTS} experts per rank a token reaches the ` +
-        'other rank with probability 0.996) or tokens x k / 2 bf16 rows to each rank (combine); speedup = NCCL / ours.',
+        'other rank with probability 0.996) or tokens x k / 2 bf16 rows to each rank (exact combine); a reduced combine ' +
+        'moves the bytes of the bf16 dispatch (every token\'s bf16 row to each rank), so its NCCL figure is that case\'s; ' +
+        'speedup = NCCL / ours.',
     ],
   };
 }
@@ -433,20 +462,20 @@ async function main() {
       byMode.set(c.mode, { inputs, sent: traffic(inputs.map((i) => i.route), c.tokens) });
     }
     const { inputs, sent } = byMode.get(c.mode);
-    const row = { mode: c.mode, payload: c.payload, tokens: c.tokens, layout: c.layout, bytes: bytesOf(c, sent), sent };
+    const row = { mode: c.mode, payload: c.payload, tokens: c.tokens, layout: c.layout, combine: c.combine, bytes: bytesOf(c, sent), sent };
     try {
       const opts = { iters, sms, eager: !!args.eager };
       try {
         Object.assign(row, await runCase(moe, c, inputs, sent, opts));
       } catch (e) {
         if (!(e instanceof CaptureFailed)) throw e;
-        console.error(`  ${c.mode} ${c.payload}: the capture failed (${e.message}); timed eagerly`);
+        console.error(`  ${c.mode} ${c.payload} ${c.combine}: the capture failed (${e.message}); timed eagerly`);
         Object.assign(row, await runCase(moe, c, inputs, sent, { ...opts, eager: true }), { timing: `eager (capture failed: ${e.message})` });
       }
-      console.error(`  ${c.mode} ${c.payload} T=${c.tokens}: dispatch ${(row.dispatchMs * 1e3).toFixed(1)} us, combine ${(row.combineMs * 1e3).toFixed(1)} us (${row.timing})`);
+      console.error(`  ${c.mode} ${c.payload} ${c.combine} T=${c.tokens}: dispatch ${(row.dispatchMs * 1e3).toFixed(1)} us, combine ${(row.combineMs * 1e3).toFixed(1)} us (${row.timing})`);
     } catch (e) {
       row.error = `${e && e.code ? `${e.code}: ` : ''}${String(e && e.message).split('\n')[0]}`;
-      console.error(`  ${c.mode} ${c.payload} T=${c.tokens}: failed: ${row.error}`);
+      console.error(`  ${c.mode} ${c.payload} ${c.combine} T=${c.tokens}: failed: ${row.error}`);
     }
     rows.push(row);
   }
@@ -481,4 +510,4 @@ async function main() {
 }
 
 if (require.main === module) h.run(main, { gpu: false });
-module.exports = { report, payloadBytes, routing, traffic, bytesOf, inputsOf, runCase, CASES };
+module.exports = { report, payloadBytes, routing, traffic, bytesOf, inputsOf, runCase, peerCases, CASES };

@@ -202,26 +202,26 @@ export interface MoeBinding {
 
 /**
  * Native entry points of the ep family (native/common/ep.h). Each starts with the shape:
- * ranks, rank, experts, k, hidden, maxTokens, payload. @internal
+ * ranks, rank, experts, k, hidden, maxTokens, payload, combine. @internal
  */
 export interface EpBinding {
   epDispatchSend(
-    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
     x: bigint, ids: bigint, weights: bigint, tokens: number, dataDst: bigint, countDst: bigint, epoch: bigint, sync: bigint, sms: number,
     combineIndex: bigint, errors: bigint,
   ): void;
   epDispatchRecv(
-    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
     regions: bigint, counts: bigint, epoch: bigint, timeoutNs: number, status: bigint, recvCounts: bigint, align: number, maxPerExpert: number,
     rows: number, tokensOut: bigint, layoutCounts: bigint, offsets: bigint, sourceIndex: bigint, rowIndex: bigint, usedRows: bigint,
     dropped: bigint, errors: bigint,
   ): void;
   epCombineSend(
-    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
-    y: bigint, rows: number, rowIndex: bigint, recvCounts: bigint, dataDst: bigint, countDst: bigint, epoch: bigint, sync: bigint, sms: number,
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
+    y: bigint, rows: number, regions: bigint, rowIndex: bigint, recvCounts: bigint, dataDst: bigint, countDst: bigint, epoch: bigint, sync: bigint, sms: number,
   ): void;
   epCombineRecv(
-    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number,
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
     regions: bigint, counts: bigint, epoch: bigint, timeoutNs: number, status: bigint, combineIndex: bigint, weights: bigint, tokens: number,
     out: bigint, outType: number,
   ): void;

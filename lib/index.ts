@@ -70,6 +70,7 @@ export {
   type EpDispatchResult,
   type EpHandle,
   type EpLayoutForm,
+  type EpCombineForm,
   type EpPayload,
   type EpTransport,
 } from './ep';

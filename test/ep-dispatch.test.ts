@@ -22,6 +22,7 @@ import {
   unpermute,
   type EpBuffer,
   type EpBufferOptions,
+  type EpCombineForm,
   type EpPayload,
   type Device,
   type ProcessGroup,
@@ -30,7 +31,7 @@ import {
 } from '../lib';
 import { native } from '../lib/native';
 import { SendGate } from '../lib/ep/gate';
-import { bf16, cpuArray, decoded, launchRanks, model, rankLines, routingOf } from './ep-helpers';
+import { bf16, cpuArray, decoded, launchRanks, model, rankLines, reducedSums, routingOf } from './ep-helpers';
 import { cudaReason, expectCode, freshSeed, hasCuda, rng } from './backends';
 
 interface Spec {
@@ -97,6 +98,8 @@ interface Case {
   align?: number;
   /** combine's output dtype (f32 shows any change of summation order; bf16 mostly hides it) */
   out?: 'bf16' | 'f32';
+  /** the buffer's combine form (default exact) */
+  combine?: EpCombineForm;
   inputs: RankInput[];
   /** CUDA ranks of one process (the nvlink transport), rank r on devices[r]; default: CPU ranks */
   devices?: Device[];
@@ -120,6 +123,7 @@ async function round(c: Case, bufs?: EpBuffer[]): Promise<{ out: number[][]; dro
   const pgs = bufs ? undefined : await (devs ? groupOn(devs) : group(R));
   const bs = bufs ?? (await buffers(pgs as ProcessGroup[], {
     maxTokensPerRank: maxT, hidden: H, topK: K, numExperts: E, payload: c.payload, layout: c.form,
+    ...(c.combine !== undefined ? { combine: c.combine } : {}),
     ...(c.M !== undefined ? { maxTokensPerExpert: c.M } : {}), ...(c.align !== undefined ? { align: c.align } : {}),
   }));
   const streams = c.streams ?? (devs ? devs.map((d) => keep(createStream(d))) : undefined);
@@ -153,7 +157,23 @@ async function round(c: Case, bufs?: EpBuffer[]): Promise<{ out: number[][]; dro
   });
   const outType = c.out ?? 'bf16';
   const gOut = fromArray(new Float32Array(Tall * H), { shape: [Tall, H], dtype: outType, device: 'cpu' }) as Tensor<'bf16'> | Tensor<'f32'>;
-  const want = Array.from(await unpermute(cpuArray(gY, [gl.rows, H], 'bf16'), gl, cpuArray(allW, [Tall, K], 'f32'), { out: gOut }).toArray());
+  const sumOf = async (rows: number[], w: number[], dtype: 'bf16' | 'f32') => {
+    const o = fromArray(new Float32Array(Tall * H), { shape: [Tall, H], dtype, device: 'cpu' }) as Tensor<'bf16'> | Tensor<'f32'>;
+    return Array.from(await unpermute(cpuArray(rows, [gl.rows, H], 'bf16'), gl, cpuArray(w, [Tall, K], 'f32'), { out: o }).toArray());
+  };
+  let want = Array.from(await unpermute(cpuArray(gY, [gl.rows, H], 'bf16'), gl, cpuArray(allW, [Tall, K], 'f32'), { out: gOut }).toArray());
+  if (c.combine === 'reduced') {
+    const { out: reduced, partials } = await reducedSums(allIds, allW, E, R, K, H, (w) => sumOf(gY, w, 'f32'));
+    if (outType === 'f32') {
+      // the stated error against the exact sum: 2^-8 x sum |partial| + 2^-19 x sum |weight x output|
+      const mags = await sumOf(gY.map(Math.abs), allW.map(Math.abs), 'f32');
+      for (let i = 0; i < reduced.length; i++) {
+        const bound = 2 ** -8 * partials.reduce((a, p) => a + Math.abs(p[i]), 0) * (1 + 2 ** -7) + 2 ** -19 * mags[i];
+        expect(Math.abs(reduced[i] - want[i]), `reduced element ${i}`).toBeLessThanOrEqual(bound);
+      }
+    }
+    want = outType === 'bf16' ? reduced.map(bf16) : reduced;
+  }
 
   // the token a global pair came from: (source rank, token), and slot j of it at destination d
   const firstToken = T.map((_, r) => T.slice(0, r).reduce((a, b) => a + b, 0));
@@ -291,6 +311,37 @@ describe('dispatch and combine: hand-computed', () => {
   });
 });
 
+describe('combine "reduced": hand-computed', () => {
+  it('each rank sums its pairs first and sends one bf16 row; the rounding of a partial shows', async () => {
+    const bs = await buffers(await group(2), { maxTokensPerRank: 2, hidden: 2, topK: 3, numExperts: 4, combine: 'reduced' });
+    expect(bs.map((b) => [b.combineForm, b.bytes.combine])).toEqual([['reduced', 2 * (16 + 2 * 2 * 2)], ['reduced', 2 * (16 + 2 * 2 * 2)]]);
+    // rank 0's token 0 -> experts 0, 1 (rank 0) and 2 (rank 1), weights 1; rank 1 sends nothing
+    const d = await Promise.all([
+      bs[0].dispatch(cpuArray([1, 2], [1, 2], 'bf16'), { ids: cpuArray([0, 1, 2], [1, 3], 'i32'), weights: cpuArray([1, 1, 1], [1, 3], 'f32') }),
+      bs[1].dispatch(cpuArray([], [0, 2], 'bf16'), { ids: cpuArray([], [0, 3], 'i32'), weights: cpuArray([], [0, 3], 'f32') }),
+    ]);
+    // expert outputs x * factor: expert 0 by 1, expert 1 by 2^-8, expert 2 by -1
+    const scaled = async (r: number, factors: number[]) => {
+      const tok = Array.from(await d[r].tokens.toArray());
+      const offsets = Array.from(await d[r].layout.offsets.toArray());
+      return cpuArray(tok.map((v, i) => {
+        const row = Math.floor(i / 2);
+        const e = offsets.findIndex((o, j) => row >= o && row < offsets[j + 1]);
+        return e < 0 ? 0 : v * factors[e];
+      }), [bs[r].rows, 2], 'bf16');
+    };
+    const f32 = () => fromArray(new Float32Array(2), { shape: [1, 2], dtype: 'f32', device: 'cpu' }) as Tensor<'f32'>;
+    const out = await Promise.all([
+      bs[0].combine(await scaled(0, [1, 2 ** -8]), d[0].handle, { out: f32() }),
+      bs[1].combine(await scaled(1, [-1, 0]), d[1].handle, { out: fromArray(new Float32Array(0), { shape: [0, 2], dtype: 'f32', device: 'cpu' }) as Tensor<'f32'> }),
+    ]);
+    // rank 0's partial: bf16(x + 2^-8 x) = x for x = 1 and 2 (ties, to even); rank 1's: -x.
+    // Exact would give 2^-8 x = [2^-8, 2^-7].
+    expect(Array.from(await out[0].toArray())).toEqual([0, 0]);
+    expect(await out[1].toArray()).toHaveLength(0);
+  });
+});
+
 describe('dispatch and combine against the single-device path', () => {
   for (const R of [2, 4, 8]) {
     for (const payload of ['bf16', 'fp8', 'nvfp4'] as const) {
@@ -304,6 +355,16 @@ describe('dispatch and combine against the single-device path', () => {
         });
       }
     }
+  }
+
+  for (const R of [2, 4]) {
+    it(`${R} ranks, combine "reduced": random routing, both layouts, the stated error against exact`, async () => {
+      const seed = freshSeed(`ep reduced ${R}`);
+      const T = Array.from({ length: R }, (_, r) => 3 + ((seed >>> r) % 5));
+      const E = 4 * R, K = 5, H = 96;
+      await round({ R, E, H, K, maxT: 8, payload: 'bf16', form: 'contiguous', align: 4, combine: 'reduced', out: 'f32', inputs: inputs(seed, T, H, E, K) });
+      await round({ R, E, H, K, maxT: 8, payload: 'nvfp4', form: 'masked', M: 6, combine: 'reduced', out: 'bf16', inputs: inputs(seed + 1, T, H, E, K) });
+    });
   }
 
   it('skewed: every token to rank 0\'s experts; masked overflow is dropped and counted', async () => {
@@ -323,6 +384,7 @@ describe('dispatch and combine against the single-device path', () => {
     const inp = inputs(seed, [4, 0, 5], H, E, K, (r) => Math.floor(r() * 4));
     await round({ R, E, H, K, maxT: 5, payload: 'bf16', form: 'contiguous', out: 'f32', inputs: inp });
     await round({ R, E, H, K, maxT: 5, payload: 'nvfp4', form: 'masked', M: 3, inputs: inp });
+    await round({ R, E, H, K, maxT: 5, payload: 'bf16', form: 'masked', M: 3, combine: 'reduced', out: 'f32', inputs: inp });
   });
 
   it('ids outside [0, numExperts) are counted, sent nowhere, and add nothing', async () => {
@@ -333,6 +395,7 @@ describe('dispatch and combine against the single-device path', () => {
     inp[0].ids[4] = 4;
     inp[1].ids[5] = 1000;
     await round({ R, E, H, K, maxT: 4, payload: 'bf16', form: 'contiguous', out: 'f32', inputs: inp });
+    await round({ R, E, H, K, maxT: 4, payload: 'bf16', form: 'contiguous', combine: 'reduced', out: 'f32', inputs: inp });
   });
 
   it('many rounds on one buffer, with changing routing and token counts', async () => {
@@ -552,6 +615,41 @@ describe('moeForwardEp on rank processes', () => {
       }
     });
   }
+
+  it('4 ranks, combine "reduced": the single-device block with each rank\'s partial sum rounded to bf16', async () => {
+    const R = 4;
+    const seed = freshSeed('moeForwardEp reduced');
+    const spec: Spec = { E: 2 * R, H: 64, I: 32, Is: 0, k: 3, scoring: 'softmax' };
+    const tokens = Array.from({ length: R }, (_, r) => (r === 2 ? 0 : 2 + ((seed >>> r) % 3)));
+    const run = await launch(R, { EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(tokens), EP_COMBINE: 'reduced' });
+    expect(run.status, run.stdout + run.stderr).toBe(0);
+    const lines = rankLines(run.stdout);
+    const pkg = await import('../lib');
+    const { router, experts } = await model.layerOn(pkg, model.makeLayer(seed, spec), 0, spec.E);
+    const xs: number[] = [];
+    for (let r = 0; r < R; r++) xs.push(...model.tokensOf(seed, r, tokens[r], spec.H));
+    const Tall = xs.length / spec.H;
+    const x = cpuArray(xs, [Tall, spec.H], 'bf16');
+    const r0 = router as unknown as { weight: Tensor<'bf16'>; k: number; scoring: 'softmax' | 'sigmoid' };
+    const routing = routeTopK(routerLogits(x, r0.weight), { k: r0.k, scoring: r0.scoring });
+    const layout = expertLayout(routing.ids, spec.E);
+    const ex = experts as unknown as { w13: never; w2: never };
+    const down = groupedGemmNvfp4(groupedGemmNvfp4(permute(x, layout), ex.w13, layout, { epilogue: 'swiglu' }), ex.w2, layout);
+    const sumWith = async (w: number[]) => {
+      const out = fromArray(new Float32Array(Tall * spec.H), { shape: [Tall, spec.H], device: 'cpu' }) as Tensor<'f32'>;
+      return Array.from(await unpermute(down, layout, cpuArray(w, [Tall, spec.k], 'f32'), { out }).toArray());
+    };
+    const ids = Array.from(await routing.ids.toArray());
+    const { out } = await reducedSums(ids, Array.from(await routing.weights.toArray()), spec.E, R, spec.k, spec.H, sumWith);
+    const want = out.map(bf16);
+    let at = 0;
+    for (let r = 0; r < R; r++) {
+      const line = lines.get(r);
+      expect(line?.code, String(line?.message)).toBeUndefined();
+      expect(line?.out, `rank ${r}`).toEqual(want.slice(at, at + tokens[r] * spec.H));
+      at += tokens[r] * spec.H;
+    }
+  });
 });
 
 // ---- the nvlink transport: CUDA ranks of one process ----------------------------------------
@@ -577,6 +675,19 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
       });
     }
   }
+
+  it('combine "reduced": bit for bit against the CPU oracle, with 16-byte rows and without, both layouts, large receives', async () => {
+    for (const devs of pairs()) {
+      const seed = freshSeed(`nvlink reduced ${devs.join(',')}`);
+      const E = 8, K = 5;
+      const T = [5 + (seed % 4), 3 + ((seed >>> 3) % 6)];
+      await round({ R: 2, E, H: 4096 + 64, K, maxT: 9, payload: 'bf16', form: 'contiguous', combine: 'reduced', out: 'f32', devices: devs, inputs: inputs(seed, T, 4096 + 64, E, K) });
+      await round({ R: 2, E, H: 4096 + 64, K, maxT: 9, payload: 'nvfp4', form: 'masked', M: 4, combine: 'reduced', out: 'bf16', devices: devs, inputs: inputs(seed + 1, T, 4096 + 64, E, K) });
+      await round({ R: 2, E, H: 36, K: 3, maxT: 9, payload: 'fp8', form: 'masked', M: 5, combine: 'reduced', out: 'f32', devices: devs, inputs: inputs(seed + 2, T, 36, E, 3) });
+      const big = [100 + (seed % 30), 70 + ((seed >>> 4) % 60)];
+      await round({ R: 2, E: 6, H: 64, K: 3, maxT: 700, payload: 'bf16', form: 'contiguous', combine: 'reduced', out: 'f32', devices: devs, inputs: inputs(seed + 3, big, 64, 6, 3) });
+    }
+  });
 
   it('larger receives: the one-launch layout over many warps, and the tiled one (over 4096 pairs) across tiles', async () => {
     for (const devs of pairs()) {

@@ -98,3 +98,27 @@ export function routingOf(seed: number, spec: { E: number; k: number }, r: numbe
   }
   return { ids, weights: Array.from({ length: T * spec.k }, () => next() * 2 - 0.25) };
 }
+
+/**
+ * combine "reduced"'s arithmetic (native/common/ep.h) on the CPU, in f32: for each token, the
+ * ranks its valid ids reach, in the order of their first pair, each adding its partial sum
+ * rounded to bf16. `sumWith(w)` is the single-device weighted sum (unpermute into f32) with the
+ * pairs' weights replaced by w; `partials` are the ranks' bf16 partial sums.
+ */
+export async function reducedSums(ids: readonly number[], weights: readonly number[], E: number, R: number, K: number, H: number,
+  sumWith: (w: number[]) => Promise<number[]>): Promise<{ out: number[]; partials: number[][] }> {
+  const L = E / R;
+  const rankOf = ids.map((id) => (id >= 0 && id < E ? Math.floor(id / L) : -1));
+  const partials: number[][] = [];
+  for (let d = 0; d < R; d++) partials.push((await sumWith(weights.map((w, p) => (rankOf[p] === d ? w : 0)))).map(bf16));
+  const out: number[] = [];
+  for (let t = 0; t < ids.length / K; t++) {
+    const order = [...new Set(rankOf.slice(t * K, (t + 1) * K).filter((d) => d >= 0))];
+    for (let h = 0; h < H; h++) {
+      let acc = 0;
+      for (const d of order) acc = Math.fround(acc + partials[d][t * H + h]);
+      out.push(acc);
+    }
+  }
+  return { out, partials };
+}

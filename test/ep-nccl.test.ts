@@ -20,9 +20,10 @@ import {
   type EpPayload,
   type ProcessGroup,
   type Tensor,
+  type EpCombineForm,
 } from '../lib';
 import { native } from '../lib/native';
-import { bf16, cpuArray, decoded, launchRanks, model, rankLines, routingOf } from './ep-helpers';
+import { bf16, cpuArray, decoded, launchRanks, model, rankLines, reducedSums, routingOf } from './ep-helpers';
 import { cudaReason, expectCode, freshSeed, hasCuda } from './backends';
 
 /** Why NCCL cannot be used here, or undefined where libnccl.so.2 loads. */
@@ -50,9 +51,10 @@ interface Spec {
 /**
  * The single-device result of a round whose experts return their input: the ranks' tokens
  * concatenated, each row as its payload delivers it, routed with expertLayout (masked: at most M
- * rows per expert), permuted and summed back with unpermute into f32.
+ * rows per expert), permuted and summed back with unpermute into f32 (combine "reduced": each
+ * rank's partial rounded to bf16 first, ep-helpers' reducedSums).
  */
-async function roundtripWant(seed: number, spec: Spec, tokens: number[], payload: EpPayload, M?: number): Promise<number[]> {
+async function roundtripWant(seed: number, spec: Spec, tokens: number[], payload: EpPayload, M?: number, combine: EpCombineForm = 'exact', ranks = tokens.length): Promise<number[]> {
   const rs = tokens.map((T, r) => routingOf(seed, spec, r, T));
   const Tall = tokens.reduce((a, b) => a + b, 0);
   const rows: number[] = [];
@@ -63,8 +65,14 @@ async function roundtripWant(seed: number, spec: Spec, tokens: number[], payload
   const xq: number[] = [];
   for (let t = 0; t < Tall; t++) xq.push(...(await decoded(payload, rows.slice(t * spec.H, (t + 1) * spec.H))));
   const layout = expertLayout(cpuArray(rs.flatMap((r) => r.ids), [Tall, spec.k], 'i32'), spec.E, M === undefined ? {} : { maxTokensPerExpert: M });
-  const out = fromArray(new Float32Array(Tall * spec.H), { shape: [Tall, spec.H], device: 'cpu' }) as Tensor<'f32'>;
-  return Array.from(await unpermute(permute(cpuArray(xq, [Tall, spec.H], 'bf16'), layout), layout, cpuArray(rs.flatMap((r) => r.weights), [Tall, spec.k], 'f32'), { out }).toArray());
+  const perm = permute(cpuArray(xq, [Tall, spec.H], 'bf16'), layout);
+  const sumWith = async (w: number[]) => {
+    const out = fromArray(new Float32Array(Tall * spec.H), { shape: [Tall, spec.H], device: 'cpu' }) as Tensor<'f32'>;
+    return Array.from(await unpermute(perm, layout, cpuArray(w, [Tall, spec.k], 'f32'), { out }).toArray());
+  };
+  const weights = rs.flatMap((r) => r.weights);
+  if (combine === 'exact') return sumWith(weights);
+  return (await reducedSums(rs.flatMap((r) => r.ids), weights, spec.E, ranks, spec.k, spec.H, sumWith)).out;
 }
 
 // ---- without a GPU: the loader ------------------------------------------------------------
@@ -111,12 +119,13 @@ const oneSkip = !hasCuda ? cudaReason : ncclReason;
 describe.skipIf(oneSkip !== undefined)(`nccl transport, one rank on cuda:0${oneSkip === undefined ? '' : ` (skipped: ${oneSkip})`}`, () => {
   for (const payload of ['bf16', 'fp8', 'nvfp4'] as const) {
     for (const form of ['contiguous', 'masked'] as const) {
-      it(`${payload}, ${form}: two rounds, the bits of the single-device path and of nvlink`, async () => {
+      const combine: EpCombineForm = payload === 'fp8' ? 'reduced' : 'exact';
+      it(`${payload}, ${form}, combine ${combine}: two rounds, the bits of the single-device path and of nvlink`, async () => {
         const [pg] = await initProcessGroup({ ranks: 'all', devices: ['cuda:0'], timeoutMs: 30_000 });
         open.push(pg);
         const spec: Spec = { E: 8, H: 272, k: 3 };
         const M = form === 'masked' ? 3 : undefined;
-        const options = { maxTokensPerRank: 7, hidden: spec.H, topK: spec.k, numExperts: spec.E, payload, layout: form, ...(M === undefined ? { align: 4 } : { maxTokensPerExpert: M }) };
+        const options = { maxTokensPerRank: 7, hidden: spec.H, topK: spec.k, numExperts: spec.E, payload, layout: form, combine, ...(M === undefined ? { align: 4 } : { maxTokensPerExpert: M }) };
         const viaNccl = await createEpBuffer(pg, { ...options, transport: 'nccl' });
         const viaNvlink = await createEpBuffer(pg, { ...options, transport: 'nvlink' });
         expect(viaNccl.transport).toBe('nccl');
@@ -138,7 +147,7 @@ describe.skipIf(oneSkip !== undefined)(`nccl transport, one rank on cuda:0${oneS
             }
             expect(tokens[0], 'dispatched rows: nccl against nvlink').toEqual(tokens[1]);
             expect(got[0], 'combined: nccl against nvlink').toEqual(got[1]);
-            expect(got[0], 'combined: nccl against the single-device path').toEqual(await roundtripWant(seed, spec, [T], payload, M));
+            expect(got[0], 'combined: nccl against the single-device path').toEqual(await roundtripWant(seed, spec, [T], payload, M, combine));
           }
         } finally {
           await viaNccl.close();
@@ -163,15 +172,16 @@ function launch(env: Record<string, string>, cpu = false): Promise<{ status: num
 // The oracle and the rank fixture's modes, checked where they always run: CPU rank processes over
 // the host transport must give the same bits, and a stalled rank the same E_TIMEOUT.
 describe('the rounds of the nccl tests, on CPU rank processes (host transport)', () => {
-  for (const [payload, form, tokens] of [['bf16', 'contiguous', [5, 3]], ['nvfp4', 'masked', [5, 3]], ['fp8', 'contiguous', [0, 5]]] as const) {
-    it(`${payload}, ${form}, tokens ${tokens.join('/')}: the oracle's bits`, async () => {
-      const seed = freshSeed(`nccl oracle ${payload} ${form}`);
+  const oracleCases = [['bf16', 'contiguous', [5, 3], 'exact'], ['nvfp4', 'masked', [5, 3], 'exact'], ['fp8', 'contiguous', [0, 5], 'exact'], ['bf16', 'masked', [5, 3], 'reduced']] as const;
+  for (const [payload, form, tokens, combine] of oracleCases) {
+    it(`${payload}, ${form}, tokens ${tokens.join('/')}, combine ${combine}: the oracle's bits`, async () => {
+      const seed = freshSeed(`nccl oracle ${payload} ${form} ${combine}`);
       const spec = { E: 8, H: 272, I: 32, Is: 0, k: 3, scoring: 'softmax' as const, ...(form === 'masked' ? { M: 3 } : {}) };
-      const run = await launch({ EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(tokens), EP_MODE: 'roundtrip', EP_PAYLOAD: payload, EP_LAYOUT: form }, true);
+      const run = await launch({ EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(tokens), EP_MODE: 'roundtrip', EP_PAYLOAD: payload, EP_LAYOUT: form, EP_COMBINE: combine }, true);
       const report = `exit ${run.status}\n--- stdout\n${run.stdout}\n--- stderr\n${run.stderr}`;
       expect(run.status, report).toBe(0);
       const lines = rankLines(run.stdout);
-      const want = await roundtripWant(seed, spec, [...tokens], payload, form === 'masked' ? 3 : undefined);
+      const want = await roundtripWant(seed, spec, [...tokens], payload, form === 'masked' ? 3 : undefined, combine);
       expect(lines.get(0)?.transport, report).toBe('host');
       expect(lines.get(0)?.out, 'rank 0').toEqual(want.slice(0, tokens[0] * spec.H));
       expect(lines.get(1)?.out, 'rank 1').toEqual(want.slice(tokens[0] * spec.H));
@@ -194,7 +204,7 @@ const twoSkip = !hasCuda ? cudaReason : gpus < 2 ? `${gpus} CUDA device(s); NCCL
 describe.skipIf(twoSkip !== undefined)(`nccl transport between rank processes on cuda:0 and cuda:1${twoSkip === undefined ? '' : ` (skipped: ${twoSkip})`}`, () => {
   // the socket path: no peer-to-peer, no shared memory, no InfiniBand; NCCL's socket transport
   const socket = { NCCL_P2P_DISABLE: '1', NCCL_SHM_DISABLE: '1', NCCL_IB_DISABLE: '1' };
-  const cases: { payload: EpPayload; form: 'contiguous' | 'masked'; tokens: number[]; env: Record<string, string>; path: string }[] = [];
+  const cases: { payload: EpPayload; form: 'contiguous' | 'masked'; tokens: number[]; env: Record<string, string>; path: string; combine?: EpCombineForm }[] = [];
   for (const payload of ['bf16', 'fp8', 'nvfp4'] as const) {
     for (const form of ['contiguous', 'masked'] as const) {
       cases.push({ payload, form, tokens: payload === 'bf16' && form === 'masked' ? [6, 0] : [5, 3], env: {}, path: 'NCCL default path' });
@@ -203,19 +213,22 @@ describe.skipIf(twoSkip !== undefined)(`nccl transport between rank processes on
   cases.push({ payload: 'bf16', form: 'contiguous', tokens: [4, 6], env: socket, path: 'socket path' });
   cases.push({ payload: 'nvfp4', form: 'masked', tokens: [5, 3], env: socket, path: 'socket path' });
   cases.push({ payload: 'fp8', form: 'contiguous', tokens: [0, 5], env: socket, path: 'socket path' });
+  cases.push({ payload: 'bf16', form: 'contiguous', tokens: [5, 3], env: {}, path: 'NCCL default path', combine: 'reduced' });
+  cases.push({ payload: 'nvfp4', form: 'masked', tokens: [4, 6], env: socket, path: 'socket path', combine: 'reduced' });
 
   for (const c of cases) {
-    it(`${c.payload}, ${c.form}, tokens ${c.tokens.join('/')}, ${c.path}: the bits of the single-device path`, async () => {
-      const seed = freshSeed(`nccl ranks ${c.payload} ${c.form} ${c.path}`);
+    it(`${c.payload}, ${c.form}, tokens ${c.tokens.join('/')}, ${c.path}${c.combine ? `, combine ${c.combine}` : ''}: the bits of the single-device path`, async () => {
+      const seed = freshSeed(`nccl ranks ${c.payload} ${c.form} ${c.path} ${c.combine ?? ''}`);
       const spec = { E: 8, H: 272, I: 32, Is: 0, k: 3, scoring: 'softmax' as const, ...(c.form === 'masked' ? { M: 3 } : {}) };
       const run = await launch({
         ...c.env, EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(c.tokens), EP_MODE: 'roundtrip', EP_PAYLOAD: c.payload, EP_LAYOUT: c.form,
+        ...(c.combine ? { EP_COMBINE: c.combine } : {}),
       });
       const report = `exit ${run.status}\n--- stdout\n${run.stdout}\n--- stderr\n${run.stderr}`;
       const lines = rankLines(run.stdout);
       for (const r of [0, 1]) expect(lines.get(r)?.code, `rank ${r} failed: ${String(lines.get(r)?.message)}\n${report}`).toBeUndefined();
       expect(run.status, report).toBe(0);
-      const want = await roundtripWant(seed, spec, c.tokens, c.payload, c.form === 'masked' ? 3 : undefined);
+      const want = await roundtripWant(seed, spec, c.tokens, c.payload, c.form === 'masked' ? 3 : undefined, c.combine);
       expect(lines.get(0)?.transport, report).toBe('nccl');
       expect(lines.get(0)?.out, 'rank 0').toEqual(want.slice(0, c.tokens[0] * spec.H));
       expect(lines.get(1)?.out, 'rank 1').toEqual(want.slice(c.tokens[0] * spec.H));

@@ -1,9 +1,11 @@
 // Expert-parallel dispatch and combine. Each rank holds E/R experts (rank r: experts
 // [r*E/R, (r+1)*E/R)). dispatch sends each token once to every rank that holds one of its
 // experts, with its expert ids and weights for that rank, and hands each rank its experts' rows
-// in routing's expert layouts; combine sends each expert output back to the token's rank and sums
-// a token's k outputs there with unpermute's arithmetic, in slot order, so that an expert-parallel
-// MoE block computes the single-device block's bits (bf16 payload).
+// in routing's expert layouts. combine (exact, the default) sends each expert output back to the
+// token's rank and sums a token's k outputs there with unpermute's arithmetic, in slot order, so
+// that an expert-parallel MoE block computes the single-device block's bits (bf16 payload);
+// combine "reduced" sums a token's outputs on each expert rank first and sends one bf16 row per
+// (token, rank), as DeepEP does: k / (ranks reached) times fewer bytes, one bf16 rounding more.
 //
 // The buffer is symmetric: rank s's data for rank d lands in region s of d's buffer, one writer
 // per region (native/common/ep.h has the byte layout). The host transport stages each region
@@ -29,6 +31,16 @@ import { gateOf, releaseGate, type SendGate } from './gate';
 
 /** How a token row travels: as bf16, fp8 e4m3 with one f32 scale per 128 elements, or NVFP4. */
 export type EpPayload = 'bf16' | 'fp8' | 'nvfp4';
+/**
+ * What combine sends back. "exact": each pair's expert output, summed on the token's rank in slot
+ * order (the single-device block's bits). "reduced": each rank sums its pairs of a token first
+ * (weight x output, f32 fused multiply-adds in slot order) and sends that sum as one bf16 row;
+ * the token's rank adds the rows in f32 in the order of each rank's first pair. Fewer bytes
+ * (topK / ranks reached per token: 4x for top-8 on 2 ranks), and each partial sum is rounded to
+ * bf16: against exact, |error| <= 2^-8 x the sum over the ranks of |partial| + 2^-19 x the sum
+ * over the pairs of |weight x output| (f32 sums in another order), before out's own rounding.
+ */
+export type EpCombineForm = 'exact' | 'reduced';
 /** How the received rows are laid out for the experts: routing's contiguous (prefill) or masked (decode) form. */
 export type EpLayoutForm = 'contiguous' | 'masked';
 /**
@@ -51,6 +63,8 @@ export interface EpBufferOptions {
   payload?: EpPayload;
   /** Default "contiguous". */
   layout?: EpLayoutForm;
+  /** Default "exact" (see EpCombineForm). */
+  combine?: EpCombineForm;
   /** Masked layout: rows per local expert. Default worldSize * maxTokensPerRank, which never drops a pair. */
   maxTokensPerExpert?: number;
   /** Contiguous layout: each expert's rows start at a multiple of align (1..1024). Default 1. */
@@ -122,13 +136,15 @@ function defaultSms(device: Device): number {
   return Math.min(1024, Math.max(1, info?.multiprocessors ?? 1));
 }
 
-const BUFFER_KEYS = keys('maxTokensPerRank', 'hidden', 'topK', 'numExperts', 'payload', 'layout', 'maxTokensPerExpert', 'align', 'transport', 'sms');
+const BUFFER_KEYS = keys('maxTokensPerRank', 'hidden', 'topK', 'numExperts', 'payload', 'layout', 'combine', 'maxTokensPerExpert', 'align', 'transport', 'sms');
 const ROUTING_KEYS = keys('ids', 'weights');
 const COMBINE_KEYS = keys('out', 'stream');
 const DISPATCH_KEYS = keys('stream');
 const PAYLOADS: readonly EpPayload[] = ['bf16', 'fp8', 'nvfp4'];
 const PAYLOAD_ID: Readonly<Record<EpPayload, number>> = { bf16: 0, fp8: 1, nvfp4: 2 };
 const FORMS: readonly EpLayoutForm[] = ['contiguous', 'masked'];
+const COMBINES: readonly EpCombineForm[] = ['exact', 'reduced'];
+const COMBINE_ID: Readonly<Record<EpCombineForm, number>> = { exact: 0, reduced: 1 };
 const TRANSPORTS: readonly EpTransport[] = ['host', 'nvlink', 'nccl'];
 const STATUS_TIMEOUT: Readonly<Record<number, string>> = { 1: 'dispatch', 2: 'combine' };
 /** nccl: the most the receive's device wait waits for a count word NCCL has already delivered. */
@@ -145,8 +161,8 @@ function payloadBytes(payload: EpPayload, hidden: number): number {
   return 2 * hidden;
 }
 
-/** The shape fields every native ep op starts with: ranks, rank, experts, k, hidden, maxTokens, payload. */
-type EpShape = [number, number, number, number, number, number, number];
+/** The shape fields every native ep op starts with: ranks, rank, experts, k, hidden, maxTokens, payload, combine. */
+type EpShape = [number, number, number, number, number, number, number, number];
 
 interface Config {
   maxTokensPerRank: number;
@@ -155,6 +171,7 @@ interface Config {
   numExperts: number;
   payload: EpPayload;
   layout: EpLayoutForm;
+  combine: EpCombineForm;
   maxTokensPerExpert: number;
   align: number;
   transport: EpTransport;
@@ -176,6 +193,7 @@ function checkConfig(options: unknown, worldSize: number, device: Device): Confi
   const payload = o.payload === undefined ? 'bf16' : checkOneOf(o.payload, 'options.payload', PAYLOADS);
   if (payload === 'nvfp4' && hidden % 16 !== 0) throw new MoeError('E_ARGUMENT', `options.payload: nvfp4 needs hidden to be a multiple of 16, got ${hidden}`);
   const layout = o.layout === undefined ? 'contiguous' : checkOneOf(o.layout, 'options.layout', FORMS);
+  const combine = o.combine === undefined ? 'exact' : checkOneOf(o.combine, 'options.combine', COMBINES);
   if (layout === 'contiguous' && o.maxTokensPerExpert !== undefined) {
     throw new MoeError('E_ARGUMENT', 'options.maxTokensPerExpert: only the masked layout has it (pass layout: "masked")');
   }
@@ -196,7 +214,7 @@ function checkConfig(options: unknown, worldSize: number, device: Device): Confi
   }
   const sms = transport === 'host' ? 0 : o.sms === undefined ? defaultSms(device) : checkInteger(o.sms, 'options.sms', 1, 1024);
   if (transport === 'host' && o.sms !== undefined) throw new MoeError('E_ARGUMENT', 'options.sms: the host transport runs no kernels');
-  return { maxTokensPerRank, hidden, topK, numExperts, payload, layout, maxTokensPerExpert, align, transport, sms };
+  return { maxTokensPerRank, hidden, topK, numExperts, payload, layout, combine, maxTokensPerExpert, align, transport, sms };
 }
 
 /** Byte sizes of an EpBuffer. */
@@ -207,7 +225,7 @@ export interface EpBufferBytes {
   payload: number;
   /** The receive buffer of dispatch (worldSize regions of maxTokensPerRank slots). */
   dispatch: number;
-  /** The receive buffer of combine (worldSize regions of maxTokensPerRank x topK rows). */
+  /** The receive buffer of combine (worldSize regions of maxTokensPerRank x topK rows; x 1 row with combine "reduced"). */
   combine: number;
   /** The experts' rows (tokens) and the layout handed out by dispatch. */
   output: number;
@@ -244,6 +262,7 @@ export class EpBuffer {
   readonly firstExpert: number;
   readonly payload: EpPayload;
   readonly layout: EpLayoutForm;
+  readonly combineForm: EpCombineForm;
   readonly maxTokensPerExpert: number;
   readonly align: number;
   readonly transport: EpTransport;
@@ -259,6 +278,8 @@ export class EpBuffer {
   private readonly dispatchRegion: number;
   private readonly combineRegion: number;
   private readonly combineRowsAt: number;
+  /** Entries per slot in a combine region: topK (exact) or 1 (reduced). */
+  private readonly combineEntries: number;
   private readonly t: Record<string, Tensor>;
   private readonly out: { tokens: Tensor<'bf16'>; layout: ExpertLayout; invalidIds: Tensor<'i32'>; combineIndex: Tensor<'i32'> };
   private readonly timeoutNs: number;
@@ -296,16 +317,18 @@ export class EpBuffer {
     this.firstExpert = group.rank * this.localExperts;
     this.payload = c.payload;
     this.layout = c.layout;
+    this.combineForm = c.combine;
     this.maxTokensPerExpert = c.maxTokensPerExpert;
     this.align = c.align;
     this.transport = c.transport;
     const R = this.worldSize, K = this.topK, M = this.maxTokensPerRank, H = this.hidden, L = this.localExperts;
-    this.shape = [R, this.rank, this.numExperts, K, H, M, PAYLOAD_ID[c.payload]];
+    this.shape = [R, this.rank, this.numExperts, K, H, M, PAYLOAD_ID[c.payload], COMBINE_ID[c.combine]];
     const metaAt = roundUp16(payloadBytes(c.payload, H));
     this.slotBytes = metaAt + roundUp16(4 + 8 * K);
     this.dispatchRegion = M * this.slotBytes;
-    this.combineRowsAt = roundUp16(4 * M * K);
-    this.combineRegion = this.combineRowsAt + M * K * 2 * H;
+    this.combineEntries = c.combine === 'reduced' ? 1 : K;
+    this.combineRowsAt = roundUp16(4 * M * this.combineEntries);
+    this.combineRegion = this.combineRowsAt + M * this.combineEntries * 2 * H;
     const slots = R * M;
     this.rows = c.layout === 'masked' ? L * c.maxTokensPerExpert : slots * K + L * (c.align - 1);
     if (this.rows > I32_MAX || this.rows * H > Number.MAX_SAFE_INTEGER) throw new MoeError('E_ARGUMENT', `options: the layout's ${this.rows} rows exceed 2^31 - 1`);
@@ -609,12 +632,12 @@ export class EpBuffer {
       const dev = t.state.deviceIndex, st = t.state.dataPtr;
       useOn(stream, [yt, last.weights, out, ...this.tensors()]);
       b.epCombineSend(
-        dev, stream.handle, ...this.shape, yt.dataPtr, this.rows, this.out.layout.rowIndex.dataPtr, t.recvCounts.dataPtr, tb.combine.dataPtr,
+        dev, stream.handle, ...this.shape, yt.dataPtr, this.rows, t.recvDispatch.dataPtr, this.out.layout.rowIndex.dataPtr, t.recvCounts.dataPtr, tb.combine.dataPtr,
         tb.combineCounts.dataPtr, st, st + 8n, Math.max(1, this.sms),
       );
       if (this.transport === 'host') {
         const sent = this.readWords(t.stageCombineCounts);
-        const K = this.topK, H = this.hidden;
+        const K = this.combineEntries, H = this.hidden;
         const pieces = (n: number): [number, number][] => [[0, 4 * n * K], [this.combineRowsAt, n * K * 2 * H]];
         const parts = sent.map((word, s) => this.part(t.stageCombine, s * this.combineRegion, word, pieces(Number(word & 0xffffffffn))));
         const got = await this.group.allToAll(parts);

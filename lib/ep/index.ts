@@ -25,6 +25,7 @@ export {
   type EpDispatchResult,
   type EpHandle,
   type EpLayoutForm,
+  type EpCombineForm,
   type EpPayload,
   type EpTransport,
 } from './buffer';

@@ -3,7 +3,8 @@
 // brings the outputs back and sums them in slot order. With the bf16 payload every operation is
 // the single-device block's, on the same values in the same order: the result has the same bits
 // as moeForward over the ranks' tokens concatenated (in the masked layout, with the same
-// maxTokensPerExpert, the same pairs are dropped).
+// maxTokensPerExpert, the same pairs are dropped). A buffer with combine "reduced" adds the
+// rounding of each rank's partial sum to bf16 (EpCombineForm).
 import { checkEpBuffer } from '../ep/buffer';
 import { MoeError } from '../errors';
 import { gemmNvfp4, groupedGemmNvfp4 } from '../nvfp4';
@@ -31,7 +32,8 @@ const EP_OPTIONS = keys('ep', 'stream');
  * (experts firstExpert .. firstExpert + localExperts - 1), and the shared expert, if any, whole
  * (it runs on each rank's own tokens). Resolves with out bf16 [tokens, hidden]. Every rank calls
  * it (with no tokens, too). The bf16 payload gives the bits of moeForward over the ranks' tokens
- * concatenated; fp8 and nvfp4 add their quantization error (native/common/ep.h) to the expert inputs.
+ * concatenated; fp8 and nvfp4 add their quantization error (native/common/ep.h) to the expert inputs,
+ * and a buffer with combine "reduced" the bf16 rounding of each rank's partial sum (EpCombineForm).
  */
 export async function moeForwardEp(x: Tensor<'bf16'>, router: MoeRouter, experts: MoeExperts, options: MoeForwardEpOptions): Promise<Tensor<'bf16'>> {
   const o = checkOptions(options, 'options', EP_OPTIONS);

@@ -9,10 +9,16 @@
 //     order) that the source sends to this rank, once however many of its k experts live here:
 //       payload  (payloadBytes: the row as bf16, fp8 or nvfp4; see below)
 //       meta     i32 source token, k x i32 local expert id (-1: not this rank's), k x f32 weight
-//   combine region (per destination rank, on the source): maxTokens x k entries, entry (j, k) =
-//     the expert output of slot j's pair k, written by the rank that received slot j:
+//   combine region (per destination rank, on the source), written by the rank that received
+//   slot j, in one of two forms (the buffer's combine option, the same on every rank):
+//     exact:   maxTokens x k entries, entry (j, kk) = the expert output of slot j's pair kk
 //       valid    i32 [maxTokens * k]: 1 where the row was computed (0: dropped, or not that rank's)
 //       rows     bf16 [maxTokens * k, hidden]
+//     reduced: maxTokens entries, entry j = bf16 of the f32 sum, over slot j's pairs that got a
+//       row here in pair order, of weight x expert output (fused multiply-adds from 0): one row
+//       per (token, rank) on the wire instead of one per pair
+//       valid    i32 [maxTokens]: 1 where at least one pair of the slot got a row
+//       rows     bf16 [maxTokens, hidden]
 //   count words: one u64 per region, (epoch << 32) | rows sent, written after the region.
 //
 // The call number (epoch) lives in the rank's own memory, so that a captured graph replays with
@@ -54,6 +60,8 @@ namespace ep {
 constexpr int32_t kPayloadBf16 = 0;
 constexpr int32_t kPayloadFp8 = 1;
 constexpr int32_t kPayloadNvfp4 = 2;
+constexpr int32_t kCombineExact = 0;
+constexpr int32_t kCombineReduced = 1;
 constexpr int32_t kFp8Block = 128;
 constexpr int32_t kMaxTopK = 16;
 constexpr int32_t kMaxLocalExperts = 1024;
@@ -73,10 +81,11 @@ EP_HD int64_t slotBytes(int32_t payload, int64_t hidden, int32_t k) { return met
 EP_HD int64_t dispatchRegionBytes(int32_t payload, int64_t hidden, int32_t k, int64_t maxTokens) {
   return maxTokens * slotBytes(payload, hidden, k);
 }
-// Combine region: valid flags, then rows.
-EP_HD int64_t combineRowsOffset(int64_t maxTokens, int32_t k) { return roundUp16(4 * maxTokens * k); }
-EP_HD int64_t combineRegionBytes(int64_t hidden, int32_t k, int64_t maxTokens) {
-  return combineRowsOffset(maxTokens, k) + maxTokens * k * 2 * hidden;
+// Combine region: entries per slot (k exact, 1 reduced), valid flags, then rows.
+EP_HD int32_t combineEntries(int32_t combine, int32_t k) { return combine == kCombineReduced ? 1 : k; }
+EP_HD int64_t combineRowsOffset(int64_t maxTokens, int32_t entries) { return roundUp16(4 * maxTokens * entries); }
+EP_HD int64_t combineRegionBytes(int64_t hidden, int32_t entries, int64_t maxTokens) {
+  return combineRowsOffset(maxTokens, entries) + maxTokens * entries * 2 * hidden;
 }
 EP_HD uint64_t countWord(uint32_t epoch, uint32_t count) { return (static_cast<uint64_t>(epoch) << 32) | count; }
 
@@ -94,6 +103,7 @@ struct EpShape {
   int64_t hidden;
   int64_t maxTokens;   // per rank and call
   int32_t payload;     // ep::kPayload*
+  int32_t combine;     // ep::kCombine*
 };
 
 namespace ep {
@@ -101,14 +111,15 @@ namespace ep {
 struct EpShapeView {
   int32_t ranks, rank, experts, k;
   int64_t hidden, maxTokens;
-  int32_t payload;
+  int32_t payload, combine, combineEntries;
   int64_t metaAt, slotBytes, regionBytes, combineRowsAt, combineRegionBytes;
 };
 
 inline EpShapeView view(const EpShape& s) {
-  return {s.ranks, s.rank, s.experts, s.k, s.hidden, s.maxTokens, s.payload, metaOffset(s.payload, s.hidden), slotBytes(s.payload, s.hidden, s.k),
-          dispatchRegionBytes(s.payload, s.hidden, s.k, s.maxTokens), combineRowsOffset(s.maxTokens, s.k),
-          combineRegionBytes(s.hidden, s.k, s.maxTokens)};
+  const int32_t entries = combineEntries(s.combine, s.k);
+  return {s.ranks, s.rank, s.experts, s.k, s.hidden, s.maxTokens, s.payload, s.combine, entries, metaOffset(s.payload, s.hidden),
+          slotBytes(s.payload, s.hidden, s.k), dispatchRegionBytes(s.payload, s.hidden, s.k, s.maxTokens), combineRowsOffset(s.maxTokens, entries),
+          combineRegionBytes(s.hidden, entries, s.maxTokens)};
 }
 }  // namespace ep
 
@@ -124,6 +135,7 @@ inline void validate(const EpShape& s) {
               "expected bf16, fp8 or nvfp4");
   MOE_REQUIRE(s.payload != kPayloadNvfp4 || s.hidden % 16 == 0, "E_ARGUMENT", "payload",
               "nvfp4 needs hidden to be a multiple of 16, got " + std::to_string(s.hidden));
+  MOE_REQUIRE(s.combine == kCombineExact || s.combine == kCombineReduced, "E_ARGUMENT", "combine", "expected exact or reduced");
   MOE_REQUIRE(s.maxTokens >= 1 && s.maxTokens * s.ranks * s.k <= 2147483647LL, "E_ARGUMENT", "maxTokensPerRank",
               "expected at least 1, and ranks * maxTokensPerRank * topK below 2^31");
 }
@@ -205,13 +217,18 @@ inline void validate(const EpDispatchRecvArgs& a) {
 }
 
 // combineSend: the local experts' outputs y [rows, hidden] (bf16, rows of the dispatchRecv
-// layout) back to the ranks their slots came from: for source s and slot j < its count, entry
-// (j, kk) of dataDst[s] (a combine region) gets valid = 1 and row y[rowIndex[(s*maxTokens+j)*k+kk]]
-// where that row index is in [0, rows), valid = 0 otherwise; then *countDst[s] = countWord(*epoch, count).
+// layout) back to the ranks their slots came from: for source s and slot j < its count, with
+// row(kk) = y[rowIndex[(s*maxTokens+j)*k+kk]] where that index is in [0, rows):
+//   exact:   entry (j, kk) of dataDst[s] (a combine region) gets valid = 1 and row(kk), or valid = 0;
+//   reduced: entry j gets bf16(sum over those kk in order of fma(weight kk, row(kk), acc)), acc
+//            from 0 and the weights those the slot's metadata carries in the dispatch regions,
+//            and valid = 1, or valid = 0 where no pair of the slot got a row;
+// then *countDst[s] = countWord(*epoch, count).
 struct EpCombineSendArgs {
   EpShape shape;
   const uint16_t* y;           // bf16 [rows, hidden]
   int64_t rows;
+  const uint8_t* regions;      // this rank's dispatch regions (dispatchRecv's): the weights of the reduced sum
   const int32_t* rowIndex;     // [slots * k] of the dispatch layout
   const uint32_t* recvCounts;  // [ranks] from dispatchRecv
   const uint64_t* dataDst;     // [ranks] addresses of combine regions
@@ -225,13 +242,16 @@ inline void validate(const EpCombineSendArgs& a) {
   validate(a.shape);
   MOE_REQUIRE(a.rows >= 0 && a.rows <= 2147483647LL, "E_SHAPE", "y", "expected 0 to 2^31 - 1 rows");
   MOE_REQUIRE(a.sms >= 1 && a.sms <= 1024, "E_ARGUMENT", "sms", "expected 1 to 1024, got " + std::to_string(a.sms));
-  MOE_REQUIRE((a.rows == 0 || a.y) && a.rowIndex && a.recvCounts && a.dataDst && a.countDst && a.epoch && a.sync, "E_ARGUMENT", "y",
+  MOE_REQUIRE((a.rows == 0 || a.y) && a.regions && a.rowIndex && a.recvCounts && a.dataDst && a.countDst && a.epoch && a.sync, "E_ARGUMENT", "y",
               "null data pointer");
 }
 
-// combineRecv: out[t] = sum over i = 0..k-1, in that order, of weights[t, i] * row(combineIndex[t, i])
-// for the pairs whose entry is valid, each step one f32 fused multiply-add from 0, rounded once to
-// out's dtype: unpermute's arithmetic, so the result equals the single-device block's bits.
+// combineRecv: exact: out[t] = sum over i = 0..k-1, in that order, of weights[t, i] *
+// row(combineIndex[t, i]) for the pairs whose entry is valid, each step one f32 fused
+// multiply-add from 0, rounded once to out's dtype: unpermute's arithmetic, so the result equals
+// the single-device block's bits. reduced: out[t] = the f32 sum from 0 of the valid entries of
+// the ranks t was sent to, in the order of their first pair in t's row of combineIndex, rounded
+// once to out's dtype (each entry already rounded to bf16 on its expert's rank).
 struct EpCombineRecvArgs {
   EpShape shape;
   const uint8_t* regions;      // ranks combine regions, region d first at d * combineRegionBytes

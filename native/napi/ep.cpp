@@ -1,8 +1,8 @@
-// Every ep op starts with the shape: (ranks, rank, experts, k, hidden, maxTokens, payload).
+// Every ep op starts with the shape: (ranks, rank, experts, k, hidden, maxTokens, payload, combine).
 // epDispatchSend(device, stream, ...shape, x, ids, weights, tokens, dataDst, countDst, epoch, sync, sms, combineIndex, errors)
 // epDispatchRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, recvCounts, align, maxPerExpert,
 //                rows, tokensOut, layoutCounts, offsets, sourceIndex, rowIndex, usedRows, dropped, errors)
-// epCombineSend(device, stream, ...shape, y, rows, rowIndex, recvCounts, dataDst, countDst, epoch, sync, sms)
+// epCombineSend(device, stream, ...shape, y, rows, regions, rowIndex, recvCounts, dataDst, countDst, epoch, sync, sms)
 // epCombineRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, combineIndex, weights, tokens, out, outType)
 //
 // On the CPU the host transport moves the regions between ranks; on a device the destination
@@ -28,6 +28,7 @@ EpShape readShape(ArgReader& r) {
   s.hidden = r.i64();
   s.maxTokens = r.i64();
   s.payload = r.i32();
+  s.combine = r.i32();
   return s;
 }
 
@@ -166,6 +167,7 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.shape = readShape(r);
         a.y = r.ptr<const uint16_t>();
         a.rows = r.i64();
+        a.regions = r.ptr<const uint8_t>();
         a.rowIndex = r.ptr<const int32_t>();
         a.recvCounts = r.ptr<const uint32_t>();
         a.dataDst = r.ptr<const uint64_t>();

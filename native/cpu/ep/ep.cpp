@@ -213,20 +213,44 @@ void dispatchRecv(const EpDispatchRecvArgs& a) {
 
 void combineSend(const EpCombineSendArgs& a) {
   const EpShape& s = a.shape;
-  const int32_t R = s.ranks, K = s.k;
-  const int64_t H = s.hidden, M = s.maxTokens, rowsAt = E::combineRowsOffset(M, K);
+  const int32_t R = s.ranks, K = s.k, entries = E::combineEntries(s.combine, K);
+  const bool reduced = s.combine == E::kCombineReduced;
+  const int64_t H = s.hidden, M = s.maxTokens, rowsAt = E::combineRowsOffset(M, entries);
+  const int64_t slot = E::slotBytes(s.payload, H, K), meta = E::metaOffset(s.payload, H), region = E::dispatchRegionBytes(s.payload, H, K, M);
+  std::vector<float> acc(reduced ? H : 0);
   for (int32_t src = 0; src < R; ++src) {
     const uint32_t n = std::min<uint32_t>(a.recvCounts[src], static_cast<uint32_t>(M));
-    uint8_t* region = at<uint8_t>(a.dataDst[src]);
-    int32_t* valid = reinterpret_cast<int32_t*>(region);
-    uint16_t* rows = reinterpret_cast<uint16_t*>(region + rowsAt);
+    uint8_t* out = at<uint8_t>(a.dataDst[src]);
+    int32_t* valid = reinterpret_cast<int32_t*>(out);
+    uint16_t* rows = reinterpret_cast<uint16_t*>(out + rowsAt);
     for (uint32_t j = 0; j < n; ++j) {
+      const int32_t* rowOf = a.rowIndex + (src * M + j) * K;
+      if (!reduced) {
+        for (int32_t kk = 0; kk < K; ++kk) {
+          const int64_t e = int64_t{j} * K + kk;
+          const int32_t r = rowOf[kk];
+          const bool ok = r >= 0 && r < a.rows;
+          valid[e] = ok ? 1 : 0;
+          if (ok) std::memcpy(rows + e * H, a.y + int64_t{r} * H, 2 * H);
+        }
+        continue;
+      }
+      // the slot's weights, as its sender wrote them: after the source token and the k local ids
+      const uint8_t* weights = a.regions + src * region + int64_t{j} * slot + meta + 4 + 4 * int64_t{K};
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      bool any = false;
       for (int32_t kk = 0; kk < K; ++kk) {
-        const int64_t e = int64_t{j} * K + kk;
-        const int32_t r = a.rowIndex[(src * M + j) * K + kk];
-        const bool ok = r >= 0 && r < a.rows;
-        valid[e] = ok ? 1 : 0;
-        if (ok) std::memcpy(rows + e * H, a.y + int64_t{r} * H, 2 * H);
+        const int32_t r = rowOf[kk];
+        if (r < 0 || r >= a.rows) continue;
+        float w;
+        std::memcpy(&w, weights + 4 * kk, 4);
+        const uint16_t* y = a.y + int64_t{r} * H;
+        for (int64_t h = 0; h < H; ++h) acc[h] = routing_rules::fma(w, bf16BitsToF32(y[h]), acc[h]);
+        any = true;
+      }
+      valid[j] = any ? 1 : 0;
+      if (any) {
+        for (int64_t h = 0; h < H; ++h) rows[int64_t{j} * H + h] = f32ToBf16Bits(acc[h]);
       }
     }
     *at<uint64_t>(a.countDst[src]) = E::countWord(*a.epoch, n);
@@ -235,8 +259,9 @@ void combineSend(const EpCombineSendArgs& a) {
 
 void combineRecv(const EpCombineRecvArgs& a) {
   const EpShape& s = a.shape;
-  const int32_t R = s.ranks, K = s.k;
-  const int64_t H = s.hidden, M = s.maxTokens, region = E::combineRegionBytes(H, K, M), rowsAt = E::combineRowsOffset(M, K);
+  const int32_t R = s.ranks, K = s.k, entries = E::combineEntries(s.combine, K);
+  const bool reduced = s.combine == E::kCombineReduced;
+  const int64_t H = s.hidden, M = s.maxTokens, region = E::combineRegionBytes(H, entries, M), rowsAt = E::combineRowsOffset(M, entries);
   std::vector<uint32_t> count(R);
   for (int32_t r = 0; r < R; ++r) count[r] = countOf(a.counts[r], *a.epoch, r, "combine");
   std::vector<float> acc(H);
@@ -245,12 +270,21 @@ void combineRecv(const EpCombineRecvArgs& a) {
     for (int32_t kk = 0; kk < K; ++kk) {
       const int32_t idx = a.combineIndex[t * K + kk];
       if (idx < 0) continue;
-      const int64_t d = idx / (M * K), e = idx % (M * K);
-      if (d >= R || e / K >= count[d]) continue;
+      const int64_t d = idx / (M * K), j = idx % (M * K) / K;
+      if (d >= R || j >= count[d]) continue;
+      float w = a.weights[t * K + kk];
+      int64_t e = idx % (M * K);
+      if (reduced) {
+        // a rank's entry adds once, at the token's first pair on that rank
+        bool seen = false;
+        for (int32_t q = 0; q < kk && !seen; ++q) seen = a.combineIndex[t * K + q] >= 0 && a.combineIndex[t * K + q] / (M * K) == d;
+        if (seen) continue;
+        w = 1.0f;
+        e = j;
+      }
       const uint8_t* base = a.regions + d * region;
       if (reinterpret_cast<const int32_t*>(base)[e] != 1) continue;
       const uint16_t* y = reinterpret_cast<const uint16_t*>(base + rowsAt) + e * H;
-      const float w = a.weights[t * K + kk];
       for (int64_t h = 0; h < H; ++h) acc[h] = routing_rules::fma(w, bf16BitsToF32(y[h]), acc[h]);
     }
     if (a.outType == DType::BF16) {

@@ -699,7 +699,112 @@ __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, 
   }
 }
 
-// A CTA per (token, slice of kThreads * V elements): the k returned rows summed in slot order.
+// Reduced combine: a warp per (received slot, part of its row). Lane kk < k looks up pair kk's
+// row and its weight (the slot's metadata in the dispatch region); the part of each pair's row
+// that got one is loaded while the previous pair's is summed (f32 fused multiply-adds from 0, in
+// pair order), and the bf16 sum goes to entry j of region `rank` of the source's combine buffer:
+// one row per (token, rank) crosses the link.
+__device__ __forceinline__ void loadPart(uint4 (&v)[kUnroll], const uint4* __restrict__ row, int64_t c0, int64_t n) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    if (c0 + 32 * u < n) v[u] = row[c0 + 32 * u];
+  }
+}
+
+__device__ __forceinline__ void addPart(float (&acc)[kUnroll][8], const uint4 (&v)[kUnroll], float w) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const uint32_t words[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+#pragma unroll
+    for (int e = 0; e < 8; ++e) acc[u][e] = __fmaf_rn(w, bf16ToFloat(static_cast<uint16_t>(words[e / 2] >> (16 * (e % 2)))), acc[u][e]);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) combineReduceKernel(E::EpShapeView s, const uint16_t* __restrict__ y, int64_t rows,
+                                                                const uint8_t* __restrict__ regions, const int32_t* __restrict__ rowIndex,
+                                                                const uint32_t* __restrict__ recvCounts, const uint64_t* __restrict__ dataDst,
+                                                                const uint64_t* __restrict__ countDst, const uint32_t* __restrict__ epoch,
+                                                                uint32_t* __restrict__ sync, bool vec) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+  const int64_t M = s.maxTokens, H = s.hidden, slots = static_cast<int64_t>(s.ranks) * M;
+  const int64_t n = H / 8, parts = vec ? (n + kPart - 1) / kPart : 1;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); item < slots * parts; item += warps) {
+    const int64_t i = item / parts, part = item % parts;
+    const int64_t src = i / M, j = i - src * M;
+    if (j >= min(recvCounts[src], static_cast<uint32_t>(M))) continue;
+    int32_t r = -1;
+    float w = 0.0f;
+    if (lane < s.k) {
+      r = rowIndex[i * s.k + lane];
+      w = __ldcg(reinterpret_cast<const float*>(regions + src * s.regionBytes + j * s.slotBytes + s.metaAt + 4 + 4 * s.k) + lane);
+    }
+    const uint32_t mask = __ballot_sync(0xFFFFFFFFu, r >= 0 && r < rows);
+    uint8_t* region = at<uint8_t>(dataDst[src]);
+    if (part == 0 && lane == 0) reinterpret_cast<int32_t*>(region)[j] = mask != 0 ? 1 : 0;
+    if (mask == 0) continue;
+    uint16_t* to = reinterpret_cast<uint16_t*>(region + s.combineRowsAt) + j * H;
+    if (!vec) {
+      // every lane runs every step (the shuffles need the whole warp)
+      for (int64_t h0 = 0; h0 < H; h0 += 32) {
+        const int64_t h = h0 + lane;
+        float acc = 0.0f;
+        for (uint32_t m = mask; m != 0; m &= m - 1) {
+          const int kk = __ffs(m) - 1;
+          const float wk = __shfl_sync(0xFFFFFFFFu, w, kk);
+          const int64_t rk = __shfl_sync(0xFFFFFFFFu, r, kk);
+          if (h < H) acc = __fmaf_rn(wk, bf16ToFloat(y[rk * H + h]), acc);
+        }
+        if (h < H) to[h] = floatToBf16(acc);
+      }
+      continue;
+    }
+    const int64_t c0 = part * kPart + lane;
+    float acc[kUnroll][8];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) acc[u][e] = 0.0f;
+    }
+    uint4 cur[kUnroll], next[kUnroll];
+    uint32_t m = mask;
+    int kk = __ffs(m) - 1;
+    m &= m - 1;
+    loadPart(cur, reinterpret_cast<const uint4*>(y + static_cast<int64_t>(__shfl_sync(0xFFFFFFFFu, r, kk)) * H), c0, n);
+    for (;;) {
+      const float wk = __shfl_sync(0xFFFFFFFFu, w, kk);
+      const int kn = m != 0 ? __ffs(m) - 1 : -1;
+      if (kn >= 0) {
+        loadPart(next, reinterpret_cast<const uint4*>(y + static_cast<int64_t>(__shfl_sync(0xFFFFFFFFu, r, kn)) * H), c0, n);
+        m &= m - 1;
+      }
+      addPart(acc, cur, wk);
+      if (kn < 0) break;
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) cur[u] = next[u];
+      kk = kn;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (c0 + 32 * u >= n) continue;
+      uint32_t b[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) b[e] = static_cast<uint32_t>(floatToBf16(acc[u][2 * e])) | (static_cast<uint32_t>(floatToBf16(acc[u][2 * e + 1])) << 16);
+      reinterpret_cast<uint4*>(to)[c0 + 32 * u] = make_uint4(b[0], b[1], b[2], b[3]);
+    }
+  }
+  if (lastBlock(sync)) {
+    const uint32_t e = *epoch;
+    for (int d = threadIdx.x; d < s.ranks; d += kThreads) {
+      storeRelease(at<uint64_t>(countDst[d]), E::countWord(e, min(recvCounts[d], static_cast<uint32_t>(M))));
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) *sync = 0;
+  }
+}
+
+// A CTA per (token, slice of kThreads * V elements): the k returned rows summed in slot order
+// (reduced: the token's ranks' entries, weight 1, in the order of each rank's first pair).
 // The pairs' entries are looked up once per CTA; V = 8 (16-byte loads) where hidden % 8 == 0 and
 // the output is aligned.
 template <int V>
@@ -708,6 +813,8 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
                                                              int64_t tokens, void* __restrict__ out, bool bf16Out) {
   __shared__ const uint16_t* rowOf[E::kMaxTopK];  // nullptr: the pair adds nothing
   __shared__ float weightOf[E::kMaxTopK];
+  __shared__ int64_t rankOf[E::kMaxTopK];
+  const bool reduced = s.combine == E::kCombineReduced;
   const int64_t H = s.hidden, MK = s.maxTokens * s.k;
   const int64_t h = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * V;
   for (int64_t t = blockIdx.x; t < tokens; t += gridDim.x) {
@@ -715,16 +822,25 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
     if (threadIdx.x < s.k) {
       const int kk = threadIdx.x;
       const int32_t idx = combineIndex[t * s.k + kk];
+      rankOf[kk] = idx >= 0 ? idx / MK : -1;
+      if (reduced) __syncwarp((1u << s.k) - 1);  // the token's pair lanes (k <= 16)
       const uint16_t* row = nullptr;
       if (idx >= 0) {
-        const int64_t d = idx / MK, e = idx % MK;
-        if (d < s.ranks && e / s.k < counts[d]) {
+        const int64_t d = idx / MK;
+        int64_t e = idx % MK;
+        bool adds = d < s.ranks && e / s.k < counts[d];
+        if (reduced) {
+          // a rank's entry adds once, at the token's first pair on that rank
+          for (int q = 0; q < kk; ++q) adds = adds && rankOf[q] != d;
+          e /= s.k;
+        }
+        if (adds) {
           const uint8_t* base = regions + d * s.combineRegionBytes;
           if (static_cast<int32_t>(loadU32(base + 4 * e)) == 1) row = reinterpret_cast<const uint16_t*>(base + s.combineRowsAt) + e * H;
         }
       }
       rowOf[kk] = row;
-      weightOf[kk] = weights[t * s.k + kk];
+      weightOf[kk] = reduced ? 1.0f : weights[t * s.k + kk];
     }
     __syncthreads();
     if (h >= H) continue;
@@ -795,7 +911,8 @@ cudaError_t loadKernels() {
       reinterpret_cast<const void*>(countKernel),      reinterpret_cast<const void*>(scanKernel),
       reinterpret_cast<const void*>(placeKernel),      reinterpret_cast<const void*>(layoutSmallKernel),      reinterpret_cast<const void*>(rowsKernel<1>),
       reinterpret_cast<const void*>(rowsKernel<8>),
-      reinterpret_cast<const void*>(combineSendKernel), reinterpret_cast<const void*>(combineSumKernel<1>),
+      reinterpret_cast<const void*>(combineSendKernel), reinterpret_cast<const void*>(combineReduceKernel),
+      reinterpret_cast<const void*>(combineSumKernel<1>),
       reinterpret_cast<const void*>(combineSumKernel<8>),
   };
   // not a stream operation: allowed while a graph capture is open on this thread
@@ -888,8 +1005,13 @@ cudaError_t combineSend(const EpCombineSendArgs& a, const Launch& l) {
   const E::EpShapeView s = E::view(a.shape);
   // 16-byte copies where every row of y and of the regions starts on 16 bytes
   const bool vec = s.hidden % 8 == 0 && reinterpret_cast<uintptr_t>(a.y) % 16 == 0;
-  combineSendKernel<<<static_cast<unsigned>(a.sms), kThreads, 0, l.stream>>>(s, a.y, a.rows, a.rowIndex, a.recvCounts, a.dataDst, a.countDst, a.epoch,
-                                                                             a.sync, vec);
+  if (s.combine == E::kCombineReduced) {
+    combineReduceKernel<<<static_cast<unsigned>(a.sms), kThreads, 0, l.stream>>>(s, a.y, a.rows, a.regions, a.rowIndex, a.recvCounts, a.dataDst,
+                                                                                 a.countDst, a.epoch, a.sync, vec);
+  } else {
+    combineSendKernel<<<static_cast<unsigned>(a.sms), kThreads, 0, l.stream>>>(s, a.y, a.rows, a.rowIndex, a.recvCounts, a.dataDst, a.countDst,
+                                                                               a.epoch, a.sync, vec);
+  }
   return cudaGetLastError();
 }
 
