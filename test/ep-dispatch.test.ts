@@ -314,7 +314,8 @@ describe('dispatch and combine: hand-computed', () => {
 describe('combine "reduced": hand-computed', () => {
   it('each rank sums its pairs first and sends one bf16 row; the rounding of a partial shows', async () => {
     const bs = await buffers(await group(2), { maxTokensPerRank: 2, hidden: 2, topK: 3, numExperts: 4, combine: 'reduced' });
-    expect(bs.map((b) => [b.combineForm, b.bytes.combine])).toEqual([['reduced', 2 * (16 + 2 * 2 * 2)], ['reduced', 2 * (16 + 2 * 2 * 2)]]);
+    // a combine region: 2 valid flags (16 bytes), 2 rows of 2 bf16 (8 bytes), to 16 bytes: 32 per rank
+    expect(bs.map((b) => [b.combineForm, b.bytes.combine])).toEqual([['reduced', 2 * 32], ['reduced', 2 * 32]]);
     // rank 0's token 0 -> experts 0, 1 (rank 0) and 2 (rank 1), weights 1; rank 1 sends nothing
     const d = await Promise.all([
       bs[0].dispatch(cpuArray([1, 2], [1, 2], 'bf16'), { ids: cpuArray([0, 1, 2], [1, 3], 'i32'), weights: cpuArray([1, 1, 1], [1, 3], 'f32') }),

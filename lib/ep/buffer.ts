@@ -328,7 +328,7 @@ export class EpBuffer {
     this.dispatchRegion = M * this.slotBytes;
     this.combineEntries = c.combine === 'reduced' ? 1 : K;
     this.combineRowsAt = roundUp16(4 * M * this.combineEntries);
-    this.combineRegion = this.combineRowsAt + M * this.combineEntries * 2 * H;
+    this.combineRegion = roundUp16(this.combineRowsAt + M * this.combineEntries * 2 * H);
     const slots = R * M;
     this.rows = c.layout === 'masked' ? L * c.maxTokensPerExpert : slots * K + L * (c.align - 1);
     if (this.rows > I32_MAX || this.rows * H > Number.MAX_SAFE_INTEGER) throw new MoeError('E_ARGUMENT', `options: the layout's ${this.rows} rows exceed 2^31 - 1`);

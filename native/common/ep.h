@@ -81,11 +81,12 @@ EP_HD int64_t slotBytes(int32_t payload, int64_t hidden, int32_t k) { return met
 EP_HD int64_t dispatchRegionBytes(int32_t payload, int64_t hidden, int32_t k, int64_t maxTokens) {
   return maxTokens * slotBytes(payload, hidden, k);
 }
-// Combine region: entries per slot (k exact, 1 reduced), valid flags, then rows.
+// Combine region: entries per slot (k exact, 1 reduced), valid flags, then rows; each region
+// starts on 16 bytes, so that its flags load as words.
 EP_HD int32_t combineEntries(int32_t combine, int32_t k) { return combine == kCombineReduced ? 1 : k; }
 EP_HD int64_t combineRowsOffset(int64_t maxTokens, int32_t entries) { return roundUp16(4 * maxTokens * entries); }
 EP_HD int64_t combineRegionBytes(int64_t hidden, int32_t entries, int64_t maxTokens) {
-  return combineRowsOffset(maxTokens, entries) + maxTokens * entries * 2 * hidden;
+  return roundUp16(combineRowsOffset(maxTokens, entries) + maxTokens * entries * 2 * hidden);
 }
 EP_HD uint64_t countWord(uint32_t epoch, uint32_t count) { return (static_cast<uint64_t>(epoch) << 32) | count; }
 

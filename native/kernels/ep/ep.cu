@@ -650,7 +650,13 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
 
 // ---- combine -------------------------------------------------------------------------------
 
-// A warp per (received pair, part of its row): the pair's valid flag (part 0) and the part of its
+// The q-th received slot in the order the combine senders walk them: the sources' slots
+// interleaved (j-th slot of rank 0, of rank 1, ..., then j + 1), so that at any time the warps
+// write to every destination at once, the link and local memory busy together, instead of one
+// source's region after the other.
+__device__ __forceinline__ int64_t slotOf(int64_t q, int ranks, int64_t M) { return (q % ranks) * M + q / ranks; }
+
+// A warp per (received pair, part of its row), slots interleaved (slotOf): the pair's valid flag (part 0) and the part of its
 // computed row into region `rank` of its source's combine buffer. The lookups of an item are
 // independent loads, so a warp waits about one latency before its copy.
 __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, const uint16_t* __restrict__ y, int64_t rows,
@@ -663,8 +669,9 @@ __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, 
   // vec: parts of kPart chunks of 8 elements; otherwise one part per row, element by element
   const int64_t parts = vec ? (H / 8 + kPart - 1) / kPart : 1;
   for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); item < entries * parts; item += warps) {
-    const int64_t p = item / parts, part = item % parts;
-    const int64_t i = p / s.k, src = i / M, entry = p - src * M * s.k;
+    const int64_t q = item / parts, part = item % parts;
+    const int64_t i = slotOf(q / s.k, s.ranks, M), p = i * s.k + q % s.k;
+    const int64_t src = i / M, entry = p - src * M * s.k;
     const uint32_t count = recvCounts[src];
     uint8_t* region = at<uint8_t>(dataDst[src]);
     const int32_t r = rowIndex[p];
@@ -699,11 +706,11 @@ __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, 
   }
 }
 
-// Reduced combine: a warp per (received slot, part of its row). Lane kk < k looks up pair kk's
-// row and its weight (the slot's metadata in the dispatch region); the part of each pair's row
-// that got one is loaded while the previous pair's is summed (f32 fused multiply-adds from 0, in
-// pair order), and the bf16 sum goes to entry j of region `rank` of the source's combine buffer:
-// one row per (token, rank) crosses the link.
+// Reduced combine: a warp per (received slot, part of its row), the slots of the source ranks
+// interleaved (slotOf). Lane kk < k looks up pair kk's row and its weight (the slot's metadata in
+// the dispatch region); the part of each pair's row that got one is loaded while the previous
+// pair's is summed (f32 fused multiply-adds from 0, in pair order), and the bf16 sum goes to entry
+// j of region `rank` of the source's combine buffer: one row per (token, rank) crosses the link.
 __device__ __forceinline__ void loadPart(uint4 (&v)[kUnroll], const uint4* __restrict__ row, int64_t c0, int64_t n) {
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
@@ -730,7 +737,7 @@ __global__ void __launch_bounds__(kThreads) combineReduceKernel(E::EpShapeView s
   const int64_t M = s.maxTokens, H = s.hidden, slots = static_cast<int64_t>(s.ranks) * M;
   const int64_t n = H / 8, parts = vec ? (n + kPart - 1) / kPart : 1;
   for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); item < slots * parts; item += warps) {
-    const int64_t i = item / parts, part = item % parts;
+    const int64_t i = slotOf(item / parts, s.ranks, M), part = item % parts;
     const int64_t src = i / M, j = i - src * M;
     if (j >= min(recvCounts[src], static_cast<uint32_t>(M))) continue;
     int32_t r = -1;
@@ -803,27 +810,36 @@ __global__ void __launch_bounds__(kThreads) combineReduceKernel(E::EpShapeView s
   }
 }
 
-// A CTA per (token, slice of kThreads * V elements): the k returned rows summed in slot order
-// (reduced: the token's ranks' entries, weight 1, in the order of each rank's first pair).
-// The pairs' entries are looked up once per CTA; V = 8 (16-byte loads) where hidden % 8 == 0 and
-// the output is aligned.
+// Tokens per CTA of the sum: the lookups of a group of tokens (one thread per pair) are paid once
+// for all of their rows' elements.
+constexpr int kSumGroup = 8;
+
+// A CTA per group of `group` tokens (<= kSumGroup): a thread per pair looks up its returned row,
+// a thread per token lists the rows that add (in slot order; reduced: the token's ranks' entries,
+// weight 1, in the order of each rank's first pair), then the threads sum V elements at a time
+// over the group's lists, up to eight rows' loads in flight.
 template <int V>
 __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
                                                              const int32_t* __restrict__ combineIndex, const float* __restrict__ weights,
-                                                             int64_t tokens, void* __restrict__ out, bool bf16Out) {
-  __shared__ const uint16_t* rowOf[E::kMaxTopK];  // nullptr: the pair adds nothing
-  __shared__ float weightOf[E::kMaxTopK];
-  __shared__ int64_t rankOf[E::kMaxTopK];
+                                                             int64_t tokens, int group, void* __restrict__ out, bool bf16Out) {
+  __shared__ const uint16_t* rowOf[kSumGroup * E::kMaxTopK];  // per pair; nullptr: it adds nothing
+  __shared__ float weightOf[kSumGroup * E::kMaxTopK];
+  __shared__ int64_t rankOf[kSumGroup * E::kMaxTopK];
+  __shared__ const uint16_t* listRow[kSumGroup * E::kMaxTopK];  // per token: the rows that add, in order
+  __shared__ float listWeight[kSumGroup * E::kMaxTopK];
+  __shared__ int listLength[kSumGroup];
   const bool reduced = s.combine == E::kCombineReduced;
   const int64_t H = s.hidden, MK = s.maxTokens * s.k;
-  const int64_t h = (static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x) * V;
-  for (int64_t t = blockIdx.x; t < tokens; t += gridDim.x) {
-    __syncthreads();  // the last token's entries are read
-    if (threadIdx.x < s.k) {
-      const int kk = threadIdx.x;
-      const int32_t idx = combineIndex[t * s.k + kk];
-      rankOf[kk] = idx >= 0 ? idx / MK : -1;
-      if (reduced) __syncwarp((1u << s.k) - 1);  // the token's pair lanes (k <= 16)
+  const int per = static_cast<int>((H + V - 1) / V);  // tasks per token (hidden < 2^31)
+  for (int64_t t0 = static_cast<int64_t>(blockIdx.x) * group; t0 < tokens; t0 += static_cast<int64_t>(gridDim.x) * group) {
+    const int n = static_cast<int>(min(static_cast<int64_t>(group), tokens - t0)), pairs = n * s.k;
+    const int i = threadIdx.x;
+    __syncthreads();  // the last group's lists are read
+    const int32_t idx = i < pairs ? combineIndex[t0 * s.k + i] : -1;
+    if (i < pairs) rankOf[i] = idx >= 0 ? idx / MK : -1;
+    __syncthreads();
+    if (i < pairs) {
+      const int kk = i % s.k;
       const uint16_t* row = nullptr;
       if (idx >= 0) {
         const int64_t d = idx / MK;
@@ -831,64 +847,81 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
         bool adds = d < s.ranks && e / s.k < counts[d];
         if (reduced) {
           // a rank's entry adds once, at the token's first pair on that rank
-          for (int q = 0; q < kk; ++q) adds = adds && rankOf[q] != d;
+          for (int q = i - kk; q < i; ++q) adds = adds && rankOf[q] != d;
           e /= s.k;
         }
         if (adds) {
           const uint8_t* base = regions + d * s.combineRegionBytes;
-          if (static_cast<int32_t>(loadU32(base + 4 * e)) == 1) row = reinterpret_cast<const uint16_t*>(base + s.combineRowsAt) + e * H;
+          if (__ldcg(reinterpret_cast<const int32_t*>(base) + e) == 1) row = reinterpret_cast<const uint16_t*>(base + s.combineRowsAt) + e * H;
         }
       }
-      rowOf[kk] = row;
-      weightOf[kk] = reduced ? 1.0f : weights[t * s.k + kk];
+      rowOf[i] = row;
+      weightOf[i] = reduced ? 1.0f : weights[t0 * s.k + i];
     }
     __syncthreads();
-    if (h >= H) continue;
-    float acc[V];
-#pragma unroll
-    for (int u = 0; u < V; ++u) acc[u] = 0.0f;
-    // eight rows' loads in flight before their sums, which stay in slot order
-    for (int k0 = 0; k0 < s.k; k0 += 8) {
-      uint4 q[8];
-#pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const uint16_t* row = k0 + u < s.k ? rowOf[k0 + u] : nullptr;
-        if (row == nullptr) continue;
-        if constexpr (V == 8) q[u] = __ldcg(reinterpret_cast<const uint4*>(row + h));
-        else q[u].x = __ldcg(row + h);
+    if (i < n) {
+      int m = 0;
+      for (int kk = i * s.k; kk < (i + 1) * s.k; ++kk) {
+        if (rowOf[kk] == nullptr) continue;
+        listRow[i * s.k + m] = rowOf[kk];
+        listWeight[i * s.k + m] = weightOf[kk];
+        ++m;
       }
+      listLength[i] = m;
+    }
+    __syncthreads();
+    // task = g * per + c, walked without divisions
+    int g = 0, c = threadIdx.x;
+    while (c >= per && g < n) c -= per, ++g;
+    for (; g < n;) {
+      const int64_t h = static_cast<int64_t>(c) * V, t = t0 + g, m = listLength[g];
+      const uint16_t* const* rows = listRow + g * s.k;
+      const float* ws = listWeight + g * s.k;
+      float acc[V];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) {
-        const uint16_t* row = k0 + u < s.k ? rowOf[k0 + u] : nullptr;
-        if (row == nullptr) continue;
-        const float w = weightOf[k0 + u];
-        if constexpr (V == 8) {
-          const uint32_t words[4] = {q[u].x, q[u].y, q[u].z, q[u].w};
+      for (int u = 0; u < V; ++u) acc[u] = 0.0f;
+      for (int k0 = 0; k0 < m; k0 += 8) {
+        uint4 q[8];
 #pragma unroll
-          for (int v = 0; v < 8; ++v) acc[v] = __fmaf_rn(w, bf16ToFloat(static_cast<uint16_t>(words[v / 2] >> (16 * (v % 2)))), acc[v]);
-        } else {
-          acc[0] = __fmaf_rn(w, bf16ToFloat(static_cast<uint16_t>(q[u].x)), acc[0]);
+        for (int u = 0; u < 8; ++u) {
+          if (k0 + u >= m) break;
+          if constexpr (V == 8) q[u] = __ldcg(reinterpret_cast<const uint4*>(rows[k0 + u] + h));
+          else q[u].x = __ldcg(rows[k0 + u] + h);
+        }
+#pragma unroll
+        for (int u = 0; u < 8; ++u) {
+          if (k0 + u >= m) break;
+          const float w = ws[k0 + u];
+          if constexpr (V == 8) {
+            const uint32_t words[4] = {q[u].x, q[u].y, q[u].z, q[u].w};
+#pragma unroll
+            for (int v = 0; v < 8; ++v) acc[v] = __fmaf_rn(w, bf16ToFloat(static_cast<uint16_t>(words[v / 2] >> (16 * (v % 2)))), acc[v]);
+          } else {
+            acc[0] = __fmaf_rn(w, bf16ToFloat(static_cast<uint16_t>(q[u].x)), acc[0]);
+          }
         }
       }
-    }
-    if (bf16Out) {
-      uint16_t* o = static_cast<uint16_t*>(out) + t * H + h;
-      if constexpr (V == 8) {
-        uint16_t b[8];
+      if (bf16Out) {
+        uint16_t* o = static_cast<uint16_t*>(out) + t * H + h;
+        if constexpr (V == 8) {
+          uint16_t b[8];
 #pragma unroll
-        for (int u = 0; u < 8; ++u) b[u] = floatToBf16(acc[u]);
-        *reinterpret_cast<uint4*>(o) = *reinterpret_cast<const uint4*>(b);
+          for (int u = 0; u < 8; ++u) b[u] = floatToBf16(acc[u]);
+          *reinterpret_cast<uint4*>(o) = *reinterpret_cast<const uint4*>(b);
+        } else {
+          o[0] = floatToBf16(acc[0]);
+        }
       } else {
-        o[0] = floatToBf16(acc[0]);
+        float* o = static_cast<float*>(out) + t * H + h;
+        if constexpr (V == 8) {
+          reinterpret_cast<float4*>(o)[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+          reinterpret_cast<float4*>(o)[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
+        } else {
+          o[0] = acc[0];
+        }
       }
-    } else {
-      float* o = static_cast<float*>(out) + t * H + h;
-      if constexpr (V == 8) {
-        reinterpret_cast<float4*>(o)[0] = make_float4(acc[0], acc[1], acc[2], acc[3]);
-        reinterpret_cast<float4*>(o)[1] = make_float4(acc[4], acc[5], acc[6], acc[7]);
-      } else {
-        o[0] = acc[0];
-      }
+      c += kThreads;
+      while (c >= per && g < n) c -= per, ++g;
     }
   }
 }
@@ -1025,11 +1058,14 @@ cudaError_t combineRecv(const EpCombineRecvArgs& a, const Launch& l) {
   if (err != cudaSuccess || a.tokens == 0) return err;
   // 16-byte loads where every returned row and every output row starts on 16 bytes
   const bool vec = s.hidden % 8 == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
-  const int64_t per = static_cast<int64_t>(kThreads) * (vec ? 8 : 1);
-  const dim3 grid(gridOf(a.tokens, 1 << 16), static_cast<unsigned>((s.hidden + per - 1) / per));
+  // groups small enough that the CTAs fill the device about six times over, large enough that
+  // the lookups are paid once per several tokens' rows
+  const int64_t sms = std::max(1, l.facts.multiprocessors);
+  const int group = static_cast<int>(std::clamp<int64_t>(a.tokens / (6 * sms), 1, kSumGroup));
+  const unsigned grid = gridOf((a.tokens + group - 1) / group, 1 << 16);
   const bool bf16Out = a.outType == DType::BF16;
-  if (vec) combineSumKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, a.out, bf16Out);
-  else combineSumKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, a.out, bf16Out);
+  if (vec) combineSumKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, group, a.out, bf16Out);
+  else combineSumKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, group, a.out, bf16Out);
   return cudaGetLastError();
 }
 
