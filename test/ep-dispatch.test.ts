@@ -690,6 +690,15 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
     }
   });
 
+  it('a send over 1024 tokens (slots scanned by a launch of their own) beside one of 1024 (scanned by the send itself)', async () => {
+    for (const devs of pairs()) {
+      const seed = freshSeed(`nvlink scan ${devs.join(',')}`);
+      const E = 6, K = 3, H = 64;
+      await round({ R: 2, E, H, K, maxT: 1025, payload: 'bf16', form: 'contiguous', out: 'f32', devices: devs, inputs: inputs(seed, [1025, 1024], H, E, K) });
+      await round({ R: 2, E, H, K, maxT: 1025, payload: 'nvfp4', form: 'contiguous', combine: 'reduced', out: 'bf16', devices: devs, inputs: inputs(seed + 1, [1024, 1025], H, E, K) });
+    }
+  });
+
   it('larger receives: the one-launch layout over many warps, and the tiled one (over 4096 pairs) across tiles', async () => {
     for (const devs of pairs()) {
       const seed = freshSeed(`nvlink tiles ${devs.join(',')}`);

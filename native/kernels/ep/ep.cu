@@ -259,33 +259,92 @@ __device__ __forceinline__ bool lastBlock(uint32_t* sync) {
   return last;
 }
 
+// A decode step's send does slotsKernel's work itself (Scan): at most kScanTokens tokens and
+// kScanRanks ranks, every CTA scanning them into shared memory (a few thousand ids), CTA 0 also
+// writing combineIndex and errors: one launch fewer where the launches are the cost.
+constexpr int kScanTokens = 1024;
+constexpr int kScanRanks = 8;
+
 // A warp per (token, part of its row): lane i < k looks up pair i, and the lanes of the token's
 // first pair on each destination hold that destination's slot; the part of the payload row
 // (source + t * sourceStride: the staging row, or x itself for an aligned bf16 payload) is read
 // once and stored to every such slot, so each token reaches each destination once; part 0 also
 // writes each slot's metadata. Parts spread a decode step's few tokens over many warps.
+template <bool Scan>
 __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const uint8_t* __restrict__ source, int64_t sourceStride,
                                                        const int32_t* __restrict__ ids, const float* __restrict__ weights, int64_t tokens,
-                                                       const int32_t* __restrict__ combineIndex, const uint64_t* __restrict__ dataDst,
+                                                       int32_t* __restrict__ combineIndex, const uint64_t* __restrict__ dataDst,
                                                        const uint64_t* __restrict__ countDst, const uint32_t* __restrict__ sendCount,
-                                                       const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync) {
-  const int lane = threadIdx.x & 31;
+                                                       int32_t* __restrict__ errors, const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
   const int k = s.k, local = s.experts / s.ranks;
   const int64_t chunks = s.metaAt / 16, parts = (chunks + kPart - 1) / kPart;
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); item < tokens * parts; item += warps) {
+  // Scan: each token's destinations, then its slot on each (the order of the tokens that go there)
+  __shared__ uint32_t destMask[Scan ? kScanTokens : 1];
+  __shared__ uint16_t slotAt[Scan ? kScanTokens * kScanRanks : 1];
+  __shared__ uint32_t destCount[Scan ? kScanRanks : 1];
+  __shared__ int32_t bad;
+  if constexpr (Scan) {
+    if (threadIdx.x == 0) bad = 0;
+    for (int t = threadIdx.x; t < tokens; t += kThreads) {
+      uint32_t m = 0;
+      for (int i = 0; i < k; ++i) {
+        const int32_t id = ids[t * k + i];
+        if (id >= 0 && id < s.experts) m |= 1u << (id / local);
+      }
+      destMask[t] = m;
+    }
+    __syncthreads();
+    for (int d = warp; d < s.ranks; d += kWarps) {
+      uint32_t base = 0;
+      for (int t0 = 0; t0 < tokens; t0 += 32) {
+        const int t = t0 + lane;
+        const bool here = t < tokens && ((destMask[t] >> d) & 1u) != 0;
+        const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, here);
+        if (here) slotAt[t * kScanRanks + d] = static_cast<uint16_t>(base + __popc(ballot & ((1u << lane) - 1u)));
+        base += __popc(ballot);
+      }
+      if (lane == 0) destCount[d] = base;
+    }
+    __syncthreads();
+    if (blockIdx.x == 0) {
+      int32_t n = 0;
+      for (int p = threadIdx.x; p < tokens * k; p += kThreads) {
+        const int32_t id = ids[p];
+        const bool valid = id >= 0 && id < s.experts;
+        const int32_t d = valid ? id / local : 0, t = p / k;
+        combineIndex[p] = valid ? static_cast<int32_t>((d * s.maxTokens + slotAt[t * kScanRanks + d]) * k + p % k) : -1;
+        n += valid ? 0 : 1;
+      }
+      n = __reduce_add_sync(0xFFFFFFFFu, n);
+      if (lane == 0 && n != 0) atomicAdd(&bad, n);
+      __syncthreads();
+      if (threadIdx.x == 0) *errors = bad;
+    }
+  }
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + warp; item < tokens * parts; item += warps) {
     const int64_t t = item / parts, part = item % parts;
-    int32_t id = -1, d = -1, ci = -1;
+    int32_t id = -1, d = -1;
+    int64_t slot = 0;
     if (lane < k) {
       id = ids[t * k + lane];
-      ci = combineIndex[t * k + lane];
-      d = ci >= 0 ? id / local : -1;
+      if constexpr (Scan) {
+        if (id >= 0 && id < s.experts) {
+          d = id / local;
+          slot = slotAt[t * kScanRanks + d];
+        }
+      } else {
+        const int32_t ci = combineIndex[t * k + lane];
+        d = ci >= 0 ? id / local : -1;
+        slot = ci / k - static_cast<int64_t>(d) * s.maxTokens;
+      }
     }
     const uint32_t same = __match_any_sync(0xFFFFFFFFu, d);
     const bool first = d >= 0 && (same & ((1u << lane) - 1u)) == 0;
     const uint32_t firsts = __ballot_sync(0xFFFFFFFFu, first);
     uint64_t dst = 0;
-    if (first) dst = dataDst[d] + static_cast<uint64_t>((static_cast<int64_t>(ci / k) - static_cast<int64_t>(d) * s.maxTokens) * s.slotBytes);
+    if (first) dst = dataDst[d] + static_cast<uint64_t>(slot * s.slotBytes);
     warpScatterPart(dst, firsts, reinterpret_cast<const uint4*>(source + t * sourceStride), chunks, part, lane);
     if (part != 0) continue;
     for (uint32_t m = firsts; m != 0; m &= m - 1) {
@@ -303,7 +362,7 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
   }
   if (lastBlock(sync)) {
     const uint32_t e = *epoch + 1;
-    for (int d = threadIdx.x; d < s.ranks; d += kThreads) storeRelease(at<uint64_t>(countDst[d]), E::countWord(e, sendCount[d]));
+    for (int d = threadIdx.x; d < s.ranks; d += kThreads) storeRelease(at<uint64_t>(countDst[d]), E::countWord(e, Scan ? destCount[d] : sendCount[d]));
     __syncthreads();
     if (threadIdx.x == 0) *sync = 0;
   }
@@ -311,20 +370,20 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
 
 // ---- waits ---------------------------------------------------------------------------------
 
-// One CTA: counts[r] = the rows of rank r's word once it carries call number *epoch + ahead, 0
-// for a rank still missing at the deadline (then status records the first such rank).
-__global__ void __launch_bounds__(kThreads) waitKernel(const uint64_t* __restrict__ words, int ranks, uint32_t* __restrict__ epoch, uint32_t ahead,
-                                                       bool advance, int64_t maxTokens, int64_t timeoutNs, int32_t* __restrict__ status,
-                                                       int32_t code, uint32_t* __restrict__ counts) {
+// The calling CTA waits for the count words of `ranks` ranks to carry call number e: counts[r] =
+// the rows of rank r's word, 0 for a rank still missing at the deadline (the first CTA to see a
+// timeout records it in status, with the first such rank). Threads r < ranks spin; the whole CTA
+// returns together, and its threads may then read what the words publish.
+__device__ void ctaWait(const uint64_t* __restrict__ words, int ranks, uint32_t e, int64_t maxTokens, int64_t timeoutNs, int32_t* __restrict__ status,
+                        int32_t code, uint32_t* __restrict__ counts) {
   __shared__ uint64_t deadline;
   __shared__ int missing;
-  const uint32_t e = *epoch + ahead;
   if (threadIdx.x == 0) {
     deadline = globalTimer() + static_cast<uint64_t>(timeoutNs);
     missing = INT_MAX;
   }
   __syncthreads();
-  for (int r = threadIdx.x; r < ranks; r += kThreads) {
+  for (int r = threadIdx.x; r < ranks; r += blockDim.x) {
     uint32_t n = 0;
     for (;;) {
       const uint64_t w = loadAcquire(words + r);
@@ -340,15 +399,18 @@ __global__ void __launch_bounds__(kThreads) waitKernel(const uint64_t* __restric
     }
     counts[r] = n;
   }
-  __threadfence_system();
   __syncthreads();
-  if (threadIdx.x == 0) {
-    if (missing != INT_MAX && status[0] == 0) {
-      status[1] = missing;
-      status[0] = code;
-    }
-    if (advance) *epoch = e;
-  }
+  if (threadIdx.x == 0 && missing != INT_MAX && atomicCAS(status, 0, code) == 0) status[1] = missing;
+}
+
+// One CTA: ctaWait for call number *epoch + ahead into counts (global, for later kernels);
+// advance: then *epoch = that number.
+__global__ void __launch_bounds__(kThreads) waitKernel(const uint64_t* __restrict__ words, int ranks, uint32_t* __restrict__ epoch, uint32_t ahead,
+                                                       bool advance, int64_t maxTokens, int64_t timeoutNs, int32_t* __restrict__ status,
+                                                       int32_t code, uint32_t* __restrict__ counts) {
+  const uint32_t e = *epoch + ahead;
+  ctaWait(words, ranks, e, maxTokens, timeoutNs, status, code, counts);
+  if (threadIdx.x == 0 && advance) *epoch = e;
 }
 
 // ---- dispatch: receive ---------------------------------------------------------------------
@@ -528,8 +590,9 @@ __global__ void __launch_bounds__(kThreads) placeKernel(E::EpShapeView s, const 
 constexpr int kSmallPairs = 4096;
 constexpr int kSmallExperts = 128;
 
-__global__ void __launch_bounds__(1024) layoutSmallKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
-                                                          int32_t align, int32_t maxPerExpert, int64_t rows, int32_t* __restrict__ placed,
+__global__ void __launch_bounds__(1024) layoutSmallKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint64_t* __restrict__ words,
+                                                          uint32_t* __restrict__ epoch, int64_t timeoutNs, int32_t* __restrict__ status,
+                                                          uint32_t* __restrict__ counts, int32_t align, int32_t maxPerExpert, int64_t rows, int32_t* __restrict__ placed,
                                                           int32_t* __restrict__ touch, int32_t* __restrict__ layoutCounts,
                                                           int32_t* __restrict__ offsets, int32_t* __restrict__ sourceIndex,
                                                           int32_t* __restrict__ rowIndex, int32_t* __restrict__ usedRows,
@@ -542,7 +605,10 @@ __global__ void __launch_bounds__(1024) layoutSmallKernel(E::EpShapeView s, cons
   const int per = (pairs + 31) / 32, c0 = min(pairs, warp * per), c1 = min(pairs, c0 + per);
   for (int i = threadIdx.x; i < 32 * (L + 1); i += 1024) hist[i] = 0;
   for (int64_t r = threadIdx.x; r < rows; r += 1024) sourceIndex[r] = -1;
-  __syncthreads();
+  // the wait of the receive, in this launch: the senders' count words of call *epoch + 1
+  const uint32_t e = *epoch + 1;
+  ctaWait(words, s.ranks, e, s.maxTokens, timeoutNs, status, E::kStatusDispatchTimeout, counts);
+  if (threadIdx.x == 0) *epoch = e;
   for (int q = c0 + lane; q < c1; q += 32) {
     const int32_t id = receivedId(s, regions, counts, q, L);
     if (id >= 0) atomicAdd(&hist[warp * (L + 1) + id], 1);
@@ -814,8 +880,10 @@ __global__ void __launch_bounds__(kThreads) combineReduceKernel(E::EpShapeView s
 // for all of their rows' elements.
 constexpr int kSumGroup = 8;
 
-// A CTA per group of `group` tokens (<= kSumGroup): a thread per pair looks up its returned row,
-// a thread per token lists the rows that add (in slot order; reduced: the token's ranks' entries,
+// A CTA per group of `group` tokens (<= kSumGroup), after the wait launch (counts: what it
+// found; the wait stays one CTA, so that it never holds the SMs another rank of the device needs
+// to send what it waits for). A thread per pair looks up its returned row, a thread per token
+// lists the rows that add (in slot order; reduced: the token's ranks' entries,
 // weight 1, in the order of each rank's first pair), then the threads sum V elements at a time
 // over the group's lists, up to eight rows' loads in flight.
 template <int V>
@@ -940,7 +1008,7 @@ cudaError_t loadKernels() {
   if (bit != 0 && (loaded.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
   const void* kernels[] = {
       reinterpret_cast<const void*>(slotsKernel),      reinterpret_cast<const void*>(encodeKernel),
-      reinterpret_cast<const void*>(sendKernel),       reinterpret_cast<const void*>(waitKernel),
+      reinterpret_cast<const void*>(sendKernel<true>), reinterpret_cast<const void*>(sendKernel<false>),       reinterpret_cast<const void*>(waitKernel),
       reinterpret_cast<const void*>(countKernel),      reinterpret_cast<const void*>(scanKernel),
       reinterpret_cast<const void*>(placeKernel),      reinterpret_cast<const void*>(layoutSmallKernel),      reinterpret_cast<const void*>(rowsKernel<1>),
       reinterpret_cast<const void*>(rowsKernel<8>),
@@ -975,17 +1043,26 @@ cudaError_t dispatchSend(const EpDispatchSendArgs& a, const Launch& l) {
   uint8_t* scratch = static_cast<uint8_t*>(l.workspace.get(countBytes + (direct ? 0 : static_cast<size_t>(a.tokens) * s.metaAt)));
   uint32_t* sendCount = reinterpret_cast<uint32_t*>(scratch);
   uint8_t* staging = scratch + countBytes;
-  slotsKernel<<<static_cast<unsigned>(s.ranks), kSlotThreads, 0, l.stream>>>(a.ids, a.tokens, s.k, s.experts, s.experts / s.ranks, s.maxTokens,
-                                                                          a.combineIndex, sendCount, a.errors);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
+  const bool scan = a.tokens <= kScanTokens && s.ranks <= kScanRanks;
+  cudaError_t err = cudaSuccess;
+  if (!scan) {
+    slotsKernel<<<static_cast<unsigned>(s.ranks), kSlotThreads, 0, l.stream>>>(a.ids, a.tokens, s.k, s.experts, s.experts / s.ranks, s.maxTokens,
+                                                                            a.combineIndex, sendCount, a.errors);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
   if (a.tokens > 0 && !direct) {
     encodeKernel<<<static_cast<unsigned>(a.tokens), kThreads, 0, l.stream>>>(a.x, s.hidden, s.payload, s.metaAt, staging);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
   const uint8_t* source = direct ? reinterpret_cast<const uint8_t*>(a.x) : staging;
-  sendKernel<<<static_cast<unsigned>(a.sms), kThreads, 0, l.stream>>>(s, source, s.metaAt, a.ids, a.weights, a.tokens, a.combineIndex, a.dataDst,
-                                                                      a.countDst, sendCount, a.epoch, a.sync);
+  const unsigned grid = static_cast<unsigned>(a.sms);
+  if (scan) {
+    sendKernel<true><<<grid, kThreads, 0, l.stream>>>(s, source, s.metaAt, a.ids, a.weights, a.tokens, a.combineIndex, a.dataDst, a.countDst, sendCount,
+                                                      a.errors, a.epoch, a.sync);
+  } else {
+    sendKernel<false><<<grid, kThreads, 0, l.stream>>>(s, source, s.metaAt, a.ids, a.weights, a.tokens, a.combineIndex, a.dataDst, a.countDst, sendCount,
+                                                       a.errors, a.epoch, a.sync);
+  }
   return cudaGetLastError();
 }
 
@@ -999,15 +1076,15 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
   int32_t* tileCounts = lid + slots * s.k;
   int32_t* placed = tileCounts + tiles * (L + 1);
   int32_t* touch = placed + L;
-  waitKernel<<<1, kThreads, 0, l.stream>>>(a.counts, s.ranks, a.epoch, 1, true, s.maxTokens, a.timeoutNs, a.status, E::kStatusDispatchTimeout,
-                                           a.recvCounts);
-  cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) return err;
+  cudaError_t err = cudaSuccess;
   if (slots * s.k <= kSmallPairs && L <= kSmallExperts) {
-    // a decode step's receive: one launch instead of three
-    layoutSmallKernel<<<1, 1024, 0, l.stream>>>(s, a.regions, a.recvCounts, a.align, a.maxPerExpert, a.rows, placed, touch, a.layoutCounts,
-                                                a.offsets, a.sourceIndex, a.rowIndex, a.usedRows, a.dropped, a.errors);
+    // a decode step's receive: the wait and the layout in one launch instead of four
+    layoutSmallKernel<<<1, 1024, 0, l.stream>>>(s, a.regions, a.counts, a.epoch, a.timeoutNs, a.status, a.recvCounts, a.align, a.maxPerExpert, a.rows,
+                                                placed, touch, a.layoutCounts, a.offsets, a.sourceIndex, a.rowIndex, a.usedRows, a.dropped, a.errors);
   } else {
+    waitKernel<<<1, kThreads, 0, l.stream>>>(a.counts, s.ranks, a.epoch, 1, true, s.maxTokens, a.timeoutNs, a.status, E::kStatusDispatchTimeout,
+                                             a.recvCounts);
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
     // tiles fit a grid's x dimension: slots * k < 2^31
     countKernel<<<static_cast<unsigned>(tiles), kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, lid, a.rowIndex, tileCounts, a.sourceIndex,
                                                                          a.rows);
@@ -1054,7 +1131,7 @@ cudaError_t combineRecv(const EpCombineRecvArgs& a, const Launch& l) {
   uint32_t* counts = static_cast<uint32_t*>(l.workspace.get(4 * static_cast<size_t>(s.ranks)));
   waitKernel<<<1, kThreads, 0, l.stream>>>(a.counts, s.ranks, const_cast<uint32_t*>(a.epoch), 0, false, s.maxTokens, a.timeoutNs, a.status,
                                            E::kStatusCombineTimeout, counts);
-  cudaError_t err = cudaGetLastError();
+  const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || a.tokens == 0) return err;
   // 16-byte loads where every returned row and every output row starts on 16 bytes
   const bool vec = s.hidden % 8 == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
@@ -1064,8 +1141,11 @@ cudaError_t combineRecv(const EpCombineRecvArgs& a, const Launch& l) {
   const int group = static_cast<int>(std::clamp<int64_t>(a.tokens / (6 * sms), 1, kSumGroup));
   const unsigned grid = gridOf((a.tokens + group - 1) / group, 1 << 16);
   const bool bf16Out = a.outType == DType::BF16;
-  if (vec) combineSumKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, group, a.out, bf16Out);
-  else combineSumKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, group, a.out, bf16Out);
+  if (vec) {
+    combineSumKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, group, a.out, bf16Out);
+  } else {
+    combineSumKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, group, a.out, bf16Out);
+  }
   return cudaGetLastError();
 }
 
