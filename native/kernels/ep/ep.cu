@@ -909,19 +909,18 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
     if (i < pairs) {
       const int kk = i % s.k;
       const uint16_t* row = nullptr;
-      if (idx >= 0) {
-        const int64_t d = idx / MK;
-        int64_t e = idx % MK;
-        bool adds = d < s.ranks && e / s.k < counts[d];
+      const int64_t d = idx >= 0 ? idx / MK : s.ranks;
+      if (d < s.ranks) {
+        const int64_t slot = idx % MK / s.k, e = reduced ? slot : idx % MK;
+        const uint8_t* base = regions + d * s.combineRegionBytes;
+        // the flag and the count load together; a flag past the count is stale and ignored
+        const int32_t flag = __ldcg(reinterpret_cast<const int32_t*>(base) + e);
+        bool adds = slot < counts[d] && flag == 1;
+        // reduced: a rank's entry adds once, at the token's first pair on that rank
         if (reduced) {
-          // a rank's entry adds once, at the token's first pair on that rank
           for (int q = i - kk; q < i; ++q) adds = adds && rankOf[q] != d;
-          e /= s.k;
         }
-        if (adds) {
-          const uint8_t* base = regions + d * s.combineRegionBytes;
-          if (__ldcg(reinterpret_cast<const int32_t*>(base) + e) == 1) row = reinterpret_cast<const uint16_t*>(base + s.combineRowsAt) + e * H;
-        }
+        if (adds) row = reinterpret_cast<const uint16_t*>(base + s.combineRowsAt) + e * H;
       }
       rowOf[i] = row;
       weightOf[i] = reduced ? 1.0f : weights[t0 * s.k + i];
@@ -938,8 +937,9 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
       listLength[i] = m;
     }
     __syncthreads();
-    // task = g * per + c, walked without divisions
-    int g = 0, c = threadIdx.x;
+    // task = g * per + c, walked without divisions; a lone token's tasks spread over gridDim.y CTAs
+    const int step = kThreads * static_cast<int>(gridDim.y);
+    int g = 0, c = threadIdx.x + static_cast<int>(blockIdx.y) * kThreads;
     while (c >= per && g < n) c -= per, ++g;
     for (; g < n;) {
       const int64_t h = static_cast<int64_t>(c) * V, t = t0 + g, m = listLength[g];
@@ -988,7 +988,7 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
           o[0] = acc[0];
         }
       }
-      c += kThreads;
+      c += step;
       while (c >= per && g < n) c -= per, ++g;
     }
   }
@@ -1139,7 +1139,9 @@ cudaError_t combineRecv(const EpCombineRecvArgs& a, const Launch& l) {
   // the lookups are paid once per several tokens' rows
   const int64_t sms = std::max(1, l.facts.multiprocessors);
   const int group = static_cast<int>(std::clamp<int64_t>(a.tokens / (6 * sms), 1, kSumGroup));
-  const unsigned grid = gridOf((a.tokens + group - 1) / group, 1 << 16);
+  // one token per CTA: its row over several CTAs, about one 16-byte task per thread
+  const int64_t per = vec ? s.hidden / 8 : s.hidden;
+  const dim3 grid(gridOf((a.tokens + group - 1) / group, 1 << 16), group == 1 ? static_cast<unsigned>(std::min<int64_t>((per + kThreads - 1) / kThreads, 64)) : 1);
   const bool bf16Out = a.outType == DType::BF16;
   if (vec) {
     combineSumKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, group, a.out, bf16Out);
