@@ -8,7 +8,7 @@
 //     to a record {max, sum exp((l-max)/T), argmax, #logits > l(draft)} in the workspace. Rows
 //     past a request's draft length are never read. Splitting rows into chunks keeps B = 1
 //     (4 rows) spread over ~100 CTAs; at B = 256 each row gets two CTAs.
-//  2. filterRowKernel  grid (rows), 1024 threads, one CTA per SM: rows of rejection requests
+//  2. filterRowKernel  a CTA per SM (1024 threads) walking the rows: rows of rejection requests
 //     with top-k or top-p. The thresholds are found by radix select on the order-preserving
 //     key of the logits (12 + 12 (+ 8 for f32) bit digits), with count and probability-mass
 //     histograms in shared memory:
@@ -18,10 +18,11 @@
 //               top-k mass, each picks the largest digit whose suffix mass reaches the target;
 //       top-k only: one pass summing the kept mass.
 //     Pass 1 streams from DRAM; with one 258 KB row per SM the later passes are L2 hits.
-//  3. verifyKernel     grid (B, verifyChunks): every CTA of a request merges that request's
-//     records (fixed order, so all CTAs reach the same decision), walks the draft positions,
-//     and for rejection requests races its chunk of the sampled row; the last CTA to finish
-//     (atomic counter zeroed by kernel 1) merges the chunk winners and writes the outputs.
+//  3. verifyKernel     grid (B, verifyChunks): chunk 0 of a greedy or relaxed request, and every
+//     CTA of a rejection request, merges that request's records (fixed order, so all CTAs reach
+//     the same decision) and walks the draft positions; for rejection requests each CTA races
+//     its chunk of the sampled row, and the last CTA to finish (atomic counter zeroed by kernel
+//     1) merges the chunk winners and writes the outputs.
 //
 // The race needs one Philox draw per candidate token; candidates whose weight times the
 // largest possible 1/E cannot beat the thread's best so far are skipped without drawing,
@@ -31,6 +32,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 
@@ -570,20 +572,39 @@ __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Requ
   }
 }
 
+// A grid of about one CTA per SM walks the rows (CTA c: rows c, c + gridDim.x, ...): its threads
+// find the filtered ones at once, then the CTA filters those one after the other. A batch with
+// no top-k or top-p costs one short launch instead of a CTA per row.
 template <typename TT, typename TD>
-__global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a) {
-  const int64_t rowId = blockIdx.x;
-  const RowRef r = rowRef(a, rowId);
-  const Request q = loadRequest(a, r.b);
-  if (!rowNeeded(a, r, q) || !q.filtered) return;
+__global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a, int64_t rows) {
   // Declared here so the two element-type instantiations share one copy.
   __shared__ uint32_t counts[kBins];
   __shared__ float mass[kBins];
-  if (r.isDraft)
-    filterRow<TD>(a, static_cast<const TD*>(a.draftData) + (r.b * a.numDrafts + r.i) * a.vocab, rowId, q,
-                  counts, mass);
-  else
-    filterRow<TT>(a, static_cast<const TT*>(a.targetLogits) + rowId * a.vocab, rowId, q, counts, mass);
+  __shared__ int64_t listed[kFilterThreads];
+  __shared__ int numListed;
+  for (int64_t m0 = 0; blockIdx.x + gridDim.x * m0 < rows; m0 += kFilterThreads) {
+    if (threadIdx.x == 0) numListed = 0;
+    __syncthreads();
+    const int64_t rowId = blockIdx.x + gridDim.x * (m0 + threadIdx.x);
+    if (rowId < rows) {
+      const RowRef r = rowRef(a, rowId);
+      const Request q = loadRequest(a, r.b);
+      if (rowNeeded(a, r, q) && q.filtered) listed[atomicAdd(&numListed, 1)] = rowId;
+    }
+    __syncthreads();
+    const int n = numListed;
+    for (int i = 0; i < n; ++i) {
+      const int64_t id = listed[i];
+      const RowRef r = rowRef(a, id);
+      const Request q = loadRequest(a, r.b);
+      if (r.isDraft)
+        filterRow<TD>(a, static_cast<const TD*>(a.draftData) + (r.b * a.numDrafts + r.i) * a.vocab, id, q, counts, mass);
+      else
+        filterRow<TT>(a, static_cast<const TT*>(a.targetLogits) + id * a.vocab, id, q, counts, mass);
+      __syncthreads();  // counts and mass are the next row's
+    }
+    __syncthreads();  // numListed and listed are the next round's
+  }
 }
 
 // ---- kernel 3: decision, race, outputs -------------------------------------------------
@@ -732,6 +753,8 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
   __shared__ int32_t isLast;
   const int64_t b = blockIdx.x;
   const int64_t chunk = blockIdx.y;
+  // only rejection samples: the other chunks of any other request have nothing to do
+  if (chunk > 0 && loadRequest(a, b).mode != kModeRejection) return;
   if (threadIdx.x < 32) decide<TT, TD>(a, b, dec);
   __syncthreads();
   if (!dec.sample) {
@@ -811,27 +834,27 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
 }
 
 template <typename TT, typename TD>
-void launchAll(const Args& a, cudaStream_t stream) {
+void launchAll(const Args& a, int sms, cudaStream_t stream) {
   const int64_t targetRows = a.batch * (a.numDrafts + 1);
   const int64_t draftRows = a.draftKind == kDraftLogits ? a.batch * a.numDrafts : 0;
   const int64_t rows = targetRows + draftRows;
   rowStatsKernel<TT, TD><<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(a.rowChunks)),
                            kRowThreads, 0, stream>>>(a);
-  filterRowKernel<TT, TD><<<static_cast<unsigned>(rows), kFilterThreads, 0, stream>>>(a);
+  filterRowKernel<TT, TD><<<static_cast<unsigned>(std::min<int64_t>(rows, std::max(1, sms))), kFilterThreads, 0, stream>>>(a, rows);
   verifyKernel<TT, TD><<<dim3(static_cast<unsigned>(a.batch), static_cast<unsigned>(a.verifyChunks)),
                          kVerifyThreads, 0, stream>>>(a);
 }
 
 template <typename TT>
-cudaError_t dispatchDraft(const Args& a, DType draftDType, cudaStream_t stream) {
+cudaError_t dispatchDraft(const Args& a, DType draftDType, int sms, cudaStream_t stream) {
   if (a.draftKind == kDraftNone) {
-    launchAll<TT, TT>(a, stream);
+    launchAll<TT, TT>(a, sms, stream);
     return cudaSuccess;
   }
   switch (draftDType) {
-    case DType::F32: launchAll<TT, float>(a, stream); return cudaSuccess;
-    case DType::F16: launchAll<TT, __half>(a, stream); return cudaSuccess;
-    case DType::BF16: launchAll<TT, __nv_bfloat16>(a, stream); return cudaSuccess;
+    case DType::F32: launchAll<TT, float>(a, sms, stream); return cudaSuccess;
+    case DType::F16: launchAll<TT, __half>(a, sms, stream); return cudaSuccess;
+    case DType::BF16: launchAll<TT, __nv_bfloat16>(a, sms, stream); return cudaSuccess;
     default: return cudaErrorInvalidValue;
   }
 }
@@ -861,9 +884,9 @@ cudaError_t verifyDrafts(const VerifyDraftsArgs& args, const Launch& l) {
   const cudaStream_t stream = l.stream;
   cudaError_t err;
   switch (args.logitsDType) {
-    case DType::F32: err = dispatchDraft<float>(a, args.draftDType, stream); break;
-    case DType::F16: err = dispatchDraft<__half>(a, args.draftDType, stream); break;
-    case DType::BF16: err = dispatchDraft<__nv_bfloat16>(a, args.draftDType, stream); break;
+    case DType::F32: err = dispatchDraft<float>(a, args.draftDType, l.facts.multiprocessors, stream); break;
+    case DType::F16: err = dispatchDraft<__half>(a, args.draftDType, l.facts.multiprocessors, stream); break;
+    case DType::BF16: err = dispatchDraft<__nv_bfloat16>(a, args.draftDType, l.facts.multiprocessors, stream); break;
     default: return cudaErrorInvalidValue;
   }
   if (err != cudaSuccess) return err;
