@@ -575,6 +575,17 @@ function launch(n: number, env: Record<string, string>, backend: 'cpu' | 'cuda' 
   return launchRanks(n, { MOE_KERNELS_BACKEND: backend, ...env }, 90_000);
 }
 
+/** Each rank's printed output is its tokens' slice of `want` (the ranks' tokens concatenated). */
+function expectRankOutputs(lines: ReturnType<typeof rankLines>, want: number[], tokens: number[], H: number): void {
+  let at = 0;
+  tokens.forEach((T, r) => {
+    const line = lines.get(r);
+    expect(line?.code, String(line?.message)).toBeUndefined();
+    expect(line?.out, `rank ${r}`).toEqual(want.slice(at, at + T * H));
+    at += T * H;
+  });
+}
+
 describe('moeForwardEp on rank processes', () => {
   for (const [R, payload, form] of [[2, 'bf16', 'contiguous'], [4, 'bf16', 'masked'], [2, 'nvfp4', 'contiguous'], [4, 'fp8', 'masked'], [8, 'nvfp4', 'masked']] as const) {
     it(`${R} ranks, ${payload} payload, ${form}: the single-device block's bits`, async () => {
@@ -607,13 +618,7 @@ describe('moeForwardEp on rank processes', () => {
         const act = groupedGemmNvfp4(permute(cpuArray(xq, [Tall, spec.H], 'bf16'), layout), ex.w13, layout, { epilogue: 'swiglu' });
         want = Array.from(await unpermute(groupedGemmNvfp4(act, ex.w2, layout), layout, ids.weights).toArray());
       }
-      let at = 0;
-      for (let r = 0; r < R; r++) {
-        const line = lines.get(r);
-        expect(line?.code, String(line?.message)).toBeUndefined();
-        expect(line?.out, `rank ${r}`).toEqual(want.slice(at, at + tokens[r] * spec.H));
-        at += tokens[r] * spec.H;
-      }
+      expectRankOutputs(lines, want, tokens, spec.H);
     });
   }
 
@@ -642,14 +647,7 @@ describe('moeForwardEp on rank processes', () => {
     };
     const ids = Array.from(await routing.ids.toArray());
     const { out } = await reducedSums(ids, Array.from(await routing.weights.toArray()), spec.E, R, spec.k, spec.H, sumWith);
-    const want = out.map(bf16);
-    let at = 0;
-    for (let r = 0; r < R; r++) {
-      const line = lines.get(r);
-      expect(line?.code, String(line?.message)).toBeUndefined();
-      expect(line?.out, `rank ${r}`).toEqual(want.slice(at, at + tokens[r] * spec.H));
-      at += tokens[r] * spec.H;
-    }
+    expectRankOutputs(lines, out.map(bf16), tokens, spec.H);
   });
 });
 
