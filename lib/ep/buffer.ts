@@ -5,7 +5,7 @@
 // token's rank and sums a token's k outputs there with unpermute's arithmetic, in slot order, so
 // that an expert-parallel MoE block computes the single-device block's bits (bf16 payload);
 // combine "reduced" sums a token's outputs on each expert rank first and sends one bf16 row per
-// (token, rank), as DeepEP does: k / (ranks reached) times fewer bytes, one bf16 rounding more.
+// (token, rank): k / (ranks reached) times fewer bytes, one bf16 rounding more.
 //
 // The buffer is symmetric: rank s's data for rank d lands in region s of d's buffer, one writer
 // per region (native/common/ep.h has the byte layout). The host transport stages each region
@@ -262,6 +262,7 @@ export class EpBuffer {
   readonly firstExpert: number;
   readonly payload: EpPayload;
   readonly layout: EpLayoutForm;
+  /** What combine sends back: the options' `combine` (EpCombineForm). */
   readonly combineForm: EpCombineForm;
   readonly maxTokensPerExpert: number;
   readonly align: number;

@@ -722,9 +722,9 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
 // source's region after the other.
 __device__ __forceinline__ int64_t slotOf(int64_t q, int ranks, int64_t M) { return (q % ranks) * M + q / ranks; }
 
-// A warp per (received pair, part of its row), slots interleaved (slotOf): the pair's valid flag (part 0) and the part of its
-// computed row into region `rank` of its source's combine buffer. The lookups of an item are
-// independent loads, so a warp waits about one latency before its copy.
+// A warp per (received pair, part of its row), slots interleaved (slotOf): the pair's valid flag
+// (part 0) and the part of its computed row into region `rank` of its source's combine buffer.
+// The lookups of an item are independent loads, so a warp waits about one latency before its copy.
 __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, const uint16_t* __restrict__ y, int64_t rows,
                                                               const int32_t* __restrict__ rowIndex, const uint32_t* __restrict__ recvCounts,
                                                               const uint64_t* __restrict__ dataDst, const uint64_t* __restrict__ countDst,
@@ -1078,7 +1078,7 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
   int32_t* touch = placed + L;
   cudaError_t err = cudaSuccess;
   if (slots * s.k <= kSmallPairs && L <= kSmallExperts) {
-    // a decode step's receive: the wait and the layout in one launch instead of four
+    // a decode step's receive: the wait and the layout in one launch (the tiled path takes four)
     layoutSmallKernel<<<1, 1024, 0, l.stream>>>(s, a.regions, a.counts, a.epoch, a.timeoutNs, a.status, a.recvCounts, a.align, a.maxPerExpert, a.rows,
                                                 placed, touch, a.layoutCounts, a.offsets, a.sourceIndex, a.rowIndex, a.usedRows, a.dropped, a.errors);
   } else {
