@@ -489,6 +489,7 @@ describe('errors', () => {
     await expectCode(() => createEpBuffer(pgs[0], { ...base, hidden: 24, payload: 'nvfp4' }), 'E_ARGUMENT', 'multiple of 16');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, payload: 'fp4' as never }), 'E_ARGUMENT', 'payload');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, transport: 'rdma' as never }), 'E_ARGUMENT', 'transport');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, combine: 'sum' as never }), 'E_ARGUMENT', 'options.combine');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, transport: 'nvlink' }), 'E_DEVICE', 'CUDA ranks');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, sms: 8 }), 'E_ARGUMENT', 'sms');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, maxTokensPerExpert: 2 }), 'E_ARGUMENT', 'masked');
@@ -541,6 +542,20 @@ describe('errors', () => {
       const e = (s as PromiseRejectedResult).reason as MoeError;
       expect(e.code).toBe('E_ARGUMENT');
       expect(e.message).toMatch(/options\.payload: rank [01] has "(bf16|fp8)", rank [01] has "(bf16|fp8)"/);
+    }
+  });
+
+  it('ranks with different combine forms: E_ARGUMENT naming options.combine (the regions would be read as the other form)', async () => {
+    const pgs = await group(2);
+    const r = await Promise.allSettled([
+      createEpBuffer(pgs[0], { maxTokensPerRank: 4, hidden: 16, topK: 2, numExperts: 4, combine: 'reduced' }),
+      createEpBuffer(pgs[1], { maxTokensPerRank: 4, hidden: 16, topK: 2, numExperts: 4 }),
+    ]);
+    for (const s of r) {
+      expect(s.status).toBe('rejected');
+      const e = (s as PromiseRejectedResult).reason as MoeError;
+      expect(e.code).toBe('E_ARGUMENT');
+      expect(e.message).toMatch(/options\.combine: rank [01] has "(exact|reduced)", rank [01] has "(exact|reduced)"/);
     }
   });
 
