@@ -18,7 +18,7 @@ const path = require('node:path');
 const h = require('./harness');
 
 const SHAPES = ['4096x7168', '7168x2048', '2048x7168', '24576x1536', '7168x16384'];
-const MS = [1, 4, 16, 64, 256, 1024, 4096, 16384];
+const MS = [1, 4, 16, 32, 64, 256, 1024, 4096, 16384];
 const DECODE_MAX_M = 64;
 
 const USAGE = [
@@ -214,6 +214,8 @@ function merge(args) {
   lines.push('Targets:');
   lines.push(`- decode (M <= 64) at >= 85% of copy bandwidth: ${count(decodeRows, (r) => r.percentOfCeiling >= 85)}`);
   lines.push(`- >= 4x over cuBLAS BF16 at M = 1, 4, 16: ${small.length ? count(small, (r) => r.speedupVsBf16 >= 4) : 'n/a'}`);
+  const middle = merged.filter((r) => r.M >= 32 && r.M <= 256 && r.speedupVsBf16 !== null);
+  lines.push(`- faster than cuBLAS BF16 at M = 32..256: ${middle.length ? count(middle, (r) => r.speedupVsBf16 > 1) : 'n/a'}`);
   lines.push(`- prefill at >= 90% of cuBLAS BF16 TFLOP/s: ${prefillRows.length ? count(prefillRows, (r) => r.percentOfCeiling >= 90) : 'n/a'}`);
 
   const result = {

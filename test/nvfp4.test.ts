@@ -759,6 +759,19 @@ forEachBackend('nvfp4 gemm', (device: Device) => {
     }
   });
 
+  it('16 < M <= 64 (the wide streaming kernel on Hopper): 1 to 6 K splits, uneven ones, tails of N and K', async () => {
+    const seed = freshSeed(`nvfp4 gemm wide ${device}`);
+    let i = 0;
+    // (heuristics.h, selectGemvWideConfig) K = 96: one partial 256-k batch; 2080: nine batches,
+    // the last partial, over 6 splits; 1056: five splits; N = 14500: 114 row blocks, one split of
+    // three batches; N = 4100: a lone row in the last block, two splits. M = 16 is the boundary.
+    for (const [M, N, K] of [[16, 130, 288], [17, 130, 2080], [32, 19, 96], [33, 300, 1056], [64, 129, 2080],
+      [20, 14500, 768], [64, 4100, 512]]) {
+      await checkGemm(device, { M, N, K, outDtype: 'bf16' }, seed + i++);
+      await checkGemm(device, { M, N, K, outDtype: 'f32', alpha: -0.7, bias: i % 4 === 1 ? 'bf16' : 'f32' }, seed + i++);
+    }
+  });
+
   it("path: 'portable' computes the product; bad values are refused", async () => {
     const seed = freshSeed(`nvfp4 gemm portable ${device}`);
     await checkGemm(device, { M: 3, N: 130, K: 1040, outDtype: 'f32', path: 'portable' }, seed);

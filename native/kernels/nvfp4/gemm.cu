@@ -7,6 +7,7 @@
 #include "common/align.h"
 #include "kernels/nvfp4/gemm.cuh"
 #include "kernels/nvfp4/gemv.cuh"
+#include "kernels/nvfp4/gemv_wide.cuh"
 #include "kernels/nvfp4/heuristics.h"
 #include "kernels/nvfp4/nvfp4.h"
 #include "kernels/nvfp4/sm90_gemm.h"
@@ -60,6 +61,7 @@ cudaError_t dispatch(GemmKernel kernel, const GemmParams& p, dim3 grid, cudaStre
 }
 
 static_assert(kGemvBatchK == kGemvBatch, "heuristics.h out of sync");
+static_assert(kGemvWideRows == kWideRows, "heuristics.h out of sync");
 
 // Both tiles fit two 256-thread CTAs per SM (<= 128 registers, no spills).
 cudaError_t dispatchGemv(const GemvConfig& c, const GemvParams& p, cudaStream_t stream) {
@@ -103,6 +105,29 @@ cudaError_t gemm(const GemmArgs& g, const Launch& l) {
     p.biasF32 = g.biasType == DType::F32;
     p.outF32 = g.outType == DType::F32;
     return dispatchGemv(c, p, stream);
+  }
+
+  // 16 < M <= 64 on Hopper: the wide streaming kernel (its cluster launch needs sm_90).
+  if (!g.portable && l.facts.hopper && gemvWideEligible(M, K, aFp4) && isAligned(wData, 16) && isAligned(a, 16) &&
+      isAligned(wScales, 2)) {
+    const GemvWideConfig c = selectGemvWideConfig(M, N, K, sms);
+    if (c.rowBlocks > 65535) return cudaErrorInvalidConfiguration;
+    GemvWideParams p{};
+    p.a = static_cast<const __nv_bfloat16*>(a);
+    p.w = wData;
+    p.wScales = wScales;
+    p.wGlobalScale = g.wGlobalScale;
+    p.bias = g.bias;
+    p.out = g.out;
+    p.M = static_cast<int>(M);
+    p.N = static_cast<int>(N);
+    p.K = static_cast<int>(K);
+    p.splits = static_cast<int>(c.splits);
+    p.alpha = g.alpha;
+    p.biasF32 = g.biasType == DType::F32;
+    p.outF32 = g.outType == DType::F32;
+    return c.nt == 4 ? launchGemvWide<4>(p, static_cast<int>(c.rowBlocks), stream)
+                     : launchGemvWide<8>(p, static_cast<int>(c.rowBlocks), stream);
   }
 
   const GemmConfig cfg = selectGemmConfig(M, N, K, sms);

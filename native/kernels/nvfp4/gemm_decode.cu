@@ -1,8 +1,9 @@
-// Decode-regime GEMM variants (M <= 64): the streaming W4A16 kernel (gemv.cuh) for M <= 16, and
-// the tiled kernel (gemm.cuh) for W4A4, for M > 16 and for shapes the streaming kernel does not
-// take (K % 32 != 0, unaligned operands).
+// Decode-regime GEMM variants (M <= 64): the streaming W4A16 kernels, gemv.cuh for M <= 16 and
+// gemv_wide.cuh for 16 < M <= 64 on Hopper, and the tiled kernel (gemm.cuh) for W4A4 and for
+// problems the streaming kernels do not take (K % 32 != 0, unaligned operands, other devices).
 #include "kernels/nvfp4/gemm.cuh"
 #include "kernels/nvfp4/gemv.cuh"
+#include "kernels/nvfp4/gemv_wide.cuh"
 
 namespace moe::kernels::nvfp4::detail {
 
@@ -29,8 +30,34 @@ cudaError_t launchGemv(const GemvParams& p, cudaStream_t stream) {
 }
 
 
-
 template cudaError_t launchGemv<1, 1, 2>(const GemvParams&, cudaStream_t);
 template cudaError_t launchGemv<2, 1, 2>(const GemvParams&, cudaStream_t);
+
+template <int NT>
+cudaError_t launchGemvWide(const GemvWideParams& p, int rowBlocks, cudaStream_t stream) {
+  constexpr int kSmem = gemvWideSmemBytes<NT>();
+  // Two CTAs per SM (128 registers); the shared-memory allowance belongs to the current
+  // device's context, so it is set at each launch.
+  const auto kernel = gemvWideKernel<NT, 2>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(p.splits), static_cast<unsigned>(rowBlocks));
+  cfg.blockDim = dim3(kGemvThreads);
+  cfg.dynamicSmemBytes = kSmem;
+  cfg.stream = stream;
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = static_cast<unsigned>(p.splits);
+  cluster[0].val.clusterDim.y = 1;
+  cluster[0].val.clusterDim.z = 1;
+  cfg.attrs = cluster;
+  cfg.numAttrs = p.splits > 1 ? 1 : 0;
+  err = cudaLaunchKernelEx(&cfg, kernel, p);
+  return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+template cudaError_t launchGemvWide<4>(const GemvWideParams&, int, cudaStream_t);
+template cudaError_t launchGemvWide<8>(const GemvWideParams&, int, cudaStream_t);
 
 }  // namespace moe::kernels::nvfp4::detail

@@ -84,8 +84,8 @@ struct GemvConfig {
 
 inline constexpr int64_t kGemvBatchK = 256;
 
-// Up to 16 tokens. Above that the activation reads (one 16-byte load per 8 k per token tile)
-// and the MMAs outgrow the weight stream, and the tiled kernel measured faster at M = 64.
+// Up to 16 tokens. Above that the activation reads (one 16-byte load per 8 k per token tile
+// and warp) outgrow the weight stream; the wide kernel below shares them across a CTA.
 inline constexpr int64_t kGemvMaxM = 16;
 
 inline bool gemvEligible(int64_t M, int64_t K, bool aFp4) {
@@ -108,6 +108,38 @@ inline GemvConfig selectGemvConfig(int64_t M, int64_t N, int64_t K, int numSMs) 
   }
   c.rowsPerCta = (8 / c.kWarps) * c.mt * 16;
   c.ctas = (N + c.rowsPerCta - 1) / c.rowsPerCta;
+  return c;
+}
+
+// Wide streaming kernel (gemv_wide.cuh): W4A16, 16 < M <= 64, K % 32 == 0, Hopper (it splits K
+// over a thread-block cluster). Each CTA takes 128 weight rows and a run of 256-k batches.
+// Splits: as many as keep the CTAs within about 1.7 per SM (two fit, by registers and shared
+// memory) and at most 6. Measured on H200 at M = 32 and 64 over every split count 1..8 on the
+// DeepSeek-V3 shapes: the CTAs are short-lived and a cluster waits for its slowest member, so a
+// grid that mixes SMs holding two CTAs with SMs holding one loses more than it gains past this
+// point; clusters of 7 and 8 were slower on 2 of the 5 shapes, and 6 was within 13% of the best
+// split count on every shape.
+struct GemvWideConfig {
+  int nt;               // 8-token MMA tiles: 4 (M <= 32) or 8
+  int64_t rowBlocks;    // grid.y
+  int64_t splits;       // grid.x and the cluster size; split r takes 256-k batches [rB/S, (r+1)B/S)
+};
+
+inline constexpr int64_t kGemvWideMaxM = 64;
+inline constexpr int64_t kGemvWideRows = 128;
+inline constexpr int64_t kGemvWideMaxSplits = 6;
+
+inline bool gemvWideEligible(int64_t M, int64_t K, bool aFp4) {
+  return !aFp4 && M > kGemvMaxM && M <= kGemvWideMaxM && K % 32 == 0 && K > 0;
+}
+
+inline GemvWideConfig selectGemvWideConfig(int64_t M, int64_t N, int64_t K, int numSMs) {
+  GemvWideConfig c{};
+  c.nt = M <= 32 ? 4 : 8;
+  c.rowBlocks = (N + kGemvWideRows - 1) / kGemvWideRows;
+  const int64_t batches = (K + kGemvBatchK - 1) / kGemvBatchK;
+  const int64_t fit = 17 * static_cast<int64_t>(std::max(1, numSMs)) / (10 * std::max<int64_t>(1, c.rowBlocks));
+  c.splits = std::max<int64_t>(1, std::min({kGemvWideMaxSplits, batches, fit}));
   return c;
 }
 
