@@ -87,9 +87,8 @@ cudaError_t gemm(const GemmArgs& g, const Launch& l) {
 
   if (!aFp4 && preferSm90(M, g.portable) && sm90GemmSupported(g, l.facts)) return sm90Gemm(g, l);
 
-  if (gemvEligible(M, K, aFp4) && isAligned(wData, 16) && isAligned(a, 16) && isAligned(wScales, 2)) {
-    const GemvConfig c = selectGemvConfig(M, N, K, sms);
-    if (c.ctas > INT_MAX) return cudaErrorInvalidConfiguration;
+  // The streaming kernels' operands; each kernel then sets its own split of K.
+  const auto streamParams = [&] {
     GemvParams p{};
     p.a = static_cast<const __nv_bfloat16*>(a);
     p.w = wData;
@@ -100,32 +99,27 @@ cudaError_t gemm(const GemmArgs& g, const Launch& l) {
     p.M = static_cast<int>(M);
     p.N = static_cast<int>(N);
     p.K = static_cast<int>(K);
-    p.kWarps = c.kWarps;
     p.alpha = g.alpha;
     p.biasF32 = g.biasType == DType::F32;
     p.outF32 = g.outType == DType::F32;
+    return p;
+  };
+  const bool streamAligned = isAligned(wData, 16) && isAligned(a, 16) && isAligned(wScales, 2);
+
+  if (gemvEligible(M, K, aFp4) && streamAligned) {
+    const GemvConfig c = selectGemvConfig(M, N, K, sms);
+    if (c.ctas > INT_MAX) return cudaErrorInvalidConfiguration;
+    GemvParams p = streamParams();
+    p.kWarps = c.kWarps;
     return dispatchGemv(c, p, stream);
   }
 
   // 16 < M <= 64 on Hopper: the wide streaming kernel (its cluster launch needs sm_90).
-  if (!g.portable && l.facts.hopper && gemvWideEligible(M, K, aFp4) && isAligned(wData, 16) && isAligned(a, 16) &&
-      isAligned(wScales, 2)) {
+  if (!g.portable && l.facts.hopper && gemvWideEligible(M, K, aFp4) && streamAligned) {
     const GemvWideConfig c = selectGemvWideConfig(M, N, K, sms);
     if (c.rowBlocks > 65535) return cudaErrorInvalidConfiguration;
-    GemvWideParams p{};
-    p.a = static_cast<const __nv_bfloat16*>(a);
-    p.w = wData;
-    p.wScales = wScales;
-    p.wGlobalScale = g.wGlobalScale;
-    p.bias = g.bias;
-    p.out = g.out;
-    p.M = static_cast<int>(M);
-    p.N = static_cast<int>(N);
-    p.K = static_cast<int>(K);
+    GemvParams p = streamParams();
     p.splits = static_cast<int>(c.splits);
-    p.alpha = g.alpha;
-    p.biasF32 = g.biasType == DType::F32;
-    p.outF32 = g.outType == DType::F32;
     return c.nt == 4 ? launchGemvWide<4>(p, static_cast<int>(c.rowBlocks), stream)
                      : launchGemvWide<8>(p, static_cast<int>(c.rowBlocks), stream);
   }

@@ -34,7 +34,7 @@ template cudaError_t launchGemv<1, 1, 2>(const GemvParams&, cudaStream_t);
 template cudaError_t launchGemv<2, 1, 2>(const GemvParams&, cudaStream_t);
 
 template <int NT>
-cudaError_t launchGemvWide(const GemvWideParams& p, int rowBlocks, cudaStream_t stream) {
+cudaError_t launchGemvWide(const GemvParams& p, int rowBlocks, cudaStream_t stream) {
   constexpr int kSmem = gemvWideSmemBytes<NT>();
   // Two CTAs per SM (128 registers); the shared-memory allowance belongs to the current
   // device's context, so it is set at each launch.
@@ -57,7 +57,7 @@ cudaError_t launchGemvWide(const GemvWideParams& p, int rowBlocks, cudaStream_t 
   return err != cudaSuccess ? err : cudaGetLastError();
 }
 
-template cudaError_t launchGemvWide<4>(const GemvWideParams&, int, cudaStream_t);
-template cudaError_t launchGemvWide<8>(const GemvWideParams&, int, cudaStream_t);
+template cudaError_t launchGemvWide<4>(const GemvParams&, int, cudaStream_t);
+template cudaError_t launchGemvWide<8>(const GemvParams&, int, cudaStream_t);
 
 }  // namespace moe::kernels::nvfp4::detail

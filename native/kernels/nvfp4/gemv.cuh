@@ -35,6 +35,7 @@ struct GemvParams {
   void* out;                 // [M, N]
   int M, N, K;
   int kWarps;                // 1, 2, 4 or 8 warps along K
+  int splits;                // wide kernel (gemv_wide.cuh): CTAs of a cluster along K (grid.x)
   float alpha;
   bool biasF32, outF32;
   GroupParams group;         // grouped kernel only (gemm.cuh)
@@ -60,6 +61,34 @@ __device__ __forceinline__ uint32_t ldStream2(const void* p) {
 
 __device__ __forceinline__ uint32_t wordOf(const uint4& v, int w) {
   return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
+}
+
+// Writes one 16-row group of a warp's results: acc[nt][j] belongs to weight row n0 + g (+ 8 when
+// j & 2) and token m0 + 8nt + 2t + (j & 1); each is scaled by `factor`, given its row's bias and
+// written to out[m, n] unless the row or token lies past N or M.
+template <int NT>
+__device__ __forceinline__ void storeRowGroup(const GemvParams& p, void* out, const float (&acc)[NT][4], int n0,
+                                              int m0, int M, float factor) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int n = n0 + g + ((j & 2) ? 8 : 0);
+    if (n >= p.N) continue;
+    float bias = 0.0f;
+    if (p.bias != nullptr) {
+      bias = p.biasF32 ? static_cast<const float*>(p.bias)[n]
+                       : __bfloat162float(static_cast<const __nv_bfloat16*>(p.bias)[n]);
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int m = m0 + nt * 8 + 2 * t + (j & 1);
+      if (m >= M) continue;
+      const float v = acc[nt][j] * factor + bias;
+      const int64_t idx = static_cast<int64_t>(m) * p.N + n;
+      if (p.outF32) static_cast<float*>(out)[idx] = v;
+      else static_cast<__nv_bfloat16*>(out)[idx] = __float2bfloat16_rn(v);
+    }
+  }
 }
 
 // Grouped: grid (CTAs per expert, E), blockIdx.y the expert; its weights, rows and global
@@ -262,27 +291,7 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const Gemv
       }
     } else if (writer) {
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int n = rowBase + mt * 16 + g + ((j & 2) ? 8 : 0);
-          if (n >= p.N) continue;
-          float bias = 0.0f;
-          if (p.bias != nullptr) {
-            bias = p.biasF32 ? static_cast<const float*>(p.bias)[n]
-                             : __bfloat162float(static_cast<const __nv_bfloat16*>(p.bias)[n]);
-          }
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt) {
-            const int m = m0 + nt * 8 + 2 * t + (j & 1);
-            if (m >= M) continue;
-            const float v = acc[mt][nt][j] * factor + bias;
-            const int64_t idx = static_cast<int64_t>(m) * p.N + n;
-            if (p.outF32) static_cast<float*>(out)[idx] = v;
-            else static_cast<__nv_bfloat16*>(out)[idx] = __float2bfloat16_rn(v);
-          }
-        }
-      }
+      for (int mt = 0; mt < MT; ++mt) storeRowGroup<NT>(p, out, acc[mt], rowBase + mt * 16, m0, M, factor);
     }
     if constexpr (!Grouped) break;  // the dense kernel has M <= NT * 8: one pass
     // the next pass reuses `red`

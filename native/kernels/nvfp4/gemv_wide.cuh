@@ -29,19 +29,6 @@
 
 namespace moe::kernels::nvfp4::detail {
 
-struct GemvWideParams {
-  const __nv_bfloat16* a;    // [M, K]
-  const uint8_t* w;          // packed E2M1 [N, K/2]
-  const uint8_t* wScales;    // e4m3 [N, K/16]
-  const float* wGlobalScale; // device
-  const void* bias;          // [N] or nullptr
-  void* out;                 // [M, N]
-  int M, N, K;
-  int splits;                // CTAs of a cluster along K (grid.x), at most the 256-k batches
-  float alpha;
-  bool biasF32, outF32;
-};
-
 inline constexpr int kWideRows = 128;  // 8 warps x 16 rows
 inline constexpr int kWideStages = 3;
 
@@ -74,7 +61,7 @@ __device__ __forceinline__ void dequantWordConsecutive(uint32_t q, uint32_t scal
 
 // grid (splits, ceil(N / 128)), cluster (splits, 1, 1) when splits > 1; 256 threads.
 template <int NT, int MinBlocks>
-__global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvWideKernel(const GemvWideParams p) {
+__global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvWideKernel(const GemvParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ __align__(16) uint8_t smem[];
   constexpr int kTokens = NT * 8;
@@ -240,31 +227,12 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvWideKernel(const 
   }
 
   // The dequantized weights carry 2^-8 (see scaleToBf16x2).
-  const float factor = p.alpha * __ldg(p.wGlobalScale) * 0x1p8f;
-#pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    const int n = rowBase + g + ((j & 2) ? 8 : 0);
-    if (n >= p.N) continue;
-    float bias = 0.0f;
-    if (p.bias != nullptr) {
-      bias = p.biasF32 ? static_cast<const float*>(p.bias)[n]
-                       : __bfloat162float(static_cast<const __nv_bfloat16*>(p.bias)[n]);
-    }
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
-      const int m = nt * 8 + 2 * t + (j & 1);
-      if (m >= M) continue;
-      const float v = acc[nt][j] * factor + bias;
-      const int64_t idx = static_cast<int64_t>(m) * p.N + n;
-      if (p.outF32) static_cast<float*>(p.out)[idx] = v;
-      else static_cast<__nv_bfloat16*>(p.out)[idx] = __float2bfloat16_rn(v);
-    }
-  }
+  storeRowGroup<NT>(p, p.out, acc, rowBase, 0, M, p.alpha * __ldg(p.wGlobalScale) * 0x1p8f);
 #endif
 }
 
 // Defined in gemm_decode.cu, one instantiation per NT the heuristic picks; grid (splits, rowBlocks).
 template <int NT>
-cudaError_t launchGemvWide(const GemvWideParams& p, int rowBlocks, cudaStream_t stream);
+cudaError_t launchGemvWide(const GemvParams& p, int rowBlocks, cudaStream_t stream);
 
 }  // namespace moe::kernels::nvfp4::detail
