@@ -75,8 +75,8 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvWideKernel(const 
   const int b0 = static_cast<int>(blockIdx.x) * numBatches / p.splits;
   const int nb = (static_cast<int>(blockIdx.x) + 1) * numBatches / p.splits - b0;
 
-  // Rows past N read row N-1 and tokens past M read token M-1: their results reach only
-  // output elements that are never written.
+  // Rows past N read row N-1: their results reach only output elements that are never
+  // written. Tokens past M are zero-filled in the stages.
   const uint8_t* wRow[2];
   const uint8_t* sRow[2];
 #pragma unroll
