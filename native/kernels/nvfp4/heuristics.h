@@ -117,8 +117,8 @@ inline GemvConfig selectGemvConfig(int64_t M, int64_t N, int64_t K, int numSMs) 
 // memory) and at most 6. Measured on H200 at M = 32 and 64 over every split count 1..8 on the
 // DeepSeek-V3 shapes: the CTAs are short-lived and a cluster waits for its slowest member, so a
 // grid that mixes SMs holding two CTAs with SMs holding one loses more than it gains past this
-// point; clusters of 7 and 8 were slower on 2 of the 5 shapes, and 6 was within 13% of the best
-// split count on every shape.
+// point. 7 or 8 splits lost about 30% on 2048 x 7168 against 6; the rule's pick measured within
+// 14% of the best split count on every shape (13% on 4096 x 7168 at M = 64, where 7 was best).
 struct GemvWideConfig {
   int nt;               // 8-token MMA tiles: 4 (M <= 32) or 8
   int64_t rowBlocks;    // grid.y
