@@ -259,6 +259,18 @@ __device__ __forceinline__ bool lastBlock(uint32_t* sync) {
   return last;
 }
 
+// In the grid's last CTA: count word (epoch *epoch + bump, count(d)) to every destination d, then
+// sync re-armed for the next launch.
+template <class Count>
+__device__ __forceinline__ void publishCounts(uint32_t* sync, const uint64_t* __restrict__ countDst, int ranks,
+                                              const uint32_t* epoch, uint32_t bump, Count count) {
+  if (!lastBlock(sync)) return;
+  const uint32_t e = *epoch + bump;
+  for (int d = threadIdx.x; d < ranks; d += kThreads) storeRelease(at<uint64_t>(countDst[d]), E::countWord(e, count(d)));
+  __syncthreads();
+  if (threadIdx.x == 0) *sync = 0;
+}
+
 // A decode step's send does slotsKernel's work itself (Scan): at most kScanTokens tokens and
 // kScanRanks ranks, every CTA scanning them into shared memory (a few thousand ids), CTA 0 also
 // writing combineIndex and errors: one launch fewer where the launches are the cost.
@@ -360,12 +372,7 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
       }
     }
   }
-  if (lastBlock(sync)) {
-    const uint32_t e = *epoch + 1;
-    for (int d = threadIdx.x; d < s.ranks; d += kThreads) storeRelease(at<uint64_t>(countDst[d]), E::countWord(e, Scan ? destCount[d] : sendCount[d]));
-    __syncthreads();
-    if (threadIdx.x == 0) *sync = 0;
-  }
+  publishCounts(sync, countDst, s.ranks, epoch, 1u, [&](int d) { return Scan ? destCount[d] : sendCount[d]; });
 }
 
 // ---- waits ---------------------------------------------------------------------------------
@@ -762,14 +769,7 @@ __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, 
       for (int64_t h = lane; h < H; h += 32) to[h] = from[h];
     }
   }
-  if (lastBlock(sync)) {
-    const uint32_t e = *epoch;
-    for (int d = threadIdx.x; d < s.ranks; d += kThreads) {
-      storeRelease(at<uint64_t>(countDst[d]), E::countWord(e, min(recvCounts[d], static_cast<uint32_t>(M))));
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) *sync = 0;
-  }
+  publishCounts(sync, countDst, s.ranks, epoch, 0u, [&](int d) { return min(recvCounts[d], static_cast<uint32_t>(M)); });
 }
 
 // Reduced combine: a warp per (received slot, part of its row), the slots of the source ranks
@@ -866,14 +866,7 @@ __global__ void __launch_bounds__(kThreads) combineReduceKernel(E::EpShapeView s
       reinterpret_cast<uint4*>(to)[c0 + 32 * u] = make_uint4(b[0], b[1], b[2], b[3]);
     }
   }
-  if (lastBlock(sync)) {
-    const uint32_t e = *epoch;
-    for (int d = threadIdx.x; d < s.ranks; d += kThreads) {
-      storeRelease(at<uint64_t>(countDst[d]), E::countWord(e, min(recvCounts[d], static_cast<uint32_t>(M))));
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) *sync = 0;
-  }
+  publishCounts(sync, countDst, s.ranks, epoch, 0u, [&](int d) { return min(recvCounts[d], static_cast<uint32_t>(M)); });
 }
 
 // Tokens per CTA of the sum: the lookups of a group of tokens (one thread per pair) are paid once
