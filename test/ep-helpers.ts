@@ -1,6 +1,6 @@
 // Helpers the ep test files share: bf16 rounding, CPU tensors, what a payload makes of a row (the
 // oracle's side of native/common/ep.h), and rank processes of the fixture with their output lines.
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { convert, dequantizeNvfp4, fromArray, quantizeNvfp4, type Device, type EpPayload, type Tensor } from '../lib';
@@ -60,14 +60,22 @@ const root = path.resolve(__dirname, '..');
 const cli = path.join(root, 'dist', 'cli.js');
 const rankScript = path.join(__dirname, 'fixtures', 'ep-dispatch-rank.js');
 
+export interface Run {
+  status: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
+
 /**
- * `moe-kernels launch -n n` of the rank fixture with `env` over this process's environment; the
- * whole process group is killed after limitMs, so that a hung rank fails the test, not the run.
+ * Runs node with `args` from the package root, `env` over this process's environment, in its own
+ * process group; the group is killed after limitMs, so that a hung child fails the test, not the
+ * run. `started` sees the child as soon as it exists.
  */
-export function launchRanks(n: number, env: Record<string, string>, limitMs: number): Promise<{ status: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [cli, 'launch', '-n', String(n), rankScript], {
-    cwd: root, env: { ...process.env, ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
-  });
+export function runNode(args: string[], env: Record<string, string>, limitMs: number, started?: (child: ChildProcess) => void): Promise<Run> {
+  const t0 = Date.now();
+  const child = spawn(process.execPath, args, { cwd: root, env: { ...process.env, ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '', stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d));
   child.stderr.on('data', (d: Buffer) => (stderr += d));
@@ -75,13 +83,19 @@ export function launchRanks(n: number, env: Record<string, string>, limitMs: num
     try {
       process.kill(-(child.pid as number), 'SIGKILL');
     } catch {
-      // gone
+      // already gone
     }
   }, limitMs);
-  return new Promise((resolve) => child.on('close', (status) => {
+  started?.(child);
+  return new Promise((resolve) => child.on('close', (status, signal) => {
     clearTimeout(limit);
-    resolve({ status, stdout, stderr });
+    resolve({ status, signal, stdout, stderr, ms: Date.now() - t0 });
   }));
+}
+
+/** `moe-kernels launch -n n` of the dispatch rank fixture (runNode). */
+export function launchRanks(n: number, env: Record<string, string>, limitMs: number): Promise<Run> {
+  return runNode([cli, 'launch', '-n', String(n), rankScript], env, limitMs);
 }
 
 /** Rank r's routing, as the rank fixture makes it: k distinct experts per token, weights in [-0.25, 1.75). */

@@ -2,7 +2,7 @@
 // the in-process group, and what every rank sees when a peer exits, hangs or dies. Timeouts are
 // generous for a loaded two-core machine but bounded, and every process a test starts is killed
 // when it ends.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess } from 'node:child_process';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -10,6 +10,7 @@ import { MoeError, initProcessGroup, type ProcessGroup } from '../lib';
 import { resolveRanks } from '../lib/ep/env';
 import { FrameReader, FrameType, MAGIC, jsonFrame, parseJson } from '../lib/ep/frames';
 import { expectCode } from './backends';
+import { runNode as runChild, type Run } from './ep-helpers';
 
 const root = path.resolve(__dirname, '..');
 const cli = path.join(root, 'dist', 'cli.js');
@@ -389,36 +390,11 @@ describe('in-process group', () => {
 
 // ---- processes -------------------------------------------------------------------------------
 
-interface Run {
-  status: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-  ms: number;
-}
-
-/** Runs node with `args` in its own process group, killed (with its children) after `limitMs`. */
+/** runNode on the CPU backend, the child tracked in `children`. */
 function runNode(args: string[], env: Record<string, string>, limitMs: number, started?: (child: ChildProcess) => void): Promise<Run> {
-  const t0 = Date.now();
-  const child = spawn(process.execPath, args, { cwd: root, env: { ...process.env, MOE_KERNELS_BACKEND: 'cpu', ...env }, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(child);
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d));
-  child.stderr.on('data', (d: Buffer) => (stderr += d));
-  const limit = setTimeout(() => {
-    try {
-      process.kill(-(child.pid as number), 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }, limitMs);
-  started?.(child);
-  return new Promise((resolve) => {
-    child.on('close', (status, signal) => {
-      clearTimeout(limit);
-      resolve({ status, signal, stdout, stderr, ms: Date.now() - t0 });
-    });
+  return runChild(args, { MOE_KERNELS_BACKEND: 'cpu', ...env }, limitMs, (child) => {
+    children.push(child);
+    started?.(child);
   });
 }
 
