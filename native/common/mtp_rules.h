@@ -18,13 +18,9 @@
 
 namespace moe::mtp_rules {
 
-// Philox counter word c1 that selects the acceptance-uniform stream; race draws for
-// row i use c1 = i (rows are 0..numDrafts, far below this value).
+// Philox counter word c1 that selects the acceptance-uniform stream; the sampling draw of row i
+// uses c1 = i (rows are 0..numDrafts, far below this value).
 constexpr uint32_t kAcceptStream = 0xFFFFFFFFu;
-
-// Race scores are w / E with E >= -log1p(-2^-33) ~ 1.164e-10, so a weight w can reach at most
-// w * 8.59e9. A candidate with w * kRaceBound below the best score so far can never win.
-constexpr float kRaceBound = 1.0e10f;
 
 struct Philox4 {
   uint32_t v[4];
@@ -75,18 +71,41 @@ MTP_HD float uniformFromWord(uint32_t r) {
   return static_cast<float>(r >> 8) * 5.9604644775390625e-08f;
 }
 
-// Exp(1) variate for the exponential race. u = r * 2^-32 + 2^-33 has 2^-32 resolution near 0,
-// so small E (the values that decide races) are not coarsely quantized. The product is exact
-// (power-of-two scale), so fused or unfused evaluation agree. For r >= 2^32 - 128 the sum
-// rounds to 1, which would give E = inf (a score of 0 that can never win); u is capped just
-// below 1 so every draw stays finite.
-MTP_HD float exponentialFromWord(uint32_t r) {
-  float u = static_cast<float>(r) * 2.3283064365386963e-10f + 1.1641532182693481e-10f;
-  u = u < 0.99999994f ? u : 0.99999994f;  // 1 - 2^-24, the largest float below 1
+// ---- sampling by inverse CDF on fixed-point weights ------------------------------------------
+//
+// A row is sampled from weights w(x) in [0, 1] turned into integers W(x) = floor(w(x) * 2^S):
+// integer sums are exact and the same in any order, so the GPU's chunked prefix sums and the
+// CPU's running sum find the same token from one 64-bit draw per row. S = 62 - bitlength(V)
+// keeps a row's sum below 2^62. A weight below 2^-S of the largest possible one is never drawn.
+
+MTP_HD int sampleShift(int64_t vocab) {
+  int bits = 0;
+  while (bits < 63 && (vocab >> bits) != 0) ++bits;
+  return 62 - bits;
+}
+
+// 2^S as a float (exact: S <= 61).
+MTP_HD float sampleScale(int shift) { return static_cast<float>(uint64_t{1} << shift); }
+
+// W(x): w clamped to [0, 1] (NaN and w <= 0 give 0), times 2^S (exact), truncated.
+MTP_HD uint64_t fixedWeight(float w, float scale) {
+  return w > 0.0f ? static_cast<uint64_t>((w < 1.0f ? w : 1.0f) * scale) : 0ull;
+}
+
+// The one draw of sampled row i: counter (0, i, offset lo, offset hi), words 1 and 0.
+MTP_HD uint64_t sampleDraw(uint64_t seed, uint64_t offset, uint32_t row) {
+  const Philox4 r = philox4x32_10(0u, row, static_cast<uint32_t>(offset), static_cast<uint32_t>(offset >> 32),
+                                  static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+  return (static_cast<uint64_t>(r.v[1]) << 32) | r.v[0];
+}
+
+// U = floor(draw * Z / 2^64), uniform on [0, Z) up to 2^-64: the sampled token is the smallest
+// x whose prefix sum W(0) + ... + W(x) exceeds U.
+MTP_HD uint64_t drawBelow(uint64_t draw, uint64_t z) {
 #if defined(__CUDA_ARCH__)
-  return -log1pf(-u);
+  return __umul64hi(draw, z);
 #else
-  return -std::log1p(-u);
+  return static_cast<uint64_t>((static_cast<unsigned __int128>(draw) * z) >> 64);
 #endif
 }
 

@@ -1,7 +1,7 @@
 // CPU reference for MTP draft verification. Written for clarity: each needed row is decoded to
-// f32, filtered by sorting, and sampled by a full exponential race. The GPU kernels must produce
-// the same tokens; the only tolerated differences come from the order of float sums (softmax
-// normalizers, top-p cumulative mass) and last-ulp differences of expf/log1pf.
+// f32, filtered by sorting, and sampled by a running sum of its fixed-point weights. The GPU
+// kernels must produce the same tokens; the only tolerated differences come from the order of
+// float sums (softmax normalizers, top-p cumulative mass) and last-ulp differences of expf.
 #include "cpu/mtp/mtp.h"
 
 #include <algorithm>
@@ -101,6 +101,25 @@ void filterRow(RowInfo& r, float invT, int32_t topK, float topP) {
   r.z = z;
 }
 
+// The token drawn from row i with weights weight(y), y in [0, V): the smallest y whose running
+// sum of fixed-point weights exceeds the row's draw (common/mtp_rules.h); the argmax when every
+// weight is 0.
+template <class Weight>
+int32_t sampleRow(const Walk& walk, int64_t i, int64_t vocab, int32_t argmax, Weight weight) {
+  const float scale = sampleScale(sampleShift(vocab));
+  std::vector<uint64_t> fixed(static_cast<size_t>(vocab));
+  uint64_t z = 0;
+  for (int64_t y = 0; y < vocab; ++y) z += fixed[y] = fixedWeight(weight(y), scale);
+  if (z == 0) return argmax;
+  const uint64_t u = drawBelow(sampleDraw(walk.seed, walk.offset, static_cast<uint32_t>(i)), z);
+  uint64_t run = 0;
+  for (int64_t y = 0; y < vocab; ++y) {
+    run += fixed[y];
+    if (run > u) return static_cast<int32_t>(y);
+  }
+  return argmax;  // not reached: the sum over every y is z > u
+}
+
 }  // namespace
 
 void verifyDrafts(const VerifyDraftsArgs& a) {
@@ -126,17 +145,9 @@ void verifyDrafts(const VerifyDraftsArgs& a) {
       RowInfo row = targetRow(i);
       if (i == len) {  // every draft accepted: bonus token from the last needed row
         if (md == kModeRejection) {
-          float best = 0.0f;
-          int64_t bestIdx = -1;
-          for (int64_t x = 0; x < vocab; ++x) {
-            if (orderKey(row.v[x]) < row.tau) continue;
-            float w = weightOf(row.v[x], row.m, row.invT);
-            if (!(w > 0.0f)) continue;
-            float s = w / exponentialFromWord(philoxWord(walk.seed, walk.offset, static_cast<uint32_t>(i),
-                                                         static_cast<uint32_t>(x)));
-            if (s > best) { best = s; bestIdx = x; }
-          }
-          emitted = bestIdx >= 0 ? static_cast<int32_t>(bestIdx) : row.argmax;
+          emitted = sampleRow(walk, i, vocab, row.argmax, [&](int64_t y) {
+            return orderKey(row.v[y]) >= row.tau ? weightOf(row.v[y], row.m, row.invT) : 0.0f;
+          });
         } else {
           emitted = row.argmax;
         }
@@ -178,26 +189,14 @@ void verifyDrafts(const VerifyDraftsArgs& a) {
       }
       // First rejection at position i.
       if (md == kModeRejection) {
-        float best = 0.0f;
-        int64_t bestIdx = -1;
-        for (int64_t y = 0; y < vocab; ++y) {
-          if (orderKey(row.v[y]) < row.tau) continue;
+        emitted = sampleRow(walk, i, vocab, row.argmax, [&](int64_t y) {
+          if (orderKey(row.v[y]) < row.tau) return 0.0f;
           const float e = weightOf(row.v[y], row.m, row.invT);
-          float w;
-          if (draftKind == kDraftNone) {
-            w = y == x ? 0.0f : e;
-          } else {
-            float qy = draftKind == kDraftProbs
-                           ? loadValue(a.draftData, a.draftDType, (b * n + i) * vocab + y)
-                           : draftRow.prob(y);
-            w = e / row.z - qy;
-          }
-          if (!(w > 0.0f)) continue;
-          float s = w / exponentialFromWord(philoxWord(walk.seed, walk.offset, static_cast<uint32_t>(i),
-                                                       static_cast<uint32_t>(y)));
-          if (s > best) { best = s; bestIdx = y; }
-        }
-        emitted = bestIdx >= 0 ? static_cast<int32_t>(bestIdx) : row.argmax;
+          if (draftKind == kDraftNone) return y == x ? 0.0f : e;
+          const float qy = draftKind == kDraftProbs ? loadValue(a.draftData, a.draftDType, (b * n + i) * vocab + y)
+                                                    : draftRow.prob(y);
+          return e / row.z - qy;
+        });
       } else {
         emitted = row.argmax;
       }

@@ -20,13 +20,15 @@
 //     Pass 1 streams from DRAM; with one 258 KB row per SM the later passes are L2 hits.
 //  3. verifyKernel     grid (B, verifyChunks): chunk 0 of a greedy or relaxed request, and every
 //     CTA of a rejection request, merges that request's records (fixed order, so all CTAs reach
-//     the same decision) and walks the draft positions; for rejection requests each CTA races
-//     its chunk of the sampled row, and the last CTA to finish (atomic counter zeroed by kernel
-//     1) merges the chunk winners and writes the outputs.
+//     the same decision) and walks the draft positions. For rejection requests each CTA sums
+//     the fixed-point weights of its chunk of the sampled row per 256-element step (workspace);
+//     the last CTA to finish (atomic counter zeroed by kernel 1) draws U below the row's total,
+//     finds the step whose prefix range holds U, then the token inside it, and writes the
+//     outputs. The sums are integers, so the order in which the CTAs add them cannot change
+//     the token: the CPU reference's running sum finds the same one.
 //
-// The race needs one Philox draw per candidate token; candidates whose weight times the
-// largest possible 1/E cannot beat the thread's best so far are skipped without drawing,
-// which is exact.
+// Sampling costs one Philox draw per sampled row, and per element one exp, a float-to-integer
+// conversion and an add.
 #include "kernels/mtp/mtp.h"
 
 #include <cuda_bf16.h>
@@ -61,37 +63,36 @@ struct alignas(16) RowRecord {
   uint32_t pad[3];
 };
 
-struct alignas(8) RacePartial {
-  float score;
-  int32_t index;
-};
+// Elements per step of the sampling pass: 32 lanes x 8 consecutive elements. Each step's sum
+// of fixed-point weights is kept, so the token is found by scanning the step sums, then one step.
+constexpr int64_t kStep = 256;
 
 struct Plan {
   int64_t rowChunks = 1, rowChunkLen = 1, verifyChunks = 1, verifyChunkLen = 1;
-  size_t recordsOffset = 0, partialsOffset = 0, countersOffset = 0, total = 0;
+  size_t recordsOffset = 0, stepSumsOffset = 0, countersOffset = 0, total = 0;
 };
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 size_t alignUp(size_t a, size_t b) { return (a + b - 1) / b * b; }
 
-void chunking(int64_t rows, int64_t vocab, int64_t ctaTarget, int64_t& chunks, int64_t& len) {
+void chunking(int64_t rows, int64_t vocab, int64_t ctaTarget, int64_t align, int64_t& chunks, int64_t& len) {
   int64_t want = ceilDiv(ctaTarget, rows < 1 ? 1 : rows);
   int64_t most = ceilDiv(vocab, kMinChunk);
   if (want > most) want = most;
   if (want < 1) want = 1;
-  len = alignUp(static_cast<size_t>(ceilDiv(vocab, want)), 16);
+  len = alignUp(static_cast<size_t>(ceilDiv(vocab, want)), align);
   chunks = ceilDiv(vocab, len);
 }
 
 Plan makePlan(int64_t batch, int64_t numDrafts, int64_t vocab) {
   Plan p;
-  chunking(batch * (numDrafts + 1), vocab, kRowCtaTarget, p.rowChunks, p.rowChunkLen);
-  chunking(batch, vocab, kVerifyCtaTarget, p.verifyChunks, p.verifyChunkLen);
+  chunking(batch * (numDrafts + 1), vocab, kRowCtaTarget, 16, p.rowChunks, p.rowChunkLen);
+  chunking(batch, vocab, kVerifyCtaTarget, kStep, p.verifyChunks, p.verifyChunkLen);
   const int64_t rows = batch * (2 * numDrafts + 1);  // target rows, then draft-logit rows
   p.recordsOffset = 0;
-  p.partialsOffset = alignUp(static_cast<size_t>(rows * p.rowChunks) * sizeof(RowRecord), 256);
+  p.stepSumsOffset = alignUp(static_cast<size_t>(rows * p.rowChunks) * sizeof(RowRecord), 256);
   p.countersOffset = alignUp(
-      p.partialsOffset + static_cast<size_t>(batch * p.verifyChunks) * sizeof(RacePartial), 256);
+      p.stepSumsOffset + static_cast<size_t>(batch * ceilDiv(vocab, kStep)) * sizeof(uint64_t), 256);
   p.total = alignUp(p.countersOffset + static_cast<size_t>(batch) * sizeof(uint32_t), 256);
   return p;
 }
@@ -101,7 +102,7 @@ Plan makePlan(int64_t batch, int64_t numDrafts, int64_t vocab) {
 struct Args : VerifyDraftsArgs {
   int64_t rowChunks, rowChunkLen, verifyChunks, verifyChunkLen;
   RowRecord* records;
-  RacePartial* partials;
+  uint64_t* stepSums;  // [B][ceil(V / kStep)]: the sampled row's fixed-point weight per step
   uint32_t* counters;
 };
 
@@ -200,6 +201,13 @@ __device__ __forceinline__ void forEachElement(const T* __restrict__ row, int64_
 template <typename T>
 __device__ __forceinline__ float loadAt(const void* base, int64_t i) {
   return Elem<T>::load(static_cast<const T*>(base) + i);
+}
+
+// 2^x by the SFU (ex2.approx: about 2 ulp), the cost of the softmax sums' terms.
+__device__ __forceinline__ float exp2Approx(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 // ---- reductions -----------------------------------------------------------------------
@@ -410,7 +418,7 @@ __device__ void rowStats(const Args& a, const T* row, int64_t rowId, const Reque
         },
         best);
   } else {
-    forEachElement(row, begin, end, [&](int64_t x, float v) {
+    auto one = [&](int64_t x, float v) {
       best(x, v);
       if (wantSum) {
         if (v > st.m) {
@@ -421,7 +429,44 @@ __device__ void rowStats(const Args& a, const T* row, int64_t rowId, const Reque
         }
       }
       if (wantCount) st.count += v > lx ? 1u : 0u;
-    });
+    };
+    // Per vector: the running max moves (and the sum is rescaled) at most once, then each
+    // element costs one fma and one ex2. A vector holding +inf or only NaN takes the element
+    // path above, which gives such rows the same statistics as before.
+    constexpr int N = Elem<T>::kVec;
+    const float c = invT * 1.44269504088896341f;
+    forEachVector(
+        row, begin, end,
+        [&](int64_t x, const float(&vals)[N]) {
+          float vm = vals[0];
+#pragma unroll
+          for (int j = 1; j < N; ++j) vm = fmaxf(vm, vals[j]);
+          if (!(vm < INFINITY)) {
+#pragma unroll
+            for (int j = 0; j < N; ++j) one(x + j, vals[j]);
+            return;
+          }
+          if (vm > st.bestV || (vm == st.bestV && x < st.bestI)) {
+#pragma unroll
+            for (int j = 0; j < N; ++j) best(x + j, vals[j]);
+          }
+          if (wantSum && vm > -INFINITY) {
+            if (vm > st.m) {
+              st.s = st.s > 0.0f ? st.s * __expf((st.m - vm) * invT) : 0.0f;
+              st.m = vm;
+            }
+            const float mc = st.m * c;
+            float add = 0.0f;
+#pragma unroll
+            for (int j = 0; j < N; ++j) add += vals[j] > -INFINITY ? exp2Approx(fmaf(vals[j], c, -mc)) : 0.0f;
+            st.s += add;
+          }
+          if (wantCount) {
+#pragma unroll
+            for (int j = 0; j < N; ++j) st.count += vals[j] > lx ? 1u : 0u;
+          }
+        },
+        one);
   }
   st = blockReduceStats(st, invT);
   if (threadIdx.x == 0) {
@@ -607,7 +652,7 @@ __global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a, int
   }
 }
 
-// ---- kernel 3: decision, race, outputs -------------------------------------------------
+// ---- kernel 3: decision, sample, outputs -------------------------------------------------
 
 struct Merged {
   float m, z;
@@ -642,9 +687,9 @@ __device__ Merged mergeRow(const Args& a, int64_t rowId, float invT) {
 struct Decision {
   int32_t accepted;  // position j of the emitted token
   int32_t token;     // emitted token, or the fallback when sampling finds nothing
-  int32_t sample;    // 1: race over row j
-  int32_t exclude;   // one-hot residual: token removed from the race
-  int32_t qKind;     // draft distribution subtracted in the race
+  int32_t sample;    // 1: sample from row j
+  int32_t exclude;   // one-hot residual: token removed from the sample
+  int32_t qKind;     // draft distribution subtracted in the sample
   int32_t state;     // thinking state before the emitted token
   int32_t beginId, endId;
   float invT, mP, zP, mQ, zQ;
@@ -747,12 +792,42 @@ __device__ void writeOutputs(const Args& a, int64_t b, const Decision& dec, int3
   }
 }
 
+// The eight consecutive elements x0 .. x0 + 7 of a row as floats (16-byte loads where the row
+// allows them); n of them exist (n < 8 at the row's end only).
+template <typename T>
+__device__ __forceinline__ void loadEight(const T* __restrict__ row, int64_t x0, int64_t n, bool vec, float (&v)[8]) {
+  if (vec && n == 8) {
+    constexpr int N = Elem<T>::kVec;
+    const uint4* p = reinterpret_cast<const uint4*>(row + x0);
+#pragma unroll
+    for (int u = 0; u < 8 / N; ++u) {
+      auto put = [&](int64_t j, float x) { v[u * N + j] = x; };
+      Elem<T>::unpack(__ldg(p + u), 0, put);
+    }
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) v[j] = j < n ? Elem<T>::load(row + x0 + j) : 0.0f;
+}
+
+// Inclusive prefix sum over a warp's lanes.
+__device__ __forceinline__ uint64_t warpInclusive(uint64_t v, int lane) {
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const uint64_t y = __shfl_up_sync(0xFFFFFFFFu, v, off);
+    if (lane >= off) v += y;
+  }
+  return v;
+}
+
 template <typename TT, typename TD>
 __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
   __shared__ Decision dec;
   __shared__ int32_t isLast;
   const int64_t b = blockIdx.x;
   const int64_t chunk = blockIdx.y;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  constexpr int kWarps = kVerifyThreads / 32;
   // only rejection samples: the other chunks of any other request have nothing to do
   if (chunk > 0 && loadRequest(a, b).mode != kModeRejection) return;
   if (threadIdx.x < 32) decide<TT, TD>(a, b, dec);
@@ -765,21 +840,17 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
   const int64_t n = a.numDrafts, V = a.vocab;
   const int32_t j = dec.accepted;
   const TT* row = static_cast<const TT*>(a.targetLogits) + (b * (n + 1) + j) * V;
+  const bool vec = reinterpret_cast<uintptr_t>(row) % 16 == 0;
   const int64_t draftBase = (b * n + j) * V;
-  const int64_t begin = chunk * a.verifyChunkLen;
-  const int64_t end = min(V, begin + a.verifyChunkLen);
   const float invT = dec.invT, mP = dec.mP, zP = dec.zP, mQ = dec.mQ, zQ = dec.zQ;
   const uint32_t tauP = dec.tauP, tauQ = dec.tauQ;
   const int32_t qKind = dec.qKind, exclude = dec.exclude;
-  const uint32_t k0 = static_cast<uint32_t>(dec.seed), k1 = static_cast<uint32_t>(dec.seed >> 32);
-  const uint32_t c2 = static_cast<uint32_t>(dec.offset), c3 = static_cast<uint32_t>(dec.offset >> 32);
-
-  float best = 0.0f;
-  int32_t bestIdx = INT_MAX;
-  uint32_t cachedGroup = 0xFFFFFFFFu;
-  Philox4 words{{0u, 0u, 0u, 0u}};
-  auto f = [&](int64_t x, float v) {
-    if (orderKey(v) < tauP) return;
+  const float scale = sampleScale(sampleShift(V));
+  const int64_t steps = (V + kStep - 1) / kStep;
+  uint64_t* sums = a.stepSums + b * steps;
+  // W(x) of logit v: the CPU reference's weight, in fixed point (common/mtp_rules.h)
+  auto weight = [&](int64_t x, float v) -> uint64_t {
+    if (orderKey(v) < tauP) return 0ull;
     const float e = weightOf(v, mP, invT);
     float w;
     if (qKind == kDraftNone) {
@@ -789,45 +860,98 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
       const float qv = qKind == kDraftProbs ? dv : keptProb(dv, tauQ, mQ, invT, zQ);
       w = e / zP - qv;
     }
-    if (!(w > 0.0f) || w * kRaceBound < best) return;
-    const uint32_t group = static_cast<uint32_t>(x) >> 2;
-    if (group != cachedGroup) {
-      cachedGroup = group;
-      words = philox4x32_10(group, static_cast<uint32_t>(j), c2, c3, k0, k1);
-    }
-    const float s = w / exponentialFromWord(philoxWordAt(words, static_cast<uint32_t>(x)));
-    if (s > best || (s == best && s > 0.0f && x < bestIdx)) {
-      best = s;
-      bestIdx = static_cast<int32_t>(x);
-    }
+    return fixedWeight(w, scale);
   };
-  forEachElement(row, begin, end, f);
+  // lane's part of step s: its eight elements (cnt of them exist), then their weights (into wt,
+  // when given) and the weights' sum
+  auto loadStep = [&](int64_t s, float(&v)[8]) -> int64_t {
+    const int64_t x0 = s * kStep + lane * 8;
+    const int64_t cnt = x0 < V ? min(int64_t{8}, V - x0) : 0;
+    loadEight<TT>(row, x0, cnt, vec, v);
+    return cnt;
+  };
+  auto weighStep = [&](int64_t s, const float(&v)[8], int64_t cnt, uint64_t* wt) -> uint64_t {
+    const int64_t x0 = s * kStep + lane * 8;
+    uint64_t sum = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const uint64_t w = k < cnt ? weight(x0 + k, v[k]) : 0ull;
+      if (wt) wt[k] = w;
+      sum += w;
+    }
+    return sum;
+  };
+  auto storeStep = [&](int64_t s, uint64_t sum) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xFFFFFFFFu, sum, off);
+    if (lane == 0) sums[s] = sum;
+  };
 
-  // Block argmax of (score, -index).
-  Stats st{best, bestIdx, -INFINITY, 0.0f, 0u};
-  st = blockReduceStats(st, 1.0f);
+  // Each warp sums the steps w, w + 8, ... of this chunk, two steps' loads in flight; lane 0
+  // stores each step's sum.
+  const int64_t s0 = chunk * a.verifyChunkLen / kStep;
+  const int64_t s1 = min(steps, (chunk + 1) * a.verifyChunkLen / kStep);
+  for (int64_t s = s0 + warp; s < s1; s += 2 * kWarps) {
+    const bool two = s + kWarps < s1;
+    float v0[8], v1[8];
+    const int64_t c0 = loadStep(s, v0);
+    const int64_t c1 = two ? loadStep(s + kWarps, v1) : 0;
+    storeStep(s, weighStep(s, v0, c0, nullptr));
+    if (two) storeStep(s + kWarps, weighStep(s + kWarps, v1, c1, nullptr));
+  }
+  __threadfence();
+  __syncthreads();
   if (threadIdx.x == 0) {
-    a.partials[b * a.verifyChunks + chunk] = RacePartial{st.bestV, st.bestI};
-    __threadfence();
     const uint32_t prev = atomicAdd(&a.counters[b], 1u);
     isLast = prev == static_cast<uint32_t>(a.verifyChunks - 1) ? 1 : 0;
   }
   __syncthreads();
   if (!isLast) return;
   __threadfence();
+
+  // The last CTA: Z, the draw U, the step whose prefix range holds U (each thread scans a
+  // contiguous group of step sums), then that step's element in warp 0.
+  __shared__ uint64_t warpTotal[kWarps];
+  __shared__ uint64_t rest;
+  __shared__ int64_t stepAt;
   __shared__ int32_t winner;
-  if (threadIdx.x == 0) {
-    float bs = 0.0f;
-    int32_t bi = INT_MAX;
-    for (int64_t c = 0; c < a.verifyChunks; ++c) {
-      const float s = __ldcg(&a.partials[b * a.verifyChunks + c].score);
-      const int32_t i = __ldcg(&a.partials[b * a.verifyChunks + c].index);
-      if (s > 0.0f && (s > bs || (s == bs && i < bi))) {
-        bs = s;
-        bi = i;
-      }
+  const int64_t per = (steps + kVerifyThreads - 1) / kVerifyThreads;
+  const int64_t g0 = min(steps, threadIdx.x * per), g1 = min(steps, g0 + per);
+  uint64_t mine = 0;
+  for (int64_t s = g0; s < g1; ++s) mine += __ldcg(&sums[s]);
+  const uint64_t incl = warpInclusive(mine, lane);
+  if (lane == 31) warpTotal[warp] = incl;
+  if (threadIdx.x == 0) winner = dec.token;  // every weight 0: the argmax
+  __syncthreads();
+  uint64_t before = incl - mine, z = 0;
+  for (int w = 0; w < kWarps; ++w) {
+    before += w < warp ? warpTotal[w] : 0ull;
+    z += warpTotal[w];
+  }
+  if (z != 0) {
+    const uint64_t u = drawBelow(sampleDraw(dec.seed, dec.offset, static_cast<uint32_t>(j)), z);
+    if (u >= before && u - before < mine) {  // exactly one thread: the group that holds u
+      uint64_t r = u - before;
+      int64_t s = g0;
+      for (uint64_t w; r >= (w = __ldcg(&sums[s])); ++s) r -= w;
+      stepAt = s;
+      rest = r;
     }
-    winner = bi == INT_MAX ? dec.token : bi;
+  }
+  __syncthreads();
+  if (z != 0 && warp == 0) {
+    uint64_t wt[8];
+    float v[8];
+    const int64_t cnt = loadStep(stepAt, v);
+    const uint64_t sum = weighStep(stepAt, v, cnt, wt);
+    const uint64_t in = warpInclusive(sum, lane);
+    const uint64_t r = rest;
+    if (r >= in - sum && r < in) {
+      uint64_t left = r - (in - sum);
+      int k = 0;
+      while (left >= wt[k]) left -= wt[k++];
+      winner = static_cast<int32_t>(stepAt * kStep + lane * 8 + k);
+    }
   }
   __syncthreads();
   writeOutputs(a, b, dec, winner);
@@ -878,7 +1002,7 @@ cudaError_t verifyDrafts(const VerifyDraftsArgs& args, const Launch& l) {
   // Arena blocks are allocator blocks (256-byte aligned at least); the records need 16.
   char* ws = static_cast<char*>(l.workspace.get(plan.total));
   a.records = reinterpret_cast<RowRecord*>(ws + plan.recordsOffset);
-  a.partials = reinterpret_cast<RacePartial*>(ws + plan.partialsOffset);
+  a.stepSums = reinterpret_cast<uint64_t*>(ws + plan.stepSumsOffset);
   a.counters = reinterpret_cast<uint32_t*>(ws + plan.countersOffset);
 
   const cudaStream_t stream = l.stream;
