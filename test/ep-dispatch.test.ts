@@ -703,12 +703,16 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
     }
   });
 
-  it('a send over 1024 tokens (slots scanned by a launch of their own) beside one of 1024 (scanned by the send itself)', async () => {
+  it('a send over 1024 tokens (slots scanned by a launch of their own) beside one of 1024 (scanned by the send itself), and one over 4096', async () => {
     for (const devs of pairs()) {
       const seed = freshSeed(`nvlink scan ${devs.join(',')}`);
       const E = 6, K = 3, H = 64;
       await round({ R: 2, E, H, K, maxT: 1025, payload: 'bf16', form: 'contiguous', out: 'f32', devices: devs, inputs: inputs(seed, [1025, 1024], H, E, K) });
       await round({ R: 2, E, H, K, maxT: 1025, payload: 'nvfp4', form: 'contiguous', combine: 'reduced', out: 'bf16', devices: devs, inputs: inputs(seed + 1, [1024, 1025], H, E, K) });
+      // over 4096 tokens: the slots kernel's second round; 200 local experts: the layout scan's
+      // groups of tiles (5 groups of 201 experts)
+      const many = [4097 + (seed % 200), 4096];
+      await round({ R: 2, E: 400, H: 32, K, maxT: 4300, payload: 'bf16', form: 'contiguous', align: 8, out: 'f32', devices: devs, inputs: inputs(seed + 2, many, 32, 400, K) });
     }
   });
 

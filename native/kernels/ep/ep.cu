@@ -114,52 +114,95 @@ __device__ __forceinline__ void warpScatterPart(uint64_t to, uint32_t mask, cons
 
 // ---- dispatch: send ------------------------------------------------------------------------
 
-// 1024 threads: a chunk of 1024 tokens per step of the CTA's scan.
+// 1024 threads, rounds of four tokens per thread.
 constexpr int kSlotThreads = 1024;
+constexpr int kSlotRound = 4 * kSlotThreads;
+
+// f(q, ids[q]) for q in [0, pairs), a thread per pair: each thread's 16 loads are issued before
+// any is used, so a pass costs a memory round trip per 16 pairs a thread, not one per pair.
+template <class F>
+__device__ __forceinline__ void forPairs(const int32_t* __restrict__ ids, int pairs, F f) {
+  constexpr int kBatch = 16;
+  for (int q0 = threadIdx.x; q0 < pairs; q0 += kBatch * kSlotThreads) {
+    int32_t id[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) id[u] = q0 + u * kSlotThreads < pairs ? ids[q0 + u * kSlotThreads] : 0;
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      if (q0 + u * kSlotThreads < pairs) f(q0 + u * kSlotThreads, id[u]);
+    }
+  }
+}
 
 // Block d: the tokens that go to destination d, in order, get slots 0..; combineIndex of their
-// pairs for d, and sendCount[d]. Block 0 also marks the pairs whose id is out of range.
+// pairs for d, and sendCount[d]. Block 0 also marks the pairs whose id is out of range. Per round
+// of kSlotRound tokens: a thread per pair (coalesced loads of the ids) flags the tokens with a
+// pair on d, each thread counts four consecutive tokens' flags, one block-wide scan gives their
+// slots, and a second pass over the pairs writes combineIndex.
 __global__ void __launch_bounds__(kSlotThreads) slotsKernel(const int32_t* __restrict__ ids, int64_t tokens, int k, int experts, int local,
                                                         int64_t maxTokens, int32_t* __restrict__ combineIndex,
                                                         uint32_t* __restrict__ sendCount, int32_t* __restrict__ errors) {
   constexpr int kSlotWarps = kSlotThreads / 32;
+  __shared__ uint32_t here[kSlotRound];
+  __shared__ uint32_t slotOf[kSlotRound];
   __shared__ uint32_t warpSum[kSlotWarps];
   const int d = blockIdx.x;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   uint32_t base = 0;
   int32_t bad = 0;
-  for (int64_t t0 = 0; t0 < tokens; t0 += kSlotThreads) {
-    const int64_t t = t0 + threadIdx.x;
-    bool here = false;
-    if (t < tokens) {
-      for (int i = 0; i < k; ++i) {
-        const int32_t id = ids[t * k + i];
-        const bool valid = id >= 0 && id < experts;
-        here |= valid && id / local == d;
-        if (d == 0 && !valid) {
-          combineIndex[t * k + i] = -1;
-          ++bad;
-        }
-      }
-    }
-    // block-wide exclusive scan of `here`
-    const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, here);
-    if (lane == 0) warpSum[warp] = __popc(ballot);
+  // The kernel runs on R SMs only, so its instructions count: no integer division per pair.
+  // q / k as a high multiply by floor(2^32 / k) + 1, exact while q * k < 2^32 (here q < 2^16,
+  // k <= 16); "id on d" as one unsigned compare.
+  const uint32_t magic = static_cast<uint32_t>((uint64_t{1} << 32) / static_cast<uint64_t>(k) + 1);
+  auto tokenOf = [&](int q) { return static_cast<int>(k == 1 ? static_cast<uint32_t>(q) : __umulhi(static_cast<uint32_t>(q), magic)); };
+  auto onD = [&](int32_t id) { return static_cast<uint32_t>(id - d * local) < static_cast<uint32_t>(local); };
+  for (int64_t t0 = 0; t0 < tokens; t0 += kSlotRound) {
+    const int n = static_cast<int>(min(static_cast<int64_t>(kSlotRound), tokens - t0));
+    const int pairs = n * k;
+    const int32_t* roundIds = ids + t0 * k;
+    int32_t* roundIndex = combineIndex + t0 * k;
+    for (int i = threadIdx.x; i < n; i += kSlotThreads) here[i] = 0;
     __syncthreads();
-    uint32_t before = base;
-    for (int w = 0; w < warp; ++w) before += warpSum[w];
-    before += __popc(ballot & ((1u << lane) - 1u));
-    uint32_t total = 0;
-    for (int w = 0; w < kSlotWarps; ++w) total += warpSum[w];
-    if (here) {
-      const int64_t slot = static_cast<int64_t>(d) * maxTokens + before;
-      for (int i = 0; i < k; ++i) {
-        const int32_t id = ids[t * k + i];
-        if (id >= 0 && id < experts && id / local == d) combineIndex[t * k + i] = static_cast<int32_t>(slot * k + i);
+    forPairs(roundIds, pairs, [&](int q, int32_t id) {
+      const bool valid = id >= 0 && id < experts;
+      if (valid && onD(id)) atomicOr(&here[tokenOf(q)], 1u);
+      if (d == 0 && !valid) {
+        roundIndex[q] = -1;
+        ++bad;
       }
+    });
+    __syncthreads();
+    const int i0 = threadIdx.x * 4;
+    uint32_t flags = 0;
+#pragma unroll
+    for (int u = 0; u < 4; ++u) flags |= (i0 + u < n && here[i0 + u] != 0 ? 1u : 0u) << u;
+    const uint32_t mine = __popc(flags);
+    uint32_t inc = mine;
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+      const uint32_t v = __shfl_up_sync(0xFFFFFFFFu, inc, off);
+      if (lane >= off) inc += v;
     }
+    if (lane == 31) warpSum[warp] = inc;
+    __syncthreads();
+    uint32_t before = base + inc - mine, total = 0;
+    for (int w = 0; w < kSlotWarps; ++w) {
+      before += w < warp ? warpSum[w] : 0u;
+      total += warpSum[w];
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      if ((flags >> u) & 1u) slotOf[i0 + u] = before + __popc(flags & ((1u << u) - 1u));
+    }
+    __syncthreads();
+    forPairs(roundIds, pairs, [&](int q, int32_t id) {
+      if (id >= 0 && id < experts && onD(id)) {
+        const int t = tokenOf(q);
+        roundIndex[q] = static_cast<int32_t>((static_cast<int64_t>(d) * maxTokens + slotOf[t]) * k + (q - t * k));
+      }
+    });
     base += total;
-    __syncthreads();  // warpSum is rewritten by the next chunk
+    __syncthreads();  // here, slotOf and warpSum are the next round's
   }
   if (threadIdx.x == 0) sendCount[d] = base;
   if (d == 0) {
@@ -522,25 +565,47 @@ __device__ void expertRows(int L, const int64_t* total, int32_t align, int32_t m
 }
 
 // One CTA of 1024 threads. tileCounts becomes each expert's pairs before each tile (exclusive);
-// then expertRows.
+// then expertRows. The threads form G = 1024 / (L + 1) groups, each with a contiguous range of
+// the tiles: a group's sums per expert, their prefix over the groups, then each group writes its
+// range; G times fewer dependent loads per thread than one thread per expert down every tile.
 __global__ void __launch_bounds__(1024) scanKernel(int L, int64_t tiles, int32_t align, int32_t maxPerExpert, int32_t* __restrict__ tileCounts,
                                                    int32_t* __restrict__ placed, int32_t* __restrict__ touch, int32_t* __restrict__ layoutCounts,
                                                    int32_t* __restrict__ offsets,
                                                    int32_t* __restrict__ usedRows, int32_t* __restrict__ dropped, int32_t* __restrict__ errors) {
   __shared__ int64_t total[E::kMaxLocalExperts + 1];
-  for (int e = threadIdx.x; e <= L; e += blockDim.x) {
-    int64_t run = 0;
-    for (int64_t t0 = 0; t0 < tiles; t0 += 8) {
+  __shared__ int64_t part[1024];  // [group][expert]
+  const int E1 = L + 1;
+  const int groups = max(1, static_cast<int>(blockDim.x) / E1);
+  const int64_t per = (tiles + groups - 1) / groups;
+  auto range = [&](int g, int e, bool write, int64_t run) {
+    const int64_t t1 = min(tiles, (g + 1) * per);
+    for (int64_t t0 = g * per; t0 < t1; t0 += 8) {
       int32_t n[8];
 #pragma unroll
-      for (int u = 0; u < 8; ++u) n[u] = t0 + u < tiles ? tileCounts[(t0 + u) * (L + 1) + e] : 0;
+      for (int u = 0; u < 8; ++u) n[u] = t0 + u < t1 ? tileCounts[(t0 + u) * E1 + e] : 0;
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
-        if (t0 + u < tiles) tileCounts[(t0 + u) * (L + 1) + e] = static_cast<int32_t>(run);
+        if (write && t0 + u < t1) tileCounts[(t0 + u) * E1 + e] = static_cast<int32_t>(run);
         run += n[u];
       }
     }
-    total[e] = run;
+    return run;
+  };
+  if (groups == 1) {
+    for (int e = threadIdx.x; e < E1; e += blockDim.x) total[e] = range(0, e, true, 0);
+  } else {
+    const int g = threadIdx.x / E1, e = threadIdx.x % E1;
+    if (g < groups) part[g * E1 + e] = range(g, e, false, 0);
+    __syncthreads();
+    if (g < groups) {
+      int64_t before = 0, all = 0;
+      for (int h = 0; h < groups; ++h) {
+        before += h < g ? part[h * E1 + e] : 0;
+        all += part[h * E1 + e];
+      }
+      range(g, e, true, before);
+      if (g == 0) total[e] = all;
+    }
   }
   __syncthreads();
   expertRows(L, total, align, maxPerExpert, placed, touch, layoutCounts, offsets, usedRows, dropped, errors);
