@@ -873,8 +873,13 @@ describe.skipIf(!hasCuda)('verifyDrafts: CUDA and the CPU reference agree token 
     dtype: 'f32' | 'f16' | 'bf16';
     draft: 'none' | 'probs' | 'logits';
     filter: boolean;
+    /** top-k values in [kMin, kMin + kSpan) where filtered (default 1..100) */
+    kMin?: number;
+    kSpan?: number;
   }
   const cases: Case[] = [
+    // top-k over a few thousand: more than the kernel's 2048 candidates, so the passes run over the whole row
+    { label: 'top-k 2500-5500 (full-row passes), V=6001', B: 16, n: 2, V: 6001, dtype: 'bf16', draft: 'probs', filter: true, kMin: 2500, kSpan: 3000 },
     { label: 'greedy/relaxed/rejection mix, V=1000', B: 96, n: 3, V: 1000, dtype: 'f32', draft: 'none', filter: false },
     { label: 'draft probs, top-k/top-p, V=1000', B: 96, n: 3, V: 1000, dtype: 'bf16', draft: 'probs', filter: true },
     { label: 'draft logits, top-k/top-p, V=4099 (odd)', B: 40, n: 2, V: 4099, dtype: 'f16', draft: 'logits', filter: true },
@@ -903,7 +908,7 @@ describe.skipIf(!hasCuda)('verifyDrafts: CUDA and the CPU reference agree token 
       const params = {
         mode: modes,
         temperature: Array.from({ length: B }, () => (r() < 0.1 ? 0 : 0.5 + r())),
-        topK: Array.from({ length: B }, () => (c.filter && r() < 0.6 ? 1 + Math.floor(r() * 100) : 0)),
+        topK: Array.from({ length: B }, () => (c.filter && r() < 0.6 ? (c.kMin ?? 1) + Math.floor(r() * (c.kSpan ?? 100)) : 0)),
         topP: Array.from({ length: B }, () => (c.filter && r() < 0.6 ? Math.fround(0.5 + 0.45 * r()) : 1)),
         seed: Array.from({ length: B }, () => BigInt(Math.floor(r() * 2 ** 32)) * 4294967296n + BigInt(Math.floor(r() * 2 ** 32))),
         offset: Array.from({ length: B }, () => Math.floor(r() * 2 ** 40)),

@@ -17,7 +17,10 @@
 //       top-p : one mass pass per digit over keys >= the top-k threshold; the first gives the
 //               top-k mass, each picks the largest digit whose suffix mass reaches the target;
 //       top-k only: one pass summing the kept mass.
-//     Pass 1 streams from DRAM; with one 258 KB row per SM the later passes are L2 hits.
+//     When at most 2048 values have a top digit at or above top-k's, one pass collects them into
+//     shared memory and every later pass runs over those instead of the row: top-k and top-p
+//     then cost two passes over the row. Pass 1 streams from DRAM; with one 258 KB row per SM
+//     the later passes are L2 hits.
 //  3. verifyKernel     grid (B, verifyChunks): chunk 0 of a greedy or relaxed request, and every
 //     CTA of a rejection request, merges that request's records (fixed order, so all CTAs reach
 //     the same decision) and walks the draft positions. For rejection requests each CTA sums
@@ -510,9 +513,13 @@ __global__ void __launch_bounds__(kRowThreads) rowStatsKernel(Args a) {
 
 // ---- kernel 2: filtered rows (one CTA per row) -----------------------------------------
 
+// Top-k's candidates: when the keys in or above the top-k digit of the first pass number at
+// most kCandidates, the later passes run over those values (shared memory) instead of the row.
+constexpr int kCandidates = 2048;
+
 template <typename T>
 __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Request& q,
-                          uint32_t* counts, float* mass) {
+                          uint32_t* counts, float* mass, float* cand) {
   const int64_t V = a.vocab;
   const float invT = q.invT;
   const bool useK = q.topK > 0 && static_cast<int64_t>(q.topK) < V;
@@ -545,6 +552,17 @@ __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Requ
   __syncthreads();
   const float m = rowMax;
 
+  // The values the later passes visit: the whole row, or top-k's candidates once collected.
+  __shared__ int numCand;
+  int nCand = -1;
+  auto forValues = [&](auto&& f) {
+    if (nCand >= 0) {
+      for (int i = threadIdx.x; i < nCand; i += blockDim.x) f(cand[i]);
+    } else {
+      forEachElement(row, 0, V, [&](int64_t, float v) { f(v); });
+    }
+  };
+
   uint32_t tau = 0u;
   if (useK) {
     uint32_t kRem = static_cast<uint32_t>(q.topK);
@@ -555,13 +573,26 @@ __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Requ
         for (int d = threadIdx.x; d < nb; d += blockDim.x) counts[d] = 0u;
         __syncthreads();
         const uint32_t want = prefix;
-        forEachElement(row, 0, V, [&](int64_t, float v) {
+        forValues([&](float v) {
           const uint32_t k = orderKey(v);
           if ((k >> (sh + bits)) == want) atomicAdd(&counts[(k >> sh) & (nb - 1)], 1u);
         });
         __syncthreads();
       }
       const Selection s = selectDigit<uint32_t>(counts, nb, kRem, 0u);
+      const bool collect = l == 0 && s.aboveCount + counts[s.digit] <= static_cast<uint32_t>(kCandidates);
+      __syncthreads();  // every thread has read counts, which the next level rewrites
+      if (collect) {
+        // every key the rest can keep has a top digit >= s.digit: collect those values once
+        const uint32_t d0 = static_cast<uint32_t>(s.digit);
+        if (threadIdx.x == 0) numCand = 0;
+        __syncthreads();
+        forEachElement(row, 0, V, [&](int64_t, float v) {
+          if ((orderKey(v) >> 20) >= d0) cand[atomicAdd(&numCand, 1)] = v;
+        });
+        __syncthreads();
+        nCand = numCand;
+      }
       kRem -= s.aboveCount;
       prefix = (prefix << bits) | static_cast<uint32_t>(s.digit);
     }
@@ -578,7 +609,7 @@ __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Requ
       for (int d = threadIdx.x; d < nb; d += blockDim.x) mass[d] = 0.0f;
       __syncthreads();
       const uint32_t want = prefix;
-      forEachElement(row, 0, V, [&](int64_t, float v) {
+      forValues([&](float v) {
         const uint32_t k = orderKey(v);
         if (k >= tau && (l == 0 || (k >> (sh + bits)) == want))
           atomicAdd(&mass[(k >> sh) & (nb - 1)], weightOf(v, m, invT));
@@ -599,7 +630,7 @@ __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Requ
   } else {
     float local = 0.0f;
     const uint32_t t = tau;
-    forEachElement(row, 0, V, [&](int64_t, float v) {
+    forValues([&](float v) {
       if (orderKey(v) >= t) local += weightOf(v, m, invT);
     });
     z = blockSum(local);
@@ -625,7 +656,8 @@ __global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a, int
   // Declared here so the two element-type instantiations share one copy.
   __shared__ uint32_t counts[kBins];
   __shared__ float mass[kBins];
-  __shared__ int64_t listed[kFilterThreads];
+  __shared__ int32_t listed[kFilterThreads];
+  __shared__ float cand[kCandidates];
   __shared__ int numListed;
   for (int64_t m0 = 0; blockIdx.x + gridDim.x * m0 < rows; m0 += kFilterThreads) {
     if (threadIdx.x == 0) numListed = 0;
@@ -634,7 +666,7 @@ __global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a, int
     if (rowId < rows) {
       const RowRef r = rowRef(a, rowId);
       const Request q = loadRequest(a, r.b);
-      if (rowNeeded(a, r, q) && q.filtered) listed[atomicAdd(&numListed, 1)] = rowId;
+      if (rowNeeded(a, r, q) && q.filtered) listed[atomicAdd(&numListed, 1)] = static_cast<int32_t>(rowId);  // rows < 2^31: a grid dimension
     }
     __syncthreads();
     const int n = numListed;
@@ -643,9 +675,9 @@ __global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a, int
       const RowRef r = rowRef(a, id);
       const Request q = loadRequest(a, r.b);
       if (r.isDraft)
-        filterRow<TD>(a, static_cast<const TD*>(a.draftData) + (r.b * a.numDrafts + r.i) * a.vocab, id, q, counts, mass);
+        filterRow<TD>(a, static_cast<const TD*>(a.draftData) + (r.b * a.numDrafts + r.i) * a.vocab, id, q, counts, mass, cand);
       else
-        filterRow<TT>(a, static_cast<const TT*>(a.targetLogits) + id * a.vocab, id, q, counts, mass);
+        filterRow<TT>(a, static_cast<const TT*>(a.targetLogits) + id * a.vocab, id, q, counts, mass, cand);
       __syncthreads();  // counts and mass are the next row's
     }
     __syncthreads();  // numListed and listed are the next round's
