@@ -87,9 +87,14 @@ MTP_HD int sampleShift(int64_t vocab) {
 // 2^S as a float (exact: S <= 61).
 MTP_HD float sampleScale(int shift) { return static_cast<float>(uint64_t{1} << shift); }
 
-// W(x): w clamped to [0, 1] (NaN and w <= 0 give 0), times 2^S (exact), truncated.
+// W(x): w clamped to [0, 1] (NaN and w <= 0 give 0), times 2^S (exact), truncated. fmax and
+// fmin return the operand that is not NaN: no branch per element on the GPU.
 MTP_HD uint64_t fixedWeight(float w, float scale) {
-  return w > 0.0f ? static_cast<uint64_t>((w < 1.0f ? w : 1.0f) * scale) : 0ull;
+#if defined(__CUDA_ARCH__)
+  return static_cast<uint64_t>(fminf(fmaxf(w, 0.0f), 1.0f) * scale);
+#else
+  return static_cast<uint64_t>(std::fmin(std::fmax(w, 0.0f), 1.0f) * scale);
+#endif
 }
 
 // The one draw of sampled row i: counter (0, i, offset lo, offset hi), words 1 and 0.

@@ -461,7 +461,11 @@ __device__ void rowStats(const Args& a, const T* row, int64_t rowId, const Reque
             const float mc = st.m * c;
             float add = 0.0f;
 #pragma unroll
-            for (int j = 0; j < N; ++j) add += vals[j] > -INFINITY ? exp2Approx(fmaf(vals[j], c, -mc)) : 0.0f;
+            for (int j = 0; j < N; ++j) {
+              // computed for every element, then selected: a conditional asm would branch
+              const float e = exp2Approx(fmaf(vals[j], c, -mc));
+              add += vals[j] > -INFINITY ? e : 0.0f;
+            }
             st.s += add;
           }
           if (wantCount) {
@@ -535,13 +539,36 @@ __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Requ
   __syncthreads();
 
   Stats st{-INFINITY, INT_MAX, -INFINITY, 0.0f, 0u};
-  forEachElement(row, 0, V, [&](int64_t x, float v) {
+  auto one = [&](int64_t x, float v) {
     if (argmaxBetter(v, static_cast<int32_t>(x), st.bestV, st.bestI)) {
       st.bestV = v;
       st.bestI = static_cast<int32_t>(x);
     }
     if (useK) atomicAdd(&counts[orderKey(v) >> 20], 1u);
-  });
+  };
+  // the argmax per element only where the vector's max can win (as in the greedy pass)
+  constexpr int N = Elem<T>::kVec;
+  forEachVector(
+      row, 0, V,
+      [&](int64_t x, const float(&vals)[N]) {
+        float vm = vals[0];
+#pragma unroll
+        for (int j = 1; j < N; ++j) vm = fmaxf(vm, vals[j]);
+        if (vm > st.bestV || (vm == st.bestV && x < st.bestI)) {
+#pragma unroll
+          for (int j = 0; j < N; ++j) {
+            if (argmaxBetter(vals[j], static_cast<int32_t>(x + j), st.bestV, st.bestI)) {
+              st.bestV = vals[j];
+              st.bestI = static_cast<int32_t>(x + j);
+            }
+          }
+        }
+        if (useK) {
+#pragma unroll
+          for (int j = 0; j < N; ++j) atomicAdd(&counts[orderKey(vals[j]) >> 20], 1u);
+        }
+      },
+      one);
   st = blockReduceStats(st, invT);
   __shared__ float rowMax;
   __shared__ int32_t rowArgmax;
@@ -881,11 +908,13 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
   const int64_t steps = (V + kStep - 1) / kStep;
   uint64_t* sums = a.stepSums + b * steps;
   // W(x) of logit v: the CPU reference's weight, in fixed point (common/mtp_rules.h)
+  // (a value below the filter's threshold returns early: in a filtered row that is nearly every
+  // value, and it skips the exp and the draft's load)
   auto weight = [&](int64_t x, float v) -> uint64_t {
     if (orderKey(v) < tauP) return 0ull;
     const float e = weightOf(v, mP, invT);
     float w;
-    if (qKind == kDraftNone) {
+    if (qKind == kDraftNone) {  // the same for the whole CTA
       w = x == exclude ? 0.0f : e;
     } else {
       const float dv = loadAt<TD>(a.draftData, draftBase + x);
