@@ -219,6 +219,30 @@ __device__ __forceinline__ bool argmaxBetter(float v, int32_t i, float bv, int32
   return v > bv || (v == bv && i < bi);
 }
 
+// The largest of a vector's values (NaN ignored; NaN if all are).
+template <int N>
+__device__ __forceinline__ float vectorMax(const float (&vals)[N]) {
+  float m = vals[0];
+#pragma unroll
+  for (int j = 1; j < N; ++j) m = fmaxf(m, vals[j]);
+  return m;
+}
+
+// The argmax over a vector starting at index x with maximum vm: its elements are compared one by
+// one only when vm could win, which keeps an argmax pass bound by memory, not by issue.
+template <int N>
+__device__ __forceinline__ void vectorArgmax(int64_t x, const float (&vals)[N], float vm, float& bestV, int32_t& bestI) {
+  if (vm > bestV || (vm == bestV && x < bestI)) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      if (argmaxBetter(vals[j], static_cast<int32_t>(x + j), bestV, bestI)) {
+        bestV = vals[j];
+        bestI = static_cast<int32_t>(x + j);
+      }
+    }
+  }
+}
+
 // (max, sum of exp((l - max) * invT)) pairs; a pair with sum 0 contributes nothing.
 __device__ __forceinline__ void combineSoftmax(float& m, float& s, float m2, float s2,
                                                float invT) {
@@ -405,21 +429,10 @@ __device__ void rowStats(const Args& a, const T* row, int64_t rowId, const Reque
     }
   };
   if (!wantSum && !wantCount) {
-    // Argmax only (greedy rows): one max per vector; the elements are looked at one by one only
-    // when the vector could hold a winner, which keeps the pass bound by memory, not by issue.
+    // Argmax only (greedy rows): one max per vector.
     constexpr int N = Elem<T>::kVec;
     forEachVector(
-        row, begin, end,
-        [&](int64_t x, const float(&vals)[N]) {
-          float m = vals[0];
-#pragma unroll
-          for (int j = 1; j < N; ++j) m = fmaxf(m, vals[j]);
-          if (m > st.bestV || (m == st.bestV && x < st.bestI)) {
-#pragma unroll
-            for (int j = 0; j < N; ++j) best(x + j, vals[j]);
-          }
-        },
-        best);
+        row, begin, end, [&](int64_t x, const float(&vals)[N]) { vectorArgmax(x, vals, vectorMax(vals), st.bestV, st.bestI); }, best);
   } else {
     auto one = [&](int64_t x, float v) {
       best(x, v);
@@ -441,18 +454,13 @@ __device__ void rowStats(const Args& a, const T* row, int64_t rowId, const Reque
     forEachVector(
         row, begin, end,
         [&](int64_t x, const float(&vals)[N]) {
-          float vm = vals[0];
-#pragma unroll
-          for (int j = 1; j < N; ++j) vm = fmaxf(vm, vals[j]);
+          const float vm = vectorMax(vals);
           if (!(vm < INFINITY)) {
 #pragma unroll
             for (int j = 0; j < N; ++j) one(x + j, vals[j]);
             return;
           }
-          if (vm > st.bestV || (vm == st.bestV && x < st.bestI)) {
-#pragma unroll
-            for (int j = 0; j < N; ++j) best(x + j, vals[j]);
-          }
+          vectorArgmax(x, vals, vm, st.bestV, st.bestI);
           if (wantSum && vm > -INFINITY) {
             if (vm > st.m) {
               st.s = st.s > 0.0f ? st.s * __expf((st.m - vm) * invT) : 0.0f;
@@ -546,23 +554,11 @@ __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Requ
     }
     if (useK) atomicAdd(&counts[orderKey(v) >> 20], 1u);
   };
-  // the argmax per element only where the vector's max can win (as in the greedy pass)
   constexpr int N = Elem<T>::kVec;
   forEachVector(
       row, 0, V,
       [&](int64_t x, const float(&vals)[N]) {
-        float vm = vals[0];
-#pragma unroll
-        for (int j = 1; j < N; ++j) vm = fmaxf(vm, vals[j]);
-        if (vm > st.bestV || (vm == st.bestV && x < st.bestI)) {
-#pragma unroll
-          for (int j = 0; j < N; ++j) {
-            if (argmaxBetter(vals[j], static_cast<int32_t>(x + j), st.bestV, st.bestI)) {
-              st.bestV = vals[j];
-              st.bestI = static_cast<int32_t>(x + j);
-            }
-          }
-        }
+        vectorArgmax(x, vals, vectorMax(vals), st.bestV, st.bestI);
         if (useK) {
 #pragma unroll
           for (int j = 0; j < N; ++j) atomicAdd(&counts[orderKey(vals[j]) >> 20], 1u);
