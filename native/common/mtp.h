@@ -54,18 +54,23 @@
 //    - delta, softmax at temperature 1 over the whole vocabulary. Emission as in greedy. The
 //    phase for position 0 is inThinking; an accepted draft equal to thinkBeginId turns it on
 //    for later positions, one equal to thinkEndId turns it off (begin checked first).
-//  * Sampling is by inverse CDF on fixed-point weights: W(x) = floor(min(w(x), 1) * 2^S), S =
-//    62 - bitlength(V) (w <= 0 or NaN gives 0); the token is the smallest x whose prefix sum
-//    W(0) + ... + W(x) exceeds U = floor(r * Z / 2^64), Z the sum of every W, r one 64-bit
-//    draw per sampled row. Integer sums are exact, so the token does not depend on the order of
-//    summation. A weight below 2^-S is never drawn (2.8e-14 at V = 129280). The one-hot and
-//    bonus cases use the unnormalized weight exp((l - max)/T) (at most 1), so they do not
-//    depend on any float sum.
+//  * Sampling. One-hot and bonus rows (weights exp((l - max)/T), at most 1, no float sum
+//    involved): inverse CDF on fixed-point weights W(x) = floor(min(w(x), 1) * 2^S), S = 62 -
+//    bitlength(V) (w <= 0 or NaN gives 0); the token is the smallest x whose prefix sum
+//    W(0) + ... + W(x) exceeds U = floor(r * Z / 2^64), Z the sum of every W, r one 64-bit draw
+//    per sampled row. Integer sums are exact in any order, and exp is computed with the same
+//    bits on both backends (mtp_rules.h), so both find the same token. A weight below 2^-S is
+//    never drawn (2.8e-14 at V = 129280). The residual against draft probabilities (w = p - q,
+//    which depends on the float normalizer of p): an exponential race, token = argmax over x
+//    with w(x) > 0 of w(x) / E(x), ties to the lowest id, E(x) = Exp(1) from Philox, so that a
+//    last-ulp difference in the normalizer decides nothing but near-ties.
 //  * RNG: Philox4x32-10, key = (seed lo, seed hi), counter = (c0, stream, offset lo, offset
 //    hi). Acceptance uniform of position i: stream 0xFFFFFFFF, c0 = i >> 2, word i & 3, u =
-//    (word >> 8) * 2^-24. Sampling draw of row i: stream i, c0 = 0, r = word 1 * 2^32 + word 0.
+//    (word >> 8) * 2^-24. Inverse-CDF draw of row i: stream i, c0 = 0, r = word 1 * 2^32 +
+//    word 0. Race draw of token x in row i: stream i, c0 = x >> 2, word x & 3,
+//    E = -log1p(-(word * 2^-32 + 2^-33)).
 //  Backends agree token for token except where a float sum (softmax normalizer, top-p
-//  cumulative mass) or a last-ulp exp difference lands exactly on a decision boundary.
+//  cumulative mass) or a last-ulp log1p difference lands exactly on a decision boundary.
 #pragma once
 #include <cstdint>
 #include <string>

@@ -18,9 +18,13 @@
 
 namespace moe::mtp_rules {
 
-// Philox counter word c1 that selects the acceptance-uniform stream; the sampling draw of row i
-// uses c1 = i (rows are 0..numDrafts, far below this value).
+// Philox counter word c1 that selects the acceptance-uniform stream; the draws that sample row i
+// use c1 = i (rows are 0..numDrafts, far below this value).
 constexpr uint32_t kAcceptStream = 0xFFFFFFFFu;
+
+// Race scores are w / E with E >= -log1p(-2^-33) ~ 1.164e-10, so a weight w can reach at most
+// w * 8.59e9. A candidate with w * kRaceBound below the best score so far can never win.
+constexpr float kRaceBound = 1.0e10f;
 
 struct Philox4 {
   uint32_t v[4];
@@ -69,6 +73,21 @@ MTP_HD uint32_t philoxWord(uint64_t seed, uint64_t offset, uint32_t stream, uint
 // Uniform in [0, 1) on a 2^-24 grid (exact in f32).
 MTP_HD float uniformFromWord(uint32_t r) {
   return static_cast<float>(r >> 8) * 5.9604644775390625e-08f;
+}
+
+// Exp(1) variate for the exponential race. u = r * 2^-32 + 2^-33 has 2^-32 resolution near 0,
+// so small E (the values that decide races) are not coarsely quantized. The product is exact
+// (power-of-two scale), so fused or unfused evaluation agree. For r >= 2^32 - 128 the sum
+// rounds to 1, which would give E = inf (a score of 0 that can never win); u is capped just
+// below 1 so every draw stays finite.
+MTP_HD float exponentialFromWord(uint32_t r) {
+  float u = static_cast<float>(r) * 2.3283064365386963e-10f + 1.1641532182693481e-10f;
+  u = u < 0.99999994f ? u : 0.99999994f;  // 1 - 2^-24, the largest float below 1
+#if defined(__CUDA_ARCH__)
+  return -log1pf(-u);
+#else
+  return -std::log1p(-u);
+#endif
 }
 
 // ---- sampling by inverse CDF on fixed-point weights ------------------------------------------
@@ -127,14 +146,49 @@ MTP_HD uint32_t orderKey(float v) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// Unnormalized weight of logit v at inverse temperature invT relative to the row maximum m.
-MTP_HD float weightOf(float v, float m, float invT) {
+MTP_HD float fmaShared(float a, float b, float c) {
 #if defined(__CUDA_ARCH__)
-  return expf((v - m) * invT);
+  return fmaf(a, b, c);
 #else
-  return std::exp((v - m) * invT);
+  return std::fma(a, b, c);
 #endif
 }
+
+// exp(x) with the same bits on both backends, so that the fixed-point weights of a sampled row
+// (and their prefix sums) agree exactly: IEEE multiplies and fused multiply-adds written out
+// (no contraction left to a compiler), a rint and an exact power-of-two scale. x = n ln2 + r
+// (Cody-Waite, |r| <= ln2 / 2), e^r by Taylor to r^7 (truncation 5e-9 relative). x < -80
+// (e^-80 < 2^-115) and NaN give 0; x > 88 gives inf.
+MTP_HD float expShared(float x) {
+  if (!(x >= -80.0f)) return 0.0f;
+  if (x > 88.0f) return INFINITY;
+#if defined(__CUDA_ARCH__)
+  const float n = rintf(x * 1.44269504088896341f);
+#else
+  const float n = std::rint(x * 1.44269504088896341f);
+#endif
+  float r = fmaShared(n, -0.693145751953125f, x);  // ln2's high part: n * it is exact
+  r = fmaShared(n, -1.428606765330187e-06f, r);    // and its low part
+  float p = 1.0f / 5040.0f;
+  p = fmaShared(p, r, 1.0f / 720.0f);
+  p = fmaShared(p, r, 1.0f / 120.0f);
+  p = fmaShared(p, r, 1.0f / 24.0f);
+  p = fmaShared(p, r, 1.0f / 6.0f);
+  p = fmaShared(p, r, 0.5f);
+  p = fmaShared(p, r, 1.0f);
+  p = fmaShared(p, r, 1.0f);
+  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-115, 127]
+  float scale;
+#if defined(__CUDA_ARCH__)
+  scale = __uint_as_float(bits);
+#else
+  std::memcpy(&scale, &bits, 4);
+#endif
+  return p * scale;
+}
+
+// Unnormalized weight of logit v at inverse temperature invT relative to the row maximum m.
+MTP_HD float weightOf(float v, float m, float invT) { return expShared((v - m) * invT); }
 
 
 // ---- per-request parameters -------------------------------------------------------------

@@ -1,7 +1,8 @@
 // CPU reference for MTP draft verification. Written for clarity: each needed row is decoded to
-// f32, filtered by sorting, and sampled by a running sum of its fixed-point weights. The GPU
-// kernels must produce the same tokens; the only tolerated differences come from the order of
-// float sums (softmax normalizers, top-p cumulative mass) and last-ulp differences of expf.
+// f32, filtered by sorting, and sampled by a running sum of its fixed-point weights (or, for a
+// residual against draft probabilities, by a full exponential race). The GPU kernels must
+// produce the same tokens; the only tolerated differences come from the order of float sums
+// (softmax normalizers, top-p cumulative mass) and last-ulp differences of log1p in the race.
 #include "cpu/mtp/mtp.h"
 
 #include <algorithm>
@@ -188,15 +189,30 @@ void verifyDrafts(const VerifyDraftsArgs& a) {
         continue;
       }
       // First rejection at position i.
-      if (md == kModeRejection) {
+      if (md == kModeRejection && draftKind == kDraftNone) {
         emitted = sampleRow(walk, i, vocab, row.argmax, [&](int64_t y) {
-          if (orderKey(row.v[y]) < row.tau) return 0.0f;
+          return orderKey(row.v[y]) >= row.tau && y != x ? weightOf(row.v[y], row.m, row.invT) : 0.0f;
+        });
+      } else if (md == kModeRejection) {
+        // the residual max(0, p - q) depends on the float normalizer z: an exponential race
+        // (each token's own score) keeps an ulp of z from moving a prefix-sum boundary
+        float best = 0.0f;
+        int64_t bestIdx = -1;
+        for (int64_t y = 0; y < vocab; ++y) {
+          if (orderKey(row.v[y]) < row.tau) continue;
           const float e = weightOf(row.v[y], row.m, row.invT);
-          if (draftKind == kDraftNone) return y == x ? 0.0f : e;
           const float qy = draftKind == kDraftProbs ? loadValue(a.draftData, a.draftDType, (b * n + i) * vocab + y)
                                                     : draftRow.prob(y);
-          return e / row.z - qy;
-        });
+          const float w = e / row.z - qy;
+          if (!(w > 0.0f)) continue;
+          const float sc = w / exponentialFromWord(philoxWord(walk.seed, walk.offset, static_cast<uint32_t>(i),
+                                                              static_cast<uint32_t>(y)));
+          if (sc > best) {
+            best = sc;
+            bestIdx = y;
+          }
+        }
+        emitted = bestIdx >= 0 ? static_cast<int32_t>(bestIdx) : row.argmax;
       } else {
         emitted = row.argmax;
       }

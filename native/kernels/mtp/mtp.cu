@@ -23,15 +23,19 @@
 //     the later passes are L2 hits.
 //  3. verifyKernel     grid (B, verifyChunks): chunk 0 of a greedy or relaxed request, and every
 //     CTA of a rejection request, merges that request's records (fixed order, so all CTAs reach
-//     the same decision) and walks the draft positions. For rejection requests each CTA sums
-//     the fixed-point weights of its chunk of the sampled row per 256-element step (workspace);
-//     the last CTA to finish (atomic counter zeroed by kernel 1) draws U below the row's total,
-//     finds the step whose prefix range holds U, then the token inside it, and writes the
-//     outputs. The sums are integers, so the order in which the CTAs add them cannot change
-//     the token: the CPU reference's running sum finds the same one.
+//     the same decision) and walks the draft positions. A rejection request's sampled row: a
+//     one-hot or bonus row is sampled by inverse CDF, each CTA storing its chunk's sums of
+//     fixed-point weights per 256-element step (workspace); the last CTA to finish (atomic
+//     counter zeroed by kernel 1) draws U below the row's total, finds the step whose prefix
+//     range holds U, then the token inside it. The sums are integers and exp has the same bits
+//     on both backends, so the CPU reference's running sum finds the same token. A residual
+//     against a draft is raced instead (its weights depend on the float normalizer): each CTA
+//     races its chunk, the last merges the chunk winners. The last CTA writes the outputs.
 //
-// Sampling costs one Philox draw per sampled row, and per element one exp, a float-to-integer
-// conversion and an add.
+// Inverse CDF costs one Philox draw per row, and per element one exp, a conversion and an add;
+// the race one Philox block per four candidates, a log1pf and a division per candidate
+// (candidates whose weight times the largest possible 1/E cannot beat the thread's best so far
+// are skipped without drawing, which is exact).
 #include "kernels/mtp/mtp.h"
 
 #include <cuda_bf16.h>
@@ -66,13 +70,18 @@ struct alignas(16) RowRecord {
   uint32_t pad[3];
 };
 
+struct alignas(8) RacePartial {
+  float score;
+  int32_t index;
+};
+
 // Elements per step of the sampling pass: 32 lanes x 8 consecutive elements. Each step's sum
 // of fixed-point weights is kept, so the token is found by scanning the step sums, then one step.
 constexpr int64_t kStep = 256;
 
 struct Plan {
   int64_t rowChunks = 1, rowChunkLen = 1, verifyChunks = 1, verifyChunkLen = 1;
-  size_t recordsOffset = 0, stepSumsOffset = 0, countersOffset = 0, total = 0;
+  size_t recordsOffset = 0, stepSumsOffset = 0, partialsOffset = 0, countersOffset = 0, total = 0;
 };
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -94,8 +103,10 @@ Plan makePlan(int64_t batch, int64_t numDrafts, int64_t vocab) {
   const int64_t rows = batch * (2 * numDrafts + 1);  // target rows, then draft-logit rows
   p.recordsOffset = 0;
   p.stepSumsOffset = alignUp(static_cast<size_t>(rows * p.rowChunks) * sizeof(RowRecord), 256);
-  p.countersOffset = alignUp(
+  p.partialsOffset = alignUp(
       p.stepSumsOffset + static_cast<size_t>(batch * ceilDiv(vocab, kStep)) * sizeof(uint64_t), 256);
+  p.countersOffset = alignUp(
+      p.partialsOffset + static_cast<size_t>(batch * p.verifyChunks) * sizeof(RacePartial), 256);
   p.total = alignUp(p.countersOffset + static_cast<size_t>(batch) * sizeof(uint32_t), 256);
   return p;
 }
@@ -105,7 +116,8 @@ Plan makePlan(int64_t batch, int64_t numDrafts, int64_t vocab) {
 struct Args : VerifyDraftsArgs {
   int64_t rowChunks, rowChunkLen, verifyChunks, verifyChunkLen;
   RowRecord* records;
-  uint64_t* stepSums;  // [B][ceil(V / kStep)]: the sampled row's fixed-point weight per step
+  uint64_t* stepSums;      // [B][ceil(V / kStep)]: the sampled row's fixed-point weight per step
+  RacePartial* partials;   // [B][verifyChunks]: each chunk's race winner (residual rows)
   uint32_t* counters;
 };
 
@@ -903,21 +915,12 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
   const float scale = sampleScale(sampleShift(V));
   const int64_t steps = (V + kStep - 1) / kStep;
   uint64_t* sums = a.stepSums + b * steps;
-  // W(x) of logit v: the CPU reference's weight, in fixed point (common/mtp_rules.h)
-  // (a value below the filter's threshold returns early: in a filtered row that is nearly every
-  // value, and it skips the exp and the draft's load)
+  // W(x) of logit v: the CPU reference's weight, in fixed point (common/mtp_rules.h); one-hot
+  // and bonus rows only (a value below the filter's threshold returns early: in a filtered row
+  // that is nearly every value)
   auto weight = [&](int64_t x, float v) -> uint64_t {
     if (orderKey(v) < tauP) return 0ull;
-    const float e = weightOf(v, mP, invT);
-    float w;
-    if (qKind == kDraftNone) {  // the same for the whole CTA
-      w = x == exclude ? 0.0f : e;
-    } else {
-      const float dv = loadAt<TD>(a.draftData, draftBase + x);
-      const float qv = qKind == kDraftProbs ? dv : keptProb(dv, tauQ, mQ, invT, zQ);
-      w = e / zP - qv;
-    }
-    return fixedWeight(w, scale);
+    return fixedWeight(x == exclude ? 0.0f : weightOf(v, mP, invT), scale);
   };
   // lane's part of step s: its eight elements (cnt of them exist), then their weights (into wt,
   // when given) and the weights' sum
@@ -944,17 +947,50 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
     if (lane == 0) sums[s] = sum;
   };
 
-  // Each warp sums the steps w, w + 8, ... of this chunk, two steps' loads in flight; lane 0
-  // stores each step's sum.
   const int64_t s0 = chunk * a.verifyChunkLen / kStep;
   const int64_t s1 = min(steps, (chunk + 1) * a.verifyChunkLen / kStep);
-  for (int64_t s = s0 + warp; s < s1; s += 2 * kWarps) {
-    const bool two = s + kWarps < s1;
-    float v0[8], v1[8];
-    const int64_t c0 = loadStep(s, v0);
-    const int64_t c1 = two ? loadStep(s + kWarps, v1) : 0;
-    storeStep(s, weighStep(s, v0, c0, nullptr));
-    if (two) storeStep(s + kWarps, weighStep(s + kWarps, v1, c1, nullptr));
+  if (qKind != kDraftNone) {
+    // The residual max(0, p - q) against a draft: its weights depend on the float normalizer zP,
+    // which the backends sum in different orders, so it is sampled by an exponential race (each
+    // token's own score: an ulp of zP moves no prefix-sum boundary). A chunk's winner goes to
+    // partials.
+    const uint32_t k0 = static_cast<uint32_t>(dec.seed), k1 = static_cast<uint32_t>(dec.seed >> 32);
+    const uint32_t c2 = static_cast<uint32_t>(dec.offset), c3 = static_cast<uint32_t>(dec.offset >> 32);
+    float best = 0.0f;
+    int32_t bestIdx = INT_MAX;
+    uint32_t cachedGroup = 0xFFFFFFFFu;
+    Philox4 words{{0u, 0u, 0u, 0u}};
+    forEachElement(row, s0 * kStep, min(V, s1 * kStep), [&](int64_t x, float v) {
+      if (orderKey(v) < tauP) return;
+      const float dv = loadAt<TD>(a.draftData, draftBase + x);
+      const float qv = qKind == kDraftProbs ? dv : keptProb(dv, tauQ, mQ, invT, zQ);
+      const float w = weightOf(v, mP, invT) / zP - qv;
+      if (!(w > 0.0f) || w * kRaceBound < best) return;
+      const uint32_t group = static_cast<uint32_t>(x) >> 2;
+      if (group != cachedGroup) {
+        cachedGroup = group;
+        words = philox4x32_10(group, static_cast<uint32_t>(j), c2, c3, k0, k1);
+      }
+      const float sc = w / exponentialFromWord(philoxWordAt(words, static_cast<uint32_t>(x)));
+      if (sc > best || (sc == best && sc > 0.0f && x < bestIdx)) {
+        best = sc;
+        bestIdx = static_cast<int32_t>(x);
+      }
+    });
+    Stats st{best, bestIdx, -INFINITY, 0.0f, 0u};
+    st = blockReduceStats(st, 1.0f);
+    if (threadIdx.x == 0) a.partials[b * a.verifyChunks + chunk] = RacePartial{st.bestV, st.bestI};
+  } else {
+    // Each warp sums the steps w, w + 8, ... of this chunk, two steps' loads in flight; lane 0
+    // stores each step's sum.
+    for (int64_t s = s0 + warp; s < s1; s += 2 * kWarps) {
+      const bool two = s + kWarps < s1;
+      float v0[8], v1[8];
+      const int64_t c0 = loadStep(s, v0);
+      const int64_t c1 = two ? loadStep(s + kWarps, v1) : 0;
+      storeStep(s, weighStep(s, v0, c0, nullptr));
+      if (two) storeStep(s + kWarps, weighStep(s + kWarps, v1, c1, nullptr));
+    }
   }
   __threadfence();
   __syncthreads();
@@ -966,12 +1002,32 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
   if (!isLast) return;
   __threadfence();
 
+  __shared__ int32_t winner;
+  if (qKind != kDraftNone) {
+    // the last CTA: the chunk winners, merged in chunk order
+    if (threadIdx.x == 0) {
+      float bs = 0.0f;
+      int32_t bi = INT_MAX;
+      for (int64_t c = 0; c < a.verifyChunks; ++c) {
+        const float sc = __ldcg(&a.partials[b * a.verifyChunks + c].score);
+        const int32_t i = __ldcg(&a.partials[b * a.verifyChunks + c].index);
+        if (sc > 0.0f && (sc > bs || (sc == bs && i < bi))) {
+          bs = sc;
+          bi = i;
+        }
+      }
+      winner = bi == INT_MAX ? dec.token : bi;
+    }
+    __syncthreads();
+    writeOutputs(a, b, dec, winner);
+    return;
+  }
+
   // The last CTA: Z, the draw U, the step whose prefix range holds U (each thread scans a
   // contiguous group of step sums), then that step's element in warp 0.
   __shared__ uint64_t warpTotal[kWarps];
   __shared__ uint64_t rest;
   __shared__ int64_t stepAt;
-  __shared__ int32_t winner;
   const int64_t per = (steps + kVerifyThreads - 1) / kVerifyThreads;
   const int64_t g0 = min(steps, threadIdx.x * per), g1 = min(steps, g0 + per);
   uint64_t mine = 0;
@@ -1060,6 +1116,7 @@ cudaError_t verifyDrafts(const VerifyDraftsArgs& args, const Launch& l) {
   char* ws = static_cast<char*>(l.workspace.get(plan.total));
   a.records = reinterpret_cast<RowRecord*>(ws + plan.recordsOffset);
   a.stepSums = reinterpret_cast<uint64_t*>(ws + plan.stepSumsOffset);
+  a.partials = reinterpret_cast<RacePartial*>(ws + plan.partialsOffset);
   a.counters = reinterpret_cast<uint32_t*>(ws + plan.countersOffset);
 
   const cudaStream_t stream = l.stream;

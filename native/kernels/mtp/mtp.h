@@ -9,7 +9,7 @@
 namespace moe::kernels::mtp {
 
 // Enqueues the verification on the launch's stream. Its scratch (per-row records, the
-// sampled rows' step sums, counters) comes from the stream's workspace arena: each call fully rewrites what it
+// sampled rows' step sums and race partials, counters) comes from the stream's workspace arena: each call fully rewrites what it
 // uses, and work on one stream is ordered, so no initial contents are needed.
 cudaError_t verifyDrafts(const VerifyDraftsArgs& args, const Launch& launch);
 
