@@ -835,6 +835,85 @@ forEachBackend('verifyDrafts', (device: Device) => {
   });
 });
 
+// ---- the random stream, by hand -------------------------------------------------------------
+
+/** Philox4x32-10 (Salmon et al., SC'11) on BigInt words: the generator common/mtp.h names. */
+function philox(counter: readonly bigint[], key: readonly bigint[]): bigint[] {
+  const M = 0xffffffffn;
+  let [c0, c1, c2, c3] = counter;
+  let [k0, k1] = key;
+  for (let round = 0; round < 10; round++) {
+    const p0 = 0xd2511f53n * c0, p1 = 0xcd9e8d57n * c2;
+    [c0, c1, c2, c3] = [(p1 >> 32n) ^ c1 ^ k0, p1 & M, (p0 >> 32n) ^ c3 ^ k1, p0 & M];
+    k0 = (k0 + 0x9e3779b9n) & M;
+    k1 = (k1 + 0xbb67ae85n) & M;
+  }
+  return [c0, c1, c2, c3];
+}
+
+describe('verifyDrafts: the documented random stream, computed by hand [cpu]', () => {
+  it('Philox4x32-10 gives the published test vectors', () => {
+    const hex = (w: bigint[]) => w.map((x) => x.toString(16).padStart(8, '0'));
+    expect(hex(philox([0n, 0n, 0n, 0n], [0n, 0n]))).toEqual(['6627e8d5', 'e169c58d', 'bc57ac4c', '9b00dbd8']);
+    const ones = 0xffffffffn;
+    expect(hex(philox([ones, ones, ones, ones], [ones, ones]))).toEqual(['408f276d', '41c83b0e', 'a20bc7c6', '6d5451fd']);
+  });
+
+  it('tokens of equal weight: one 64-bit draw per sampled row picks kept token floor(r * kept / 2^64); the acceptance uniform first', async () => {
+    // weights exp(0) = 1 or exp(-inf) = 0 are exact, so W = 2^S per kept token, Z = kept * 2^S and
+    // the token is kept[floor(U / 2^S)] = kept[floor(r * kept / 2^64)]
+    const V = 8, NEG = -Infinity;
+    const rows = [
+      [0, NEG, 0, 0, NEG, 0, NEG, NEG],
+      [NEG, 0, NEG, NEG, 0, NEG, 0, NEG],
+      [0, 0, 0, 0, 0, NEG, NEG, 0],
+    ];
+    const keptOf = (row: number[]) => row.flatMap((v, x) => (v === 0 ? [x] : []));
+    const r = rng(0x5eed);
+    const cases = Array.from({ length: 48 }, (_, b) => ({
+      seed: (BigInt(Math.floor(r() * 2 ** 32)) << 32n) | BigInt(Math.floor(r() * 2 ** 32)),
+      offset: Math.floor(r() * 2 ** 40),
+      rows: [rows[b % 3], rows[(b + 1) % 3]],
+      draft: keptOf(rows[b % 3])[b % 3],
+    }));
+    const key = (seed: bigint) => [seed & 0xffffffffn, seed >> 32n];
+    const ctr = (c0: bigint, stream: bigint, offset: number) => [c0, stream, BigInt(offset) & 0xffffffffn, BigInt(offset) >> 32n];
+    const pick = (kept: number[], seed: bigint, offset: number, row: number) => {
+      const [w0, w1] = philox(ctr(0n, BigInt(row), offset), key(seed));
+      const draw = (w1 << 32n) | w0;
+      return kept[Number((draw * BigInt(kept.length)) >> 64n)];
+    };
+    // n = 0: the bonus token from row 0
+    const bonus = await run({
+      targetLogits: logitsTensor(cases.flatMap((c) => c.rows[0]), [cases.length, 1, V], 'f32', 'cpu'),
+      draftTokens: empty([cases.length, 0], { dtype: 'i32', device: 'cpu' }),
+      params: { mode: 'rejection', seed: cases.map((c) => c.seed), offset: cases.map((c) => c.offset) },
+    });
+    expect(Array.from(bonus.tokens)).toEqual(cases.map((c) => pick(keptOf(c.rows[0]), c.seed, c.offset, 0)));
+    // n = 1, a one-hot draft from the kept set: accepted iff u < p = 1 / kept (u from the
+    // acceptance stream, word 0), then the bonus from row 1; else row 0 without the draft
+    const res = await run({
+      targetLogits: logitsTensor(cases.flatMap((c) => [...c.rows[0], ...c.rows[1]]), [cases.length, 2, V], 'f32', 'cpu'),
+      draftTokens: i32(cases.map((c) => c.draft), [cases.length, 1], 'cpu'),
+      params: { mode: 'rejection', seed: cases.map((c) => c.seed), offset: cases.map((c) => c.offset) },
+    });
+    let accepted = 0;
+    const want = cases.flatMap((c) => {
+      const kept = keptOf(c.rows[0]);
+      const u = Number(philox(ctr(0n, 0xffffffffn, c.offset), key(c.seed))[0] >> 8n) * 2 ** -24;
+      if (u < Math.fround(1 / kept.length)) {
+        accepted++;
+        return [c.draft, pick(keptOf(c.rows[1]), c.seed, c.offset, 1)];
+      }
+      return [pick(kept.filter((x) => x !== c.draft), c.seed, c.offset, 0), -1];
+    });
+    expect(Array.from(res.tokens)).toEqual(want);
+    // both branches occur (acceptance 1/3 to 1/5 over 48 requests)
+    expect(accepted).toBeGreaterThan(0);
+    expect(accepted).toBeLessThan(cases.length);
+  });
+});
+
 describe('chi-square survival function', () => {
   it('matches known values', () => {
     const known: [number, number, number][] = [
