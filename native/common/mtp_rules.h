@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "common/mtp.h"
+#include "common/routing_rules.h"
 
 #if defined(__CUDACC__)
 #define MTP_HD __host__ __device__ __forceinline__
@@ -146,49 +147,14 @@ MTP_HD uint32_t orderKey(float v) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-MTP_HD float fmaShared(float a, float b, float c) {
-#if defined(__CUDA_ARCH__)
-  return fmaf(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
-
-// exp(x) with the same bits on both backends, so that the fixed-point weights of a sampled row
-// (and their prefix sums) agree exactly: IEEE multiplies and fused multiply-adds written out
-// (no contraction left to a compiler), a rint and an exact power-of-two scale. x = n ln2 + r
-// (Cody-Waite, |r| <= ln2 / 2), e^r by Taylor to r^7 (truncation 5e-9 relative). x < -80
-// (e^-80 < 2^-115) and NaN give 0; x > 88 gives inf.
-MTP_HD float expShared(float x) {
-  if (!(x >= -80.0f)) return 0.0f;
-  if (x > 88.0f) return INFINITY;
-#if defined(__CUDA_ARCH__)
-  const float n = rintf(x * 1.44269504088896341f);
-#else
-  const float n = std::rint(x * 1.44269504088896341f);
-#endif
-  float r = fmaShared(n, -0.693145751953125f, x);  // ln2's high part: n * it is exact
-  r = fmaShared(n, -1.428606765330187e-06f, r);    // and its low part
-  float p = 1.0f / 5040.0f;
-  p = fmaShared(p, r, 1.0f / 720.0f);
-  p = fmaShared(p, r, 1.0f / 120.0f);
-  p = fmaShared(p, r, 1.0f / 24.0f);
-  p = fmaShared(p, r, 1.0f / 6.0f);
-  p = fmaShared(p, r, 0.5f);
-  p = fmaShared(p, r, 1.0f);
-  p = fmaShared(p, r, 1.0f);
-  const uint32_t bits = static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-115, 127]
-  float scale;
-#if defined(__CUDA_ARCH__)
-  scale = __uint_as_float(bits);
-#else
-  std::memcpy(&scale, &bits, 4);
-#endif
-  return p * scale;
-}
-
 // Unnormalized weight of logit v at inverse temperature invT relative to the row maximum m.
-MTP_HD float weightOf(float v, float m, float invT) { return expShared((v - m) * invT); }
+// The exp is the routing family's (same bits on both backends), so the fixed-point weights of a
+// sampled row and their prefix sums agree exactly. A NaN exponent (a NaN logit, or inf - inf)
+// weighs 0, as does anything below e^-87.
+MTP_HD float weightOf(float v, float m, float invT) {
+  const float x = (v - m) * invT;
+  return x >= -87.0f ? routing_rules::exp(x) : 0.0f;
+}
 
 
 // ---- per-request parameters -------------------------------------------------------------

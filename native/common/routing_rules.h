@@ -98,9 +98,9 @@ ROUTING_HD int keyIndex(uint64_t key) { return 65535 - static_cast<int>(key & 0x
 // a degree-7 Taylor polynomial on |r| <= ln2/2 (truncation error < 0.05 ulp), times 2^n.
 // Results below 2^-125 flush to 0 (no subnormal outputs); above FLT_MAX give +inf; NaN stays NaN.
 ROUTING_HD float exp(float x) {
-  if (isNan(x)) return x;
+  // one comparison on the common path (callers that exclude x < -87 and NaN drop it inlined)
+  if (!(x >= -87.0f)) return isNan(x) ? x : 0.0f;
   if (x > 88.72283935546875f) return floatOf(0x7F800000u);
-  if (x < -87.0f) return 0.0f;
 #if defined(__CUDA_ARCH__)
   const float n = rintf(mul(x, 1.44269502162933349609375f));
 #else
