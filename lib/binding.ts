@@ -208,13 +208,13 @@ export interface EpBinding {
   epDispatchSend(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
     x: bigint, ids: bigint, weights: bigint, tokens: number, dataDst: bigint, countDst: bigint, epoch: bigint, sync: bigint, sms: number,
-    combineIndex: bigint, errors: bigint,
+    combineIndex: bigint, errors: bigint, sideStream: bigint, forkEvent: bigint, staging: bigint, sendCounts: bigint, chunkDone: bigint,
   ): void;
   epDispatchRecv(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
     regions: bigint, counts: bigint, epoch: bigint, timeoutNs: number, status: bigint, recvCounts: bigint, align: number, maxPerExpert: number,
     rows: number, tokensOut: bigint, layoutCounts: bigint, offsets: bigint, sourceIndex: bigint, rowIndex: bigint, usedRows: bigint,
-    dropped: bigint, errors: bigint,
+    dropped: bigint, errors: bigint, sideStream: bigint, joinEvent: bigint,
   ): void;
   epCombineSend(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,

@@ -410,6 +410,49 @@ describe('dispatch and combine against the single-device path', () => {
   });
 });
 
+describe('the CPU reference of an overlapped send', () => {
+  it('a count word with "payloads follow": the rows once every used chunk flag carries the call; E_COMM naming a chunk that does not', async () => {
+    // one rank, 2 experts, k = 1, hidden 16, 70 slots: two chunks of 64, the second partly used
+    const seed = freshSeed('cpu chunk flags');
+    const r = rng(seed);
+    const T = 70, H = 16, K = 1, E = 2, M = 70;
+    const b = native();
+    const x = fromArray(Array.from({ length: T * H }, () => r() * 4 - 2), { shape: [T, H], dtype: 'bf16' });
+    const ids = fromArray(Array.from({ length: T }, () => Math.floor(r() * E)), { shape: [T, K], dtype: 'i32' });
+    const w = fromArray(Array.from({ length: T }, () => r()), { shape: [T, K] });
+    const slot = 32 + 16, flagsAt = M * slot, regionBytes = flagsAt + 16;
+    const u8 = (n: number) => fromArray(new Uint8Array(n), { shape: [n], dtype: 'u8' });
+    const region = u8(regionBytes), count = u8(8), state = u8(32), combineIndex = u8(4 * T), errors = u8(4);
+    const table = (p: bigint) => fromArray(new BigUint64Array([p]), { shape: [1], dtype: 'i64' });
+    const dataDst = table(region.dataPtr), countDst = table(count.dataPtr);
+    const shape = [1, 0, E, K, H, M, 0, 0] as const;
+    b.epDispatchSend(-1, 0n, ...shape, x.dataPtr, ids.dataPtr, w.dataPtr, T, dataDst.dataPtr, countDst.dataPtr, state.dataPtr, state.dataPtr + 4n, 1,
+      combineIndex.dataPtr, errors.dataPtr, 0n, 0n, 0n, 0n, 0n);
+    const rows = M * K;  // contiguous, align 1: slots x k
+    const recv = () => {
+      const out = { tokens: u8(2 * rows * H), counts: u8(4 * E), offsets: u8(4 * (E + 1)), source: u8(4 * rows), rowIndex: u8(4 * M * K), one: [u8(4), u8(4), u8(4)], recvCounts: u8(4), status: u8(8) };
+      b.hostWrite(state.dataPtr, new Uint32Array([0]));  // the call number before this call
+      b.epDispatchRecv(-1, 0n, ...shape, region.dataPtr, count.dataPtr, state.dataPtr, 1e9, out.status.dataPtr, out.recvCounts.dataPtr, 1, 0, rows,
+        out.tokens.dataPtr, out.counts.dataPtr, out.offsets.dataPtr, out.source.dataPtr, out.rowIndex.dataPtr, out.one[0].dataPtr, out.one[1].dataPtr,
+        out.one[2].dataPtr, 0n, 0n);
+      const bytes = new Uint8Array(2 * rows * H);
+      b.hostRead(out.tokens.dataPtr, bytes);
+      return Array.from(bytes);
+    };
+    const want = recv();
+    // the same bytes with bit 31 of the count set: the rows need both chunks' flags at call 1
+    const word = new BigUint64Array(1);
+    b.hostRead(count.dataPtr, word);
+    expect(word[0]).toBe((1n << 32n) | BigInt(T));
+    b.hostWrite(count.dataPtr, new BigUint64Array([word[0] | 0x80000000n]));
+    b.hostWrite(region.dataPtr + BigInt(flagsAt), new Uint32Array([1, 1]));
+    expect(recv()).toEqual(want);
+    b.hostWrite(region.dataPtr + BigInt(flagsAt), new Uint32Array([1, 0]));
+    await expectCode(() => recv(), 'E_COMM', "rank 0's payloads of chunk 1 have not arrived");
+    for (const t of [x, ids, w, region, count, state, combineIndex, errors, dataDst, countDst]) t.dispose();
+  });
+});
+
 describe('payload error', () => {
   it('fp8 and nvfp4 rows are within the stated bounds; nvfp4 moves about 3.55x fewer bytes than bf16', async () => {
     const seed = freshSeed('ep payload error');
@@ -438,7 +481,8 @@ describe('payload error', () => {
       const [b] = await buffers([pg], { maxTokensPerRank: 2, hidden: 7168, topK: 8, numExperts: 8, payload });
       sizes[payload] = b.bytes.payload;
       expect(b.bytes.slot).toBe(Math.ceil(b.bytes.payload / 16) * 16 + 80);
-      expect(b.bytes.dispatch).toBe(2 * b.bytes.slot);
+      // two slots, then one chunk flag on 16 bytes
+      expect(b.bytes.dispatch).toBe(2 * b.bytes.slot + 16);
       expect(b.bytes.combine).toBe(64 + 2 * 8 * 7168 * 2);
       expect(b.bytes.total).toBeGreaterThan(2 * (b.bytes.dispatch + b.bytes.combine));
     }
@@ -716,6 +760,21 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
     }
   });
 
+  it('overlapped sends (over 1024 tokens, one rank per device): payloads behind chunk flags, every payload, rows of two parts, partial chunks', async () => {
+    for (const devs of pairs()) {
+      const seed = freshSeed(`nvlink overlap ${devs.join(',')}`);
+      const E = 8;
+      // 1025..1087 tokens: the last chunk of 64 slots partly filled on both ranks
+      const T = [1025 + (seed % 63), 1025 + ((seed >>> 6) % 63)];
+      // a bf16 row of 4224 bytes: two 4 KB parts per slot, each counted on its chunk
+      await round({ R: 2, E, H: 2112, K: 1, maxT: 1100, payload: 'bf16', form: 'contiguous', align: 8, out: 'f32', devices: devs, inputs: inputs(seed, T, 2112, E, 1) });
+      await round({ R: 2, E, H: 64, K: 3, maxT: 1100, payload: 'fp8', form: 'masked', M: 300, out: 'bf16', devices: devs, inputs: inputs(seed + 1, T, 64, E, 3) });
+      await round({ R: 2, E, H: 64, K: 3, maxT: 1100, payload: 'nvfp4', form: 'contiguous', combine: 'reduced', out: 'f32', devices: devs, inputs: inputs(seed + 2, T, 64, E, 3) });
+      // a bf16 row off the 16-byte copies: encoded into the buffer's staging
+      await round({ R: 2, E, H: 36, K: 2, maxT: 1100, payload: 'bf16', form: 'contiguous', out: 'bf16', devices: devs, inputs: inputs(seed + 3, T, 36, E, 2) });
+    }
+  });
+
   it('larger receives: the one-launch layout over many warps, and the tiled one (over 4096 pairs) across tiles', async () => {
     for (const devs of pairs()) {
       const seed = freshSeed(`nvlink tiles ${devs.join(',')}`);
@@ -899,11 +958,11 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
 describe.skipIf(!hasCuda)(`nvlink transport between rank processes (CUDA IPC)${hasCuda ? '' : ` (skipped: ${cudaReason})`}`, () => {
   const rankDevices = (): string[][] => (cudaDevices().length >= 2 ? [['cuda:0', 'cuda:0'], ['cuda:0', 'cuda:1']] : [['cuda:0', 'cuda:0']]);
 
-  it('a dispatch/combine round: the bits of the single-device path', async () => {
-    for (const devs of rankDevices()) {
-      const seed = freshSeed(`ipc roundtrip ${devs.join(',')}`);
+  it('a dispatch/combine round: the bits of the single-device path (over 1024 tokens: the overlapped send)', async () => {
+    for (const [devs, many] of rankDevices().flatMap((d) => [[d, false], [d, true]] as const)) {
+      const seed = freshSeed(`ipc roundtrip ${devs.join(',')} ${many}`);
       const spec = { E: 8, H: 272, I: 32, Is: 0, k: 3, scoring: 'softmax' as const };
-      const tokens = [5, 3];
+      const tokens = many ? [1025 + (seed % 100), 1030] : [5, 3];
       // both ranks on cuda:0, or rank r on cuda:<r> (its LOCAL_RANK)
       const run = await launch(2, {
         EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(tokens), EP_MODE: 'roundtrip',

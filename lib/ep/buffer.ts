@@ -155,6 +155,14 @@ const I32_MAX = 2 ** 31 - 1;
 
 // The byte layout of native/common/ep.h.
 const roundUp16 = (n: number) => Math.ceil(n / 16) * 16;
+/** Slots per chunk flag of a dispatch region (common/ep.h kChunkSlots). */
+const CHUNK_SLOTS = 64;
+/**
+ * nvlink: a dispatch of more tokens than this sends its payloads on a side stream, overlapped
+ * with the receive's layout and rows (common/ep.h, "Overlapped sends"). At or below it the send
+ * is one launch that scans its own slots (the decode path), where the launches are the cost.
+ */
+const OVERLAP_TOKENS = 1024;
 function payloadBytes(payload: EpPayload, hidden: number): number {
   if (payload === 'fp8') return hidden + 4 * Math.ceil(hidden / 128);
   if (payload === 'nvfp4') return hidden / 2 + hidden / 16 + 4;
@@ -223,13 +231,13 @@ export interface EpBufferBytes {
   slot: number;
   /** The payload of one token row. */
   payload: number;
-  /** The receive buffer of dispatch (worldSize regions of maxTokensPerRank slots). */
+  /** The receive buffer of dispatch (worldSize regions of maxTokensPerRank slots, and a 4-byte flag per 64 slots on 16 bytes). */
   dispatch: number;
   /** The receive buffer of combine (worldSize regions of maxTokensPerRank x topK rows; x 1 row with combine "reduced"). */
   combine: number;
   /** The experts' rows (tokens) and the layout handed out by dispatch. */
   output: number;
-  /** Everything this rank holds, staging for the host transport and address tables included. */
+  /** Everything this rank holds, staging (host and nccl transports, and nvlink's overlapped send of an encoded payload) and address tables included. */
   total: number;
 }
 
@@ -295,6 +303,8 @@ export class EpBuffer {
   private ipc: { base: bigint; bytes: number; opened: bigint[] } | undefined;
   /** nvlink ranks of one process: where they meet between each call's send and receive (gate.ts). */
   private gate: { id: string; gate: SendGate } | undefined;
+  /** nvlink, one rank per device: the stream of an overlapped send's payloads, and the events that fork it from and join it to the call's stream. */
+  private side: { stream: bigint; fork: bigint; join: bigint } | undefined;
   /** nccl: the communicator (native ncclReserve), the event that marks a call's end, and the group's close hook. */
   private nccl: { handle: number; event: bigint; live: boolean; unhook: () => void } | undefined;
 
@@ -326,7 +336,8 @@ export class EpBuffer {
     this.shape = [R, this.rank, this.numExperts, K, H, M, PAYLOAD_ID[c.payload], COMBINE_ID[c.combine]];
     const metaAt = roundUp16(payloadBytes(c.payload, H));
     this.slotBytes = metaAt + roundUp16(4 + 8 * K);
-    this.dispatchRegion = M * this.slotBytes;
+    // the slots, then a u32 flag per chunk of slots
+    this.dispatchRegion = M * this.slotBytes + roundUp16(4 * Math.ceil(M / CHUNK_SLOTS));
     this.combineEntries = c.combine === 'reduced' ? 1 : K;
     this.combineRowsAt = roundUp16(4 * M * this.combineEntries);
     this.combineRegion = roundUp16(this.combineRowsAt + M * this.combineEntries * 2 * H);
@@ -363,7 +374,8 @@ export class EpBuffer {
         made.push(...Object.values(receive));
       } else {
         receive = {
-          recvDispatch: make([R * this.dispatchRegion], 'u8'),
+          // zeroed: a chunk flag from an earlier buffer at this address must not pass for this one's
+          recvDispatch: make([R * this.dispatchRegion], 'u8', true),
           // count words start at call 0: the first call waits for words of call 1
           recvDispatchCounts: make([R], 'i64', true),
           recvCombine: make([R * this.combineRegion], 'u8'),
@@ -376,6 +388,20 @@ export class EpBuffer {
         state: make([8], 'i32', true),
         recvCounts: make([R], 'i32'),
       };
+      if (c.transport === 'nvlink' && !sharesDevice) {
+        // an overlapped send's memory (outside the stream's workspace, which the receive reuses
+        // while the payloads travel): the slots per destination and the call number, a counter
+        // per chunk, and the encoded rows unless x is sent as it is
+        Object.assign(this.t, {
+          sendCounts: make([R + 1], 'i32'),
+          chunkDone: make([R * Math.ceil(M / CHUNK_SLOTS)], 'i32', true),
+        });
+        if (c.payload !== 'bf16' || metaAt !== 2 * H) this.t.staging = make([M * metaAt], 'u8');
+        const b = native(), dev = deviceIndexOf(device);
+        this.side = { stream: b.createStream(dev), fork: 0n, join: 0n };
+        this.side.fork = b.createEvent(dev, false);
+        this.side.join = b.createEvent(dev, false);
+      }
       if (c.transport === 'host' || c.transport === 'nccl') {
         // nccl sends whole regions: zeroed, so that no byte it moves was never written
         const zero = c.transport === 'nccl';
@@ -415,6 +441,11 @@ export class EpBuffer {
     } catch (e) {
       for (const x of made) x.dispose();
       if (this.ipc) native().ipcFree(deviceIndexOf(device), this.ipc.base, this.ipc.bytes);
+      if (this.side) {
+        const b = native(), dev = deviceIndexOf(device);
+        for (const ev of [this.side.fork, this.side.join]) if (ev !== 0n) b.destroyEvent(dev, ev);
+        b.destroyStream(dev, this.side.stream);
+      }
       throw e;
     }
     let output = 0;
@@ -567,9 +598,12 @@ export class EpBuffer {
       const t = this.t, l = this.out.layout, tb = this.tables as NonNullable<EpBuffer['tables']>;
       const dev = t.state.deviceIndex, st = t.state.dataPtr;
       useOn(stream, [xt, ids, weights, ...this.tensors()]);
+      // the side stream's work ends before the call's (dispatchRecv joins it)
+      const side = this.side && T > OVERLAP_TOKENS && (t.staging || xt.dataPtr % 16n === 0n) ? this.side : undefined;
       b.epDispatchSend(
         dev, stream.handle, ...this.shape, xt.dataPtr, ids.dataPtr, weights.dataPtr, T, tb.dispatch.dataPtr, tb.dispatchCounts.dataPtr,
         st, st + 4n, Math.max(1, this.sms), this.out.combineIndex.dataPtr, this.out.invalidIds.dataPtr,
+        side?.stream ?? 0n, side?.fork ?? 0n, side ? t.staging?.dataPtr ?? 0n : 0n, side ? t.sendCounts.dataPtr : 0n, side ? t.chunkDone.dataPtr : 0n,
       );
       if (this.transport === 'host') {
         const sent = this.readWords(t.stageDispatchCounts);
@@ -584,7 +618,7 @@ export class EpBuffer {
       b.epDispatchRecv(
         dev, stream.handle, ...this.shape, t.recvDispatch.dataPtr, t.recvDispatchCounts.dataPtr, st, this.recvBoundNs(deadline), st + 16n, t.recvCounts.dataPtr,
         this.align, this.maxTokensPerExpert, this.rows, this.out.tokens.dataPtr, l.counts.dataPtr, l.offsets.dataPtr, l.sourceIndex.dataPtr,
-        l.rowIndex.dataPtr, l.usedRows.dataPtr, l.dropped.dataPtr, l.errors.dataPtr,
+        l.rowIndex.dataPtr, l.usedRows.dataPtr, l.dropped.dataPtr, l.errors.dataPtr, side?.stream ?? 0n, side?.join ?? 0n,
       );
       const handle: EpHandle = Object.freeze({ epoch, tokens: T });
       this.last = { handle, weights };
@@ -693,6 +727,14 @@ export class EpBuffer {
     this.endNccl('abort');
     // cudaEventDestroy of an event still pending lets it complete first
     if (this.nccl) native().destroyEvent(deviceIndexOf(this.device), this.nccl.event);
+    if (this.side) {
+      const b = native(), dev = deviceIndexOf(this.device);
+      b.destroyEvent(dev, this.side.fork);
+      b.destroyEvent(dev, this.side.join);
+      // work still queued on a destroyed stream completes first
+      b.destroyStream(dev, this.side.stream);
+      this.side = undefined;
+    }
     for (const x of Object.values(this.t)) x.dispose();
     const l = this.out.layout;
     for (const x of [this.out.tokens, this.out.invalidIds, this.out.combineIndex, l.counts, l.offsets, l.sourceIndex, l.rowIndex, l.usedRows, l.dropped, l.errors]) x.dispose();

@@ -19,7 +19,16 @@
 //       per (token, rank) on the wire instead of one per pair
 //       valid    i32 [maxTokens]: 1 where at least one pair of the slot got a row
 //       rows     bf16 [maxTokens, hidden]
+//   chunk flags: u32 per chunk of kChunkSlots slots, after the slots (see "Overlapped sends").
 //   count words: one u64 per region, (epoch << 32) | rows sent, written after the region.
+//
+// Overlapped sends (a device's dispatchSend given a side stream): the count word goes out once
+// the slots' metadata has landed, with bit 31 of its count set (kPayloadFollows); each chunk's
+// payloads follow on the side stream, and chunk flag c = the call number once every payload of
+// chunk c's slots has landed. The receiver computes the layout from the metadata while the
+// payloads travel, and expands each chunk into its experts' rows as soon as its flag is there.
+// dispatchRecv, given the same side stream, makes the launch stream wait for the side stream's
+// work before it returns.
 //
 // The call number (epoch) lives in the rank's own memory, so that a captured graph replays with
 // the next number: dispatchSend sends with *epoch + 1, dispatchRecv expects *epoch + 1 and then
@@ -66,6 +75,8 @@ constexpr int32_t kFp8Block = 128;
 constexpr int32_t kMaxTopK = 16;
 constexpr int32_t kMaxLocalExperts = 1024;
 constexpr int64_t kMaxRanks = 65536;
+constexpr int32_t kChunkSlots = 64;
+constexpr uint32_t kPayloadFollows = 0x80000000u;
 
 EP_HD int64_t roundUp16(int64_t n) { return (n + 15) / 16 * 16; }
 
@@ -78,8 +89,11 @@ EP_HD int64_t payloadBytes(int32_t payload, int64_t hidden) {
 // Slot: payload, then meta, each starting on 16 bytes.
 EP_HD int64_t metaOffset(int32_t payload, int64_t hidden) { return roundUp16(payloadBytes(payload, hidden)); }
 EP_HD int64_t slotBytes(int32_t payload, int64_t hidden, int32_t k) { return metaOffset(payload, hidden) + roundUp16(4 + 8 * int64_t{k}); }
+EP_HD int64_t chunks(int64_t maxTokens) { return (maxTokens + kChunkSlots - 1) / kChunkSlots; }
+// The chunk flags start right after the slots (on 16 bytes: slots are multiples of 16).
+EP_HD int64_t flagsOffset(int32_t payload, int64_t hidden, int32_t k, int64_t maxTokens) { return maxTokens * slotBytes(payload, hidden, k); }
 EP_HD int64_t dispatchRegionBytes(int32_t payload, int64_t hidden, int32_t k, int64_t maxTokens) {
-  return maxTokens * slotBytes(payload, hidden, k);
+  return flagsOffset(payload, hidden, k, maxTokens) + roundUp16(4 * chunks(maxTokens));
 }
 // Combine region: entries per slot (k exact, 1 reduced), valid flags, then rows; each region
 // starts on 16 bytes, so that its flags load as words.
@@ -89,6 +103,11 @@ EP_HD int64_t combineRegionBytes(int64_t hidden, int32_t entries, int64_t maxTok
   return roundUp16(combineRowsOffset(maxTokens, entries) + maxTokens * entries * 2 * hidden);
 }
 EP_HD uint64_t countWord(uint32_t epoch, uint32_t count) { return (static_cast<uint64_t>(epoch) << 32) | count; }
+// A bf16 row that fills its payload exactly, at a 16-byte aligned x, is sent straight from x
+// (no encoded copy).
+EP_HD bool sendsRaw(int32_t payload, int64_t hidden, const void* x) {
+  return payload == kPayloadBf16 && metaOffset(payload, hidden) == 2 * hidden && reinterpret_cast<uintptr_t>(x) % 16 == 0;
+}
 
 // status[0]: 0, or the op whose wait ran out; status[1]: the first rank it waited for.
 constexpr int32_t kStatusDispatchTimeout = 1;
@@ -113,14 +132,14 @@ struct EpShapeView {
   int32_t ranks, rank, experts, k;
   int64_t hidden, maxTokens;
   int32_t payload, combine, combineEntries;
-  int64_t metaAt, slotBytes, regionBytes, combineRowsAt, combineRegionBytes;
+  int64_t metaAt, slotBytes, regionBytes, combineRowsAt, combineRegionBytes, flagsAt;
 };
 
 inline EpShapeView view(const EpShape& s) {
   const int32_t entries = combineEntries(s.combine, s.k);
   return {s.ranks, s.rank, s.experts, s.k, s.hidden, s.maxTokens, s.payload, s.combine, entries, metaOffset(s.payload, s.hidden),
           slotBytes(s.payload, s.hidden, s.k), dispatchRegionBytes(s.payload, s.hidden, s.k, s.maxTokens), combineRowsOffset(s.maxTokens, entries),
-          combineRegionBytes(s.hidden, entries, s.maxTokens)};
+          combineRegionBytes(s.hidden, entries, s.maxTokens), flagsOffset(s.payload, s.hidden, s.k, s.maxTokens)};
 }
 }  // namespace ep
 
@@ -159,6 +178,14 @@ struct EpDispatchSendArgs {
   int32_t sms;                 // CTAs of the device copy kernel
   int32_t* combineIndex;       // [tokens, k]
   int32_t* errors;             // [1]
+  // Overlapped send (devices only; the CPU ignores these): with sideStream, the metadata and the
+  // count words go out on the launch stream, then forkEvent hands over to sideStream for the
+  // payloads. The memory the side stream reads lives outside the stream's workspace:
+  void* sideStream;            // cudaStream_t, or null: everything on the launch stream
+  void* forkEvent;             // cudaEvent_t
+  uint8_t* staging;            // [maxTokens, metaAt] the encoded rows; null where x is sent as it is
+  uint32_t* sendCounts;        // [ranks + 1] the slots per destination, then the call number
+  uint32_t* chunkDone;         // [ranks, chunks] zeros between calls
 };
 
 inline void validate(const EpDispatchSendArgs& a) {
@@ -168,6 +195,8 @@ inline void validate(const EpDispatchSendArgs& a) {
   MOE_REQUIRE(a.tokens == 0 || (a.x && a.ids && a.weights && a.combineIndex), "E_ARGUMENT", "x", "null data pointer");
   MOE_REQUIRE(a.sms >= 1 && a.sms <= 1024, "E_ARGUMENT", "sms", "expected 1 to 1024, got " + std::to_string(a.sms));
   MOE_REQUIRE(a.dataDst && a.countDst && a.epoch && a.sync && a.errors, "E_ARGUMENT", "buffer", "null data pointer");
+  MOE_REQUIRE(!a.sideStream || (a.forkEvent && a.sendCounts && a.chunkDone && (a.staging || a.tokens == 0 || ep::sendsRaw(a.shape.payload, a.shape.hidden, a.x))),
+              "E_ARGUMENT", "buffer", "an overlapped send needs its event, counters and (for an encoded payload) staging");
 }
 
 // dispatchRecv: the regions of this rank's buffer (region s: *counts[s] slots from rank s, whose
@@ -196,6 +225,10 @@ struct EpDispatchRecvArgs {
   int32_t* usedRows;           // [1]
   int32_t* dropped;            // [1]
   int32_t* errors;             // [1] local ids outside [0, L) in received slots (never from a well-formed sender)
+  // An overlapped send's end (devices only): the launch stream waits for joinEvent, recorded on
+  // sideStream, before dispatchRecv returns.
+  void* sideStream;            // cudaStream_t, or null
+  void* joinEvent;             // cudaEvent_t
 };
 
 inline int64_t epLayoutRows(const EpShape& s, int32_t align, int32_t maxPerExpert) {
@@ -215,6 +248,7 @@ inline void validate(const EpDispatchRecvArgs& a) {
   MOE_REQUIRE(a.regions && a.counts && a.epoch && a.status && a.recvCounts && a.layoutCounts && a.offsets && a.rowIndex && a.usedRows && a.dropped && a.errors &&
                   (a.rows == 0 || (a.sourceIndex && a.tokensOut)),
               "E_ARGUMENT", "buffer", "null data pointer");
+  MOE_REQUIRE(!a.sideStream || a.joinEvent, "E_ARGUMENT", "buffer", "an overlapped receive needs its event");
 }
 
 // combineSend: the local experts' outputs y [rows, hidden] (bf16, rows of the dispatchRecv

@@ -1,7 +1,8 @@
 // Every ep op starts with the shape: (ranks, rank, experts, k, hidden, maxTokens, payload, combine).
-// epDispatchSend(device, stream, ...shape, x, ids, weights, tokens, dataDst, countDst, epoch, sync, sms, combineIndex, errors)
+// epDispatchSend(device, stream, ...shape, x, ids, weights, tokens, dataDst, countDst, epoch, sync, sms, combineIndex, errors,
+//                sideStream, forkEvent, staging, sendCounts, chunkDone)
 // epDispatchRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, recvCounts, align, maxPerExpert,
-//                rows, tokensOut, layoutCounts, offsets, sourceIndex, rowIndex, usedRows, dropped, errors)
+//                rows, tokensOut, layoutCounts, offsets, sourceIndex, rowIndex, usedRows, dropped, errors, sideStream, joinEvent)
 // epCombineSend(device, stream, ...shape, y, rows, regions, rowIndex, recvCounts, dataDst, countDst, epoch, sync, sms)
 // epCombineRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, combineIndex, weights, tokens, out, outType)
 //
@@ -130,6 +131,11 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.sms = r.i32();
         a.combineIndex = r.ptr<int32_t>();
         a.errors = r.ptr<int32_t>();
+        a.sideStream = r.ptr();
+        a.forkEvent = r.ptr();
+        a.staging = r.ptr<uint8_t>();
+        a.sendCounts = r.ptr<uint32_t>();
+        a.chunkDone = r.ptr<uint32_t>();
         return a;
       },
       cpu::ep::dispatchSend, MOE_GPU(kernels::ep::dispatchSend));
@@ -156,6 +162,8 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.usedRows = r.ptr<int32_t>();
         a.dropped = r.ptr<int32_t>();
         a.errors = r.ptr<int32_t>();
+        a.sideStream = r.ptr();
+        a.joinEvent = r.ptr();
         return a;
       },
       cpu::ep::dispatchRecv, MOE_GPU(kernels::ep::dispatchRecv));

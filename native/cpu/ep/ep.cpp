@@ -147,7 +147,16 @@ void dispatchRecv(const EpDispatchRecvArgs& a) {
   const int64_t region = E::dispatchRegionBytes(s.payload, H, K, M);
   const uint32_t epoch = *a.epoch + 1;
   std::vector<uint32_t> count(R);
-  for (int32_t r = 0; r < R; ++r) count[r] = std::min<uint32_t>(countOf(a.counts[r], epoch, r, "dispatch"), static_cast<uint32_t>(M));
+  for (int32_t r = 0; r < R; ++r) {
+    const uint32_t word = countOf(a.counts[r], epoch, r, "dispatch");
+    count[r] = std::min<uint32_t>(word & ~E::kPayloadFollows, static_cast<uint32_t>(M));
+    if ((word & E::kPayloadFollows) == 0) continue;
+    // an overlapped send: each chunk's payloads are there once its flag carries this call
+    const uint32_t* flags = reinterpret_cast<const uint32_t*>(a.regions + r * region + E::flagsOffset(s.payload, H, K, M));
+    for (int64_t c = 0; c < (count[r] + E::kChunkSlots - 1) / E::kChunkSlots; ++c) {
+      if (flags[c] != epoch) fail("E_COMM", "dispatch: rank " + std::to_string(r) + "'s payloads of chunk " + std::to_string(c) + " have not arrived");
+    }
+  }
   auto localId = [&](int64_t i, int32_t kk) -> int32_t {
     const int64_t r = i / M, j = i % M;
     if (j >= count[r]) return -1;

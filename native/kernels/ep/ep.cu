@@ -6,6 +6,9 @@
 // count themselves done on a counter in the sender's memory; the last CTA fences again and stores
 // each count word with st.release.sys. A receiver loads the words with ld.acquire.sys (one CTA,
 // bounded by %globaltimer) and then reads the regions in later kernels, bypassing L1 (__ldcg).
+// An overlapped send's payloads are ordered per chunk of slots the same way: each thread fences
+// its stores before its group's slots are counted, the slot completing a chunk stores the chunk's
+// flag with st.release.sys, and the rows kernel loads it with ld.acquire.sys before the slot.
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
@@ -39,6 +42,20 @@ __device__ __forceinline__ uint64_t loadAcquire(const uint64_t* p) {
 __device__ __forceinline__ void storeRelease(uint64_t* p, uint64_t v) {
   asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
+
+__device__ __forceinline__ uint32_t loadAcquire(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void storeRelease(uint32_t* p, uint32_t v) {
+  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+// A release/acquire fence at system scope: lighter than __threadfence_system's fence.sc, and
+// enough to order a thread's stores before a later strong write that another thread observes.
+__device__ __forceinline__ void fenceAcqRelSys() { asm volatile("fence.acq_rel.sys;" ::: "memory"); }
 
 __device__ __forceinline__ uint64_t globalTimer() {
   uint64_t t;
@@ -141,7 +158,7 @@ __device__ __forceinline__ void forPairs(const int32_t* __restrict__ ids, int pa
 // slots, and a second pass over the pairs writes combineIndex.
 __global__ void __launch_bounds__(kSlotThreads) slotsKernel(const int32_t* __restrict__ ids, int64_t tokens, int k, int experts, int local,
                                                         int64_t maxTokens, int32_t* __restrict__ combineIndex,
-                                                        uint32_t* __restrict__ sendCount, int32_t* __restrict__ errors) {
+                                                        uint32_t* __restrict__ sendCount, int32_t* __restrict__ errors, const uint32_t* __restrict__ epoch) {
   constexpr int kSlotWarps = kSlotThreads / 32;
   __shared__ uint32_t here[kSlotRound];
   __shared__ uint32_t slotOf[kSlotRound];
@@ -205,6 +222,8 @@ __global__ void __launch_bounds__(kSlotThreads) slotsKernel(const int32_t* __res
     __syncthreads();  // here, slotOf and warpSum are the next round's
   }
   if (threadIdx.x == 0) sendCount[d] = base;
+  // sendCount[ranks]: this call's number, for an overlapped send's payloadKernel
+  if (d == 0 && threadIdx.x == 0) sendCount[gridDim.x] = *epoch + 1;
   if (d == 0) {
     bad = __reduce_add_sync(0xFFFFFFFFu, bad);
     if (lane == 0) warpSum[warp] = static_cast<uint32_t>(bad);
@@ -303,15 +322,16 @@ __device__ __forceinline__ bool lastBlock(uint32_t* sync) {
 }
 
 // In the grid's last CTA: count word (epoch *epoch + bump, count(d)) to every destination d, then
-// sync re-armed for the next launch.
+// sync re-armed for the next launch. Returns whether this CTA was the last.
 template <class Count>
-__device__ __forceinline__ void publishCounts(uint32_t* sync, const uint64_t* __restrict__ countDst, int ranks,
-                                              const uint32_t* epoch, uint32_t bump, Count count) {
-  if (!lastBlock(sync)) return;
+__device__ __forceinline__ bool publishCounts(uint32_t* sync, const uint64_t* __restrict__ countDst, int ranks,
+                                                  const uint32_t* epoch, uint32_t bump, Count count) {
+  if (!lastBlock(sync)) return false;
   const uint32_t e = *epoch + bump;
   for (int d = threadIdx.x; d < ranks; d += kThreads) storeRelease(at<uint64_t>(countDst[d]), E::countWord(e, count(d)));
   __syncthreads();
   if (threadIdx.x == 0) *sync = 0;
+  return true;
 }
 
 // A decode step's send does slotsKernel's work itself (Scan): at most kScanTokens tokens and
@@ -320,21 +340,27 @@ __device__ __forceinline__ void publishCounts(uint32_t* sync, const uint64_t* __
 constexpr int kScanTokens = 1024;
 constexpr int kScanRanks = 8;
 
+// What a send kernel writes: everything, then the count words (kSendAll); an overlapped send's
+// metadata, then the count words with kPayloadFollows (kSendMeta; payloadKernel sends the rest).
+constexpr int kSendAll = 0;
+constexpr int kSendMeta = 1;
+
 // A warp per (token, part of its row): lane i < k looks up pair i, and the lanes of the token's
 // first pair on each destination hold that destination's slot; the part of the payload row
 // (source + t * sourceStride: the staging row, or x itself for an aligned bf16 payload) is read
 // once and stored to every such slot, so each token reaches each destination once; part 0 also
 // writes each slot's metadata. Parts spread a decode step's few tokens over many warps.
-template <bool Scan>
+template <bool Scan, int Stage>
 __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const uint8_t* __restrict__ source, int64_t sourceStride,
                                                        const int32_t* __restrict__ ids, const float* __restrict__ weights, int64_t tokens,
                                                        int32_t* __restrict__ combineIndex, const uint64_t* __restrict__ dataDst,
                                                        const uint64_t* __restrict__ countDst, const uint32_t* __restrict__ sendCount,
                                                        int32_t* __restrict__ errors, const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync) {
+  static_assert(!Scan || Stage == kSendAll, "an overlapped send takes its slots from slotsKernel");
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
   const int k = s.k, local = s.experts / s.ranks;
-  const int64_t chunks = s.metaAt / 16, parts = (chunks + kPart - 1) / kPart;
+  const int64_t chunks = s.metaAt / 16, parts = Stage == kSendMeta ? 1 : (chunks + kPart - 1) / kPart;
   // Scan: each token's destinations, then its slot on each (the order of the tokens that go there)
   __shared__ uint32_t destMask[Scan ? kScanTokens : 1];
   __shared__ uint16_t slotAt[Scan ? kScanTokens * kScanRanks : 1];
@@ -400,7 +426,7 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
     const uint32_t firsts = __ballot_sync(0xFFFFFFFFu, first);
     uint64_t dst = 0;
     if (first) dst = dataDst[d] + static_cast<uint64_t>(slot * s.slotBytes);
-    warpScatterPart(dst, firsts, reinterpret_cast<const uint4*>(source + t * sourceStride), chunks, part, lane);
+    if constexpr (Stage != kSendMeta) warpScatterPart(dst, firsts, reinterpret_cast<const uint4*>(source + t * sourceStride), chunks, part, lane);
     if (part != 0) continue;
     for (uint32_t m = firsts; m != 0; m &= m - 1) {
       const int b = __ffs(m) - 1;
@@ -415,17 +441,78 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
       }
     }
   }
-  publishCounts(sync, countDst, s.ranks, epoch, 1u, [&](int d) { return Scan ? destCount[d] : sendCount[d]; });
+  publishCounts(sync, countDst, s.ranks, epoch, 1u, [&](int d) { return (Scan ? destCount[d] : sendCount[d]) | (Stage == kSendMeta ? E::kPayloadFollows : 0u); });
+}
+
+// An overlapped send's payloads (beside the receive, on the side stream): a CTA per group of
+// kPayloadGroup tokens (grid-stride), its warps over the group's (token, part) items as in
+// sendKernel; then every thread fences its stores, and a thread per token counts the token's
+// slot on the chunk of each of its destinations (chunkDone, in this device's memory). The slot
+// that completes a chunk raises the chunk's flag in the destination region (call number
+// sendCount[ranks]: the receive advances *epoch meanwhile) and re-arms the counter. One fence per
+// thread and group of tokens, not per part: a fence waits for the thread's stores to land.
+constexpr int kPayloadGroup = 16;
+
+__global__ void __launch_bounds__(kThreads) payloadKernel(E::EpShapeView s, const uint8_t* __restrict__ source, int64_t sourceStride,
+                                                          const int32_t* __restrict__ ids, int64_t tokens, const int32_t* __restrict__ combineIndex,
+                                                          const uint64_t* __restrict__ dataDst, const uint32_t* __restrict__ sendCount,
+                                                          uint32_t* __restrict__ chunkDone) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int k = s.k, local = s.experts / s.ranks;
+  const int64_t M = s.maxTokens, n16 = s.metaAt / 16, parts = (n16 + kPart - 1) / kPart, chunkCount = E::chunks(M);
+  const uint32_t e = sendCount[s.ranks];
+  for (int64_t t0 = static_cast<int64_t>(blockIdx.x) * kPayloadGroup; t0 < tokens; t0 += static_cast<int64_t>(gridDim.x) * kPayloadGroup) {
+    const int n = static_cast<int>(min(static_cast<int64_t>(kPayloadGroup), tokens - t0));
+    for (int64_t item = warp; item < n * parts; item += kWarps) {
+      const int64_t t = t0 + item / parts, part = item % parts;
+      int32_t d = -1;
+      int64_t slot = 0;
+      if (lane < k) {
+        const int32_t ci = combineIndex[t * k + lane];
+        if (ci >= 0) {
+          d = ids[t * k + lane] / local;
+          slot = ci / k - static_cast<int64_t>(d) * M;
+        }
+      }
+      const uint32_t same = __match_any_sync(0xFFFFFFFFu, d);
+      const bool first = d >= 0 && (same & ((1u << lane) - 1u)) == 0;
+      const uint32_t firsts = __ballot_sync(0xFFFFFFFFu, first);
+      const uint64_t dst = first ? dataDst[d] + static_cast<uint64_t>(slot * s.slotBytes) : 0;
+      warpScatterPart(dst, firsts, reinterpret_cast<const uint4*>(source + t * sourceStride), n16, part, lane);
+    }
+    fenceAcqRelSys();  // this thread's stores, before the group's slots are counted
+    __syncthreads();
+    if (threadIdx.x < n) {
+      const int64_t t = t0 + threadIdx.x;
+      for (int i = 0; i < k; ++i) {
+        const int32_t ci = combineIndex[t * k + i];
+        if (ci < 0) continue;
+        const int32_t d = ids[t * k + i] / local;
+        bool seen = false;  // the token's slot on d is counted at its first pair there
+        for (int q = 0; q < i && !seen; ++q) seen = combineIndex[t * k + q] >= 0 && ids[t * k + q] / local == d;
+        if (seen) continue;
+        const int64_t slot = ci / k - static_cast<int64_t>(d) * M, c = slot / E::kChunkSlots;
+        const uint32_t expected = static_cast<uint32_t>(min(static_cast<int64_t>(E::kChunkSlots), sendCount[d] - c * E::kChunkSlots));
+        uint32_t* done = chunkDone + d * chunkCount + c;
+        if (atomicAdd(done, 1u) + 1u == expected) {
+          fenceAcqRelSys();  // every counted slot's stores, before the flag
+          storeRelease(at<uint32_t>(dataDst[d] + static_cast<uint64_t>(s.flagsAt + 4 * c)), e);
+          *done = 0;
+        }
+      }
+    }
+  }
 }
 
 // ---- waits ---------------------------------------------------------------------------------
 
 // The calling CTA waits for the count words of `ranks` ranks to carry call number e: counts[r] =
 // the rows of rank r's word, 0 for a rank still missing at the deadline (the first CTA to see a
-// timeout records it in status, with the first such rank). Threads r < ranks spin; the whole CTA
-// returns together, and its threads may then read what the words publish.
+// timeout records it in status, with the first such rank); follows[r] (where given) = whether
+// rank r's payloads follow behind chunk flags. Threads r < ranks spin; the whole CTA returns
+// together, and its threads may then read what the words publish.
 __device__ void ctaWait(const uint64_t* __restrict__ words, int ranks, uint32_t e, int64_t maxTokens, int64_t timeoutNs, int32_t* __restrict__ status,
-                        int32_t code, uint32_t* __restrict__ counts) {
+                        int32_t code, uint32_t* __restrict__ counts, uint32_t* __restrict__ follows) {
   __shared__ uint64_t deadline;
   __shared__ int missing;
   if (threadIdx.x == 0) {
@@ -434,11 +521,12 @@ __device__ void ctaWait(const uint64_t* __restrict__ words, int ranks, uint32_t 
   }
   __syncthreads();
   for (int r = threadIdx.x; r < ranks; r += blockDim.x) {
-    uint32_t n = 0;
+    uint32_t n = 0, later = 0;
     for (;;) {
       const uint64_t w = loadAcquire(words + r);
       if (static_cast<uint32_t>(w >> 32) == e) {
-        n = min(static_cast<uint32_t>(w), static_cast<uint32_t>(maxTokens));
+        n = min(static_cast<uint32_t>(w) & ~E::kPayloadFollows, static_cast<uint32_t>(maxTokens));
+        later = (static_cast<uint32_t>(w) & E::kPayloadFollows) != 0 ? 1u : 0u;
         break;
       }
       if (globalTimer() > deadline) {
@@ -448,6 +536,7 @@ __device__ void ctaWait(const uint64_t* __restrict__ words, int ranks, uint32_t 
       __nanosleep(128);
     }
     counts[r] = n;
+    if (follows) follows[r] = later;
   }
   __syncthreads();
   if (threadIdx.x == 0 && missing != INT_MAX && atomicCAS(status, 0, code) == 0) status[1] = missing;
@@ -457,9 +546,9 @@ __device__ void ctaWait(const uint64_t* __restrict__ words, int ranks, uint32_t 
 // advance: then *epoch = that number.
 __global__ void __launch_bounds__(kThreads) waitKernel(const uint64_t* __restrict__ words, int ranks, uint32_t* __restrict__ epoch, uint32_t ahead,
                                                        bool advance, int64_t maxTokens, int64_t timeoutNs, int32_t* __restrict__ status,
-                                                       int32_t code, uint32_t* __restrict__ counts) {
+                                                       int32_t code, uint32_t* __restrict__ counts, uint32_t* __restrict__ follows) {
   const uint32_t e = *epoch + ahead;
-  ctaWait(words, ranks, e, maxTokens, timeoutNs, status, code, counts);
+  ctaWait(words, ranks, e, maxTokens, timeoutNs, status, code, counts, follows);
   if (threadIdx.x == 0 && advance) *epoch = e;
 }
 
@@ -664,7 +753,8 @@ constexpr int kSmallExperts = 128;
 
 __global__ void __launch_bounds__(1024) layoutSmallKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint64_t* __restrict__ words,
                                                           uint32_t* __restrict__ epoch, int64_t timeoutNs, int32_t* __restrict__ status,
-                                                          uint32_t* __restrict__ counts, int32_t align, int32_t maxPerExpert, int64_t rows, int32_t* __restrict__ placed,
+                                                          uint32_t* __restrict__ counts, uint32_t* __restrict__ follows, int32_t align, int32_t maxPerExpert,
+                                                          int64_t rows, int32_t* __restrict__ placed,
                                                           int32_t* __restrict__ touch, int32_t* __restrict__ layoutCounts,
                                                           int32_t* __restrict__ offsets, int32_t* __restrict__ sourceIndex,
                                                           int32_t* __restrict__ rowIndex, int32_t* __restrict__ usedRows,
@@ -679,7 +769,7 @@ __global__ void __launch_bounds__(1024) layoutSmallKernel(E::EpShapeView s, cons
   for (int64_t r = threadIdx.x; r < rows; r += 1024) sourceIndex[r] = -1;
   // the wait of the receive, in this launch: the senders' count words of call *epoch + 1
   const uint32_t e = *epoch + 1;
-  ctaWait(words, s.ranks, e, s.maxTokens, timeoutNs, status, E::kStatusDispatchTimeout, counts);
+  ctaWait(words, s.ranks, e, s.maxTokens, timeoutNs, status, E::kStatusDispatchTimeout, counts, follows);
   if (threadIdx.x == 0) *epoch = e;
   for (int q = c0 + lane; q < c1; q += 32) {
     const int32_t id = receivedId(s, regions, counts, q, L);
@@ -736,16 +826,25 @@ __device__ __forceinline__ void decodeAt(const E::EpShapeView& s, const uint8_t*
   }
 }
 
-// blockIdx.y == 0: a CTA per (received slot, part of kThreads * V elements), grid-stride: the
-// part decoded once and stored into the row of each of the slot's pairs that got one, so that a
-// token is read once however many local experts it has. blockIdx.y == 1: a CTA per expert zeroes its padding rows: contiguous,
+// The q-th received slot in the order the rows kernel and the combine senders walk them: the
+// sources' slots interleaved (j-th slot of rank 0, of rank 1, ..., then j + 1), the order in
+// which they land, so that at any time the warps work on every source at once (the link and
+// local memory busy together) instead of one source's region after the other.
+__device__ __forceinline__ int64_t slotOf(int64_t q, int ranks, int64_t M) { return (q % ranks) * M + q / ranks; }
+
+// blockIdx.y == 0: a CTA per (received slot, part of kThreads * V elements), grid-stride, slots
+// interleaved (slotOf): the part decoded once and stored into the row of each of the slot's pairs
+// that got one, so that a token is read once however many local experts it has. A slot from a
+// rank whose payloads follow (follows[r]) waits for its chunk's flag first, bounded like the
+// count words (a timeout recorded in status, the slot's rows left alone). blockIdx.y == 1: a CTA per expert zeroes its padding rows: contiguous,
 // up to the next expert's offset; masked, up to touch[e] (the last call's rows included). V
 // elements per thread: 8 (16-byte stores) where hidden % 8 == 0 and the output is aligned.
 template <int V>
 __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
                                                        const int32_t* __restrict__ rowIndex, const int32_t* __restrict__ offsets,
                                                        const int32_t* __restrict__ placed, const int32_t* __restrict__ touch, int32_t maxPerExpert,
-                                                       uint16_t* __restrict__ out) {
+                                                       uint16_t* __restrict__ out, const uint32_t* __restrict__ follows,
+                                                       const uint32_t* __restrict__ epoch, int64_t timeoutNs, int32_t* __restrict__ status) {
   const int64_t H = s.hidden;
   if (blockIdx.y == 1) {
     const int L = s.experts / s.ranks;
@@ -762,15 +861,35 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
     return;
   }
   __shared__ int32_t rowOf[E::kMaxTopK];
+  __shared__ bool landed;
   const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
   const int64_t parts = (H + kThreads * V - 1) / (kThreads * V);
+  const uint32_t e = *epoch;
+  const uint64_t deadline = globalTimer() + static_cast<uint64_t>(timeoutNs);
   for (int64_t item = blockIdx.x; item < slots * parts; item += gridDim.x) {
-    const int64_t i = item / parts, part = item % parts;
+    const int64_t i = slotOf(item / parts, s.ranks, s.maxTokens), part = item % parts;
     const int64_t r = i / s.maxTokens, j = i % s.maxTokens;
     if (j >= counts[r]) continue;  // the same for the whole CTA
     __syncthreads();  // the last slot's rows are read
     if (threadIdx.x < s.k) rowOf[threadIdx.x] = rowIndex[i * s.k + threadIdx.x];
+    if (threadIdx.x == 0) {
+      bool ok = true;
+      if (follows[r] != 0) {
+        const uint32_t* flag = reinterpret_cast<const uint32_t*>(regions + r * s.regionBytes + s.flagsAt) + j / E::kChunkSlots;
+        // once any wait of the call has run out, the others do not wait again
+        while (loadAcquire(flag) != e) {
+          if (globalTimer() > deadline || __ldcg(status) != 0) {
+            ok = false;
+            if (atomicCAS(status, 0, E::kStatusDispatchTimeout) == 0) status[1] = static_cast<int32_t>(r);
+            break;
+          }
+          __nanosleep(64);
+        }
+      }
+      landed = ok;
+    }
     __syncthreads();
+    if (!landed) continue;
     const uint8_t* p = regions + r * s.regionBytes + j * s.slotBytes;
     const int64_t h = (part * kThreads + threadIdx.x) * V;
     if (h < H) {
@@ -788,11 +907,6 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
 
 // ---- combine -------------------------------------------------------------------------------
 
-// The q-th received slot in the order the combine senders walk them: the sources' slots
-// interleaved (j-th slot of rank 0, of rank 1, ..., then j + 1), so that at any time the warps
-// write to every destination at once, the link and local memory busy together, instead of one
-// source's region after the other.
-__device__ __forceinline__ int64_t slotOf(int64_t q, int ranks, int64_t M) { return (q % ranks) * M + q / ranks; }
 
 // A warp per (received pair, part of its row), slots interleaved (slotOf): the pair's valid flag
 // (part 0) and the part of its computed row into region `rank` of its source's combine buffer.
@@ -1066,7 +1180,9 @@ cudaError_t loadKernels() {
   if (bit != 0 && (loaded.load(std::memory_order_acquire) & bit) != 0) return cudaSuccess;
   const void* kernels[] = {
       reinterpret_cast<const void*>(slotsKernel),      reinterpret_cast<const void*>(encodeKernel),
-      reinterpret_cast<const void*>(sendKernel<true>), reinterpret_cast<const void*>(sendKernel<false>),       reinterpret_cast<const void*>(waitKernel),
+      reinterpret_cast<const void*>(sendKernel<true, kSendAll>), reinterpret_cast<const void*>(sendKernel<false, kSendAll>),
+      reinterpret_cast<const void*>(sendKernel<false, kSendMeta>), reinterpret_cast<const void*>(payloadKernel),
+      reinterpret_cast<const void*>(waitKernel),
       reinterpret_cast<const void*>(countKernel),      reinterpret_cast<const void*>(scanKernel),
       reinterpret_cast<const void*>(placeKernel),      reinterpret_cast<const void*>(layoutSmallKernel),      reinterpret_cast<const void*>(rowsKernel<1>),
       reinterpret_cast<const void*>(rowsKernel<8>),
@@ -1095,32 +1211,55 @@ size_t roundUp256(size_t n) { return (n + 255) / 256 * 256; }
 cudaError_t dispatchSend(const EpDispatchSendArgs& a, const Launch& l) {
   if (const cudaError_t loadErr = loadKernels(); loadErr != cudaSuccess) return loadErr;
   const E::EpShapeView s = E::view(a.shape);
-  const size_t countBytes = roundUp256(4 * static_cast<size_t>(s.ranks));
-  // a bf16 row that fills its payload exactly (hidden % 8 == 0) is sent straight from x
-  const bool direct = s.payload == E::kPayloadBf16 && s.metaAt == 2 * s.hidden && reinterpret_cast<uintptr_t>(a.x) % 16 == 0;
-  uint8_t* scratch = static_cast<uint8_t*>(l.workspace.get(countBytes + (direct ? 0 : static_cast<size_t>(a.tokens) * s.metaAt)));
-  uint32_t* sendCount = reinterpret_cast<uint32_t*>(scratch);
-  uint8_t* staging = scratch + countBytes;
-  const bool scan = a.tokens <= kScanTokens && s.ranks <= kScanRanks;
+  const size_t countBytes = roundUp256(4 * (static_cast<size_t>(s.ranks) + 1));
+  const bool direct = E::sendsRaw(s.payload, s.hidden, a.x);
+  // an overlapped send: what the side stream reads is the caller's memory, not the workspace,
+  // which the receive's launches reuse while the payloads are still being sent
+  const bool overlap = a.sideStream != nullptr;
+  uint8_t* scratch = overlap ? nullptr : static_cast<uint8_t*>(l.workspace.get(countBytes + (direct ? 0 : static_cast<size_t>(a.tokens) * s.metaAt)));
+  uint32_t* sendCount = overlap ? a.sendCounts : reinterpret_cast<uint32_t*>(scratch);
+  uint8_t* staging = overlap ? a.staging : scratch + countBytes;
+  const uint8_t* source = direct ? reinterpret_cast<const uint8_t*>(a.x) : staging;
+  const unsigned grid = static_cast<unsigned>(a.sms);
+  const bool scan = !overlap && a.tokens <= kScanTokens && s.ranks <= kScanRanks;
   cudaError_t err = cudaSuccess;
   if (!scan) {
     slotsKernel<<<static_cast<unsigned>(s.ranks), kSlotThreads, 0, l.stream>>>(a.ids, a.tokens, s.k, s.experts, s.experts / s.ranks, s.maxTokens,
-                                                                            a.combineIndex, sendCount, a.errors);
+                                                                            a.combineIndex, sendCount, a.errors, a.epoch);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
+  if (!overlap) {
+    if (a.tokens > 0 && !direct) {
+      encodeKernel<<<static_cast<unsigned>(a.tokens), kThreads, 0, l.stream>>>(a.x, s.hidden, s.payload, s.metaAt, staging);
+      if ((err = cudaGetLastError()) != cudaSuccess) return err;
+    }
+    if (scan) {
+      sendKernel<true, kSendAll><<<grid, kThreads, 0, l.stream>>>(s, source, s.metaAt, a.ids, a.weights, a.tokens, a.combineIndex, a.dataDst, a.countDst,
+                                                                  sendCount, a.errors, a.epoch, a.sync);
+    } else {
+      sendKernel<false, kSendAll><<<grid, kThreads, 0, l.stream>>>(s, source, s.metaAt, a.ids, a.weights, a.tokens, a.combineIndex, a.dataDst,
+                                                                   a.countDst, sendCount, a.errors, a.epoch, a.sync);
+    }
+    return cudaGetLastError();
+  }
+  // overlapped: the side stream encodes the rows once the slots are known, while the launch
+  // stream sends the metadata and the count words; the payloads follow once those are sent, so
+  // that they do not queue on the link behind the payloads (the receiver lays out its rows from
+  // them meanwhile)
+  const auto side = static_cast<cudaStream_t>(a.sideStream);
+  const auto fork = static_cast<cudaEvent_t>(a.forkEvent);
   if (a.tokens > 0 && !direct) {
-    encodeKernel<<<static_cast<unsigned>(a.tokens), kThreads, 0, l.stream>>>(a.x, s.hidden, s.payload, s.metaAt, staging);
+    if ((err = cudaEventRecord(fork, l.stream)) != cudaSuccess) return err;
+    if ((err = cudaStreamWaitEvent(side, fork, 0)) != cudaSuccess) return err;
+    encodeKernel<<<static_cast<unsigned>(a.tokens), kThreads, 0, side>>>(a.x, s.hidden, s.payload, s.metaAt, staging);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
-  const uint8_t* source = direct ? reinterpret_cast<const uint8_t*>(a.x) : staging;
-  const unsigned grid = static_cast<unsigned>(a.sms);
-  if (scan) {
-    sendKernel<true><<<grid, kThreads, 0, l.stream>>>(s, source, s.metaAt, a.ids, a.weights, a.tokens, a.combineIndex, a.dataDst, a.countDst, sendCount,
-                                                      a.errors, a.epoch, a.sync);
-  } else {
-    sendKernel<false><<<grid, kThreads, 0, l.stream>>>(s, source, s.metaAt, a.ids, a.weights, a.tokens, a.combineIndex, a.dataDst, a.countDst, sendCount,
-                                                       a.errors, a.epoch, a.sync);
-  }
+  sendKernel<false, kSendMeta><<<grid, kThreads, 0, l.stream>>>(s, source, s.metaAt, a.ids, a.weights, a.tokens, a.combineIndex, a.dataDst, a.countDst,
+                                                                sendCount, a.errors, a.epoch, a.sync);
+  if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  if ((err = cudaEventRecord(fork, l.stream)) != cudaSuccess) return err;
+  if ((err = cudaStreamWaitEvent(side, fork, 0)) != cudaSuccess) return err;
+  payloadKernel<<<grid, kThreads, 0, side>>>(s, source, s.metaAt, a.ids, a.tokens, a.combineIndex, a.dataDst, sendCount, a.chunkDone);
   return cudaGetLastError();
 }
 
@@ -1130,18 +1269,19 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
   const int L = s.experts / s.ranks;
   const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
   const int64_t tiles = (slots + kTile - 1) / kTile;
-  int32_t* lid = static_cast<int32_t*>(l.workspace.get(4 * static_cast<size_t>(slots * s.k + tiles * (L + 1) + 2 * L)));
+  int32_t* lid = static_cast<int32_t*>(l.workspace.get(4 * static_cast<size_t>(slots * s.k + tiles * (L + 1) + 2 * L + s.ranks)));
   int32_t* tileCounts = lid + slots * s.k;
   int32_t* placed = tileCounts + tiles * (L + 1);
   int32_t* touch = placed + L;
+  uint32_t* follows = reinterpret_cast<uint32_t*>(touch + L);
   cudaError_t err = cudaSuccess;
   if (slots * s.k <= kSmallPairs && L <= kSmallExperts) {
     // a decode step's receive: the wait and the layout in one launch (the tiled path takes four)
-    layoutSmallKernel<<<1, 1024, 0, l.stream>>>(s, a.regions, a.counts, a.epoch, a.timeoutNs, a.status, a.recvCounts, a.align, a.maxPerExpert, a.rows,
+    layoutSmallKernel<<<1, 1024, 0, l.stream>>>(s, a.regions, a.counts, a.epoch, a.timeoutNs, a.status, a.recvCounts, follows, a.align, a.maxPerExpert, a.rows,
                                                 placed, touch, a.layoutCounts, a.offsets, a.sourceIndex, a.rowIndex, a.usedRows, a.dropped, a.errors);
   } else {
     waitKernel<<<1, kThreads, 0, l.stream>>>(a.counts, s.ranks, a.epoch, 1, true, s.maxTokens, a.timeoutNs, a.status, E::kStatusDispatchTimeout,
-                                             a.recvCounts);
+                                             a.recvCounts, follows);
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     // tiles fit a grid's x dimension: slots * k < 2^31
     countKernel<<<static_cast<unsigned>(tiles), kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, lid, a.rowIndex, tileCounts, a.sourceIndex,
@@ -1159,11 +1299,19 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
     const int64_t parts = (s.hidden + kThreads * (vec ? 8 : 1) - 1) / (kThreads * (vec ? 8 : 1));
     const dim3 grid(gridOf(std::max<int64_t>(slots * parts, L), 1 << 16), 2);
     if (vec) {
-      rowsKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, a.rowIndex, a.offsets, placed, touch, a.maxPerExpert, a.tokensOut);
+      rowsKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, a.rowIndex, a.offsets, placed, touch, a.maxPerExpert, a.tokensOut,
+                                                     follows, a.epoch, a.timeoutNs, a.status);
     } else {
-      rowsKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, a.rowIndex, a.offsets, placed, touch, a.maxPerExpert, a.tokensOut);
+      rowsKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, a.rowIndex, a.offsets, placed, touch, a.maxPerExpert, a.tokensOut,
+                                                     follows, a.epoch, a.timeoutNs, a.status);
     }
-    err = cudaGetLastError();
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
+  }
+  if (a.sideStream) {
+    // the overlapped send's payload launch (on the side stream) ends before this call's work does
+    const auto join = static_cast<cudaEvent_t>(a.joinEvent);
+    if ((err = cudaEventRecord(join, static_cast<cudaStream_t>(a.sideStream))) != cudaSuccess) return err;
+    err = cudaStreamWaitEvent(l.stream, join, 0);
   }
   return err;
 }
@@ -1188,7 +1336,7 @@ cudaError_t combineRecv(const EpCombineRecvArgs& a, const Launch& l) {
   const E::EpShapeView s = E::view(a.shape);
   uint32_t* counts = static_cast<uint32_t*>(l.workspace.get(4 * static_cast<size_t>(s.ranks)));
   waitKernel<<<1, kThreads, 0, l.stream>>>(a.counts, s.ranks, const_cast<uint32_t*>(a.epoch), 0, false, s.maxTokens, a.timeoutNs, a.status,
-                                           E::kStatusCombineTimeout, counts);
+                                           E::kStatusCombineTimeout, counts, nullptr);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || a.tokens == 0) return err;
   // 16-byte loads where every returned row and every output row starts on 16 bytes

@@ -12,11 +12,15 @@ namespace moe::kernels::ep {
 // Three launches: the slots of each destination (a CTA per destination), the payload of each
 // token (encoded once into scratch; an aligned bf16 payload is sent from x and skips it), and the
 // copy into the destinations' regions (a warp per token, its row read once for all its
-// destinations, on args.sms CTAs; the last CTA to finish publishes the count words).
+// destinations, on args.sms CTAs; the last CTA to finish publishes the count words). With
+// args.sideStream the copy splits: the metadata and the count words on the launch stream, then
+// the encode and the payloads on the side stream, each chunk of slots flagged as it completes.
 cudaError_t dispatchSend(const EpDispatchSendArgs& args, const Launch& launch);
 // The wait (one CTA), the layout (per tile of slots in three launches; one CTA where the receive
-// is small) and the rows (a CTA per received slot, stored into the rows of its pairs; padding
-// rows zeroed per expert, masked: only those this call or the last one wrote).
+// is small) and the rows (a CTA per received slot, stored into the rows of its pairs, after its
+// chunk's flag where the sender's payloads follow; padding rows zeroed per expert, masked: only
+// those this call or the last one wrote). With args.sideStream the launch stream then waits for
+// the side stream's work (args.joinEvent).
 cudaError_t dispatchRecv(const EpDispatchRecvArgs& args, const Launch& launch);
 // A warp per received pair and 4 KB part of its row on args.sms CTAs; the last CTA publishes the
 // count words.
