@@ -412,18 +412,19 @@ describe('dispatch and combine against the single-device path', () => {
 
 describe('the CPU reference of an overlapped send', () => {
   it('a count word with "payloads follow": the rows once every used chunk flag carries the call; E_COMM naming a chunk that does not', async () => {
-    // one rank, 2 experts, k = 1, hidden 16, 70 slots: two chunks of 64, the second partly used
+    // one rank, 2 experts, k = 1, hidden 16, 70 slots: two chunks of 64, the second partly used;
+    // host memory throughout (the ops read these pointers on the CPU)
     const seed = freshSeed('cpu chunk flags');
     const r = rng(seed);
     const T = 70, H = 16, K = 1, E = 2, M = 70;
     const b = native();
-    const x = fromArray(Array.from({ length: T * H }, () => r() * 4 - 2), { shape: [T, H], dtype: 'bf16' });
-    const ids = fromArray(Array.from({ length: T }, () => Math.floor(r() * E)), { shape: [T, K], dtype: 'i32' });
-    const w = fromArray(Array.from({ length: T }, () => r()), { shape: [T, K] });
+    const x = fromArray(Array.from({ length: T * H }, () => r() * 4 - 2), { shape: [T, H], dtype: 'bf16', device: 'cpu' });
+    const ids = fromArray(Array.from({ length: T }, () => Math.floor(r() * E)), { shape: [T, K], dtype: 'i32', device: 'cpu' });
+    const w = fromArray(Array.from({ length: T }, () => r()), { shape: [T, K], device: 'cpu' });
     const slot = 32 + 16, flagsAt = M * slot, regionBytes = flagsAt + 16;
-    const u8 = (n: number) => fromArray(new Uint8Array(n), { shape: [n], dtype: 'u8' });
+    const u8 = (n: number) => fromArray(new Uint8Array(n), { shape: [n], dtype: 'u8', device: 'cpu' });
     const region = u8(regionBytes), count = u8(8), state = u8(32), combineIndex = u8(4 * T), errors = u8(4);
-    const table = (p: bigint) => fromArray(new BigUint64Array([p]), { shape: [1], dtype: 'i64' });
+    const table = (p: bigint) => fromArray(new BigUint64Array([p]), { shape: [1], dtype: 'i64', device: 'cpu' });
     const dataDst = table(region.dataPtr), countDst = table(count.dataPtr);
     const shape = [1, 0, E, K, H, M, 0, 0] as const;
     b.epDispatchSend(-1, 0n, ...shape, x.dataPtr, ids.dataPtr, w.dataPtr, T, dataDst.dataPtr, countDst.dataPtr, state.dataPtr, state.dataPtr + 4n, 1,

@@ -832,9 +832,14 @@ __device__ __forceinline__ void decodeAt(const E::EpShapeView& s, const uint8_t*
 // local memory busy together) instead of one source's region after the other.
 __device__ __forceinline__ int64_t slotOf(int64_t q, int ranks, int64_t M) { return (q % ranks) * M + q / ranks; }
 
-// blockIdx.y == 0: a CTA per (received slot, part of kThreads * V elements), grid-stride, slots
-// interleaved (slotOf): the part decoded once and stored into the row of each of the slot's pairs
-// that got one, so that a token is read once however many local experts it has. A slot from a
+// Parts of a row (kThreads * V elements each) a rows CTA holds in registers at once.
+constexpr int kRowBatch = 4;
+
+// blockIdx.y == 0: a CTA per (received slot, share of its row: `shares` per slot), grid-stride,
+// slots interleaved (slotOf): the share decoded once and stored into the row of each of the
+// slot's pairs that got one, so that a token is read once however many local experts it has.
+// A large receive takes whole rows (one lookup and one flag per slot); a small one splits them
+// over CTAs, so that a decode step's few slots still fill the device. A slot from a
 // rank whose payloads follow (follows[r]) waits for its chunk's flag first, bounded like the
 // count words (a timeout recorded in status, the slot's rows left alone). blockIdx.y == 1: a CTA per expert zeroes its padding rows: contiguous,
 // up to the next expert's offset; masked, up to touch[e] (the last call's rows included). V
@@ -844,7 +849,8 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
                                                        const int32_t* __restrict__ rowIndex, const int32_t* __restrict__ offsets,
                                                        const int32_t* __restrict__ placed, const int32_t* __restrict__ touch, int32_t maxPerExpert,
                                                        uint16_t* __restrict__ out, const uint32_t* __restrict__ follows,
-                                                       const uint32_t* __restrict__ epoch, int64_t timeoutNs, int32_t* __restrict__ status) {
+                                                       const uint32_t* __restrict__ epoch, int64_t timeoutNs, int32_t* __restrict__ status,
+                                                       int shares) {
   const int64_t H = s.hidden;
   if (blockIdx.y == 1) {
     const int L = s.experts / s.ranks;
@@ -863,11 +869,11 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
   __shared__ int32_t rowOf[E::kMaxTopK];
   __shared__ bool landed;
   const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
-  const int64_t parts = (H + kThreads * V - 1) / (kThreads * V);
   const uint32_t e = *epoch;
   const uint64_t deadline = globalTimer() + static_cast<uint64_t>(timeoutNs);
-  for (int64_t item = blockIdx.x; item < slots * parts; item += gridDim.x) {
-    const int64_t i = slotOf(item / parts, s.ranks, s.maxTokens), part = item % parts;
+  const int64_t parts = (H + kThreads * V - 1) / (kThreads * V), per = (parts + shares - 1) / shares;
+  for (int64_t item = blockIdx.x; item < slots * shares; item += gridDim.x) {
+    const int64_t i = slotOf(item / shares, s.ranks, s.maxTokens), share = item % shares;
     const int64_t r = i / s.maxTokens, j = i % s.maxTokens;
     if (j >= counts[r]) continue;  // the same for the whole CTA
     __syncthreads();  // the last slot's rows are read
@@ -891,15 +897,26 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
     __syncthreads();
     if (!landed) continue;
     const uint8_t* p = regions + r * s.regionBytes + j * s.slotBytes;
-    const int64_t h = (part * kThreads + threadIdx.x) * V;
-    if (h < H) {
-      uint16_t o[V];
-      decodeAt<V>(s, p, h, o);
+    // the share's parts (kThreads * V elements each), kRowBatch at a time: every part's loads
+    // are issued before its stores, so a CTA waits one memory latency per batch, not per part
+    const int64_t hEnd = min(H, (share + 1) * per * kThreads * V);
+    for (int64_t h0 = share * per * kThreads * V + static_cast<int64_t>(threadIdx.x) * V; h0 < hEnd; h0 += static_cast<int64_t>(kRowBatch) * kThreads * V) {
+      uint16_t o[kRowBatch][V];
+#pragma unroll
+      for (int b = 0; b < kRowBatch; ++b) {
+        const int64_t h = h0 + static_cast<int64_t>(b) * kThreads * V;
+        if (h < hEnd) decodeAt<V>(s, p, h, o[b]);
+      }
       for (int kk = 0; kk < s.k; ++kk) {
         const int32_t row = rowOf[kk];
         if (row < 0) continue;
-        if constexpr (V == 8) *reinterpret_cast<uint4*>(out + row * H + h) = *reinterpret_cast<const uint4*>(o);
-        else out[row * H + h] = o[0];
+#pragma unroll
+        for (int b = 0; b < kRowBatch; ++b) {
+          const int64_t h = h0 + static_cast<int64_t>(b) * kThreads * V;
+          if (h >= hEnd) break;
+          if constexpr (V == 8) *reinterpret_cast<uint4*>(out + row * H + h) = *reinterpret_cast<const uint4*>(o[b]);
+          else out[row * H + h] = o[b][0];
+        }
       }
     }
   }
@@ -1296,14 +1313,16 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
   if (a.rows > 0) {
     // 16-byte rows where every row of the output starts on 16 bytes
     const bool vec = s.hidden % 8 == 0 && reinterpret_cast<uintptr_t>(a.tokensOut) % 16 == 0;
+    // whole rows per CTA once the slots alone give several CTAs per SM
     const int64_t parts = (s.hidden + kThreads * (vec ? 8 : 1) - 1) / (kThreads * (vec ? 8 : 1));
-    const dim3 grid(gridOf(std::max<int64_t>(slots * parts, L), 1 << 16), 2);
+    const int shares = slots >= 8 * std::max(1, l.facts.multiprocessors) ? 1 : static_cast<int>(std::min<int64_t>(parts, 1 << 16));
+    const dim3 grid(gridOf(std::max<int64_t>(slots * shares, L), 1 << 16), 2);
     if (vec) {
       rowsKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, a.rowIndex, a.offsets, placed, touch, a.maxPerExpert, a.tokensOut,
-                                                     follows, a.epoch, a.timeoutNs, a.status);
+                                                     follows, a.epoch, a.timeoutNs, a.status, shares);
     } else {
       rowsKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, a.rowIndex, a.offsets, placed, touch, a.maxPerExpert, a.tokensOut,
-                                                     follows, a.epoch, a.timeoutNs, a.status);
+                                                     follows, a.epoch, a.timeoutNs, a.status, shares);
     }
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
