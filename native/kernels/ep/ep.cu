@@ -322,16 +322,15 @@ __device__ __forceinline__ bool lastBlock(uint32_t* sync) {
 }
 
 // In the grid's last CTA: count word (epoch *epoch + bump, count(d)) to every destination d, then
-// sync re-armed for the next launch. Returns whether this CTA was the last.
+// sync re-armed for the next launch.
 template <class Count>
-__device__ __forceinline__ bool publishCounts(uint32_t* sync, const uint64_t* __restrict__ countDst, int ranks,
-                                                  const uint32_t* epoch, uint32_t bump, Count count) {
-  if (!lastBlock(sync)) return false;
+__device__ __forceinline__ void publishCounts(uint32_t* sync, const uint64_t* __restrict__ countDst, int ranks,
+                                              const uint32_t* epoch, uint32_t bump, Count count) {
+  if (!lastBlock(sync)) return;
   const uint32_t e = *epoch + bump;
   for (int d = threadIdx.x; d < ranks; d += kThreads) storeRelease(at<uint64_t>(countDst[d]), E::countWord(e, count(d)));
   __syncthreads();
   if (threadIdx.x == 0) *sync = 0;
-  return true;
 }
 
 // A decode step's send does slotsKernel's work itself (Scan): at most kScanTokens tokens and
@@ -839,11 +838,12 @@ constexpr int kRowBatch = 4;
 // slots interleaved (slotOf): the share decoded once and stored into the row of each of the
 // slot's pairs that got one, so that a token is read once however many local experts it has.
 // A large receive takes whole rows (one lookup and one flag per slot); a small one splits them
-// over CTAs, so that a decode step's few slots still fill the device. A slot from a
-// rank whose payloads follow (follows[r]) waits for its chunk's flag first, bounded like the
-// count words (a timeout recorded in status, the slot's rows left alone). blockIdx.y == 1: a CTA per expert zeroes its padding rows: contiguous,
-// up to the next expert's offset; masked, up to touch[e] (the last call's rows included). V
-// elements per thread: 8 (16-byte stores) where hidden % 8 == 0 and the output is aligned.
+// over CTAs, so that a decode step's few slots still fill the device. A slot from a rank whose
+// payloads follow (follows[r]) waits for its chunk's flag first, bounded like the count words (a
+// timeout recorded in status, the slot's rows left alone).
+// blockIdx.y == 1: a CTA per expert zeroes its padding rows: contiguous, up to the next expert's
+// offset; masked, up to touch[e] (the last call's rows included).
+// V elements per thread: 8 (16-byte stores) where hidden % 8 == 0 and the output is aligned.
 template <int V>
 __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
                                                        const int32_t* __restrict__ rowIndex, const int32_t* __restrict__ offsets,
@@ -923,7 +923,6 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
 }
 
 // ---- combine -------------------------------------------------------------------------------
-
 
 // A warp per (received pair, part of its row), slots interleaved (slotOf): the pair's valid flag
 // (part 0) and the part of its computed row into region `rank` of its source's combine buffer.
