@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // One representative call of each performance target, repeated a few times, for a profiler to
-// attach to (e.g. ncu --kernel-name regex:... node benchmarks/profile.js): NVFP4 decode at
-// M = 1 and 64 and prefill at M = 1024 on 4096 x 7168, MTP greedy and rejection at B = 256.
+// attach to (e.g. ncu --kernel-name regex:... node benchmarks/profile.js): the NVFP4 GEMM at
+// M = 1, 64, 256 and 4096 on 4096 x 7168, MTP greedy and rejection at B = 256.
 // Without a CUDA GPU it exits with status 3 (harness.EXIT_NO_GPU).
 'use strict';
 const h = require('./harness');
@@ -13,7 +13,7 @@ async function main() {
   const device = 'cuda:0';
   const [N, K] = [4096, 7168];
   const w = moe.quantizeNvfp4(moe.fromArray(Float32Array.from({ length: N * K }, (_, i) => Math.sin(i * 0.37)), { shape: [N, K], dtype: 'bf16', device }));
-  for (const M of [1, 64, 1024]) {
+  for (const M of [1, 64, 256, 4096]) {
     const a = moe.fromArray(Float32Array.from({ length: M * K }, (_, i) => Math.cos(i * 0.11)), { shape: [M, K], dtype: 'bf16', device });
     const out = moe.empty([M, N], { dtype: 'bf16', device });
     for (let r = 0; r < 3; r++) moe.gemmNvfp4(a, w, { out });

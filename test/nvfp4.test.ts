@@ -759,6 +759,18 @@ forEachBackend('nvfp4 gemm', (device: Device) => {
     }
   });
 
+  it('Hopper kernel: step counts around the scale prefetch depth, CTAs that take a second tile', async () => {
+    const seed = freshSeed(`nvfp4 gemm sm90 prefetch ${device}`);
+    let i = 0;
+    // (sm90_gemm.cuh, kScaleAhead = 8 steps of 64 k) K = 32: one partial step; K = 576: nine
+    // steps, the ring's depth plus one; [4100, 1000, 96]: 17 x 8 tiles of 256 tokens on a grid of
+    // at most 132 CTAs, so some take a second tile and restart the prefetch, with a K tail.
+    for (const [M, N, K] of [[65, 130, 32], [129, 300, 576], [4100, 1000, 96]]) {
+      await checkGemm(device, { M, N, K, outDtype: 'bf16' }, seed + i++);
+      await checkGemm(device, { M, N, K, outDtype: 'f32', alpha: 0.3, bias: 'bf16' }, seed + i++);
+    }
+  });
+
   it('16 < M <= 64 (the wide streaming kernel on Hopper): 1 to 6 K splits, uneven ones, tails of N and K', async () => {
     const seed = freshSeed(`nvfp4 gemm wide ${device}`);
     let i = 0;

@@ -17,8 +17,8 @@
 //    conflicts). All 128 producer threads turn one row's four e4m3 block scales per 64-k step
 //    into bf16x2 multipliers (see detail::scaleToBf16x2) and store them next to the tile: the
 //    scale conversion leaves the consumers' critical path, and plain loads need no alignment, so
-//    any scale pointer works. The loads are issued before waiting for a free slot, which hides
-//    their latency behind that wait.
+//    any scale pointer works. Each thread keeps kScaleAhead steps of scale loads in flight, and
+//    thread 0 issues a stage's TMA loads before its own scale store and arrival.
 //  - kStages-deep ring of stages with full/empty mbarriers. setmaxnreg moves registers from the
 //    producer (kProducerRegs) to the consumers (kConsumerRegs).
 //  - Consumers: per 64-k step, read the thread's fragment bytes (rows g and g+8 of its warp's 16
@@ -62,6 +62,7 @@ inline constexpr int kTileK = 64;   // k per pipeline stage (128 bytes of bf16: 
 inline constexpr int kGroupM = 4;   // token tiles per rasterization group
 inline constexpr int kThreads = 384;
 inline constexpr int kProducerRegs = 40;
+inline constexpr int kScaleAhead = 8;  // 64-k steps of scale bytes each producer thread has in flight
 inline constexpr int kConsumerRegs = 232;
 inline constexpr int kWBytes = kTileN * kTileK / 2;  // 4 KB packed E2M1 per stage
 inline constexpr int kSBytes = kTileN * 4 * 4;       // 2 KB bf16x2 scale multipliers per stage
@@ -150,9 +151,10 @@ __device__ __forceinline__ void mbarArrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem(bar)) : "memory");
 }
 
-__device__ __forceinline__ void mbarArriveExpectTx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem(bar)),
-               "r"(bytes)
+// Raises the transaction count of the current phase without arriving: the TMA loads can be
+// issued before this thread's own arrival, which waits for its scale multipliers.
+__device__ __forceinline__ void mbarExpectTx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;\n" ::"r"(smem(bar)), "r"(bytes)
                : "memory");
 }
 
@@ -455,19 +457,31 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int n = nTile * kTileN + r;
       const bool valid = n < p.N;
       const uint8_t* row = p.wScales + static_cast<int64_t>(valid ? n : 0) * kBlocks;
-      for (int kt = kt0; kt < kt1; ++kt, ++it) {
-        const uint32_t raw = loadScaleBytes(p, row, valid, kt);
-        const int s = it % kStages;
-        mbarWait(&empty[s], ((it / kStages) & 1) ^ 1);
-        uint8_t* stage = base + s * C::kStageBytes;
-        *reinterpret_cast<uint4*>(stage + C::kABytes + kWBytes + r * 16) =
-            scaleMultipliers(raw, valid, kt, kBlocks);
-        if (r == 0) {
-          mbarArriveExpectTx(&full[s], C::kStageTxBytes);
-          tmaLoad2d(stage, &mapA, kt * kTileK, mTile * BM, &full[s]);
-          tmaLoad2d(stage + C::kABytes, &mapW, kt * (kTileK / 2), nTile * kTileN, &full[s]);
-        } else {
+      // Scale bytes come kScaleAhead steps ahead through a register ring, and thread 0 issues a
+      // stage's TMA loads before it waits for its own scale bytes, so no step's loads queue
+      // behind a scale load's round trip (1-14% faster at M >= 1024; benchmarks/NOTES.md, v6).
+      uint32_t ring[kScaleAhead];
+#pragma unroll
+      for (int j = 0; j < kScaleAhead; ++j) ring[j] = kt0 + j < kt1 ? loadScaleBytes(p, row, valid, kt0 + j) : 0u;
+      for (int kb = kt0; kb < kt1; kb += kScaleAhead) {
+#pragma unroll
+        for (int j = 0; j < kScaleAhead; ++j) {
+          const int kt = kb + j;
+          if (kt >= kt1) break;
+          const uint32_t raw = ring[j];
+          ring[j] = kt + kScaleAhead < kt1 ? loadScaleBytes(p, row, valid, kt + kScaleAhead) : 0u;
+          const int s = it % kStages;
+          mbarWait(&empty[s], ((it / kStages) & 1) ^ 1);
+          uint8_t* stage = base + s * C::kStageBytes;
+          if (r == 0) {
+            mbarExpectTx(&full[s], C::kStageTxBytes);
+            tmaLoad2d(stage, &mapA, kt * kTileK, mTile * BM, &full[s]);
+            tmaLoad2d(stage + C::kABytes, &mapW, kt * (kTileK / 2), nTile * kTileN, &full[s]);
+          }
+          *reinterpret_cast<uint4*>(stage + C::kABytes + kWBytes + r * 16) =
+              scaleMultipliers(raw, valid, kt, kBlocks);
           mbarArrive(&full[s]);
+          ++it;
         }
       }
     }
