@@ -20,6 +20,7 @@ const h = require('./harness');
 const SHAPES = ['4096x7168', '7168x2048', '2048x7168', '24576x1536', '7168x16384'];
 const MS = [1, 4, 16, 32, 64, 256, 1024, 4096, 16384];
 const DECODE_MAX_M = 64;
+const W4A4_NOTE = 'W4A4 (M > 64): the same activations quantized to NVFP4 (one global scale), timed the same way.';
 
 const USAGE = [
   'usage: node benchmarks/nvfp4.js [--out DIR] [--shapes NxK,...] [--m M,...] [--trials N] [--seed N]',
@@ -83,10 +84,21 @@ async function bench(args) {
       // a few ms per replay; at most 200 launches (a captured split-K GEMM keeps its workspace)
       const { launches, samples } = await h.timeLaunchesAuto(stream, launch, { step: sets, trials, max: 200 });
       const t = h.median(samples);
+      // W4A4 where the wgmma kernel takes it (M > 64): the same activations quantized to NVFP4
+      let w4a4Ms = null;
+      if (M > DECODE_MAX_M) {
+        const aq = moe.quantizeNvfp4(am, { stream });
+        const launch4 = (i) => moe.gemmNvfp4(aq, weights[i % sets], { out, stream });
+        for (let i = 0; i < 3; i++) launch4(i);
+        await stream.synchronize();
+        w4a4Ms = h.median((await h.timeLaunchesAuto(stream, launch4, { step: sets, trials, max: 200 })).samples);
+        aq.dispose();
+      }
       const row = {
         shape: `${N}x${K}`, N, K, M,
         ms: t,
         msMin: Math.min(...samples),
+        w4a4Ms,
         weightBytes,
         tbs: weightBytes / (t * 1e-3) / 1e12,
         tflops: (2 * M * N * K) / (t * 1e-3) / 1e12,
@@ -95,6 +107,7 @@ async function bench(args) {
       rows.push(row);
       console.log(
         `N=${N} K=${K} M=${M}: ${(t * 1e3).toFixed(2)} us  ${row.tbs.toFixed(3)} TB/s  ${row.tflops.toFixed(1)} TFLOP/s` +
+          (w4a4Ms !== null ? `  W4A4 ${(w4a4Ms * 1e3).toFixed(2)} us` : '') +
           `  (${launches} launches x ${trials} trials, ${sets} weight sets)`,
       );
       am.dispose();
@@ -122,6 +135,7 @@ async function bench(args) {
     title: `NVFP4 GEMM on ${dev.name}, ours only`,
     lines: [
       `W4A16: bf16 activations [M, K] x NVFP4 weight [N, K] -> bf16 [M, N]. ${result.method}.`,
+      `${W4A4_NOTE}`,
       `Copy bandwidth (device-to-device, read + write): ${copy.tbs.toFixed(3)} TB/s (ours, tensor.copyTo).`,
       '',
       ...h.markdownTable(
@@ -131,6 +145,7 @@ async function bench(args) {
           { title: 'ours (us)', cell: (r) => us(r.ms) },
           { title: 'TB/s', cell: (r) => r.tbs.toFixed(2) },
           { title: 'TFLOP/s', cell: (r) => r.tflops.toFixed(1) },
+          { title: 'W4A4 (us)', cell: (r) => (r.w4a4Ms == null ? '' : us(r.w4a4Ms)) },
           { title: 'launches x sets', cell: (r) => `${r.launches} x ${r.sets}` },
         ],
         rows,
@@ -154,6 +169,7 @@ function merge(args) {
 
   const lines = [];
   lines.push(`W4A16: bf16 activations [M, K] x NVFP4 weight [N, K] -> bf16 [M, N]. ${ours.method}.`);
+  lines.push(W4A4_NOTE);
   lines.push(
     `Copy bandwidth (device-to-device, read + write): ${peers && peers.copy ? `${peers.copy.tbs.toFixed(3)} TB/s (torch)` : 'n/a (torch)'}, ` +
       `${ours.copy.tbs.toFixed(3)} TB/s (ours, tensor.copyTo).`,
@@ -195,6 +211,7 @@ function merge(args) {
         { title: 'cuBLAS BF16 (us)', cell: (r) => fmtUs(r.bf16Ms) },
         { title: 'FP8 (us)', cell: (r) => `${fmtUs(r.fp8Ms)}${padded(r) ? '*' : ''}` },
         { title: 'speedup vs BF16', cell: (r) => h.ratio(r.bf16Ms, r.ms) },
+        { title: 'W4A4 (us)', cell: (r) => (r.w4a4Ms == null ? '' : fmtUs(r.w4a4Ms)) },
       ],
       merged,
     ),
@@ -217,6 +234,8 @@ function merge(args) {
   const middle = merged.filter((r) => r.M >= 32 && r.M <= 256 && r.speedupVsBf16 !== null);
   lines.push(`- faster than cuBLAS BF16 at M = 32..256: ${middle.length ? count(middle, (r) => r.speedupVsBf16 > 1) : 'n/a'}`);
   lines.push(`- prefill at >= 90% of cuBLAS BF16 TFLOP/s: ${prefillRows.length ? count(prefillRows, (r) => r.percentOfCeiling >= 90) : 'n/a'}`);
+  const w4a4Rows = merged.filter((r) => r.M >= 256 && r.w4a4Ms != null);
+  lines.push(`- W4A4 within 10% of W4A16's time at M >= 256: ${w4a4Rows.length ? count(w4a4Rows, (r) => r.w4a4Ms <= 1.1 * r.ms) : 'n/a'}`);
 
   const result = {
     benchmark: 'nvfp4_gemm',

@@ -55,6 +55,27 @@ function nvfp4(file) {
     '',
     `${h.headerLine(r)}. Method: ${r.method}.`,
     ...chart(file, `NVFP4 GEMM on ${r.device}: % of the ceiling against M`),
+    ...w4a4Table(r, shapes),
+  ];
+}
+
+// W4A4 (NVFP4 activations) where it was measured, against W4A16 on the same problem.
+function w4a4Table(r, shapes) {
+  const rows = r.rows.filter((x) => x.w4a4Ms != null);
+  if (!rows.length) return [];
+  const ms = [...new Set(rows.map((x) => x.M))].sort((a, b) => a - b);
+  const cell = (shape, M) => {
+    const x = rows.find((y) => `${y.N} x ${y.K}` === shape && y.M === M);
+    return x ? `${us(x.w4a4Ms)} (${(x.w4a4Ms / x.ms).toFixed(2)}x)` : 'n/a';
+  };
+  return [
+    '',
+    'W4A4 (`gemmNvfp4` with NVFP4 activations, the same activations quantized): microseconds, and in ' +
+      "parentheses the time against W4A16's on the same problem (below 1.10x: within 10%).",
+    '',
+    `| N x K | ${ms.map((m) => `M = ${m}`).join(' | ')} |`,
+    `|---|${ms.map(() => '---:').join('|')}|`,
+    ...shapes.map((s) => `| ${s} | ${ms.map((m) => cell(s, m)).join(' | ')} |`),
   ];
 }
 

@@ -759,6 +759,17 @@ forEachBackend('nvfp4 gemm', (device: Device) => {
     }
   });
 
+  it('W4A4 above 64 tokens (the Hopper kernel, activations expanded first): split K, tails, alpha and bias', async () => {
+    const seed = freshSeed(`nvfp4 gemm sm90 W4A4 ${device}`);
+    let i = 0;
+    // K % 32 == 0 takes the wgmma kernel on Hopper: [65, 130, 2048] and [300, 260, 4096] split K,
+    // [257, 19, 96] has a K tail inside its last step and a ragged N; M = 64 stays on mma.sync.
+    for (const [M, N, K] of [[65, 130, 2048], [300, 260, 4096], [257, 19, 96], [64, 130, 96]]) {
+      await checkGemm(device, { M, N, K, outDtype: 'bf16', w4a4: true }, seed + i++);
+      await checkGemm(device, { M, N, K, outDtype: 'f32', alpha: -0.6, bias: 'f32', w4a4: true }, seed + i++);
+    }
+  });
+
   it('Hopper kernel: step counts around the scale prefetch depth, CTAs that take a second tile', async () => {
     const seed = freshSeed(`nvfp4 gemm sm90 prefetch ${device}`);
     let i = 0;

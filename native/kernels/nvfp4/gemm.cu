@@ -85,7 +85,7 @@ cudaError_t gemm(const GemmArgs& g, const Launch& l) {
   if (M == 0 || N == 0) return cudaSuccess;
   const bool aFp4 = g.aType == DType::U8;
 
-  if (!aFp4 && preferSm90(M, g.portable) && sm90GemmSupported(g, l.facts)) return sm90Gemm(g, l);
+  if (preferSm90(M, g.portable) && sm90GemmSupported(g, l.facts)) return sm90Gemm(g, l);
 
   // The streaming kernels' operands; each kernel then sets its own split of K.
   const auto streamParams = [&] {

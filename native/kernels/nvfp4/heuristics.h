@@ -149,9 +149,10 @@ inline size_t gemmConfigWorkspaceBytes(const GemmConfig& c, int64_t M, int64_t N
                       : 0;
 }
 
-// Above the decode sizes the wgmma kernel wins wherever it can run (W4A16, K % 32 == 0, aligned
+// Above the decode sizes the wgmma kernel wins wherever it can run (K % 32 == 0, aligned
 // operands on a CC 9.0 device; sm90GemmSupported checks): on the DeepSeek-V3 shapes it measured
-// 3.5-4.5x the mma.sync kernel at M >= 1024. Decode stays on the streaming kernel, which splits K.
+// 3.5-4.5x the mma.sync kernel at M >= 1024. W4A4 takes it too, after one pass that expands the
+// activations to bf16 (benchmarks/NOTES.md, v7). Decode stays on the streaming kernels.
 inline bool preferSm90(int64_t M, bool portable) { return !portable && M > kDecodeMaxM; }
 
 // Split K inside the wgmma kernel, for output tiles too few to occupy the SMs (M = 65..512 on

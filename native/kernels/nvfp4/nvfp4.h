@@ -48,11 +48,11 @@ cudaError_t swizzleScales(const SwizzleScalesArgs& args, const Launch& l);
 cudaError_t unswizzleScales(const UnswizzleScalesArgs& args, const Launch& l);
 
 // Both operands are dequantized to BF16 in registers (e2m1 x e4m3 is exact in BF16) and
-// multiplied on tensor cores: for M > 64 (W4A16) by the sm_90a wgmma kernel where
-// sm90GemmSupported allows (unless args.portable), for 16 < M <= 64 (W4A16) on Hopper by the
-// wide streaming kernel (unless args.portable), else by the mma.sync kernels compiled for
-// every target. The configuration is chosen once per launch from l.facts; when it splits K,
-// the fp32 partial sums live in l.workspace.
+// multiplied on tensor cores: for M > 64 by the sm_90a wgmma kernel where sm90GemmSupported
+// allows (unless args.portable; W4A4 expands its activations to bf16 first), for 16 < M <= 64
+// (W4A16) on Hopper by the wide streaming kernel (unless args.portable), else by the mma.sync
+// kernels compiled for every target. The configuration is chosen once per launch from l.facts;
+// when it splits K, the fp32 partial sums live in l.workspace.
 cudaError_t gemm(const GemmArgs& args, const Launch& l);
 
 // The expert GEMM (common/nvfp4.h) with the mma.sync mainloops of `gemm`: the streaming kernel

@@ -31,6 +31,29 @@ PFN_cuTensorMapEncodeTiled_v12000 encodeTiledFn() {
   return fn;
 }
 
+// W4A4: NVFP4 activations expanded to bf16 (code x block scale, exact in bf16; the global
+// scale joins the epilogue's factor), one thread per 16-element block. The wgmma kernel reads
+// its activations by TMA as bf16 tiles, so the expansion runs before it, into the workspace.
+__global__ void __launch_bounds__(256) expandActivationsKernel(const uint2* __restrict__ data,
+                                                              const uint8_t* __restrict__ scales,
+                                                              int64_t numBlocks, uint4* __restrict__ out) {
+  const int64_t b = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= numBlocks) return;
+  const float scale = detail::e4m3ToFloat(__ldg(scales + b));
+  const uint2 d = __ldg(data + b);
+  uint32_t w[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const uint32_t word = i < 4 ? d.x : d.y;
+    const float lo = detail::e2m1ToFloat(word >> (8 * (i % 4)));
+    const float hi = detail::e2m1ToFloat(word >> (8 * (i % 4) + 4));
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo * scale, hi * scale);
+    w[i] = *reinterpret_cast<uint32_t*>(&v);
+  }
+  out[2 * b] = make_uint4(w[0], w[1], w[2], w[3]);
+  out[2 * b + 1] = make_uint4(w[4], w[5], w[6], w[7]);
+}
+
 template <int BM, bool OutF32, bool Split>
 cudaError_t launchVariant(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
                           const Params& p, int grid, cudaStream_t stream) {
@@ -108,9 +131,9 @@ bool encode2d(CUtensorMap* map, CUtensorMapDataType type, size_t elemBytes, cons
 }  // namespace
 
 bool sm90GemmSupported(const GemmArgs& g, const DeviceFacts& facts) {
-  if (!facts.hopper || g.aType != DType::BF16) return false;
+  if (!facts.hopper || (g.aType != DType::BF16 && g.aType != DType::U8)) return false;
   if (g.K < 32 || g.K % 32 != 0) return false;
-  if (!isAligned(g.a, 16) || !isAligned(g.wData, 16)) return false;
+  if (!isAligned(g.a, g.aType == DType::U8 ? 8 : 16) || !isAligned(g.wData, 16)) return false;
   if (facts.sharedMemoryPerBlockOptin < static_cast<size_t>(sm90::Config<256>::kSmemBytes)) return false;
   return sm90ImagePresent();
 }
@@ -154,12 +177,29 @@ cudaError_t sm90Gemm(const GemmArgs& g, const Launch& l) {
   p.splits = static_cast<int>(split.splits);
   p.kTilesPerSplit = static_cast<int>(split.kTilesPerSplit);
   p.numUnits = p.numTiles * p.splits;
+  // Workspace, asked once: W4A4's bf16 activations, then split K's partials and tile counters.
+  const bool aFp4 = g.aType == DType::U8;
+  const size_t expandedBytes = aFp4 ? (static_cast<size_t>(M * K) * 2 + 255) / 256 * 256 : 0;
+  const size_t partialBytes = p.splits > 1 ? static_cast<size_t>(p.numUnits) * static_cast<size_t>(bytesPerUnit) : 0;
+  const size_t counterBytes = p.splits > 1 ? 4 * static_cast<size_t>(p.numTiles) : 0;
+  uint8_t* ws = expandedBytes + partialBytes + counterBytes > 0
+                    ? static_cast<uint8_t*>(l.workspace.get(expandedBytes + partialBytes + counterBytes))
+                    : nullptr;
+  if (aFp4) {
+    const int64_t numBlocks = M * (K / 16);
+    const int64_t blocks = (numBlocks + 255) / 256;
+    if (blocks > INT_MAX) return cudaErrorInvalidValue;
+    expandActivationsKernel<<<static_cast<unsigned>(blocks), 256, 0, l.stream>>>(
+        static_cast<const uint2*>(g.a), g.aScales, numBlocks, reinterpret_cast<uint4*>(ws));
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+    a = ws;
+    p.aGlobalScale = g.aGlobalScale;
+  }
   if (p.splits > 1) {
-    const size_t partialBytes = static_cast<size_t>(p.numUnits) * static_cast<size_t>(bytesPerUnit);
-    uint8_t* ws = static_cast<uint8_t*>(l.workspace.get(partialBytes + 4 * static_cast<size_t>(p.numTiles)));
-    p.partials = reinterpret_cast<float*>(ws);
-    p.tileDone = reinterpret_cast<int*>(ws + partialBytes);
-    const cudaError_t err = cudaMemsetAsync(p.tileDone, 0, 4 * static_cast<size_t>(p.numTiles), l.stream);
+    p.partials = reinterpret_cast<float*>(ws + expandedBytes);
+    p.tileDone = reinterpret_cast<int*>(ws + expandedBytes + partialBytes);
+    const cudaError_t err = cudaMemsetAsync(p.tileDone, 0, counterBytes, l.stream);
     if (err != cudaSuccess) return err;
   }
 

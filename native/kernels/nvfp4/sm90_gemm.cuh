@@ -1,5 +1,6 @@
 // Hopper (sm_90a) NVFP4 x BF16 GEMM for the prefill regime:
-//   out[M, N] = alpha * gsW * (A . W^T) (+ bias[N]), A bf16 [M, K], W NVFP4 [N, K].
+//   out[M, N] = alpha * gsA * gsW * (A . W^T) (+ bias[N]), A bf16 [M, K], W NVFP4 [N, K]
+// (gsA: the global scale of NVFP4 activations that the host expanded to bf16; 1 for W4A16).
 //
 // Design (one persistent CTA per SM, 3 warpgroups, tile 128 weight rows x BM tokens x 64 k,
 // BM = 256, or 128 when a grid of 128-token tiles fits in one wave; the host picks):
@@ -114,6 +115,8 @@ struct Params {
   int* tileDone;
   const uint8_t* wScales;   // e4m3 [N, K/16]
   const float* wGlobalScale;
+  const float* aGlobalScale;  // W4A4: the activations' global scale (their codes x block scales
+                              // were expanded to bf16 before the launch), else nullptr
   const void* bias;         // [N] or nullptr
   void* out;                // [M, N]
   float alpha;
@@ -494,7 +497,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int g = lane >> 2, t = lane & 3;
     const int rowInTile = 64 * cw + 16 * warp + g;
     const uint32_t sel = t | (t << 4) | ((t + 4) << 8) | ((t + 4) << 12);
-    const float factor = p.alpha * __ldg(p.wGlobalScale) * 0x1p8f;
+    const float factor = p.alpha * __ldg(p.wGlobalScale) * 0x1p8f *
+                         (p.aGlobalScale != nullptr ? __ldg(p.aGlobalScale) : 1.0f);
     uint8_t* epi = base + C::kEpiOffset + cw * C::kEpiBytes;
 
     float acc[C::kAcc];

@@ -10,18 +10,21 @@ namespace moe::kernels::nvfp4 {
 // True when sm90Gemm can run these (validated) arguments on the device of `facts`:
 //   - the device is compute capability 9.0 (facts.hopper), this build carries the sm_90a
 //     kernel and the device grants its shared memory;
-//   - aType == BF16 (W4A16);
+//   - aType == BF16 (W4A16), or U8 (W4A4: NVFP4 activations, 8-byte aligned codes);
 //   - K % 32 == 0 and K >= 32 (TMA needs 16-byte row strides for the packed weights; other K go
 //     to the portable kernel);
-//   - `a` and `wData` are 16-byte aligned (TMA base addresses).
+//   - bf16 `a` and `wData` are 16-byte aligned (TMA base addresses).
 // Scales, bias and out may have any alignment (out is written with 16-byte stores when its rows
 // allow it, element stores otherwise). Whether it is also the faster choice for a shape is the
-// caller's decision (it targets M >= ~512).
+// caller's decision (heuristics.h, preferSm90).
 bool sm90GemmSupported(const GemmArgs& args, const DeviceFacts& facts);
 
 // Same contract as nvfp4::gemm for arguments sm90GemmSupported accepts (the caller checks):
-//   out[M, N] = alpha * gsW * (A . W^T) (+ bias[N]), fp32 accumulation, W dequantized exactly.
-// Needs no workspace, does not synchronize, enqueues on l.stream.
+//   out[M, N] = alpha * gsA * gsW * (A . W^T) (+ bias[N]), fp32 accumulation, both operands
+//   dequantized exactly (gsA = 1 for W4A16).
+// W4A4 first expands the activations' codes times their block scales to bf16 (exact) in
+// l.workspace, M * K * 2 bytes, and the kernel reads those; split K's fp32 partials follow them
+// there. Does not synchronize, enqueues on l.stream.
 // Scale bytes 0x7F/0xFF (E4M3 NaN) make the affected outputs NaN, as in the portable kernel.
 cudaError_t sm90Gemm(const GemmArgs& args, const Launch& l);
 
