@@ -2,7 +2,7 @@
 // the cases, rank processes under `moe-kernels launch` for moeForwardEp. The oracle of a round
 // is the single-device path over the ranks' tokens concatenated: routing's expertLayout, permute
 // and unpermute, whose rows and sums dispatch and combine must reproduce bit for bit.
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   MoeError,
   captureGraph,
@@ -762,17 +762,32 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
   });
 
   it('overlapped sends (over 1024 tokens, one rank per device): payloads behind chunk flags, every payload, rows of two parts, partial chunks', async () => {
-    for (const devs of pairs()) {
-      const seed = freshSeed(`nvlink overlap ${devs.join(',')}`);
-      const E = 8;
-      // 1025..1087 tokens: the last chunk of 64 slots partly filled on both ranks
-      const T = [1025 + (seed % 63), 1025 + ((seed >>> 6) % 63)];
-      // a bf16 row of 4224 bytes: two 4 KB parts per slot, each counted on its chunk
-      await round({ R: 2, E, H: 2112, K: 1, maxT: 1100, payload: 'bf16', form: 'contiguous', align: 8, out: 'f32', devices: devs, inputs: inputs(seed, T, 2112, E, 1) });
-      await round({ R: 2, E, H: 64, K: 3, maxT: 1100, payload: 'fp8', form: 'masked', M: 300, out: 'bf16', devices: devs, inputs: inputs(seed + 1, T, 64, E, 3) });
-      await round({ R: 2, E, H: 64, K: 3, maxT: 1100, payload: 'nvfp4', form: 'contiguous', combine: 'reduced', out: 'f32', devices: devs, inputs: inputs(seed + 2, T, 64, E, 3) });
-      // a bf16 row off the 16-byte copies: encoded into the buffer's staging
-      await round({ R: 2, E, H: 36, K: 2, maxT: 1100, payload: 'bf16', form: 'contiguous', out: 'bf16', devices: devs, inputs: inputs(seed + 3, T, 36, E, 2) });
+    // which sends took the side stream: the send's side-stream argument, fifth from its end
+    const send = vi.spyOn(native(), 'epDispatchSend');
+    const overlapped = () => send.mock.calls.map((a) => a[a.length - 5] !== 0n);
+    try {
+      for (const devs of pairs()) {
+        const seed = freshSeed(`nvlink overlap ${devs.join(',')}`);
+        const E = 8;
+        const alone = devs[0] !== devs[1];
+        // 1025..1087 tokens: the last chunk of 64 slots partly filled on both ranks
+        const T = [1025 + (seed % 63), 1025 + ((seed >>> 6) % 63)];
+        send.mockClear();
+        // a bf16 row of 4224 bytes: two 4 KB parts per slot, each counted on its chunk
+        await round({ R: 2, E, H: 2112, K: 1, maxT: 1100, payload: 'bf16', form: 'contiguous', align: 8, out: 'f32', devices: devs, inputs: inputs(seed, T, 2112, E, 1) });
+        await round({ R: 2, E, H: 64, K: 3, maxT: 1100, payload: 'fp8', form: 'masked', M: 300, out: 'bf16', devices: devs, inputs: inputs(seed + 1, T, 64, E, 3) });
+        await round({ R: 2, E, H: 64, K: 3, maxT: 1100, payload: 'nvfp4', form: 'contiguous', combine: 'reduced', out: 'f32', devices: devs, inputs: inputs(seed + 2, T, 64, E, 3) });
+        // a bf16 row off the 16-byte copies: encoded into the buffer's staging
+        await round({ R: 2, E, H: 36, K: 2, maxT: 1100, payload: 'bf16', form: 'contiguous', out: 'bf16', devices: devs, inputs: inputs(seed + 3, T, 36, E, 2) });
+        expect(overlapped(), `${devs.join(',')}: every send of over 1024 tokens overlaps when its rank is alone on its device`).toEqual(new Array(8).fill(alone));
+        // at most 1024 tokens, or a buffer sized for at most 1024, never overlaps
+        send.mockClear();
+        await round({ R: 2, E, H: 64, K: 3, maxT: 1100, payload: 'bf16', form: 'contiguous', out: 'f32', devices: devs, inputs: inputs(seed + 4, [1024, 1000], 64, E, 3) });
+        await round({ R: 2, E, H: 64, K: 3, maxT: 1024, payload: 'fp8', form: 'contiguous', out: 'f32', devices: devs, inputs: inputs(seed + 5, [1024, 1024], 64, E, 3) });
+        expect(overlapped(), devs.join(',')).toEqual(new Array(4).fill(false));
+      }
+    } finally {
+      send.mockRestore();
     }
   });
 

@@ -388,10 +388,11 @@ export class EpBuffer {
         state: make([8], 'i32', true),
         recvCounts: make([R], 'i32'),
       };
-      if (c.transport === 'nvlink' && !sharesDevice) {
+      if (c.transport === 'nvlink' && !sharesDevice && M > OVERLAP_TOKENS) {
         // an overlapped send's memory (outside the stream's workspace, which the receive reuses
         // while the payloads travel): the slots per destination and the call number, a counter
-        // per chunk, and the encoded rows unless x is sent as it is
+        // per chunk, and the encoded rows unless x is sent as it is; none for a buffer whose
+        // sends never overlap
         Object.assign(this.t, {
           sendCounts: make([R + 1], 'i32'),
           chunkDone: make([R * Math.ceil(M / CHUNK_SLOTS)], 'i32', true),
