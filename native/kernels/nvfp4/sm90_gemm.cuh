@@ -1,6 +1,7 @@
 // Hopper (sm_90a) NVFP4 x BF16 GEMM for the prefill regime:
 //   out[M, N] = alpha * gsA * gsW * (A . W^T) (+ bias[N]), A bf16 [M, K], W NVFP4 [N, K]
-// (gsA: the global scale of NVFP4 activations that the host expanded to bf16; 1 for W4A16).
+// (gsA: the global scale of NVFP4 activations, expanded to bf16 by a kernel launched before
+// this one; 1 for W4A16).
 //
 // Design (one persistent CTA per SM, 3 warpgroups, tile 128 weight rows x BM tokens x 64 k,
 // BM = 256, or 128 when a grid of 128-token tiles fits in one wave; the host picks):
