@@ -32,16 +32,26 @@ function chart(file, alt) {
   return fs.existsSync(svg) ? ['', `![${alt}](benchmarks/results/${path.basename(svg)})`] : [];
 }
 
+// A table of one cell per (shape N x K, M) over the rows given; cell(row) renders a present one.
+function shapeGrid(rows, cell) {
+  const ms = [...new Set(rows.map((x) => x.M))].sort((a, b) => a - b);
+  const shapes = [...new Set(rows.map((x) => `${x.N} x ${x.K}`))];
+  const at = (shape, M) => {
+    const x = rows.find((y) => `${y.N} x ${y.K}` === shape && y.M === M);
+    return x ? cell(x) : 'n/a';
+  };
+  return [
+    `| N x K | ${ms.map((m) => `M = ${m}`).join(' | ')} |`,
+    `|---|${ms.map(() => '---:').join('|')}|`,
+    ...shapes.map((s) => `| ${s} | ${ms.map((m) => at(s, m)).join(' | ')} |`),
+  ];
+}
+
 function nvfp4(file) {
   const r = h.readJson(file);
-  const ms = [...new Set(r.rows.map((x) => x.M))].sort((a, b) => a - b);
-  const shapes = [...new Set(r.rows.map((x) => `${x.N} x ${x.K}`))];
-  const cell = (shape, M) => {
-    const x = r.rows.find((y) => `${y.N} x ${y.K}` === shape && y.M === M);
-    if (!x) return 'n/a';
-    return x.speedupVsBf16 == null ? `${us(x.ms)}` : `${us(x.ms)} (${x.speedupVsBf16.toFixed(2)}x)`;
-  };
   const peers = r.peers ? `cuBLAS BF16 through PyTorch ${r.peers.torch} (CUDA ${r.peers.cuda})` : 'no peer measured';
+  // W4A4 (NVFP4 activations) where it was measured, against W4A16 on the same problem
+  const w4a4 = r.rows.filter((x) => x.w4a4Ms != null);
   return [
     `### NVFP4 GEMM (\`gemmNvfp4\`, W4A16, bf16 out) on ${r.device}`,
     '',
@@ -49,33 +59,19 @@ function nvfp4(file) {
       '(above 1x: faster). N x K are DeepSeek-V3 weight shapes; M tokens. For M <= 64 the time is ' +
       'bound by reading the weights, above by the tensor cores.',
     '',
-    `| N x K | ${ms.map((m) => `M = ${m}`).join(' | ')} |`,
-    `|---|${ms.map(() => '---:').join('|')}|`,
-    ...shapes.map((s) => `| ${s} | ${ms.map((m) => cell(s, m)).join(' | ')} |`),
+    ...shapeGrid(r.rows, (x) => (x.speedupVsBf16 == null ? `${us(x.ms)}` : `${us(x.ms)} (${x.speedupVsBf16.toFixed(2)}x)`)),
     '',
     `${h.headerLine(r)}. Method: ${r.method}.`,
     ...chart(file, `NVFP4 GEMM on ${r.device}: % of the ceiling against M`),
-    ...w4a4Table(r, shapes),
-  ];
-}
-
-// W4A4 (NVFP4 activations) where it was measured, against W4A16 on the same problem.
-function w4a4Table(r, shapes) {
-  const rows = r.rows.filter((x) => x.w4a4Ms != null);
-  if (!rows.length) return [];
-  const ms = [...new Set(rows.map((x) => x.M))].sort((a, b) => a - b);
-  const cell = (shape, M) => {
-    const x = rows.find((y) => `${y.N} x ${y.K}` === shape && y.M === M);
-    return x ? `${us(x.w4a4Ms)} (${(x.w4a4Ms / x.ms).toFixed(2)}x)` : 'n/a';
-  };
-  return [
-    '',
-    'W4A4 (`gemmNvfp4` with NVFP4 activations, the same activations quantized): microseconds, and in ' +
-      "parentheses the time against W4A16's on the same problem (below 1.10x: within 10%).",
-    '',
-    `| N x K | ${ms.map((m) => `M = ${m}`).join(' | ')} |`,
-    `|---|${ms.map(() => '---:').join('|')}|`,
-    ...shapes.map((s) => `| ${s} | ${ms.map((m) => cell(s, m)).join(' | ')} |`),
+    ...(w4a4.length
+      ? [
+          '',
+          'W4A4 (`gemmNvfp4` with NVFP4 activations, the same activations quantized): microseconds, and in ' +
+            "parentheses the time against W4A16's on the same problem (below 1.10x: within 10%).",
+          '',
+          ...shapeGrid(w4a4, (x) => `${us(x.w4a4Ms)} (${(x.w4a4Ms / x.ms).toFixed(2)}x)`),
+        ]
+      : []),
   ];
 }
 
