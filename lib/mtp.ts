@@ -41,7 +41,10 @@ export type PerRequest<T, D extends DType> = T | readonly T[] | Tensor<D>;
 
 /** Per-request verification parameters; each absent one takes its default for every request. */
 export interface VerifyDraftsParams {
-  /** Default 'greedy'. A tensor holds VERIFY_MODES ids (any other id verifies greedily). */
+  /**
+   * Default 'greedy'. A tensor holds VERIFY_MODES ids (any other id verifies greedily). Plain
+   * values that are all 'greedy' mean the default: nothing is uploaded, even under capture.
+   */
   mode?: VerifyMode | readonly VerifyMode[] | Tensor<'i32'>;
   /** Rejection only. Default 1; 0 makes that request greedy. */
   temperature?: PerRequest<number, 'f32'>;
@@ -194,6 +197,11 @@ function uploadPerRequest(
   return fromArray(data, { dtype, device, stream, shape: [batch] });
 }
 
+/** Plain modes that make every request greedy: 'greedy', or B of them. */
+function allGreedy(mode: unknown, batch: number): boolean {
+  return mode === 'greedy' || (Array.isArray(mode) && mode.length === batch && mode.every((m) => m === 'greedy'));
+}
+
 /** A tensor given where plain values are also accepted: any object that is not an array. */
 function isObject(value: unknown): boolean {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
@@ -313,6 +321,7 @@ export function verifyDrafts(options: VerifyDraftsOptions): VerifyDraftsResult {
       params.mode, params.temperature, params.topK, params.topP, params.seed, params.offset,
       params.relaxedTopK, params.relaxedDelta, params.thinkBeginId, params.thinkEndId, params.inThinking,
     ];
+    if (allGreedy(p[0], batch)) p[0] = undefined; // the native op's default
     for (let i = 0; i < PARAMS.length; i++) {
       const v = p[i];
       if (v === undefined) {

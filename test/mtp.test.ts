@@ -17,7 +17,7 @@ import {
   type VerifyDraftsResult,
   type VerifyMode,
 } from '../lib';
-import { native } from '../lib/native';
+import { native, opArgs } from '../lib/native';
 import { expectCode, forEachBackend, freshSeed, hasCuda, rng, nativeCalls } from './backends';
 
 // ---- oracles and helpers ------------------------------------------------------------------
@@ -737,6 +737,32 @@ forEachBackend('verifyDrafts', (device: Device) => {
     expect(Array.from(await res.inThinking.toArray())).toEqual(thinking);
   });
 
+  it("plain 'greedy' modes upload nothing and hand the native op no mode array (its default)", async () => {
+    const B = GREEDY_TABLE.length, n = 3, V = 5;
+    const targetLogits = logitsTensor(flatten(GREEDY_TABLE.map((c) => c.rows)), [B, n + 1, V], 'bf16', device);
+    const draftTokens = i32(GREEDY_TABLE.flatMap((c) => c.drafts), [B, n], device);
+    const draftLengths = i32(GREEDY_TABLE.map((c) => c.length), [B], device);
+    const out = {
+      tokens: empty([B, n + 1], { dtype: 'i32', device }),
+      numAccepted: empty([B], { dtype: 'i32', device }),
+      inThinking: empty([B], { dtype: 'i32', device }),
+    };
+    for (const mode of ['greedy', new Array<VerifyMode>(B).fill('greedy')] as const) {
+      const options: VerifyDraftsOptions = { targetLogits, draftTokens, draftLengths, params: { mode }, out, stream: defaultStream(device) };
+      verifyDrafts(options); // warm
+      const calls = nativeCalls(() => void verifyDrafts(options));
+      expect(calls, `mode ${JSON.stringify(mode)}`).toEqual(['verifyDrafts']);
+      expect(opArgs()[9], 'the mode pointer').toBe(0);
+      expect(Array.from(await out.tokens.toArray())).toEqual(GREEDY_TABLE.flatMap((c) => c.tokens));
+    }
+    // one request of another mode: the modes are uploaded
+    const mixed = new Array<VerifyMode>(B).fill('greedy');
+    mixed[B - 1] = 'relaxed';
+    const calls = nativeCalls(() => void verifyDrafts({ targetLogits, draftTokens, draftLengths, params: { mode: mixed }, out }));
+    expect(calls.filter((c) => c === 'verifyDrafts')).toEqual(['verifyDrafts']);
+    expect(calls.length, 'an upload besides the op').toBeGreaterThan(1);
+  });
+
   it('rejects bad input with codes that name the argument, and writes nothing', async () => {
     const B = 2, n = 3, V = 5;
     const targetLogits = logitsTensor(new Array(B * (n + 1) * V).fill(0).map((_, i) => i % 7), [B, n + 1, V], 'bf16', device);
@@ -1290,6 +1316,72 @@ describe.skipIf(!hasCuda)('verifyDrafts: many requests, calls back to back, grap
         expectSame(await read(results[k], s), want, where);
         if (x.B >= 64) expectBothOutcomes(want, x, where);
       }
+    } finally {
+      await s[Symbol.asyncDispose]();
+    }
+  });
+
+  it('every request greedy with no mode array: shapes, lengths, calls back to back, graph replays', async () => {
+    const seed = freshSeed('mtp state, greedy without modes');
+    const r = rng(seed);
+    const s = createStream('cuda:0');
+    try {
+      // 32 row chunks per row (V = 129280, B = 1), 2 (B = 300, V = 12000), 1 (B = 1000,
+      // V = 1531); n = 0; B = 0; queued with no wait, so each call's counters lie where the call
+      // before kept records or counters
+      const shapes: [number, number, number, DType][] = [
+        [1, 3, 129280, 'bf16'], [300, 3, 12000, 'bf16'], [0, 3, 12000, 'bf16'], [1000, 3, 1531, 'f32'],
+        [200, 0, 9000, 'f16'], [7, 3, 129280, 'bf16'], [300, 3, 12000, 'bf16'],
+      ];
+      const xs = shapes.map(([B, n, V]) => {
+        const x = inputs(r, B, n, V, ['greedy']);
+        delete x.params.mode;
+        return x;
+      });
+      const results = xs.map((x, k) => verifyDrafts(options(x, shapes[k][3], 'cuda:0', s)));
+      for (const [k, x] of xs.entries()) {
+        const where = `seed ${seed}, call ${k} (B = ${x.B}, n = ${x.n}, V = ${x.V})`;
+        const want = await run(options(x, shapes[k][3], 'cpu'));
+        expectSame(await read(results[k], s), want, where);
+        if (x.B >= 64 && x.n > 0) expectBothOutcomes(want, x, where);
+      }
+
+      // a graph of a call with no mode array, replayed over new logits
+      const B = 96, n = 3, V = 6000, device: Device = 'cuda:0';
+      const x = inputs(r, B, n, V, ['greedy']);
+      const targetLogits = empty([B, n + 1, V], { dtype: 'bf16', device, stream: s });
+      const draftTokens = fromArray(x.drafts, { dtype: 'i32', shape: [B, n], device, stream: s });
+      const draftLengths = fromArray(Int32Array.from(x.lengths), { dtype: 'i32', device, stream: s });
+      const out = {
+        tokens: empty([B, n + 1], { dtype: 'i32', device, stream: s }),
+        numAccepted: empty([B], { dtype: 'i32', device, stream: s }),
+        inThinking: empty([B], { dtype: 'i32', device, stream: s }),
+        acceptMask: empty([B, n], { dtype: 'u8', device, stream: s }),
+      };
+      await s.synchronize();
+      const graph = captureGraph(s, () => void verifyDrafts({ targetLogits, draftTokens, draftLengths, params: {}, out, stream: s }));
+      for (let round = 0; round < 3; round++) {
+        const target = Float32Array.from({ length: B * (n + 1) * V }, () => gaussian(r) * 2.5);
+        for (let b = 0; b < B; b++) {
+          for (let i = 0; i < n; i++) {
+            const base = (b * (n + 1) + i) * V;
+            if (r() < 0.7) target[base + x.drafts[b * n + i]] = target[base + argmax(target.subarray(base, base + V))] + 1;
+          }
+        }
+        convert(fromArray(target, { shape: [B, n + 1, V], device, stream: s }), 'bf16', { out: targetLogits, stream: s });
+        graph.replay(s);
+        const got = await read(out as VerifyDraftsResult, s);
+        const want = await run({
+          targetLogits: fromArray(target, { dtype: 'bf16', shape: [B, n + 1, V], device: 'cpu' }),
+          draftTokens: fromArray(x.drafts, { dtype: 'i32', shape: [B, n], device: 'cpu' }),
+          draftLengths: x.lengths,
+          acceptMask: true,
+        });
+        const where = `seed ${seed}, greedy graph replay ${round}`;
+        expectSame(got, want, where);
+        expectBothOutcomes(want, { ...x, target }, where);
+      }
+      graph.dispose();
     } finally {
       await s[Symbol.asyncDispose]();
     }

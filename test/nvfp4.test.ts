@@ -753,7 +753,11 @@ forEachBackend('nvfp4 gemm', (device: Device) => {
   it('tiles too few for the SMs: the Hopper kernel splits K (2 to 8 splits; a K tail in the last step)', async () => {
     const seed = freshSeed(`nvfp4 gemm sm90 split K ${device}`);
     let i = 0;
-    for (const [M, N, K] of [[65, 130, 2048], [129, 600, 1056], [300, 260, 4096]]) {
+    // On 132 SMs (heuristics.h, selectSm90Tile): [65, 130, 2048] 128-token tiles in 4 splits,
+    // [129, 600, 1056] and [300, 260, 4096] 128-token tiles in 2 and 8 splits (256-token ones
+    // would cut K too short), [257, 2100, 5792] 256-token tiles in 3 splits of 31 steps with a
+    // ragged N and M and a K tail.
+    for (const [M, N, K] of [[65, 130, 2048], [129, 600, 1056], [300, 260, 4096], [257, 2100, 5792]]) {
       await checkGemm(device, { M, N, K, outDtype: 'f32', alpha: 0.7, bias: 'f32' }, seed + i++);
       await checkGemm(device, { M, N, K, outDtype: 'bf16' }, seed + i++);
     }

@@ -309,6 +309,25 @@ describe.skipIf(!hasCuda)('CUDA runtime [cuda]', () => {
     await expectCode(() => graph.replay(), 'E_DISPOSED', 'graph');
   });
 
+  it('a capture that allocates while freed blocks still wait on another stream', async () => {
+    const [s1, s2, s3] = [createStream('cuda:0'), createStream('cuda:0'), createStream('cuda:0')];
+    const y = fromArray([0.5, -2, 3], { device: 'cuda:0', stream: s3 });
+    // x, used on s2 and then freed, waits on an event of s2 before the allocator reuses it
+    const x = fromArray(Float32Array.from({ length: 1 << 16 }, (_, i) => i), { device: 'cuda:0', stream: s1 });
+    convert(x, 'bf16', { stream: s2 }).dispose();
+    x.dispose();
+    await s3.synchronize();
+    // the allocation inside the capture looks at that event first: it must not break the capture
+    let out!: Tensor;
+    const graph = captureGraph(s3, () => {
+      out = convert(y, 'bf16', { stream: s3 });
+    });
+    graph.replay(s3);
+    expect(Array.from(await out.toArray({ stream: s3 }))).toEqual([0.5, -2, 3]);
+    graph.dispose();
+    for (const s of [s1, s2, s3]) await s[Symbol.asyncDispose]();
+  });
+
   it('refuses reads and async callbacks during capture, and recovers', async () => {
     const s = createStream('cuda:0');
     const x = fromArray([1, 2], { device: 'cuda:0', stream: s });

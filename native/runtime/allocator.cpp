@@ -13,6 +13,20 @@ size_t CachingAllocator::roundSize(size_t bytes) {
 }
 
 namespace {
+// Relaxed stream-capture mode for this thread while alive. cudaEventQuery (pending blocks) and
+// cudaMalloc are not stream operations, but in the default mode either one, called while a
+// graph capture is open on this thread, invalidates that capture.
+class RelaxedCapture {
+ public:
+  RelaxedCapture() { cudaThreadExchangeStreamCaptureMode(&mode_); }
+  ~RelaxedCapture() { cudaThreadExchangeStreamCaptureMode(&mode_); }
+  RelaxedCapture(const RelaxedCapture&) = delete;
+  RelaxedCapture& operator=(const RelaxedCapture&) = delete;
+
+ private:
+  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
+};
+
 // True once the event's work has finished (an error also ends the wait: the context is gone).
 bool done(cudaEvent_t e) {
   const cudaError_t q = cudaEventQuery(e);
@@ -53,6 +67,9 @@ void* CachingAllocator::allocate(size_t bytes, cudaStream_t stream) {
   if (bytes == 0) return nullptr;
   size_t size = roundSize(bytes);
   std::lock_guard<std::mutex> lock(mu_);
+  // a workspace or an output may be allocated inside a graph capture (the block then stays
+  // valid for the graph's lifetime)
+  RelaxedCapture relaxed;
   if (!pending_.empty()) collectPending();
   void* p = nullptr;
   auto it = free_.find({stream, size});
@@ -64,10 +81,6 @@ void* CachingAllocator::allocate(size_t bytes, cudaStream_t stream) {
     blocks_.at(p).live = true;
   } else {
     checkCuda(cudaSetDevice(device_), "cudaSetDevice");
-    // cudaMalloc is not a stream operation; relaxed mode lets it run while a graph capture
-    // is open on this thread (the block then stays valid for the graph's lifetime).
-    cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
-    cudaThreadExchangeStreamCaptureMode(&mode);
     cudaError_t err = driverMalloc(&p, size);
     if (err == cudaErrorMemoryAllocation && cachedBytes_ > 0) {
       (void)cudaGetLastError();
@@ -75,7 +88,6 @@ void* CachingAllocator::allocate(size_t bytes, cudaStream_t stream) {
       releaseCached();
       err = driverMalloc(&p, size);
     }
-    cudaThreadExchangeStreamCaptureMode(&mode);
     if (err == cudaErrorMemoryAllocation) {
       (void)cudaGetLastError();
       std::string why = limit_ && stats_.reservedBytes + size > limit_

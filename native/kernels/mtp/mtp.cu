@@ -1,7 +1,8 @@
 // MTP draft verification on the GPU. Contract and semantics: common/mtp.h.
 //
 // Three kernels, all sized from (B, n, V) only, so one launch sequence serves every mix of
-// per-request modes and can be captured in a CUDA graph:
+// per-request modes and can be captured in a CUDA graph (kernel 2 only when a top-k or top-p
+// array is given: without one no row is filtered):
 //
 //  1. rowStatsKernel   grid (rows, rowChunks): one streaming pass over each needed row that is
 //     not filtered (greedy, relaxed, rejection without top-k/top-p). Each CTA reduces its chunk
@@ -1077,7 +1078,9 @@ void launchAll(const Args& a, int sms, cudaStream_t stream) {
   const int64_t rows = targetRows + draftRows;
   rowStatsKernel<TT, TD><<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(a.rowChunks)),
                            kRowThreads, 0, stream>>>(a);
-  filterRowKernel<TT, TD><<<static_cast<unsigned>(std::min<int64_t>(rows, std::max(1, sms))), kFilterThreads, 0, stream>>>(a, rows);
+  // without top-k and top-p arrays no row is filtered: kernel 2 would only read the requests
+  if (a.topK != nullptr || a.topP != nullptr)
+    filterRowKernel<TT, TD><<<static_cast<unsigned>(std::min<int64_t>(rows, std::max(1, sms))), kFilterThreads, 0, stream>>>(a, rows);
   verifyKernel<TT, TD><<<dim3(static_cast<unsigned>(a.batch), static_cast<unsigned>(a.verifyChunks)),
                          kVerifyThreads, 0, stream>>>(a);
 }

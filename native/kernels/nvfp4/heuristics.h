@@ -175,6 +175,37 @@ inline Sm90Split selectSm90Split(int64_t tiles, int64_t kTiles, int numSMs, int6
   return {(kTiles + per - 1) / per, per};  // every split gets at least one step
 }
 
+// The wgmma kernel's token tile, 128 or 256, and its split. A 64-k step has a fixed cost that
+// does not shrink with the tile (benchmarks/NOTES.md, nvfp4 v6), so a 256-token step, which
+// carries twice the MMAs for it, is the cheaper one wherever it keeps work units long:
+//  - M <= 128: one 128-token tile covers M.
+//  - 128-token tiles overfill a wave: 256-token tiles (they then number more than half the SMs,
+//    so they take no split).
+//  - otherwise 256-token tiles when they need at most kSm90WideMaxSplits splits of at least
+//    kSm90WideMinKTiles steps each, else 128-token tiles. Measured on H200 (NOTES v8, v9): the
+//    256-token tile won 8-30% with units of >= 28 steps and <= 4 splits (4096 x 7168 at
+//    M = 129..512, 7168 x 16384 at M = 256, 2048 x 7168 at M = 512..1024) and lost 17-23% with
+//    shorter units or more of them (7168 x 2048: 2 splits of 16 steps; 2048 x 7168 at
+//    M <= 256: 8 splits of 14, whose last unit sums eight partials).
+inline constexpr int64_t kSm90WideMaxSplits = 4;
+inline constexpr int64_t kSm90WideMinKTiles = 28;
+struct Sm90Tile {
+  int tileM;
+  Sm90Split split;
+};
+// bytesPerUnit(tileM): one work unit's fp32 partials.
+inline Sm90Tile selectSm90Tile(int64_t M, int64_t tilesN, int64_t kTiles, int numSMs,
+                               int64_t (*bytesPerUnit)(int)) {
+  const int64_t sms = std::max(1, numSMs);
+  const int64_t tiles128 = (M + 127) / 128 * tilesN;
+  const Sm90Split split128 = selectSm90Split(tiles128, kTiles, numSMs, bytesPerUnit(128));
+  if (M <= 128) return {128, split128};
+  const Sm90Split split256 = selectSm90Split((M + 255) / 256 * tilesN, kTiles, numSMs, bytesPerUnit(256));
+  if (tiles128 > sms) return {256, split256};
+  if (split256.splits <= kSm90WideMaxSplits && split256.kTilesPerSplit >= kSm90WideMinKTiles) return {256, split256};
+  return {128, split128};
+}
+
 // ---- grouped (expert) GEMM ----
 
 enum class GroupedKernel : int {

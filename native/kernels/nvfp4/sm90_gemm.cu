@@ -74,27 +74,17 @@ cudaError_t launchSplit(const CUtensorMap& mapA, const CUtensorMap& mapW, const 
                       : launchVariant<BM, OutF32, false>(mapA, mapW, mapOut, p, grid, stream);
 }
 
-// Only 128-token tiles split: chooseTileM takes 256-token tiles only where 128-token ones
-// would overfill a wave, and then the 256-token tiles number more than half the SMs.
-cudaError_t launch128(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
-                      const Params& p, int grid, bool outF32, cudaStream_t stream) {
-  return outF32 ? launchSplit<128, true>(mapA, mapW, mapOut, p, grid, stream)
-                : launchSplit<128, false>(mapA, mapW, mapOut, p, grid, stream);
+cudaError_t launch(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
+                   const Params& p, int grid, int tileM, bool outF32, cudaStream_t stream) {
+  if (tileM == 128)
+    return outF32 ? launchSplit<128, true>(mapA, mapW, mapOut, p, grid, stream)
+                  : launchSplit<128, false>(mapA, mapW, mapOut, p, grid, stream);
+  return outF32 ? launchSplit<256, true>(mapA, mapW, mapOut, p, grid, stream)
+                : launchSplit<256, false>(mapA, mapW, mapOut, p, grid, stream);
 }
 
-cudaError_t launch256(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
-                      const Params& p, int grid, bool outF32, cudaStream_t stream) {
-  return outF32 ? launchVariant<256, true, false>(mapA, mapW, mapOut, p, grid, stream)
-                : launchVariant<256, false, false>(mapA, mapW, mapOut, p, grid, stream);
-}
-
-// 256-token tiles halve the decode work per FLOP and are much faster per tile; 128-token tiles
-// only pay off when a grid of them still fits in one wave while the 256-token grid leaves at
-// least half of the SMs idle (e.g. M = 1024, N = 2048).
-int chooseTileM(int64_t M, int64_t tilesN, int sms) {
-  const int64_t t128 = ((M + 127) / 128) * tilesN;
-  return t128 <= sms ? 128 : 256;
-}
+// fp32 partials of one work unit: kAcc registers x 256 consumer threads
+int64_t partialBytesPerUnit(int tileM) { return static_cast<int64_t>(tileM / 2) * 256 * 4; }
 
 // Whether this build carries the sm_90a image of the kernel (a build without 90a would JIT the
 // compute_80 PTX, whose body traps) and the driver has the tensor-map encoder. A property of
@@ -149,7 +139,9 @@ cudaError_t sm90Gemm(const GemmArgs& g, const Launch& l) {
   const bool outF32 = g.outType == DType::F32;
   const int sms = l.facts.multiprocessors;
   const int64_t tilesN = (N + sm90::kTileN - 1) / sm90::kTileN;
-  const int BM = chooseTileM(M, tilesN, sms);
+  const int64_t numKTiles = (K + sm90::kTileK - 1) / sm90::kTileK;
+  const Sm90Tile tile = selectSm90Tile(M, tilesN, numKTiles, sms, partialBytesPerUnit);
+  const int BM = tile.tileM;
   const int64_t tilesM = (M + BM - 1) / BM;
   if (tilesM * tilesN > INT_MAX - 1024) return cudaErrorInvalidValue;
 
@@ -157,7 +149,7 @@ cudaError_t sm90Gemm(const GemmArgs& g, const Launch& l) {
   p.M = static_cast<int>(M);
   p.N = static_cast<int>(N);
   p.K = static_cast<int>(K);
-  p.numKTiles = static_cast<int>((K + sm90::kTileK - 1) / sm90::kTileK);
+  p.numKTiles = static_cast<int>(numKTiles);
   p.tilesM = static_cast<int>(tilesM);
   p.tilesN = static_cast<int>(tilesN);
   p.numTiles = static_cast<int>(tilesM * tilesN);
@@ -171,9 +163,8 @@ cudaError_t sm90Gemm(const GemmArgs& g, const Launch& l) {
   p.scalesVec4 = K % 64 == 0 && isAligned(wScales, 4);
   p.outVec16 = (N * (outF32 ? 4 : 2)) % 16 == 0 && isAligned(out, 16);
   p.tmaStore = !outF32 && p.outVec16;
-  // fp32 partials: kAcc registers x 256 consumer threads per unit
-  const int64_t bytesPerUnit = static_cast<int64_t>(BM / 2) * 256 * 4;
-  const Sm90Split split = BM == 128 ? selectSm90Split(p.numTiles, p.numKTiles, sms, bytesPerUnit) : Sm90Split{1, p.numKTiles};
+  const int64_t bytesPerUnit = partialBytesPerUnit(BM);
+  const Sm90Split split = tile.split;
   p.splits = static_cast<int>(split.splits);
   p.kTilesPerSplit = static_cast<int>(split.kTilesPerSplit);
   p.numUnits = p.numTiles * p.splits;
@@ -217,8 +208,7 @@ cudaError_t sm90Gemm(const GemmArgs& g, const Launch& l) {
   }
 
   const int grid = static_cast<int>(std::min<int64_t>(p.numUnits, sms));
-  return BM == 256 ? launch256(mapA, mapW, mapOut, p, grid, outF32, l.stream)
-                   : launch128(mapA, mapW, mapOut, p, grid, outF32, l.stream);
+  return launch(mapA, mapW, mapOut, p, grid, BM, outF32, l.stream);
 }
 
 }  // namespace moe::kernels::nvfp4
