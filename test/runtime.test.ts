@@ -318,7 +318,7 @@ describe.skipIf(!hasCuda)('CUDA runtime [cuda]', () => {
     x.dispose();
     await s3.synchronize();
     // the allocation inside the capture looks at that event first: it must not break the capture
-    let out!: Tensor;
+    let out!: Tensor<'bf16'>;
     const graph = captureGraph(s3, () => {
       out = convert(y, 'bf16', { stream: s3 });
     });
