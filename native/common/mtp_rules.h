@@ -156,6 +156,18 @@ MTP_HD float weightOf(float v, float m, float invT) {
   return x >= -87.0f ? routing_rules::exp(x) : 0.0f;
 }
 
+// fixedWeight(weightOf(v, m, invT), scale) where `keep`, else 0, with no branch per element.
+// Equal in every case: x = (v - m) * invT above 0 gives W = 2^S either way (exp(x) >= 1 is
+// clamped to 1), and x < -87 or NaN gives 0 either way; in between the exp's steps are the same.
+MTP_HD uint64_t sampleWeight(float v, float m, float invT, bool keep, float scale) {
+  const float x = (v - m) * invT;
+#if defined(__CUDA_ARCH__)
+  const float w = routing_rules::expInRange(fminf(fmaxf(x, -87.0f), 0.0f));
+#else
+  const float w = routing_rules::expInRange(std::fmin(std::fmax(x, -87.0f), 0.0f));
+#endif
+  return keep && x >= -87.0f ? fixedWeight(w, scale) : 0ull;
+}
 
 // ---- per-request parameters -------------------------------------------------------------
 

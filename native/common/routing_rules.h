@@ -97,10 +97,18 @@ ROUTING_HD int keyIndex(uint64_t key) { return 65535 - static_cast<int>(key & 0x
 // exp(x) from f32 operations only: n = rint(x log2 e), r = x - n ln2 in two Cody-Waite steps,
 // a degree-7 Taylor polynomial on |r| <= ln2/2 (truncation error < 0.05 ulp), times 2^n.
 // Results below 2^-125 flush to 0 (no subnormal outputs); above FLT_MAX give +inf; NaN stays NaN.
+// expInRange: exp's steps for x in [-87, 88.72], where neither of its guards applies, with no
+// branch (n = -126 near -87 gives a zero scale: exp's flush to 0).
+ROUTING_HD float expInRange(float x);
+
 ROUTING_HD float exp(float x) {
   // one comparison on the common path (callers that exclude x < -87 and NaN drop it inlined)
   if (!(x >= -87.0f)) return isNan(x) ? x : 0.0f;
   if (x > 88.72283935546875f) return floatOf(0x7F800000u);
+  return expInRange(x);
+}
+
+ROUTING_HD float expInRange(float x) {
 #if defined(__CUDA_ARCH__)
   const float n = rintf(mul(x, 1.44269502162933349609375f));
 #else
@@ -116,10 +124,9 @@ ROUTING_HD float exp(float x) {
   p = fma(p, r, 0.5f);
   p = fma(p, r, 1.0f);
   p = fma(p, r, 1.0f);
-  const int e = static_cast<int>(n);                  // in [-125, 128] here
-  if (e < -125) return 0.0f;
+  const int e = static_cast<int>(n);                  // in [-126, 128] here
   // 2^n as 2^(n-1) * 2: both factors are normal for n in [-125, 128], and each product is exact
-  // unless it overflows, which is the right answer then.
+  // unless it overflows, which is the right answer then; n = -126 makes the first factor 0.
   const float half = floatOf(static_cast<uint32_t>(e - 1 + 127) << 23);
   return mul(mul(p, half), 2.0f);
 }

@@ -45,6 +45,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <type_traits>
 
 #include "common/mtp_rules.h"
 
@@ -917,11 +918,15 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
   const int64_t steps = (V + kStep - 1) / kStep;
   uint64_t* sums = a.stepSums + b * steps;
   // W(x) of logit v: the CPU reference's weight, in fixed point (common/mtp_rules.h); one-hot
-  // and bonus rows only (a value below the filter's threshold returns early: in a filtered row
-  // that is nearly every value)
-  auto weight = [&](int64_t x, float v) -> uint64_t {
-    if (orderKey(v) < tauP) return 0ull;
-    return fixedWeight(x == exclude ? 0.0f : weightOf(v, mP, invT), scale);
+  // and bonus rows only. In a filtered row nearly every value lies below the threshold and
+  // returns early; an unfiltered row computes every weight without a branch.
+  auto weight = [&](int64_t x, float v, auto filtered) -> uint64_t {
+    if constexpr (!decltype(filtered)::value) {
+      return sampleWeight(v, mP, invT, x != exclude, scale);
+    } else {
+      if (orderKey(v) < tauP) return 0ull;
+      return fixedWeight(x == exclude ? 0.0f : weightOf(v, mP, invT), scale);
+    }
   };
   // lane's part of step s: its eight elements (cnt of them exist), then their weights (into wt,
   // when given) and the weights' sum
@@ -931,12 +936,13 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
     loadEight<TT>(row, x0, cnt, vec, v);
     return cnt;
   };
-  auto weighStep = [&](int64_t s, const float(&v)[8], int64_t cnt, uint64_t* wt) -> uint64_t {
+  auto weighStep = [&](int64_t s, const float(&v)[8], int64_t cnt, uint64_t* wt, auto filtered) -> uint64_t {
     const int64_t x0 = s * kStep + lane * 8;
     uint64_t sum = 0;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      const uint64_t w = k < cnt ? weight(x0 + k, v[k]) : 0ull;
+      const uint64_t wk = weight(x0 + k, v[k], filtered);
+      const uint64_t w = k < cnt ? wk : 0ull;
       if (wt) wt[k] = w;
       sum += w;
     }
@@ -983,15 +989,21 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
     if (threadIdx.x == 0) a.partials[b * a.verifyChunks + chunk] = RacePartial{st.bestV, st.bestI};
   } else {
     // Each warp sums the steps w, w + 8, ... of this chunk, two steps' loads in flight; lane 0
-    // stores each step's sum.
-    for (int64_t s = s0 + warp; s < s1; s += 2 * kWarps) {
-      const bool two = s + kWarps < s1;
-      float v0[8], v1[8];
-      const int64_t c0 = loadStep(s, v0);
-      const int64_t c1 = two ? loadStep(s + kWarps, v1) : 0;
-      storeStep(s, weighStep(s, v0, c0, nullptr));
-      if (two) storeStep(s + kWarps, weighStep(s + kWarps, v1, c1, nullptr));
-    }
+    // stores each step's sum. The filter decides the loop once, not per element.
+    auto sumSteps = [&](auto filtered) {
+      for (int64_t s = s0 + warp; s < s1; s += 2 * kWarps) {
+        const bool two = s + kWarps < s1;
+        float v0[8], v1[8];
+        const int64_t c0 = loadStep(s, v0);
+        const int64_t c1 = two ? loadStep(s + kWarps, v1) : 0;
+        storeStep(s, weighStep(s, v0, c0, nullptr, filtered));
+        if (two) storeStep(s + kWarps, weighStep(s + kWarps, v1, c1, nullptr, filtered));
+      }
+    };
+    if (tauP == 0u)
+      sumSteps(std::false_type{});
+    else
+      sumSteps(std::true_type{});
   }
   __threadfence();
   __syncthreads();
@@ -1057,7 +1069,7 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
     uint64_t wt[8];
     float v[8];
     const int64_t cnt = loadStep(stepAt, v);
-    const uint64_t sum = weighStep(stepAt, v, cnt, wt);
+    const uint64_t sum = weighStep(stepAt, v, cnt, wt, std::true_type{});
     const uint64_t in = warpInclusive(sum, lane);
     const uint64_t r = rest;
     if (r >= in - sum && r < in) {
