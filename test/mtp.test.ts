@@ -183,6 +183,28 @@ async function run(options: VerifyDraftsOptions): Promise<Result> {
   };
 }
 
+/** Every output of verifyDrafts for B requests of n drafts, allocated on `stream` (for `out`). */
+function outputsFor(B: number, n: number, device: Device, stream: Stream) {
+  return {
+    tokens: empty([B, n + 1], { dtype: 'i32', device, stream }),
+    numAccepted: empty([B], { dtype: 'i32', device, stream }),
+    inThinking: empty([B], { dtype: 'i32', device, stream }),
+    acceptMask: empty([B, n], { dtype: 'u8', device, stream }),
+  };
+}
+
+/** Random logits [B, n+1, V]; each draft is made its row's argmax with probability 0.7. */
+function logitsAccepting(r: () => number, B: number, n: number, V: number, drafts: Int32Array): Float32Array {
+  const target = Float32Array.from({ length: B * (n + 1) * V }, () => gaussian(r) * 2.5);
+  for (let b = 0; b < B; b++) {
+    for (let i = 0; i < n; i++) {
+      const base = (b * (n + 1) + i) * V;
+      if (r() < 0.7) target[base + drafts[b * n + i]] = target[base + argmax(target.subarray(base, base + V))] + 1;
+    }
+  }
+  return target;
+}
+
 function logitsTensor(values: ArrayLike<number>, shape: number[], dtype: DType, device: Device): Tensor {
   return fromArray(Float32Array.from(values), { dtype, shape, device });
 }
@@ -1090,12 +1112,7 @@ describe.skipIf(!hasCuda)('verifyDrafts: CUDA and the CPU reference agree token 
       seed: fromArray(BigInt64Array.from({ length: B }, (_, b) => BigInt(seed) + BigInt(b)), { dtype: 'i64', device, stream: s }),
       offset: fromArray(new BigInt64Array(B).fill(9n), { dtype: 'i64', device, stream: s }),
     };
-    const out = {
-      tokens: empty([B, n + 1], { dtype: 'i32', device, stream: s }),
-      numAccepted: empty([B], { dtype: 'i32', device, stream: s }),
-      inThinking: empty([B], { dtype: 'i32', device, stream: s }),
-      acceptMask: empty([B, n], { dtype: 'u8', device, stream: s }),
-    };
+    const out = outputsFor(B, n, device, s);
     await s.synchronize();
     await expectCode(
       () => captureGraph(s, () => void verifyDrafts({ targetLogits, draftTokens, params: { ...params, topP: 0.9 }, out, stream: s })),
@@ -1352,22 +1369,11 @@ describe.skipIf(!hasCuda)('verifyDrafts: many requests, calls back to back, grap
       const targetLogits = empty([B, n + 1, V], { dtype: 'bf16', device, stream: s });
       const draftTokens = fromArray(x.drafts, { dtype: 'i32', shape: [B, n], device, stream: s });
       const draftLengths = fromArray(Int32Array.from(x.lengths), { dtype: 'i32', device, stream: s });
-      const out = {
-        tokens: empty([B, n + 1], { dtype: 'i32', device, stream: s }),
-        numAccepted: empty([B], { dtype: 'i32', device, stream: s }),
-        inThinking: empty([B], { dtype: 'i32', device, stream: s }),
-        acceptMask: empty([B, n], { dtype: 'u8', device, stream: s }),
-      };
+      const out = outputsFor(B, n, device, s);
       await s.synchronize();
       const graph = captureGraph(s, () => void verifyDrafts({ targetLogits, draftTokens, draftLengths, params: {}, out, stream: s }));
       for (let round = 0; round < 3; round++) {
-        const target = Float32Array.from({ length: B * (n + 1) * V }, () => gaussian(r) * 2.5);
-        for (let b = 0; b < B; b++) {
-          for (let i = 0; i < n; i++) {
-            const base = (b * (n + 1) + i) * V;
-            if (r() < 0.7) target[base + x.drafts[b * n + i]] = target[base + argmax(target.subarray(base, base + V))] + 1;
-          }
-        }
+        const target = logitsAccepting(r, B, n, V, x.drafts);
         convert(fromArray(target, { shape: [B, n + 1, V], device, stream: s }), 'bf16', { out: targetLogits, stream: s });
         graph.replay(s);
         const got = await read(out as VerifyDraftsResult, s);
@@ -1404,24 +1410,13 @@ describe.skipIf(!hasCuda)('verifyDrafts: many requests, calls back to back, grap
         relaxedTopK: fromArray(new Int32Array(B).fill(4), { dtype: 'i32', device, stream: s }),
         relaxedDelta: fromArray(new Float32Array(B).fill(0.2), { dtype: 'f32', device, stream: s }),
       };
-      const out = {
-        tokens: empty([B, n + 1], { dtype: 'i32', device, stream: s }),
-        numAccepted: empty([B], { dtype: 'i32', device, stream: s }),
-        inThinking: empty([B], { dtype: 'i32', device, stream: s }),
-        acceptMask: empty([B, n], { dtype: 'u8', device, stream: s }),
-      };
+      const out = outputsFor(B, n, device, s);
       await s.synchronize();
       const graph = captureGraph(s, () => void verifyDrafts({ targetLogits, draftTokens, draftLengths, params, out, stream: s }));
       let previous: Int32Array | undefined;
       for (let round = 0; round < 3; round++) {
-        // new logits in place; each draft is made its row's argmax with probability 0.7
-        const target = Float32Array.from({ length: B * (n + 1) * V }, () => gaussian(r) * 2.5);
-        for (let b = 0; b < B; b++) {
-          for (let i = 0; i < n; i++) {
-            const base = (b * (n + 1) + i) * V;
-            if (r() < 0.7) target[base + drafts[b * n + i]] = target[base + argmax(target.subarray(base, base + V))] + 1;
-          }
-        }
+        // new logits in place
+        const target = logitsAccepting(r, B, n, V, drafts);
         convert(fromArray(target, { shape: [B, n + 1, V], device, stream: s }), 'bf16', { out: targetLogits, stream: s });
         graph.replay(s);
         const got = await read(out as VerifyDraftsResult, s);
