@@ -94,13 +94,13 @@ ROUTING_HD uint64_t selectionKey(float v, int index) {
 
 ROUTING_HD int keyIndex(uint64_t key) { return 65535 - static_cast<int>(key & 0xFFFFu); }
 
+// exp's steps for x in [-87, 88.72], where neither of its guards applies, with no branch
+// (n = -126 near -87 gives a zero scale: exp's flush to 0).
+ROUTING_HD float expInRange(float x);
+
 // exp(x) from f32 operations only: n = rint(x log2 e), r = x - n ln2 in two Cody-Waite steps,
 // a degree-7 Taylor polynomial on |r| <= ln2/2 (truncation error < 0.05 ulp), times 2^n.
 // Results below 2^-125 flush to 0 (no subnormal outputs); above FLT_MAX give +inf; NaN stays NaN.
-// expInRange: exp's steps for x in [-87, 88.72], where neither of its guards applies, with no
-// branch (n = -126 near -87 gives a zero scale: exp's flush to 0).
-ROUTING_HD float expInRange(float x);
-
 ROUTING_HD float exp(float x) {
   // one comparison on the common path (callers that exclude x < -87 and NaN drop it inlined)
   if (!(x >= -87.0f)) return isNan(x) ? x : 0.0f;
