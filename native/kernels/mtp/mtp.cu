@@ -9,10 +9,11 @@
 //     to a record {max, sum exp((l-max)/T), argmax, #logits > l(draft)} in the workspace. Rows
 //     past a request's draft length are never read. Splitting rows into chunks keeps B = 1
 //     (4 rows) spread over ~100 CTAs; at B = 256 each row gets two CTAs.
-//  2. filterRowKernel  a CTA per SM (1024 threads) walking the rows: rows of rejection requests
-//     with top-k or top-p. The thresholds are found by radix select on the order-preserving
-//     key of the logits (12 + 12 (+ 8 for f32) bit digits), with count and probability-mass
-//     histograms in shared memory:
+//  2. filterRowKernel  clusters of CTAs (1024 threads, about one per SM) walking the rows: rows
+//     of rejection requests with top-k or top-p. A small batch splits each row over a cluster
+//     of up to 8 CTAs, whose histograms and reductions meet through distributed shared memory.
+//     The thresholds are found by radix select on the order-preserving key of the logits
+//     (12 + 12 (+ 8 for f32) bit digits), with count and probability-mass histograms:
 //       pass 1: max, argmax, count histogram of the top digit (for top-k);
 //       top-k : one more count pass per remaining digit -> exact k-th largest key;
 //       top-p : one mass pass per digit over keys >= the top-k threshold; the first gives the
@@ -20,8 +21,7 @@
 //       top-k only: one pass summing the kept mass.
 //     When at most 2048 values have a top digit at or above top-k's, one pass collects them into
 //     shared memory and every later pass runs over those instead of the row: top-k and top-p
-//     then cost two passes over the row. Pass 1 streams from DRAM; with one 258 KB row per SM
-//     the later passes are L2 hits.
+//     then cost two passes over the row. Pass 1 streams from DRAM; the later passes are L2 hits.
 //  3. verifyKernel     grid (B, verifyChunks): chunk 0 of a greedy or relaxed request, and every
 //     CTA of a rejection request, merges that request's records (fixed order, so all CTAs reach
 //     the same decision) and walks the draft positions. A rejection request's sampled row: a
@@ -40,6 +40,7 @@
 #include "kernels/mtp/mtp.h"
 
 #include <cuda_bf16.h>
+#include <cooperative_groups.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -168,45 +169,46 @@ template <> struct Elem<__half> {
 
 // Calls fv(index, values) for each aligned 16-byte vector of row[begin, end) (values[j] is
 // element index + j) and fs(index, value) for the unaligned head and tail elements, spread over
-// the CTA, with 4 vector loads in flight per thread.
-template <typename T, typename FV, typename FS>
+// the CTA, with U vector loads in flight per thread.
+template <int U = 4, typename T, typename FV, typename FS>
 __device__ __forceinline__ void forEachVector(const T* __restrict__ row, int64_t begin, int64_t end,
                                               FV&& fv, FS&& fs) {
   constexpr int N = Elem<T>::kVec;
-  constexpr int U = 4;
-  const uintptr_t addr = reinterpret_cast<uintptr_t>(row + begin);
-  int64_t head = static_cast<int64_t>(((16u - (addr & 15u)) & 15u) / sizeof(T));
-  if (head > end - begin) head = end - begin;
-  const int64_t vecBegin = begin + head;
-  const int64_t numVec = (end - vecBegin) / N;
-  const int64_t vecEnd = vecBegin + numVec * N;
-  const int64_t tid = threadIdx.x, nt = blockDim.x;
-  for (int64_t x = begin + tid; x < vecBegin; x += nt) fs(x, Elem<T>::load(row + x));
-  for (int64_t x = vecEnd + tid; x < end; x += nt) fs(x, Elem<T>::load(row + x));
-  const uint4* vp = reinterpret_cast<const uint4*>(row + vecBegin);
-  auto vector = [&](const uint4& r, int64_t x) {
+  // Offsets from begin fit in 32 bits (V < 2^31): fewer registers than 64-bit indices.
+  const T* base = row + begin;
+  const int len = static_cast<int>(end - begin);
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(base);
+  int head = static_cast<int>(((16u - (addr & 15u)) & 15u) / sizeof(T));
+  if (head > len) head = len;
+  const int numVec = (len - head) / N;
+  const int vecEnd = head + numVec * N;
+  const int tid = threadIdx.x, nt = blockDim.x;
+  for (int x = tid; x < head; x += nt) fs(begin + x, Elem<T>::load(base + x));
+  for (int x = vecEnd + tid; x < len; x += nt) fs(begin + x, Elem<T>::load(base + x));
+  const uint4* vp = reinterpret_cast<const uint4*>(base + head);
+  auto vector = [&](const uint4& r, int x) {
     float vals[N];
     auto put = [&](int64_t j, float v) { vals[j] = v; };
     Elem<T>::unpack(r, 0, put);
-    fv(x, vals);
+    fv(begin + x, vals);
   };
-  int64_t v = tid;
+  int v = tid;
   for (; v + (U - 1) * nt < numVec; v += U * nt) {
     uint4 r[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) r[u] = __ldg(vp + v + u * nt);
 #pragma unroll
-    for (int u = 0; u < U; ++u) vector(r[u], vecBegin + (v + u * nt) * N);
+    for (int u = 0; u < U; ++u) vector(r[u], head + (v + u * nt) * N);
   }
-  for (; v < numVec; v += nt) vector(__ldg(vp + v), vecBegin + v * N);
+  for (; v < numVec; v += nt) vector(__ldg(vp + v), head + v * N);
 }
 
 // Calls f(index, value) for every element of row[begin, end), spread over the CTA.
-template <typename T, typename F>
+template <int U = 4, typename T, typename F>
 __device__ __forceinline__ void forEachElement(const T* __restrict__ row, int64_t begin,
                                                int64_t end, F&& f) {
   constexpr int N = Elem<T>::kVec;
-  forEachVector(
+  forEachVector<U>(
       row, begin, end,
       [&](int64_t x, const float(&vals)[N]) {
 #pragma unroll
@@ -537,16 +539,112 @@ __global__ void __launch_bounds__(kRowThreads) rowStatsKernel(Args a) {
   rowStats<TT>(a, row, rowId, q, wantSum, wantCount, lx);
 }
 
-// ---- kernel 2: filtered rows (one CTA per row) -----------------------------------------
+// ---- kernel 2: filtered rows (a cluster of CTAs per row) --------------------------------
 
 // Top-k's candidates: when the keys in or above the top-k digit of the first pass number at
 // most kCandidates, the later passes run over those values (shared memory) instead of the row.
 constexpr int kCandidates = 2048;
+// The most CTAs that split one row (a portable cluster size).
+constexpr int kMaxFilterSplit = 8;
 
-template <typename T>
-__device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Request& q,
-                          uint32_t* counts, float* mass, float* cand) {
+struct FilterShared {
+  uint32_t hist[kBins];    // this CTA's histogram: counts, or f32 mass bits
+  uint32_t merged[kBins];  // the cluster's histogram (slices summed in rank order)
+  float cand[kCandidates];  // this CTA's top-k candidates
+  float all[kCandidates];   // every rank's candidates, in rank order (rank 0 of a split row)
+  int32_t listed[kFilterThreads];
+  uint32_t scalar[2];                        // this CTA's share of a meeting
+  uint32_t scalars[kMaxFilterSplit][2];      // every rank's, as read at the last meeting
+  int32_t warpCount[kFilterThreads / 32];
+  int32_t numCand;
+};
+
+// The max of a vector that is NaN when any element is NaN.
+template <int N>
+__device__ __forceinline__ float vectorMaxNaN(const float (&vals)[N]) {
+  float m = vals[0];
+#pragma unroll
+  for (int j = 1; j < N; ++j) asm("max.NaN.f32 %0, %0, %1;" : "+f"(m) : "f"(vals[j]));
+  return m;
+}
+
+// The CTAs of a cluster that share a row. At a meeting every CTA has filled `hist` (and
+// `scalar`); then each rank sums its slice of the bins over all ranks, and every rank gathers the
+// slices, so all hold the same histogram bits and take the same decisions. The two cluster
+// barriers order each buffer's reuse: `hist` and `scalar` are read only between them, a slice
+// of `merged` is rewritten only after the next meeting's first barrier.
+struct Team {
+  FilterShared& sh;
+  int rank, size;
+
+  template <typename H>
+  __device__ const H* meet(int nb) {
+    if (size == 1) return local<H>();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync();
+    if (threadIdx.x < 2 * size) {
+      const int r = threadIdx.x >> 1, j = threadIdx.x & 1;
+      sh.scalars[r][j] = cluster.map_shared_rank(sh.scalar, r)[j];
+    }
+    const int per = nb / size;  // nb is 256 or 4096, size a power of two up to 8
+    for (int i = threadIdx.x; i < per; i += blockDim.x) {
+      const int d = rank * per + i;
+      H s = H(0);
+      for (int r0 = 0; r0 < size; r0 += 4) {  // four loads in flight, added in rank order
+        H v[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          if (r0 + r < size) v[r] = reinterpret_cast<const H*>(cluster.map_shared_rank(sh.hist, r0 + r))[d];
+#pragma unroll
+        for (int r = 0; r < 4; ++r)
+          if (r0 + r < size) s += v[r];
+      }
+      sh.merged[d] = reinterpret_cast<const uint32_t&>(s);
+    }
+    cluster.sync();
+    for (int d = threadIdx.x; d < nb; d += blockDim.x) {
+      const int owner = d / per;
+      if (owner != rank) sh.merged[d] = cluster.map_shared_rank(sh.merged, owner)[d];
+    }
+    __syncthreads();
+#else
+    __trap();  // the host splits rows only where clusters exist
+#endif
+    return reinterpret_cast<const H*>(sh.merged);
+  }
+
+  // A histogram this CTA built alone.
+  template <typename H>
+  __device__ const H* local() {
+    __syncthreads();
+    return reinterpret_cast<const H*>(sh.hist);
+  }
+
+  // Rank r's scalars at the last meeting (a lone CTA's own, which it rewrites only at the next
+  // row's first pass).
+  __device__ const uint32_t* scalarsOf(int r) const { return size == 1 ? sh.scalar : sh.scalars[r]; }
+
+  // No CTA may exit while another can still read its shared memory.
+  __device__ void leave() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (size > 1) cooperative_groups::this_cluster().sync();
+#endif
+  }
+};
+
+// kLoads: vector loads in flight per thread in the row passes (a split row's part is a few
+// vectors per thread; four would not fit its CTA's 64 registers next to the meetings).
+template <int kLoads, typename T>
+__device__ __forceinline__ void filterRow(const Args& a, const T* row, int64_t rowId, const Request& q, Team& t) {
+  FilterShared& sh = t.sh;
   const int64_t V = a.vocab;
+  // this CTA's part of the row: whole 16-byte vectors, empty for the last ranks of a short row
+  const int64_t len = ((V + t.size - 1) / t.size + 7) / 8 * 8;
+  const int64_t begin = min(V, t.rank * len);
+  const T* part0 = row + begin;  // indices below are relative to part0, argmax's absolute
+  const int64_t count = min(V - begin, len);
   const float invT = q.invT;
   const bool useK = q.topK > 0 && static_cast<int64_t>(q.topK) < V;
   const bool useP = q.topP < 1.0f;
@@ -557,22 +655,24 @@ __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Requ
   auto bitsOf = [](int l) { return l == 2 ? 8 : 12; };
   const int lastShift = shiftOf(kLevels - 1);
 
-  for (int d = threadIdx.x; d < kBins; d += blockDim.x) counts[d] = 0u;
+  uint32_t* counts = sh.hist;
+  if (useK)
+    for (int d = threadIdx.x; d < kBins; d += blockDim.x) counts[d] = 0u;
   __syncthreads();
 
   Stats st{-INFINITY, INT_MAX, -INFINITY, 0.0f, 0u};
   auto one = [&](int64_t x, float v) {
-    if (argmaxBetter(v, static_cast<int32_t>(x), st.bestV, st.bestI)) {
+    if (argmaxBetter(v, static_cast<int32_t>(begin + x), st.bestV, st.bestI)) {
       st.bestV = v;
-      st.bestI = static_cast<int32_t>(x);
+      st.bestI = static_cast<int32_t>(begin + x);
     }
     if (useK) atomicAdd(&counts[orderKey(v) >> 20], 1u);
   };
   constexpr int N = Elem<T>::kVec;
-  forEachVector(
-      row, 0, V,
+  forEachVector<kLoads>(
+      part0, 0, count,
       [&](int64_t x, const float(&vals)[N]) {
-        vectorArgmax(x, vals, vectorMax(vals), st.bestV, st.bestI);
+        vectorArgmax(begin + x, vals, vectorMax(vals), st.bestV, st.bestI);
         if (useK) {
 #pragma unroll
           for (int j = 0; j < N; ++j) atomicAdd(&counts[orderKey(vals[j]) >> 20], 1u);
@@ -580,23 +680,32 @@ __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Requ
       },
       one);
   st = blockReduceStats(st, invT);
-  __shared__ float rowMax;
-  __shared__ int32_t rowArgmax;
   if (threadIdx.x == 0) {
-    rowMax = st.bestV;
-    rowArgmax = st.bestI;
+    sh.scalar[0] = __float_as_uint(st.bestV);
+    sh.scalar[1] = static_cast<uint32_t>(st.bestI);
   }
-  __syncthreads();
-  const float m = rowMax;
+  const uint32_t* top = t.meet<uint32_t>(useK ? kBins : 0);
+  float m = -INFINITY;
+  int32_t mArg = INT_MAX;
+  for (int r = 0; r < t.size; ++r) {
+    const float v = __uint_as_float(t.scalarsOf(r)[0]);
+    const int32_t i = static_cast<int32_t>(t.scalarsOf(r)[1]);
+    if (argmaxBetter(v, i, m, mArg)) {
+      m = v;
+      mArg = i;
+    }
+  }
 
-  // The values the later passes visit: the whole row, or top-k's candidates once collected.
-  __shared__ int numCand;
-  int nCand = -1;
+  // The values the later passes visit: this CTA's part of the row, or every top-k candidate of
+  // the row (then this CTA holds them all, and its histograms need no meeting).
+  const float* cands = nullptr;
+  int nCand = 0;
+  bool alone = t.size == 1;
   auto forValues = [&](auto&& f) {
-    if (nCand >= 0) {
-      for (int i = threadIdx.x; i < nCand; i += blockDim.x) f(cand[i]);
+    if (cands) {
+      for (int i = threadIdx.x; i < nCand; i += blockDim.x) f(cands[i]);
     } else {
-      forEachElement(row, 0, V, [&](int64_t, float v) { f(v); });
+      forEachElement<kLoads>(part0, 0, count, [&](int64_t, float v) { f(v); });
     }
   };
 
@@ -604,31 +713,64 @@ __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Requ
   if (useK) {
     uint32_t kRem = static_cast<uint32_t>(q.topK);
     uint32_t prefix = 0u;
+    const uint32_t* hist = top;
     for (int l = 0; l < kLevels; ++l) {
-      const int sh = shiftOf(l), bits = bitsOf(l), nb = 1 << bits;
+      const int sh0 = shiftOf(l), bits = bitsOf(l), nb = 1 << bits;
       if (l > 0) {
-        for (int d = threadIdx.x; d < nb; d += blockDim.x) counts[d] = 0u;
+        for (int d = threadIdx.x; d < nb; d += blockDim.x) sh.hist[d] = 0u;
         __syncthreads();
         const uint32_t want = prefix;
         forValues([&](float v) {
           const uint32_t k = orderKey(v);
-          if ((k >> (sh + bits)) == want) atomicAdd(&counts[(k >> sh) & (nb - 1)], 1u);
+          if ((k >> (sh0 + bits)) == want) atomicAdd(&sh.hist[(k >> sh0) & (nb - 1)], 1u);
         });
-        __syncthreads();
+        hist = alone ? t.local<uint32_t>() : t.meet<uint32_t>(nb);
       }
-      const Selection s = selectDigit<uint32_t>(counts, nb, kRem, 0u);
-      const bool collect = l == 0 && s.aboveCount + counts[s.digit] <= static_cast<uint32_t>(kCandidates);
-      __syncthreads();  // every thread has read counts, which the next level rewrites
+      const Selection s = selectDigit<uint32_t>(hist, nb, kRem, 0u);
+      const bool collect = l == 0 && s.aboveCount + hist[s.digit] <= static_cast<uint32_t>(kCandidates);
+      __syncthreads();  // every thread has read hist, which the next phase may rewrite
       if (collect) {
         // every key the rest can keep has a top digit >= s.digit: collect those values once
+        // (a vector whose largest value is below that digit holds none; NaN keys are tested)
         const uint32_t d0 = static_cast<uint32_t>(s.digit);
-        if (threadIdx.x == 0) numCand = 0;
+        if (threadIdx.x == 0) sh.numCand = 0;
         __syncthreads();
-        forEachElement(row, 0, V, [&](int64_t, float v) {
-          if ((orderKey(v) >> 20) >= d0) cand[atomicAdd(&numCand, 1)] = v;
-        });
+        auto keep = [&](float v) {
+          if ((orderKey(v) >> 20) >= d0) sh.cand[atomicAdd(&sh.numCand, 1)] = v;
+        };
+        forEachVector<kLoads>(
+            part0, 0, count,
+            [&](int64_t, const float(&vals)[N]) {
+              const float vm = vectorMaxNaN(vals);
+              if (vm == vm && (orderKey(vm) >> 20) < d0) return;
+#pragma unroll
+              for (int j = 0; j < N; ++j) keep(vals[j]);
+            },
+            [&](int64_t, float v) { keep(v); });
         __syncthreads();
-        nCand = numCand;
+        nCand = sh.numCand;
+        cands = sh.cand;
+        if (!alone) {
+          // rank 0 takes every rank's candidates and finishes the row alone
+          if (threadIdx.x == 0) sh.scalar[0] = static_cast<uint32_t>(nCand);
+          t.meet<uint32_t>(0);
+          if (t.rank != 0) return;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+          namespace cg = cooperative_groups;
+          cg::cluster_group cluster = cg::this_cluster();
+          int at = 0;
+          for (int r = 0; r < t.size; ++r) {
+            const int c = static_cast<int>(t.scalarsOf(r)[0]);
+            const float* theirs = cluster.map_shared_rank(sh.cand, r);
+            for (int i = threadIdx.x; i < c; i += blockDim.x) sh.all[at + i] = theirs[i];
+            at += c;
+          }
+          nCand = at;
+#endif
+          __syncthreads();
+          cands = sh.all;
+          alone = true;
+        }
       }
       kRem -= s.aboveCount;
       prefix = (prefix << bits) | static_cast<uint32_t>(s.digit);
@@ -640,85 +782,104 @@ __device__ void filterRow(const Args& a, const T* row, int64_t rowId, const Requ
   if (useP) {
     uint32_t prefix = 0u;
     float above = 0.0f, target = 0.0f;
-    uint32_t tauP = 0u;
     for (int l = 0; l < kLevels; ++l) {
-      const int sh = shiftOf(l), bits = bitsOf(l), nb = 1 << bits;
+      const int sh0 = shiftOf(l), bits = bitsOf(l), nb = 1 << bits;
+      float* mass = reinterpret_cast<float*>(sh.hist);
       for (int d = threadIdx.x; d < nb; d += blockDim.x) mass[d] = 0.0f;
       __syncthreads();
       const uint32_t want = prefix;
       forValues([&](float v) {
         const uint32_t k = orderKey(v);
-        if (k >= tau && (l == 0 || (k >> (sh + bits)) == want))
-          atomicAdd(&mass[(k >> sh) & (nb - 1)], weightOf(v, m, invT));
+        if (k >= tau && (l == 0 || (k >> (sh0 + bits)) == want))
+          atomicAdd(&mass[(k >> sh0) & (nb - 1)], weightOf(v, m, invT));
       });
-      __syncthreads();
+      const float* hist = alone ? t.local<float>() : t.meet<float>(nb);
       if (l == 0) {
         float local = 0.0f;
-        for (int d = threadIdx.x; d < nb; d += blockDim.x) local += mass[d];
+        for (int d = threadIdx.x; d < nb; d += blockDim.x) local += hist[d];
         target = q.topP * blockSum(local);
       }
-      const Selection s = selectDigit<float>(mass, nb, target, above);
+      const Selection s = selectDigit<float>(hist, nb, target, above);
       above = s.aboveMass;
       z = s.atMass;
       prefix = (prefix << bits) | static_cast<uint32_t>(s.digit);
     }
-    tauP = prefix << lastShift;
-    tau = max(tau, tauP);
+    tau = max(tau, prefix << lastShift);
   } else {
     float local = 0.0f;
-    const uint32_t t = tau;
+    const uint32_t k0 = tau;
     forValues([&](float v) {
-      if (orderKey(v) >= t) local += weightOf(v, m, invT);
+      if (orderKey(v) >= k0) local += weightOf(v, m, invT);
     });
     z = blockSum(local);
+    if (!alone) {
+      if (threadIdx.x == 0) sh.scalar[0] = __float_as_uint(z);
+      t.meet<uint32_t>(0);
+      z = 0.0f;
+      for (int r = 0; r < t.size; ++r) z += __uint_as_float(t.scalarsOf(r)[0]);
+    }
   }
 
-  for (int64_t c = threadIdx.x; c < a.rowChunks; c += blockDim.x) {
-    RowRecord rec;
-    rec.max = c == 0 ? m : -INFINITY;
-    rec.sum = c == 0 ? z : 0.0f;
-    rec.argmax = c == 0 ? rowArgmax : INT_MAX;
-    rec.countGreater = 0u;
-    rec.tau = c == 0 ? tau : 0u;
-    rec.pad[0] = rec.pad[1] = rec.pad[2] = 0u;
-    a.records[rowId * a.rowChunks + c] = rec;
+  if (t.rank == 0) {
+    for (int64_t c = threadIdx.x; c < a.rowChunks; c += blockDim.x) {
+      RowRecord rec;
+      rec.max = c == 0 ? m : -INFINITY;
+      rec.sum = c == 0 ? z : 0.0f;
+      rec.argmax = c == 0 ? mArg : INT_MAX;
+      rec.countGreater = 0u;
+      rec.tau = c == 0 ? tau : 0u;
+      rec.pad[0] = rec.pad[1] = rec.pad[2] = 0u;
+      a.records[rowId * a.rowChunks + c] = rec;
+    }
   }
 }
 
-// A grid of about one CTA per SM walks the rows (CTA c: rows c, c + gridDim.x, ...): its threads
-// find the filtered ones at once, then the CTA filters those one after the other. A batch with
-// no top-k or top-p costs one short launch instead of a CTA per row.
-template <typename TT, typename TD>
-__global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a, int64_t rows) {
-  // Declared here so the two element-type instantiations share one copy.
-  __shared__ uint32_t counts[kBins];
-  __shared__ float mass[kBins];
-  __shared__ int32_t listed[kFilterThreads];
-  __shared__ float cand[kCandidates];
-  __shared__ int numListed;
-  for (int64_t m0 = 0; blockIdx.x + gridDim.x * m0 < rows; m0 += kFilterThreads) {
-    if (threadIdx.x == 0) numListed = 0;
-    __syncthreads();
-    const int64_t rowId = blockIdx.x + gridDim.x * (m0 + threadIdx.x);
+// A grid of clusters, about one CTA per SM, walks the rows (cluster c: rows c, c + clusters,
+// ...): its threads list the filtered ones in row order, then the cluster filters those one
+// after the other, each CTA of the cluster reading its part of the row. A small batch gets
+// clusters of up to kMaxFilterSplit CTAs, so that B = 1 does not wait on four SMs.
+// kSplit: compiled apart, so that a lone CTA per row (large batches) keeps its registers for
+// the row passes.
+template <typename TT, typename TD, bool kSplit>
+__global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a, int64_t rows, int split) {
+  extern __shared__ uint4 filterSmem[];
+  FilterShared& sh = *reinterpret_cast<FilterShared*>(filterSmem);
+  if (!kSplit) split = 1;
+  Team t{sh, static_cast<int>(blockIdx.x) % split, split};
+  constexpr int kLoads = kSplit ? 2 : 4;
+  const int64_t cluster = blockIdx.x / split, clusters = gridDim.x / split;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int64_t m0 = 0; cluster + clusters * m0 < rows; m0 += kFilterThreads) {
+    // every CTA of the cluster lists the same rows in the same order: no atomics here
+    const int64_t rowId = cluster + clusters * (m0 + threadIdx.x);
+    bool want = false;
     if (rowId < rows) {
       const RowRef r = rowRef(a, rowId);
       const Request q = loadRequest(a, r.b);
-      if (rowNeeded(a, r, q) && q.filtered) listed[atomicAdd(&numListed, 1)] = static_cast<int32_t>(rowId);  // rows < 2^31: a grid dimension
+      want = rowNeeded(a, r, q) && q.filtered;
     }
+    const uint32_t ballot = __ballot_sync(0xFFFFFFFFu, want);
+    if (lane == 0) sh.warpCount[warp] = __popc(ballot);
     __syncthreads();
-    const int n = numListed;
+    int before = 0, n = 0;
+    for (int w = 0; w < kFilterThreads / 32; ++w) {
+      before += w < warp ? sh.warpCount[w] : 0;
+      n += sh.warpCount[w];
+    }
+    if (want) sh.listed[before + __popc(ballot & ((1u << lane) - 1u))] = static_cast<int32_t>(rowId);  // rows < 2^31: a grid dimension
+    __syncthreads();
     for (int i = 0; i < n; ++i) {
-      const int64_t id = listed[i];
+      const int64_t id = sh.listed[i];
       const RowRef r = rowRef(a, id);
       const Request q = loadRequest(a, r.b);
       if (r.isDraft)
-        filterRow<TD>(a, static_cast<const TD*>(a.draftData) + (r.b * a.numDrafts + r.i) * a.vocab, id, q, counts, mass, cand);
+        filterRow<kLoads>(a, static_cast<const TD*>(a.draftData) + (r.b * a.numDrafts + r.i) * a.vocab, id, q, t);
       else
-        filterRow<TT>(a, static_cast<const TT*>(a.targetLogits) + id * a.vocab, id, q, counts, mass, cand);
-      __syncthreads();  // counts and mass are the next row's
+        filterRow<kLoads>(a, static_cast<const TT*>(a.targetLogits) + id * a.vocab, id, q, t);
+      __syncthreads();  // the shared buffers are the next row's
     }
-    __syncthreads();  // numListed and listed are the next round's
   }
+  t.leave();
 }
 
 // ---- kernel 3: decision, sample, outputs -------------------------------------------------
@@ -1083,30 +1244,58 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
   writeOutputs(a, b, dec, winner);
 }
 
+// Kernel 2's grid: clusters of `split` CTAs, about one CTA per SM. A batch of few rows splits
+// each row over up to kMaxFilterSplit CTAs (clusters exist from sm_90 on).
 template <typename TT, typename TD>
-void launchAll(const Args& a, int sms, cudaStream_t stream) {
+cudaError_t launchFilter(const Args& a, int64_t rows, const DeviceFacts& facts, cudaStream_t stream) {
+  const int sms = std::max(1, facts.multiprocessors);
+  int split = 1;
+  if (facts.hopper)
+    while (split < kMaxFilterSplit && rows * split * 2 <= sms) split *= 2;
+  const int64_t clusters = std::min<int64_t>(rows, std::max(1, sms / split));
+  const auto kernel = split > 1 ? filterRowKernel<TT, TD, true> : filterRowKernel<TT, TD, false>;
+  // the shared-memory allowance belongs to the current device's context: set at each launch
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, sizeof(FilterShared));
+  if (err != cudaSuccess) return err;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(static_cast<unsigned>(clusters * split));
+  cfg.blockDim = dim3(kFilterThreads);
+  cfg.dynamicSmemBytes = sizeof(FilterShared);
+  cfg.stream = stream;
+  cudaLaunchAttribute cluster[1];
+  cluster[0].id = cudaLaunchAttributeClusterDimension;
+  cluster[0].val.clusterDim.x = static_cast<unsigned>(split);
+  cluster[0].val.clusterDim.y = 1;
+  cluster[0].val.clusterDim.z = 1;
+  cfg.attrs = cluster;
+  cfg.numAttrs = split > 1 ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, a, rows, split);
+}
+
+template <typename TT, typename TD>
+cudaError_t launchAll(const Args& a, const DeviceFacts& facts, cudaStream_t stream) {
   const int64_t targetRows = a.batch * (a.numDrafts + 1);
   const int64_t draftRows = a.draftKind == kDraftLogits ? a.batch * a.numDrafts : 0;
   const int64_t rows = targetRows + draftRows;
   rowStatsKernel<TT, TD><<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(a.rowChunks)),
                            kRowThreads, 0, stream>>>(a);
   // without top-k and top-p arrays no row is filtered: kernel 2 would only read the requests
-  if (a.topK != nullptr || a.topP != nullptr)
-    filterRowKernel<TT, TD><<<static_cast<unsigned>(std::min<int64_t>(rows, std::max(1, sms))), kFilterThreads, 0, stream>>>(a, rows);
+  if (a.topK != nullptr || a.topP != nullptr) {
+    const cudaError_t err = launchFilter<TT, TD>(a, rows, facts, stream);
+    if (err != cudaSuccess) return err;
+  }
   verifyKernel<TT, TD><<<dim3(static_cast<unsigned>(a.batch), static_cast<unsigned>(a.verifyChunks)),
                          kVerifyThreads, 0, stream>>>(a);
+  return cudaSuccess;
 }
 
 template <typename TT>
-cudaError_t dispatchDraft(const Args& a, DType draftDType, int sms, cudaStream_t stream) {
-  if (a.draftKind == kDraftNone) {
-    launchAll<TT, TT>(a, sms, stream);
-    return cudaSuccess;
-  }
+cudaError_t dispatchDraft(const Args& a, DType draftDType, const DeviceFacts& facts, cudaStream_t stream) {
+  if (a.draftKind == kDraftNone) return launchAll<TT, TT>(a, facts, stream);
   switch (draftDType) {
-    case DType::F32: launchAll<TT, float>(a, sms, stream); return cudaSuccess;
-    case DType::F16: launchAll<TT, __half>(a, sms, stream); return cudaSuccess;
-    case DType::BF16: launchAll<TT, __nv_bfloat16>(a, sms, stream); return cudaSuccess;
+    case DType::F32: return launchAll<TT, float>(a, facts, stream);
+    case DType::F16: return launchAll<TT, __half>(a, facts, stream);
+    case DType::BF16: return launchAll<TT, __nv_bfloat16>(a, facts, stream);
     default: return cudaErrorInvalidValue;
   }
 }
@@ -1137,9 +1326,9 @@ cudaError_t verifyDrafts(const VerifyDraftsArgs& args, const Launch& l) {
   const cudaStream_t stream = l.stream;
   cudaError_t err;
   switch (args.logitsDType) {
-    case DType::F32: err = dispatchDraft<float>(a, args.draftDType, l.facts.multiprocessors, stream); break;
-    case DType::F16: err = dispatchDraft<__half>(a, args.draftDType, l.facts.multiprocessors, stream); break;
-    case DType::BF16: err = dispatchDraft<__nv_bfloat16>(a, args.draftDType, l.facts.multiprocessors, stream); break;
+    case DType::F32: err = dispatchDraft<float>(a, args.draftDType, l.facts, stream); break;
+    case DType::F16: err = dispatchDraft<__half>(a, args.draftDType, l.facts, stream); break;
+    case DType::BF16: err = dispatchDraft<__nv_bfloat16>(a, args.draftDType, l.facts, stream); break;
     default: return cudaErrorInvalidValue;
   }
   if (err != cudaSuccess) return err;
