@@ -872,10 +872,16 @@ __global__ void __launch_bounds__(kFilterThreads, 1) filterRowKernel(Args a, int
       const int64_t id = sh.listed[i];
       const RowRef r = rowRef(a, id);
       const Request q = loadRequest(a, r.b);
-      if (r.isDraft)
-        filterRow<kLoads>(a, static_cast<const TD*>(a.draftData) + (r.b * a.numDrafts + r.i) * a.vocab, id, q, t);
-      else
-        filterRow<kLoads>(a, static_cast<const TT*>(a.targetLogits) + id * a.vocab, id, q, t);
+      auto draftRow = [&] { return static_cast<const TD*>(a.draftData) + (r.b * a.numDrafts + r.i) * a.vocab; };
+      const TT* targetRow = static_cast<const TT*>(a.targetLogits) + id * a.vocab;
+      if constexpr (std::is_same_v<TT, TD>) {
+        filterRow<kLoads>(a, r.isDraft ? draftRow() : targetRow, id, q, t);  // one copy of the code
+      } else {
+        if (r.isDraft)
+          filterRow<kLoads>(a, draftRow(), id, q, t);
+        else
+          filterRow<kLoads>(a, targetRow, id, q, t);
+      }
       __syncthreads();  // the shared buffers are the next row's
     }
   }
@@ -927,85 +933,114 @@ struct Decision {
   uint64_t seed, offset;
 };
 
+// What the walk over the drafts needs of draft position j, computed for a window of positions
+// at once (one warp each), so that the loads of the rows' records and the drafts' logits are in
+// flight together instead of one position after another.
+struct DraftStep {
+  Merged p;           // target row j
+  Merged q;           // draft-logit row j (rejection with draft logits)
+  int32_t x;          // draft token j
+  int32_t accept;     // the draft is accepted (relaxed: by the argmax alone)
+  int32_t relaxedOk;  // relaxed: accepted in the thinking phase
+};
+
+// Called by every thread of the CTA; dec is complete after the CTA's next barrier.
 template <typename TT, typename TD>
 __device__ void decide(const Args& a, int64_t b, Decision& dec) {
-  const int lane = threadIdx.x & 31;
+  constexpr int kWindow = kVerifyThreads / 32;
+  __shared__ DraftStep win[kWindow];
+  __shared__ int32_t walkDone, walkState;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const Request q = loadRequest(a, b);
   const int64_t n = a.numDrafts, V = a.vocab;
   const Walk w = loadWalk(a, b);
-  const uint64_t seed = w.seed;
-  const uint64_t off = w.offset;
-  const int32_t rk = w.relaxedTopK;
-  const float delta = w.relaxedDelta;
-  const int32_t bId = w.beginId;
-  const int32_t eId = w.endId;
-  int32_t state = w.state;
   const int32_t kind = a.draftData ? a.draftKind : kDraftNone;
   const int32_t* drafts = a.draftTokens + b * n;
   const int64_t targetRows = a.batch * (n + 1);
+  const bool useQ = q.mode == kModeRejection && kind == kDraftLogits;
+  if (threadIdx.x == 0) walkState = w.state;
 
-  int32_t j = 0;
-  Merged row{};
-  for (;; ++j) {
-    row = mergeRow(a, b * (n + 1) + j, q.invT);
-    if (j == q.len) break;
-    Merged qRow{};
-    if (q.mode == kModeRejection && kind == kDraftLogits)
-      qRow = mergeRow(a, targetRows + b * n + j, q.invT);
-    int32_t accept = 0;
-    if (lane == 0) {
-      const int32_t x = drafts[j];
-      if (x >= 0 && x < V) {
-        const int64_t rowBase = (b * (n + 1) + j) * V;
-        if (q.mode == kModeGreedy) {
-          accept = x == row.argmax;
-        } else if (q.mode == kModeRelaxed) {
-          accept = x == row.argmax;
-          if (!accept && state) {
+  for (int32_t j0 = 0;; j0 += kWindow) {
+    const int32_t jj = j0 + warp;
+    if (jj <= q.len) {
+      DraftStep s{};
+      s.p = mergeRow(a, b * (n + 1) + jj, q.invT);
+      if (useQ && jj < q.len) s.q = mergeRow(a, targetRows + b * n + jj, q.invT);
+      s.x = -1;
+      if (lane == 0 && jj < q.len) {
+        const int32_t x = drafts[jj];
+        s.x = x;
+        if (x >= 0 && x < V) {
+          const int64_t rowBase = (b * (n + 1) + jj) * V;
+          if (q.mode == kModeGreedy) {
+            s.accept = x == s.p.argmax;
+          } else if (q.mode == kModeRelaxed) {
+            s.accept = x == s.p.argmax;
+            if (!s.accept) {
+              const float lx = loadAt<TT>(a.targetLogits, rowBase + x);
+              s.relaxedOk = relaxedAccepts(static_cast<int64_t>(s.p.countGreater), w.relaxedTopK, lx, s.p.m, s.p.z, w.relaxedDelta);
+            }
+          } else {
             const float lx = loadAt<TT>(a.targetLogits, rowBase + x);
-            accept = relaxedAccepts(static_cast<int64_t>(row.countGreater), rk, lx, row.m, row.z, delta);
+            const float px = keptProb(lx, s.p.tau, s.p.m, q.invT, s.p.z);
+            float qx = 1.0f;
+            const int64_t dIdx = (b * n + jj) * V + x;
+            if (kind == kDraftProbs) {
+              qx = loadAt<TD>(a.draftData, dIdx);
+            } else if (kind == kDraftLogits) {
+              const float dx = loadAt<TD>(a.draftData, dIdx);
+              qx = keptProb(dx, s.q.tau, s.q.m, q.invT, s.q.z);
+            }
+            s.accept = rejectionAccepts(w.seed, w.offset, jj, px, qx);
           }
-        } else {
-          const float lx = loadAt<TT>(a.targetLogits, rowBase + x);
-          const float px = keptProb(lx, row.tau, row.m, q.invT, row.z);
-          float qx = 1.0f;
-          const int64_t dIdx = (b * n + j) * V + x;
-          if (kind == kDraftProbs) {
-            qx = loadAt<TD>(a.draftData, dIdx);
-          } else if (kind == kDraftLogits) {
-            const float dx = loadAt<TD>(a.draftData, dIdx);
-            qx = keptProb(dx, qRow.tau, qRow.m, q.invT, qRow.z);
-          }
-          accept = rejectionAccepts(seed, off, j, px, qx);
         }
-        if (accept) state = updateThinking(state, x, bId, eId);
+      }
+      if (lane == 0) win[warp] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      // the walk: accept in order until a draft is rejected or the drafts end
+      int32_t state = walkState, j = j0, done = 0;
+      for (; j < j0 + kWindow; ++j) {
+        if (j == q.len) {
+          done = 1;
+          break;
+        }
+        const DraftStep& s = win[j - j0];
+        const int32_t accept = s.accept || (q.mode == kModeRelaxed && state && s.relaxedOk);
+        if (!accept) {
+          done = 1;
+          break;
+        }
+        state = updateThinking(state, s.x, w.beginId, w.endId);
+      }
+      walkDone = done;
+      walkState = state;
+      if (done) {
+        const DraftStep& s = win[j - j0];
+        dec.accepted = j;
+        dec.token = s.p.argmax;
+        dec.sample = q.mode == kModeRejection ? 1 : 0;
+        dec.exclude = (j < q.len && kind == kDraftNone) ? s.x : -1;
+        dec.qKind = j < q.len ? kind : kDraftNone;
+        dec.state = state;
+        dec.beginId = w.beginId;
+        dec.endId = w.endId;
+        dec.invT = q.invT;
+        dec.mP = s.p.m;
+        dec.zP = s.p.z;
+        dec.tauP = s.p.tau;
+        if (useQ && j < q.len) {
+          dec.mQ = s.q.m;
+          dec.zQ = s.q.z;
+          dec.tauQ = s.q.tau;
+        }
+        dec.seed = w.seed;
+        dec.offset = w.offset;
       }
     }
-    accept = __shfl_sync(0xFFFFFFFFu, accept, 0);
-    if (!accept) {
-      if (q.mode == kModeRejection && kind == kDraftLogits && lane == 0) {
-        dec.mQ = qRow.m;
-        dec.zQ = qRow.z;
-        dec.tauQ = qRow.tau;
-      }
-      break;
-    }
-  }
-  if (lane == 0) {
-    dec.accepted = j;
-    dec.token = row.argmax;
-    dec.sample = q.mode == kModeRejection ? 1 : 0;
-    dec.exclude = (j < q.len && kind == kDraftNone) ? drafts[j] : -1;
-    dec.qKind = j < q.len ? kind : kDraftNone;
-    dec.state = state;
-    dec.beginId = bId;
-    dec.endId = eId;
-    dec.invT = q.invT;
-    dec.mP = row.m;
-    dec.zP = row.z;
-    dec.tauP = row.tau;
-    dec.seed = seed;
-    dec.offset = off;
+    __syncthreads();
+    if (walkDone) return;
   }
 }
 
@@ -1060,8 +1095,7 @@ __global__ void __launch_bounds__(kVerifyThreads) verifyKernel(Args a) {
   constexpr int kWarps = kVerifyThreads / 32;
   // only rejection samples: the other chunks of any other request have nothing to do
   if (chunk > 0 && loadRequest(a, b).mode != kModeRejection) return;
-  if (threadIdx.x < 32) decide<TT, TD>(a, b, dec);
-  __syncthreads();
+  decide<TT, TD>(a, b, dec);
   if (!dec.sample) {
     if (chunk == 0) writeOutputs(a, b, dec, dec.token);
     return;
