@@ -80,10 +80,12 @@ void filterRow(RowInfo& r, float invT, int32_t topK, float topP) {
     }
     std::sort(kept.begin(), kept.end(),
               [](const auto& a, const auto& b) { return a.first > b.first; });
-    float zk = 0.0f;
+    // Sums in double: a float running sum over a sorted row drops every weight below half an
+    // ulp of the sum (most of a long tail), which moves the top-p threshold.
+    double zk = 0.0;
     for (const auto& e : kept) zk += e.second;
-    const float target = topP * zk;
-    float cum = 0.0f;
+    const float target = topP * static_cast<float>(zk);
+    double cum = 0.0;
     for (size_t i = 0; i < kept.size();) {
       size_t j = i;
       while (j < kept.size() && kept[j].first == kept[i].first) cum += kept[j++].second;
@@ -93,13 +95,13 @@ void filterRow(RowInfo& r, float invT, int32_t topK, float topP) {
       }
       i = j;
     }
-    r.z = cum;
+    r.z = static_cast<float>(cum);
     return;
   }
-  float z = 0.0f;
+  double z = 0.0;
   for (int64_t x = 0; x < vocab; ++x)
     if (orderKey(r.v[x]) >= r.tau) z += weightOf(r.v[x], r.m, invT);
-  r.z = z;
+  r.z = static_cast<float>(z);
 }
 
 // The token drawn from row i with weights weight(y), y in [0, V): the smallest y whose running

@@ -544,6 +544,9 @@ __global__ void __launch_bounds__(kRowThreads) rowStatsKernel(Args a) {
 // Top-k's candidates: when the keys in or above the top-k digit of the first pass number at
 // most kCandidates, the later passes run over those values (shared memory) instead of the row.
 constexpr int kCandidates = 2048;
+// At most this many candidates: the thresholds come from each candidate's rank, by direct
+// comparison with every other (the CPU reference's sorted walk), instead of histogram digits.
+constexpr int kDirectCandidates = 256;
 // The most CTAs that split one row (a portable cluster size).
 constexpr int kMaxFilterSplit = 8;
 
@@ -557,6 +560,8 @@ struct FilterShared {
   uint32_t scalars[kMaxFilterSplit][2];      // every rank's, as read at the last meeting
   int32_t warpCount[kFilterThreads / 32];
   int32_t numCand;
+  uint32_t directKey;  // the direct path's thresholds
+  float directMass;
 };
 
 // The max of a vector that is NaN when any element is NaN.
@@ -771,6 +776,7 @@ __device__ __forceinline__ void filterRow(const Args& a, const T* row, int64_t r
           cands = sh.all;
           alone = true;
         }
+        if (nCand <= kDirectCandidates) break;
       }
       kRem -= s.aboveCount;
       prefix = (prefix << bits) | static_cast<uint32_t>(s.digit);
@@ -779,7 +785,60 @@ __device__ __forceinline__ void filterRow(const Args& a, const T* row, int64_t r
   }
 
   float z = 0.0f;
-  if (useP) {
+  if (cands && nCand <= kDirectCandidates) {
+    // Few candidates (every value top-k can keep): thread i takes candidate i and compares it
+    // with all of them, in index order. Top-k's threshold is the key with fewer than k keys
+    // above it and at least k at or above; top-p's the largest key whose mass at or above
+    // reaches the target.
+    const int i = threadIdx.x;
+    const bool mine = i < nCand;
+    const float vi = mine ? cands[i] : 0.0f;
+    const uint32_t ki = mine ? orderKey(vi) : 0u;
+    float* wts = cands == sh.cand ? sh.all : sh.cand;
+    // first: no candidate before i has i's key (equal keys have equal results: one writes)
+    bool first = true;
+    uint32_t tk = 0u;
+    if (useK) {
+      uint32_t above = 0u, atOrAbove = 0u;
+      if (mine) {
+        for (int j = 0; j < nCand; ++j) {
+          const uint32_t kj = orderKey(cands[j]);
+          above += kj > ki ? 1u : 0u;
+          atOrAbove += kj >= ki ? 1u : 0u;
+          first = first && !(j < i && kj == ki);
+        }
+        const uint32_t k = static_cast<uint32_t>(q.topK);
+        if (first && above < k && k <= atOrAbove) sh.directKey = ki;
+      }
+      __syncthreads();
+      tk = sh.directKey;
+    }
+    const float wi = mine && ki >= tk ? weightOf(vi, m, invT) : 0.0f;
+    if (mine) wts[i] = wi;
+    const float zk = blockSum(wi);  // its barriers also publish wts
+    tau = tk;
+    z = zk;
+    if (useP) {
+      const float target = q.topP * zk;
+      if (threadIdx.x == 0) {
+        sh.directKey = 0u;
+        sh.directMass = zk;  // the target never reached (rounding): top-k's set stays
+      }
+      __syncthreads();
+      float si = 0.0f;
+      if (mine && ki >= tk) {
+        for (int j = 0; j < nCand; ++j)
+          if (orderKey(cands[j]) >= ki) si += wts[j];
+        if (si >= target) atomicMax(&sh.directKey, ki);
+      }
+      __syncthreads();
+      const uint32_t tp = sh.directKey;
+      if (tp != 0u && mine && first && ki == tp) sh.directMass = si;
+      __syncthreads();
+      tau = max(tk, tp);
+      z = sh.directMass;
+    }
+  } else if (useP) {
     uint32_t prefix = 0u;
     float above = 0.0f, target = 0.0f;
     for (int l = 0; l < kLevels; ++l) {
