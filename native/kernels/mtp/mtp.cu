@@ -21,7 +21,9 @@
 //       top-k only: one pass summing the kept mass.
 //     When at most 2048 values have a top digit at or above top-k's, one pass collects them into
 //     shared memory and every later pass runs over those instead of the row: top-k and top-p
-//     then cost two passes over the row. Pass 1 streams from DRAM; the later passes are L2 hits.
+//     then cost two passes over the row (a split row's candidates go to its rank 0, which
+//     finishes alone). At most 256 candidates skip the digits: each is ranked by comparison with
+//     all the others. Pass 1 streams from DRAM; the later passes are L2 hits.
 //  3. verifyKernel     grid (B, verifyChunks): chunk 0 of a greedy or relaxed request, and every
 //     CTA of a rejection request, merges that request's records (fixed order, so all CTAs reach
 //     the same decision) and walks the draft positions. A rejection request's sampled row: a
