@@ -7,7 +7,10 @@
 //   throughput: 4096 tokens per rank, contiguous layout, payloads bf16, fp8 and nvfp4
 //   decode:     128 tokens per rank, masked layout, payloads bf16 and nvfp4
 // each with the buffer's exact combine (a bf16 row per pair back to the token's rank), and bf16
-// and nvfp4 also with combine "reduced" (each rank's partial sum, one bf16 row per token and rank).
+// and nvfp4 also with combine "reduced" (each rank's partial sum, one bf16 row per token and rank);
+// and every payload with the buffer's gather option (dispatch lands one row per received token;
+// the expert GEMM gathers), where the combine's y is those rows expanded on the host, outside the
+// timing.
 //
 // Each rank's dispatch and its combine are captured in CUDA graphs of their own (a capture skips
 // the host gate that eager in-process ranks meet on between send and receive; the receive waits
@@ -52,7 +55,12 @@ const CASES = [
   { mode: 'decode', payload: 'nvfp4', tokens: 128, layout: 'masked', combine: 'exact' },
   { mode: 'decode', payload: 'bf16', tokens: 128, layout: 'masked', combine: 'reduced' },
   { mode: 'decode', payload: 'nvfp4', tokens: 128, layout: 'masked', combine: 'reduced' },
-];
+  { mode: 'throughput', payload: 'bf16', tokens: 4096, layout: 'contiguous', combine: 'reduced', gather: true },
+  { mode: 'throughput', payload: 'fp8', tokens: 4096, layout: 'contiguous', combine: 'reduced', gather: true },
+  { mode: 'throughput', payload: 'nvfp4', tokens: 4096, layout: 'contiguous', combine: 'reduced', gather: true },
+  { mode: 'decode', payload: 'bf16', tokens: 128, layout: 'masked', combine: 'reduced', gather: true },
+  { mode: 'decode', payload: 'nvfp4', tokens: 128, layout: 'masked', combine: 'reduced', gather: true },
+].map((c) => ({ gather: false, ...c }));
 
 /** Row bytes of a payload (native/common/ep.h): what one token costs on the wire. */
 function payloadBytes(payload, hidden) {
@@ -228,18 +236,35 @@ async function runCase(moe, c, inputs, sent, { iters, sms, eager }) {
   let bs = [];
   const dispatch = (r) => bs[r].dispatch(inputs[r].x, { ids: inputs[r].ids, weights: inputs[r].weights }, { stream: streams[r] });
   try {
-    const options = { maxTokensPerRank: c.tokens, hidden: HIDDEN, topK: TOP_K, numExperts: EXPERTS, payload: c.payload, layout: c.layout, combine: c.combine };
+    const options = { maxTokensPerRank: c.tokens, hidden: HIDDEN, topK: TOP_K, numExperts: EXPERTS, payload: c.payload, layout: c.layout, combine: c.combine, gather: c.gather };
     if (sms !== undefined) options.sms = sms;
     bs = await Promise.all(pgs.map((pg) => moe.createEpBuffer(pg, options)));
     const outs = devices.map((d, r) => moe.empty([c.tokens, HIDDEN], { dtype: 'bf16', device: d, stream: streams[r] }));
     made.push(...outs);
+    // the experts' outputs: the dispatched rows themselves; with gather, the received tokens
+    // expanded into the layout's rows on the host in the untimed rounds (the timed ones reuse them)
+    const ys = bs.map((b) => b.tokens);
+    const expand = async (r, res) => {
+      const rowBytes = 2 * HIDDEN;
+      const tokens = await res.tokens.toBytes({ stream: streams[r] });
+      const pairs = await res.layout.sourceIndex.toArray({ stream: streams[r] });
+      const y = new Uint8Array(bs[r].rows * rowBytes);
+      for (let row = 0; row < pairs.length; row++) {
+        const slot = pairs[row] >= 0 ? Math.floor(pairs[row] / TOP_K) : -1;
+        if (slot >= 0) y.set(tokens.subarray(slot * rowBytes, (slot + 1) * rowBytes), row * rowBytes);
+      }
+      ys[r] = moe.fromBytes(y, { dtype: 'bf16', shape: [bs[r].rows, HIDDEN], device: devices[r] });
+      made.push(ys[r]);
+      await moe.defaultStream(devices[r]).synchronize();
+    };
     const events = () => devices.map((d) => [0, 1, 2].map(() => new moe.Event(d, { timing: true })));
     // one eager round on both ranks; e: events to record around dispatch and combine
     const round = async (e) => {
       if (e) for (let r = 0; r < RANKS; r++) e[r][0].record(streams[r]);
       const rs = await Promise.all(bs.map((_, r) => dispatch(r)));
       if (e) for (let r = 0; r < RANKS; r++) e[r][1].record(streams[r]);
-      await Promise.all(bs.map((b, r) => b.combine(rs[r].tokens, rs[r].handle, { out: outs[r], stream: streams[r] })));
+      if (c.gather && !e) for (let r = 0; r < RANKS; r++) await expand(r, rs[r]);
+      await Promise.all(bs.map((b, r) => b.combine(ys[r], rs[r].handle, { out: outs[r], stream: streams[r] })));
       if (e) for (let r = 0; r < RANKS; r++) e[r][2].record(streams[r]);
     };
     // eager rounds first: lazy kernel loading and first-touch costs stay out of the capture
@@ -262,7 +287,7 @@ async function runCase(moe, c, inputs, sent, { iters, sms, eager }) {
           for (let r = 0; r < RANKS; r++) {
             let p;
             const g = moe.captureGraph(streams[r], () => {
-              p = op === 'dispatch' ? dispatch(r) : bs[r].combine(bs[r].tokens, bs[r].lastHandle, { out: outs[r], stream: streams[r] });
+              p = op === 'dispatch' ? dispatch(r) : bs[r].combine(ys[r], bs[r].lastHandle, { out: outs[r], stream: streams[r] });
               p.catch(() => {}); // awaited below
             });
             made.push(g);
@@ -296,7 +321,7 @@ async function runCase(moe, c, inputs, sent, { iters, sms, eager }) {
       }
     }
     const check = await checkRound(c, bs, inputs, outs, streams, sent);
-    for (const n of check.notes) console.error(`  ${c.mode} ${c.payload} ${c.combine}: check: ${n}`);
+    for (const n of check.notes) console.error(`  ${c.mode} ${c.payload} ${c.combine}${c.gather ? ' gather' : ''}: check: ${n}`);
     return {
       timing: eager ? 'eager' : 'cuda-graph',
       sms: bs[0].sms,
@@ -337,7 +362,8 @@ function peerCases(peer) {
     const bf16 = peer.cases.find((q) => q.mode === p.mode && q.tokens === p.tokens && q.payload === 'bf16');
     if (bf16) cases.push({ ...p, combine: 'reduced', combineMs: bf16.dispatchMs });
   }
-  return cases;
+  // gather moves the same bytes
+  return [...cases.map((p) => ({ ...p, gather: false })), ...cases.map((p) => ({ ...p, gather: true }))];
 }
 
 /** The merged rows: ours, their GB/s and % of the copy, the peer's NCCL times on the same bytes. */
@@ -367,10 +393,10 @@ function report(rows, copy, peer) {
     }
   }
   const table = h.merge(rows, peerCases(peer), {
-    key: ['mode', 'payload', 'tokens', 'combine'],
+    key: ['mode', 'payload', 'tokens', 'combine', 'gather'],
     missing: '-',
     columns: [
-      { title: 'case', cell: ({ ours }) => `${ours.mode} ${ours.payload}${ours.timing && ours.timing.startsWith('eager') ? ' (eager)' : ''}` },
+      { title: 'case', cell: ({ ours }) => `${ours.mode} ${ours.payload}${ours.gather ? ' gather' : ''}${ours.timing && ours.timing.startsWith('eager') ? ' (eager)' : ''}` },
       { title: 'combine', cell: ({ ours }) => ours.combine },
       { title: 'mode', cell: ({ ours }) => `${ours.mode} (${ours.layout})` },
       { title: 'payload', cell: ({ ours }) => `${ours.payload} (${ours.bytes.rowBytes} B/row)` },
@@ -415,7 +441,8 @@ function report(rows, copy, peer) {
         'eager in-process ranks meet on between send and receive; the receive kernels wait for the other rank on the device), ' +
         'rounds queued back to back, CUDA events on each rank\'s stream; a round\'s time is the longer rank\'s, then the median ' +
         'over rounds (eager, where a case says so: events around the awaited calls, the host\'s wait included). Dispatch ' +
-        'includes the payload encode, the send, the wait and the layout with the rows dequantized to bf16; combine the send ' +
+        'includes the payload encode, the send, the wait and the layout with the rows dequantized to bf16 (one per pair; ' +
+        'gather: one per received token, which the expert GEMM reads through the layout); combine the send ' +
         'of the bf16 expert rows (exact) or of each rank\'s bf16 partial sums (reduced) and the sum. GB/s: bytes sent to the ' +
         'other GPU per direction (dispatch: tokens with an expert there x the payload row; exact combine: pairs with their ' +
         'expert there x the bf16 row, 2 x hidden bytes; reduced combine: tokens with an expert there x the bf16 row) over ' +
@@ -462,20 +489,20 @@ async function main() {
       byMode.set(c.mode, { inputs, sent: traffic(inputs.map((i) => i.route), c.tokens) });
     }
     const { inputs, sent } = byMode.get(c.mode);
-    const row = { mode: c.mode, payload: c.payload, tokens: c.tokens, layout: c.layout, combine: c.combine, bytes: bytesOf(c, sent), sent };
+    const row = { mode: c.mode, payload: c.payload, tokens: c.tokens, layout: c.layout, combine: c.combine, gather: c.gather, bytes: bytesOf(c, sent), sent };
     try {
       const opts = { iters, sms, eager: !!args.eager };
       try {
         Object.assign(row, await runCase(moe, c, inputs, sent, opts));
       } catch (e) {
         if (!(e instanceof CaptureFailed)) throw e;
-        console.error(`  ${c.mode} ${c.payload} ${c.combine}: the capture failed (${e.message}); timed eagerly`);
+        console.error(`  ${c.mode} ${c.payload} ${c.combine}${c.gather ? ' gather' : ''}: the capture failed (${e.message}); timed eagerly`);
         Object.assign(row, await runCase(moe, c, inputs, sent, { ...opts, eager: true }), { timing: `eager (capture failed: ${e.message})` });
       }
-      console.error(`  ${c.mode} ${c.payload} ${c.combine} T=${c.tokens}: dispatch ${(row.dispatchMs * 1e3).toFixed(1)} us, combine ${(row.combineMs * 1e3).toFixed(1)} us (${row.timing})`);
+      console.error(`  ${c.mode} ${c.payload} ${c.combine}${c.gather ? ' gather' : ''} T=${c.tokens}: dispatch ${(row.dispatchMs * 1e3).toFixed(1)} us, combine ${(row.combineMs * 1e3).toFixed(1)} us (${row.timing})`);
     } catch (e) {
       row.error = `${e && e.code ? `${e.code}: ` : ''}${String(e && e.message).split('\n')[0]}`;
-      console.error(`  ${c.mode} ${c.payload} ${c.combine} T=${c.tokens}: failed: ${row.error}`);
+      console.error(`  ${c.mode} ${c.payload} ${c.combine}${c.gather ? ' gather' : ''} T=${c.tokens}: failed: ${row.error}`);
     }
     rows.push(row);
   }

@@ -236,7 +236,7 @@ function moeBlock(file) {
       { title: 'layout', cell: ({ ours }) => ours.layout },
       { title: 'moeForward (µs)', cell: ({ ours }) => us(ours.ms) },
       ...[
-        ['router', 'router'], ['routingLayout', 'routing + layout'], ['permute', 'permute'], ['gateUp', 'gate/up'],
+        ['router', 'router'], ['routingLayout', 'routing + layout'], ['gateUp', 'gate/up (gathers x)'],
         ['down', 'down'], ['unpermute', 'unpermute'], ['shared', 'shared'],
       ].map(stage),
       { title: 'PyTorch BF16 (µs)', cell: ({ peer: p }) => p && us(p.ms) },
@@ -351,14 +351,14 @@ function ep(file) {
   const r = h.readJson(file);
   const s = r.settings;
   const peer = r.peer && Array.isArray(r.peer.cases) ? r.peer : undefined;
-  // results from before the combine option ran the exact combine only
-  const rows = r.rows.map((x) => ({ combine: 'exact', ...x }));
+  // results from before the combine and gather options ran the exact combine, without gather
+  const rows = r.rows.map((x) => ({ combine: 'exact', gather: false, ...x }));
   const table = h.merge(rows, peerCases(peer), {
-    key: ['mode', 'payload', 'combine'],
+    key: ['mode', 'payload', 'combine', 'gather'],
     missing: 'n/a',
     columns: [
       { title: 'mode', cell: ({ ours }) => `${ours.mode} (${ours.tokens} tokens/rank)` },
-      { title: 'payload', cell: ({ ours }) => ours.payload },
+      { title: 'payload', cell: ({ ours }) => (ours.gather ? `${ours.payload}, gather` : ours.payload) },
       { title: 'combine', cell: ({ ours }) => ours.combine },
       { title: 'dispatch (µs)', cell: ({ ours }) => us(ours.dispatchMs) },
       { title: 'combine (µs)', cell: ({ ours }) => us(ours.combineMs) },
@@ -376,6 +376,8 @@ function ep(file) {
       (peer ? ` Peer: NCCL ${peer.nccl} \`all_to_all_single\` on the same bytes (PyTorch ${peer.torch}).` : ' No peer measured.'),
     '',
     ...table.lines,
+    '',
+    '"gather": the buffer\'s `gather` option, one row per received token instead of one per (token, local expert) pair.',
     '',
     `Targets (throughput at >= ${t.throughputPctCopy}% of the one-way copy, decode dispatch <= ${t.decodeUs.dispatch} µs and combine <= ${t.decodeUs.combine} µs): ${t.met} of ${t.of} met.`,
     '',

@@ -126,7 +126,7 @@ export interface Nvfp4Binding {
     device: number, stream: bigint, x: bigint, xType: number, xScales: bigint, xGlobalScale: bigint, wData: bigint,
     wScales: bigint, wGlobalScale: bigint, counts: bigint, offsets: bigint, out: bigint, outType: number, outScales: bigint,
     outGlobalScale: bigint, outGlobalScaleOut: bigint, E: number, rows: number, N: number, K: number,
-    maxRowsPerExpert: number, pairs: number, epilogue: number,
+    maxRowsPerExpert: number, pairs: number, epilogue: number, xRows: bigint, gatherK: number, xTokens: number,
   ): void;
 }
 
@@ -213,7 +213,7 @@ export interface EpBinding {
   epDispatchRecv(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
     regions: bigint, counts: bigint, epoch: bigint, timeoutNs: number, status: bigint, recvCounts: bigint, align: number, maxPerExpert: number,
-    rows: number, tokensOut: bigint, layoutCounts: bigint, offsets: bigint, sourceIndex: bigint, rowIndex: bigint, usedRows: bigint,
+    rows: number, gather: boolean, tokensOut: bigint, layoutCounts: bigint, offsets: bigint, sourceIndex: bigint, rowIndex: bigint, usedRows: bigint,
     dropped: bigint, errors: bigint, sideStream: bigint, joinEvent: bigint,
   ): void;
   epCombineSend(

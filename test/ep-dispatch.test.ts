@@ -100,6 +100,10 @@ interface Case {
   out?: 'bf16' | 'f32';
   /** the buffer's combine form (default exact) */
   combine?: EpCombineForm;
+  /** the buffer's gather option: one row per received slot */
+  gather?: boolean;
+  /** x at an address off 16 bytes (a view one element into a larger tensor): the encode's scalar loads */
+  unaligned?: boolean;
   inputs: RankInput[];
   /** CUDA ranks of one process (the nvlink transport), rank r on devices[r]; default: CPU ranks */
   devices?: Device[];
@@ -123,7 +127,7 @@ async function round(c: Case, bufs?: EpBuffer[]): Promise<{ out: number[][]; dro
   const pgs = bufs ? undefined : await (devs ? groupOn(devs) : group(R));
   const bs = bufs ?? (await buffers(pgs as ProcessGroup[], {
     maxTokensPerRank: maxT, hidden: H, topK: K, numExperts: E, payload: c.payload, layout: c.form,
-    ...(c.combine !== undefined ? { combine: c.combine } : {}),
+    ...(c.combine !== undefined ? { combine: c.combine } : {}), ...(c.gather ? { gather: true } : {}),
     ...(c.M !== undefined ? { maxTokensPerExpert: c.M } : {}), ...(c.align !== undefined ? { align: c.align } : {}),
   }));
   const streams = c.streams ?? (devs ? devs.map((d) => keep(createStream(d))) : undefined);
@@ -131,7 +135,8 @@ async function round(c: Case, bufs?: EpBuffer[]): Promise<{ out: number[][]; dro
     fromArray(Array.from(values), { shape, dtype, device: devs ? devs[r] : 'cpu' }) as unknown as Tensor<D>;
   const withStream = (r: number) => (streams ? { stream: streams[r] } : {});
   const T = c.inputs.map((i) => i.x.length / H);
-  const xs = c.inputs.map((inp, r) => on(inp.x, [T[r], H], 'bf16', r));
+  const xs = c.inputs.map((inp, r) =>
+    c.unaligned ? on([0, ...inp.x], [1 + T[r] * H], 'bf16', r).slice(1).reshape([T[r], H]) : on(inp.x, [T[r], H], 'bf16', r));
   const ids = c.inputs.map((inp, r) => on(inp.ids, [T[r], K], 'i32', r));
   const ws = c.inputs.map((inp, r) => on(inp.weights, [T[r], K], 'f32', r));
   await settle(devs);
@@ -190,6 +195,7 @@ async function round(c: Case, bufs?: EpBuffer[]): Promise<{ out: number[][]; dro
     const res = results[d];
     const l = res.layout;
     expect([l.form, l.numExperts, l.k, l.tokens]).toEqual([c.form, L, K, R * maxT]);
+    expect(res.tokens.shape).toEqual([c.gather ? R * maxT : l.rows, H]);
     const counts = Array.from(await l.counts.toArray());
     const offsets = Array.from(await l.offsets.toArray());
     const source = Array.from(await l.sourceIndex.toArray());
@@ -220,7 +226,9 @@ async function round(c: Case, bufs?: EpBuffer[]): Promise<{ out: number[][]; dro
         const pair = (s * maxT + j) * K + kk;
         expect(source[row], `rank ${d} row ${row}`).toBe(pair);
         expect(rowIndex[pair]).toBe(row);
-        const got = tokens.slice(row * H, (row + 1) * H);
+        // gather: the row of the pair's slot
+        const at = c.gather ? s * maxT + j : row;
+        const got = tokens.slice(at * H, (at + 1) * H);
         const ref = gRows.slice((gOffsets[g] + n) * H, (gOffsets[g] + n + 1) * H);
         expect(got, `rank ${d} row ${row}: the payload's row`).toEqual(ref);
         for (let h = 0; h < H; h++) y[row * H + h] = expertFn(g, got[h]);
@@ -229,7 +237,7 @@ async function round(c: Case, bufs?: EpBuffer[]): Promise<{ out: number[][]; dro
       // pairs placed are exactly counted
       for (let row = offsets[e] + counts[e]; row < offsets[e + 1]; row++) {
         expect(source[row]).toBe(-1);
-        expect(tokens.slice(row * H, (row + 1) * H).every((v) => v === 0)).toBe(true);
+        if (!c.gather) expect(tokens.slice(row * H, (row + 1) * H).every((v) => v === 0)).toBe(true);
       }
     }
     expect(rowIndex.filter((r) => r >= 0).length).toBe(counts.reduce((a, b) => a + b, 0));
@@ -359,6 +367,17 @@ describe('dispatch and combine against the single-device path', () => {
   }
 
   for (const R of [2, 4]) {
+    it(`${R} ranks, gather (a row per received slot): every payload, both layouts, both combine forms`, async () => {
+      const seed = freshSeed(`ep gather ${R}`);
+      const T = Array.from({ length: R }, (_, r) => 3 + ((seed >>> r) % 5));
+      const E = 4 * R, K = 3, H = 160;
+      let i = 0;
+      for (const payload of ['bf16', 'fp8', 'nvfp4'] as const) {
+        await round({ R, E, H, K, maxT: 8, payload, form: 'contiguous', align: 4, gather: true, out: 'f32', inputs: inputs(seed + i++, T, H, E, K) });
+        await round({ R, E, H, K, maxT: 8, payload, form: 'masked', M: 3, gather: true, combine: 'reduced', out: 'bf16', inputs: inputs(seed + i++, T, H, E, K) });
+      }
+    });
+
     it(`${R} ranks, combine "reduced": random routing, both layouts, the stated error against exact`, async () => {
       const seed = freshSeed(`ep reduced ${R}`);
       const T = Array.from({ length: R }, (_, r) => 3 + ((seed >>> r) % 5));
@@ -433,7 +452,7 @@ describe('the CPU reference of an overlapped send', () => {
     const recv = () => {
       const out = { tokens: u8(2 * rows * H), counts: u8(4 * E), offsets: u8(4 * (E + 1)), source: u8(4 * rows), rowIndex: u8(4 * M * K), one: [u8(4), u8(4), u8(4)], recvCounts: u8(4), status: u8(8) };
       b.hostWrite(state.dataPtr, new Uint32Array([0]));  // the call number before this call
-      b.epDispatchRecv(-1, 0n, ...shape, region.dataPtr, count.dataPtr, state.dataPtr, 1e9, out.status.dataPtr, out.recvCounts.dataPtr, 1, 0, rows,
+      b.epDispatchRecv(-1, 0n, ...shape, region.dataPtr, count.dataPtr, state.dataPtr, 1e9, out.status.dataPtr, out.recvCounts.dataPtr, 1, 0, rows, false,
         out.tokens.dataPtr, out.counts.dataPtr, out.offsets.dataPtr, out.source.dataPtr, out.rowIndex.dataPtr, out.one[0].dataPtr, out.one[1].dataPtr,
         out.one[2].dataPtr, 0n, 0n);
       const bytes = new Uint8Array(2 * rows * H);
@@ -535,6 +554,7 @@ describe('errors', () => {
     await expectCode(() => createEpBuffer(pgs[0], { ...base, payload: 'fp4' as never }), 'E_ARGUMENT', 'payload');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, transport: 'rdma' as never }), 'E_ARGUMENT', 'transport');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, combine: 'sum' as never }), 'E_ARGUMENT', 'options.combine');
+    await expectCode(() => createEpBuffer(pgs[0], { ...base, gather: 'yes' as never }), 'E_ARGUMENT', 'options.gather');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, transport: 'nvlink' }), 'E_DEVICE', 'CUDA ranks');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, sms: 8 }), 'E_ARGUMENT', 'sms');
     await expectCode(() => createEpBuffer(pgs[0], { ...base, maxTokensPerExpert: 2 }), 'E_ARGUMENT', 'masked');
@@ -647,12 +667,14 @@ function expectRankOutputs(lines: ReturnType<typeof rankLines>, want: number[], 
 }
 
 describe('moeForwardEp on rank processes', () => {
-  for (const [R, payload, form] of [[2, 'bf16', 'contiguous'], [4, 'bf16', 'masked'], [2, 'nvfp4', 'contiguous'], [4, 'fp8', 'masked'], [8, 'nvfp4', 'masked']] as const) {
-    it(`${R} ranks, ${payload} payload, ${form}: the single-device block's bits`, async () => {
-      const seed = freshSeed(`moeForwardEp ${R} ${payload}`);
+  const cases = [[2, 'bf16', 'contiguous', false], [4, 'bf16', 'masked', false], [2, 'nvfp4', 'contiguous', false], [4, 'fp8', 'masked', false],
+    [8, 'nvfp4', 'masked', false], [2, 'bf16', 'contiguous', true], [4, 'fp8', 'masked', true]] as const;
+  for (const [R, payload, form, gather] of cases) {
+    it(`${R} ranks, ${payload} payload, ${form}${gather ? ', gather' : ''}: the single-device block's bits`, async () => {
+      const seed = freshSeed(`moeForwardEp ${R} ${payload}${gather ? ' gather' : ''}`);
       const spec: Spec & { M?: number } = { E: 2 * R, H: 64, I: 32, Is: R === 2 && payload === 'bf16' ? 32 : 0, k: 2, scoring: R === 2 ? 'softmax' : 'sigmoid', ...(form === 'masked' ? { M: 3 } : {}) };
       const tokens = Array.from({ length: R }, (_, r) => (r === 1 ? 0 : 2 + ((seed >>> r) % 3)));
-      const run = await launch(R, { EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(tokens), EP_PAYLOAD: payload, EP_LAYOUT: form });
+      const run = await launch(R, { EP_SEED: String(seed), EP_SPEC: JSON.stringify(spec), EP_TOKENS: JSON.stringify(tokens), EP_PAYLOAD: payload, EP_LAYOUT: form, EP_GATHER: gather ? '1' : '0' });
       expect(run.status, run.stdout + run.stderr).toBe(0);
       const lines = rankLines(run.stdout);
 
@@ -788,6 +810,25 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
       }
     } finally {
       send.mockRestore();
+    }
+  });
+
+  it('gather (a row per received slot): bit for bit against the CPU oracle, decode-size, overlapped and tiled receives, rows off 16 bytes', async () => {
+    for (const devs of pairs()) {
+      const seed = freshSeed(`nvlink gather ${devs.join(',')}`);
+      const E = 8, K = 3;
+      const T = [5 + (seed % 4), 3 + ((seed >>> 3) % 6)];
+      await round({ R: 2, E, H: 4096 + 64, K, maxT: 9, payload: 'bf16', form: 'contiguous', align: 8, gather: true, out: 'f32', devices: devs, inputs: inputs(seed, T, 4096 + 64, E, K) });
+      await round({ R: 2, E, H: 4096 + 64, K, maxT: 9, payload: 'nvfp4', form: 'masked', M: 4, gather: true, combine: 'reduced', out: 'bf16', devices: devs, inputs: inputs(seed + 1, T, 4096 + 64, E, K) });
+      await round({ R: 2, E, H: 36, K: 2, maxT: 9, payload: 'fp8', form: 'contiguous', gather: true, out: 'f32', devices: devs, inputs: inputs(seed + 2, T, 36, E, 2) });
+      // x off 16 bytes: the payload encodes read element by element, with the same bytes
+      for (const payload of ['fp8', 'nvfp4'] as const) {
+        await round({ R: 2, E, H: 256, K, maxT: 9, payload, form: 'contiguous', unaligned: true, out: 'f32', devices: devs, inputs: inputs(seed + 5, T, 256, E, K) });
+      }
+      // over 1024 tokens (overlapped where a rank is alone on its device), and the tiled layout
+      const big = [1025 + (seed % 63), 1025 + ((seed >>> 6) % 63)];
+      await round({ R: 2, E, H: 2112, K: 1, maxT: 1100, payload: 'bf16', form: 'contiguous', gather: true, out: 'f32', devices: devs, inputs: inputs(seed + 3, big, 2112, E, 1) });
+      await round({ R: 2, E, H: 64, K: 3, maxT: 1100, payload: 'fp8', form: 'masked', M: 300, gather: true, out: 'bf16', devices: devs, inputs: inputs(seed + 4, big, 64, E, 3) });
     }
   });
 
@@ -948,23 +989,29 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
       const pkg = await import('../lib');
       const layer = model.makeLayer(seed, spec);
       const T = [5, 3];
-      const pgs = await groupOn(devs);
-      const bs = await buffers(pgs, { maxTokensPerRank: 5, hidden: spec.H, topK: spec.k, numExperts: spec.E });
-      const streams = devs.map((d) => keep(createStream(d)));
-      const parts = await Promise.all(devs.map((d, r) => model.layerOn(pkg, layer, r * 4, 4, d)));
-      const xs = devs.map((d, r) => fromArray(model.tokensOf(seed, r, T[r], spec.H), { shape: [T[r], spec.H], dtype: 'bf16', device: d }));
-      await settle(devs);
-      const outs = await Promise.all(bs.map((ep, r) => pkg.moeForwardEp(xs[r], parts[r].router, parts[r].experts, { ep, stream: streams[r] })));
       const whole = await model.layerOn(pkg, layer, 0, spec.E, 'cuda:0');
       const all = [...model.tokensOf(seed, 0, T[0], spec.H), ...model.tokensOf(seed, 1, T[1], spec.H)];
       const want = await moeForward(fromArray(all, { shape: [8, spec.H], dtype: 'bf16', device: 'cuda:0' }), whole.router, whole.experts).toArray();
-      const got = [...(await outs[0].toArray({ stream: streams[0] })), ...(await outs[1].toArray({ stream: streams[1] }))];
-      let d2 = 0, n2 = 0;
-      for (let i = 0; i < want.length; i++) {
-        d2 += (got[i] - want[i]) ** 2;
-        n2 += want[i] ** 2;
+      const parts = await Promise.all(devs.map((d, r) => model.layerOn(pkg, layer, r * 4, 4, d)));
+      const xs = devs.map((d, r) => fromArray(model.tokensOf(seed, r, T[r], spec.H), { shape: [T[r], spec.H], dtype: 'bf16', device: d }));
+      const streams = devs.map((d) => keep(createStream(d)));
+      // with the buffer's gather option the w13 GEMM reads the received tokens in place: the same result
+      const results: number[][] = [];
+      for (const gather of [false, true]) {
+        const pgs = await groupOn(devs);
+        const bs = await buffers(pgs, { maxTokensPerRank: 5, hidden: spec.H, topK: spec.k, numExperts: spec.E, gather });
+        await settle(devs);
+        const outs = await Promise.all(bs.map((ep, r) => pkg.moeForwardEp(xs[r], parts[r].router, parts[r].experts, { ep, stream: streams[r] })));
+        const got = [...(await outs[0].toArray({ stream: streams[0] })), ...(await outs[1].toArray({ stream: streams[1] }))];
+        let d2 = 0, n2 = 0;
+        for (let i = 0; i < want.length; i++) {
+          d2 += (got[i] - want[i]) ** 2;
+          n2 += want[i] ** 2;
+        }
+        expect(Math.sqrt(d2 / n2), `gather ${gather}`).toBeLessThanOrEqual(2 ** -8);
+        results.push(got);
       }
-      expect(Math.sqrt(d2 / n2)).toBeLessThanOrEqual(2 ** -8);
+      expect(results[1], 'gather and not: the same bits').toEqual(results[0]);
     }
   });
 });

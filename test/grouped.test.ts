@@ -111,6 +111,11 @@ async function checkCase(device: Device, c: Case, seed: number): Promise<void> {
   const fresh = groupedGemmNvfp4(xp, w, layout, { epilogue: c.epilogue });
   expect(fresh.shape).toEqual([layout.rows, outN]);
   expect(fresh.dtype).toBe('bf16');
+  // gather: the unpermuted x, read through sourceIndex by the same kernel: the same bits, and
+  // the same rows left alone
+  const gathered = fromBytes(new Uint16Array(layout.rows * outN).fill(SENTINEL), { dtype: 'bf16', shape: [layout.rows, outN], device });
+  groupedGemmNvfp4(x, w, layout, { epilogue: c.epilogue, out: gathered, gather: true });
+  expect(new Uint16Array((await gathered.toBytes()).slice().buffer), `${label} gather`).toEqual(got);
 }
 
 // Per-expert counts across every kernel's boundaries (heuristics.h, selectGroupedConfig): with
@@ -275,6 +280,40 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
     await expectCode(() => groupedGemmNvfp4(x, gone, layout), 'E_DISPOSED', 'w');
   });
 
+  it('gather: x is [layout.tokens, K]; a row whose pair names no token of x reads zeros', async () => {
+    const seed = freshSeed(`grouped gather ${device}`);
+    const r = rng(seed);
+    const E = 4, N = 48, K = 64, T = 6, k = 2;
+    const ids = randomIds(r, T, k, E);
+    const layout = layoutOf(ids, k, E, { align: 1 }, device);
+    const xBits = randomBf16Bits(r, T * K);
+    const x = fromBytes(xBits, { dtype: 'bf16', shape: [T, K], device });
+    const w = placeExperts(randomExperts(r, E, N, K), device);
+    await expectCode(() => groupedGemmNvfp4(permute(x, layout), w, layout, { gather: true }), 'E_SHAPE', 'layout.tokens');
+    await expectCode(() => groupedGemmNvfp4(x, w, layout, { gather: 1 as never }), 'E_ARGUMENT', 'options.gather');
+    // the native call with pairs of our own: -1, one past the last pair, and far past it
+    const pairs = await readI32(layout.sourceIndex);
+    pairs[1] = -1;
+    pairs[4] = T * k;
+    pairs[7] = 1 << 30;
+    const xRows = fromArray(Array.from(pairs), { dtype: 'i32', device });
+    const rows = layout.rows;
+    const got = fromBytes(new Uint16Array(rows * N).fill(SENTINEL), { dtype: 'bf16', shape: [rows, N], device });
+    const b = native();
+    const ptrs = [w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr, layout.counts.dataPtr, layout.offsets.dataPtr] as const;
+    b.nvfp4GroupedGemm(device === 'cpu' ? -1 : 0, defaultStream(device).handle, x.dataPtr, 2, 0n, 0n, ...ptrs, got.dataPtr, 2, 0n, 0n, 0n, E, rows, N, K, 0, T * k, 0,
+      xRows.dataPtr, k, T);
+    // the same kernel on rows permuted by hand, zeros where the pair names no token
+    const xp = new Uint16Array(rows * K);
+    for (let row = 0; row < rows; row++) {
+      const t = pairs[row] >= 0 ? Math.floor(pairs[row] / k) : -1;
+      if (t >= 0 && t < T) xp.set(xBits.subarray(t * K, (t + 1) * K), row * K);
+    }
+    const want = fromBytes(new Uint16Array(rows * N).fill(SENTINEL), { dtype: 'bf16', shape: [rows, N], device });
+    groupedGemmNvfp4(fromBytes(xp, { dtype: 'bf16', shape: [rows, K], device }), w, layout, { out: want });
+    expect(await got.toBytes(), `seed ${seed}`).toEqual(await want.toBytes());
+  });
+
   it('the native side names the argument of a precondition it refuses', async () => {
     const b = native();
     const dev = device === 'cpu' ? -1 : 0;
@@ -288,7 +327,7 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
     const call = (o: { K?: number; xType?: number; outType?: number; rows?: number; maxRows?: number; epilogue?: number; N?: number; x?: bigint }) => () =>
       b.nvfp4GroupedGemm(
         dev, s, o.x ?? x.dataPtr, o.xType ?? 2, 0n, 0n, w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr, layout.counts.dataPtr,
-        layout.offsets.dataPtr, out.dataPtr, o.outType ?? 2, 0n, 0n, 0n, E, o.rows ?? 4, o.N ?? N, o.K ?? K, o.maxRows ?? 2, 2, o.epilogue ?? 0,
+        layout.offsets.dataPtr, out.dataPtr, o.outType ?? 2, 0n, 0n, 0n, E, o.rows ?? 4, o.N ?? N, o.K ?? K, o.maxRows ?? 2, 2, o.epilogue ?? 0, 0n, 0, 0,
       );
     call({})();
     await expectCode(call({ K: 24 }), 'E_SHAPE', 'K');
@@ -298,6 +337,14 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
     await expectCode(call({ epilogue: 7 }), 'E_ARGUMENT', 'epilogue');
     await expectCode(call({ epilogue: 1, N: 15 }), 'E_SHAPE', 'swiglu');
     await expectCode(call({ x: x.dataPtr + 2n }), 'E_ARGUMENT', 'aligned');
+    const gather = (gatherK: number, xTokens: number) => () =>
+      b.nvfp4GroupedGemm(
+        dev, s, x.dataPtr, 2, 0n, 0n, w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr, layout.counts.dataPtr,
+        layout.offsets.dataPtr, out.dataPtr, 2, 0n, 0n, 0n, E, 4, N, K, 2, 2, 0, layout.sourceIndex.dataPtr, gatherK, xTokens,
+      );
+    gather(1, 2)();
+    await expectCode(gather(0, 2), 'E_ARGUMENT', 'layout');
+    await expectCode(gather(1, -1), 'E_SHAPE', 'x');
   });
 
   it('makes exactly one native call with out given', async () => {

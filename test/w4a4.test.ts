@@ -247,6 +247,12 @@ async function checkW4A4(device: Device, c: Case, seed: number): Promise<void> {
     for (let j = 0; j < outN; j++) if (got[row * outN + j] !== sentinel) untouched = false;
   }
   expect(untouched, `${label}: rows without a pair are not written`).toBe(true);
+  // gather: the unpermuted tokens quantized with the same global scale (each row's bytes are
+  // those permute's quantizer gives it), read through sourceIndex by the same kernel: the same bits
+  const xt = quantizeNvfp4(x, { globalScale: gs });
+  const gathered = fromBytes(new Uint16Array(layout.rows * outN).fill(sentinel), { dtype: 'bf16', shape: [layout.rows, outN], device });
+  groupedGemmNvfp4(xt, w, layout, { epilogue: c.epilogue, out: gathered, gather: true });
+  expect(new Uint16Array((await gathered.toBytes()).slice().buffer), `${label} gather`).toEqual(got);
 }
 
 /**
@@ -288,6 +294,12 @@ async function checkNvfp4Out(device: Device, c: Case, xFp4: boolean, scaleKind: 
     expect(rest.data.every((b) => b === 0xa5) && rest.scales.every((b) => b === 0x5a), `${label}: row ${row} holds no pair`).toBe(true);
   }
   expect((await out.globalScale.toArray())[0], label).toBe(gsOut);
+  // gather from the unpermuted tokens: the same bytes, the same rows left alone
+  const xg = xFp4 ? quantizeNvfp4(x, { globalScale: 0.003 }) : x;
+  const outG = sentinelNvfp4(layout.rows, I, device);
+  groupedGemmNvfp4(xg as Nvfp4Tensor, w, layout, { epilogue: 'swiglu', out: outG, outGlobalScale, gather: true });
+  expect(await bytes(outG.data), `${label} gather`).toEqual(gotData);
+  expect(await bytes(outG.scales), `${label} gather`).toEqual(gotScales);
 }
 
 // Per-expert counts across every tiled kernel's boundaries (heuristics.h, selectGroupedConfig:
@@ -444,7 +456,7 @@ forEachBackend('grouped nvfp4 gemm: W4A4 and NVFP4 output', (device: Device) => 
       b.nvfp4GroupedGemm(
         dev, s, xq.data.dataPtr, 4, o.xScales ?? xq.scales.dataPtr, xq.globalScale.dataPtr, w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr,
         layout.counts.dataPtr, layout.offsets.dataPtr, o.out ?? out.data.dataPtr, o.outType ?? 4, o.outScales ?? out.scales.dataPtr,
-        o.outGs ?? out.globalScale.dataPtr, 0n, E, 4, o.N ?? N, K, 2, 2, o.epilogue ?? 1,
+        o.outGs ?? out.globalScale.dataPtr, 0n, E, 4, o.N ?? N, K, 2, 2, o.epilogue ?? 1, 0n, 0, 0,
       );
     call({})();
     await expectCode(call({ outType: 0 }), 'E_DTYPE', 'out');

@@ -61,7 +61,7 @@ export async function moeForwardEp(x: Tensor<'bf16'>, router: MoeRouter, experts
   const temps: Tensor[] = [routing.ids, routing.weights];
   try {
     const d = await ep.dispatch(xt, routing, { stream });
-    const act = groupedGemmNvfp4(d.tokens, ex.w13, d.layout, { epilogue: 'swiglu', stream });
+    const act = groupedGemmNvfp4(d.tokens, ex.w13, d.layout, { epilogue: 'swiglu', gather: ep.gather, stream });
     temps.push(act);
     const down = groupedGemmNvfp4(act, ex.w2, d.layout, { stream });
     temps.push(down);

@@ -6,7 +6,7 @@ import { native } from '../native';
 import type { ExpertLayout } from '../routing';
 import { resolveStream, type Stream } from '../stream';
 import { empty, overlaps, useOn, type Tensor } from '../tensor';
-import { checkAligned, checkExpertLayout, checkNvfp4, checkOneOf, checkOptions, checkOut, checkTensor, isNvfp4Tensor, keys } from '../validate';
+import { checkAligned, checkBoolean, checkExpertLayout, checkNvfp4, checkOneOf, checkOptions, checkOut, checkTensor, isNvfp4Tensor, keys } from '../validate';
 import { checkGlobalScaleOption, stageGlobalScale } from './quantize';
 import { NVFP4_BLOCK, type Nvfp4Tensor } from './tensor';
 
@@ -14,7 +14,7 @@ import { NVFP4_BLOCK, type Nvfp4Tensor } from './tensor';
 export type GroupedEpilogue = 'none' | 'swiglu';
 const EPILOGUES: readonly GroupedEpilogue[] = ['none', 'swiglu'];
 const EPILOGUE_ID: Readonly<Record<GroupedEpilogue, number>> = { none: 0, swiglu: 1 };
-const GROUPED_OPTIONS = keys('epilogue', 'out', 'outGlobalScale', 'stream');
+const GROUPED_OPTIONS = keys('epilogue', 'gather', 'out', 'outGlobalScale', 'stream');
 const BF16_ONLY = ['bf16'] as const;
 const ID_BF16 = DTYPES.bf16.id;
 const ID_U8 = DTYPES.u8.id;
@@ -27,6 +27,14 @@ export interface GroupedGemmNvfp4Options {
    * once to bf16.
    */
   epilogue?: GroupedEpilogue;
+  /**
+   * true: x holds one row per token of the layout, [layout.tokens, K], not the permuted rows, and
+   * layout row r reads x[layout.sourceIndex[r] / layout.k] (the token of its pair) inside the
+   * kernel, so the activations are never permuted (no permute call, no [rows, K] copy). The
+   * result is the same as without it on permute(x, layout). A row whose sourceIndex names no
+   * token of x reads zeros. Default false.
+   */
+  gather?: boolean;
   /**
    * Written in place of a new tensor: bf16 [layout.rows, N or N/2]; or, with the swiglu epilogue,
    * an Nvfp4Tensor [layout.rows, N/2] (N/2 a multiple of 16, one global scale): the activations
@@ -48,6 +56,7 @@ export interface GroupedGemmNvfp4Options {
  *   x: bf16 [layout.rows, K], the permuted activations (permute(x, layout)) - W4A16; or an
  *      Nvfp4Tensor [layout.rows, K] with one global scale (permute(x, layout, { quantize:
  *      'nvfp4' })) - W4A4, both operands NVFP4 with their block and global scales;
+ *      With options.gather, x is instead the unpermuted [layout.tokens, K] of either kind.
  *   w: Nvfp4Tensor [E, N, K] with one global scale per expert (globalScale [E], the MoE form
  *      nvfp4FromCheckpoint builds), E = layout.numExperts.
  * Row r of the result, for the expert e whose rows hold r (offsets[e] <= r < offsets[e] + counts[e]),
@@ -97,7 +106,11 @@ export function groupedGemmNvfp4(
   const l = checkExpertLayout<ExpertLayout>(layout, 'layout', device);
   if (E !== l.numExperts) throw new MoeError('E_SHAPE', `w: expected E = layout.numExperts = ${l.numExperts} experts, got [${wShape}]`);
   if (xShape.length !== 2) throw new MoeError('E_SHAPE', `x: expected [rows, K], got [${xShape}]`);
-  if (xShape[0] !== l.rows || xShape[1] !== K) {
+  const gather = o.gather === undefined ? false : checkBoolean(o.gather, 'options.gather');
+  if (gather && (xShape[0] !== l.tokens || xShape[1] !== K)) {
+    throw new MoeError('E_SHAPE', `x: with gather, expected one row per token, [layout.tokens = ${l.tokens}, K = ${K}] (w [${wShape}]), got [${xShape}]`);
+  }
+  if (!gather && (xShape[0] !== l.rows || xShape[1] !== K)) {
     throw new MoeError('E_SHAPE', `x: expected [layout.rows = ${l.rows}, K = ${K}] (w [${wShape}]), got [${xShape}]`);
   }
   if (xq && xq.globalScale.numel !== 1) {
@@ -115,12 +128,14 @@ export function groupedGemmNvfp4(
   checkAligned(wData.address, wData.numel, 'w.data', 8);
   const inputs: Tensor[] = xq ? [xq.data, xq.scales, xq.globalScale] : [xt];
   inputs.push(wData, w.scales, w.globalScale, l.counts, l.offsets);
+  if (gather) inputs.push(l.sourceIndex);
+  const gatherArgs = [gather ? l.sourceIndex.dataPtr : 0n, gather ? l.k : 0, gather ? l.tokens : 0] as const;
 
   const outFp4 = isNvfp4Tensor(o.out);
   if (!outFp4 && o.outGlobalScale !== undefined) {
     throw new MoeError('E_ARGUMENT', 'options.outGlobalScale: applies to an NVFP4 out only (options.out an Nvfp4Tensor)');
   }
-  if (outFp4) return groupedIntoNvfp4(o, xq, xt, w, l, epilogue, [E, N, K], outN, inputs, stream);
+  if (outFp4) return groupedIntoNvfp4(o, xq, xt, w, l, epilogue, [E, N, K], outN, inputs, stream, gatherArgs);
 
   let out: Tensor<'bf16'>;
   const given = o.out !== undefined;
@@ -160,6 +175,7 @@ export function groupedGemmNvfp4(
       l.form === 'masked' ? l.maxTokensPerExpert : 0,
       l.tokens * l.k,
       EPILOGUE_ID[epilogue],
+      ...gatherArgs,
     );
   } catch (e) {
     if (!given) out.dispose();
@@ -180,6 +196,7 @@ function groupedIntoNvfp4(
   outN: number,
   inputs: Tensor[],
   stream: Stream,
+  gatherArgs: readonly [bigint, number, number],
 ): Nvfp4Tensor {
   const device = xt.device;
   const q = checkNvfp4<Nvfp4Tensor>(o.out, 'options.out', device);
@@ -230,6 +247,7 @@ function groupedIntoNvfp4(
     l.form === 'masked' ? l.maxTokensPerExpert : 0,
     l.tokens * l.k,
     EPILOGUE_ID[epilogue],
+    ...gatherArgs,
   );
   return q;
 }

@@ -206,6 +206,9 @@ inline void validate(const EpDispatchSendArgs& a) {
 // Contiguous (maxPerExpert == 0): rows = slots * k + L * (align - 1); masked: rows = L * maxPerExpert,
 // pairs past an expert's first maxPerExpert dropped and counted. tokensOut [rows, hidden] bf16:
 // the dequantized payload of each row's slot, zeros for padding, rows past usedRows untouched.
+// Gather: tokensOut [slots, hidden] instead, row i the dequantized payload of received slot i
+// (rows of slots not received untouched), for a grouped GEMM that reads layout row r from row
+// sourceIndex[r] / k (GroupedGemmArgs::xRows): each token lands once, not once per expert.
 struct EpDispatchRecvArgs {
   EpShape shape;
   const uint8_t* regions;      // ranks dispatch regions, region s first at s * dispatchRegionBytes
@@ -217,7 +220,8 @@ struct EpDispatchRecvArgs {
   int32_t align;
   int32_t maxPerExpert;
   int64_t rows;
-  uint16_t* tokensOut;         // bf16 [rows, hidden]
+  bool gather;
+  uint16_t* tokensOut;         // bf16 [rows, hidden], or [slots, hidden] with gather
   int32_t* layoutCounts;       // [L]; masked: the last call's on entry, tokensOut rows beyond them zeros
   int32_t* offsets;            // [L + 1]
   int32_t* sourceIndex;        // [rows]

@@ -117,6 +117,10 @@ struct GemmArgs {
 //   bf16, then quantized as QuantizeArgs does with the global scale *outGlobalScale: out = data
 //   [rows, I/2], outScales [rows, I/16]; outGlobalScaleOut (when set and different) receives a
 //   copy of the scale used, so the NVFP4 result's three parts come from one op.
+// Gather (xRows set): x holds one row per token instead, x [xTokens, K] (either format), and
+// row r of the layout reads x[xRows[r] / gatherK] (xRows = the layout's sourceIndex, the pair of
+// each row, gatherK its k), so the activations are never permuted; a row whose pair names no
+// row of x reads zeros.
 // Rows that hold no pair (padding, rows past counts[e]) are not written. counts and offsets are
 // read where the op runs (device memory on CUDA), so the launch never depends on them.
 enum class GroupedEpilogue : int32_t { None = 0, Swiglu = 1 };
@@ -140,6 +144,9 @@ struct GroupedGemmArgs {
   int64_t maxRowsPerExpert;    // masked form: rows = E * maxRowsPerExpert; contiguous form: 0
   int64_t pairs;               // tokens * k of the layout: the host's size hint for the kernel choice
   GroupedEpilogue epilogue;
+  const int32_t* xRows;        // gather: [rows] the layout's sourceIndex; null: row r reads x[r]
+  int32_t gatherK;             // gather: pairs per token (the layout's k)
+  int64_t xTokens;             // gather: rows of x
 };
 
 // Bytes of the swizzled layout of a [rows, K/16] scale tensor: roundUp(rows, 128) * roundUp(K/16, 4).
@@ -275,6 +282,10 @@ inline void validate(const GroupedGemmArgs& a) {
   MOE_REQUIRE(a.maxRowsPerExpert == 0 || a.rows == a.E * a.maxRowsPerExpert, "E_SHAPE", "layout",
           "the masked form has E * maxTokensPerExpert rows, got " + std::to_string(a.rows));
   if (outFp4) requirePtr(a.outGlobalScale, "outGlobalScale");
+  if (a.xRows) {
+    MOE_REQUIRE(a.gatherK >= 1, "E_ARGUMENT", "layout", "gather needs the layout's k, got " + std::to_string(a.gatherK));
+    MOE_REQUIRE(a.xTokens >= 0 && a.xTokens <= INT_MAX, "E_SHAPE", "x", "expected 0 .. 2^31 - 1 tokens, got " + std::to_string(a.xTokens));
+  }
   if (a.rows == 0 || a.N == 0) return;
   requirePtr(a.counts, "layout.counts");
   requirePtr(a.offsets, "layout.offsets");
@@ -285,7 +296,7 @@ inline void validate(const GroupedGemmArgs& a) {
     requireAligned(a.out, 8, "out.data");
   }
   if (xFp4) requirePtr(a.xGlobalScale, "x.globalScale");
-  if (a.K == 0) return;
+  if (a.K == 0 || (a.xRows && a.xTokens == 0)) return;
   requirePtr(a.x, xFp4 ? "x.data" : "x");
   requirePtr(a.wData, "w.data");
   requirePtr(a.wScales, "w.scales");

@@ -2,7 +2,7 @@
 // epDispatchSend(device, stream, ...shape, x, ids, weights, tokens, dataDst, countDst, epoch, sync, sms, combineIndex, errors,
 //                sideStream, forkEvent, staging, sendCounts, chunkDone)
 // epDispatchRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, recvCounts, align, maxPerExpert,
-//                rows, tokensOut, layoutCounts, offsets, sourceIndex, rowIndex, usedRows, dropped, errors, sideStream, joinEvent)
+//                rows, gather, tokensOut, layoutCounts, offsets, sourceIndex, rowIndex, usedRows, dropped, errors, sideStream, joinEvent)
 // epCombineSend(device, stream, ...shape, y, rows, regions, rowIndex, recvCounts, dataDst, countDst, epoch, sync, sms)
 // epCombineRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, combineIndex, weights, tokens, out, outType)
 //
@@ -154,6 +154,7 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.align = r.i32();
         a.maxPerExpert = r.i32();
         a.rows = r.i64();
+        a.gather = r.flag();
         a.tokensOut = r.ptr<uint16_t>();
         a.layoutCounts = r.ptr<int32_t>();
         a.offsets = r.ptr<int32_t>();

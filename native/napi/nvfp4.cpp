@@ -136,6 +136,9 @@ void registerNvfp4(Napi::Env env, Napi::Object exports) {
         a.maxRowsPerExpert = r.i64();
         a.pairs = r.i64();
         a.epilogue = static_cast<GroupedEpilogue>(r.i32());
+        a.xRows = r.ptr<const int32_t>();
+        a.gatherK = r.i32();
+        a.xTokens = r.i64();
         return a;
       },
       cpu::nvfp4::groupedGemm, MOE_GPU(kernels::nvfp4::groupedGemm));

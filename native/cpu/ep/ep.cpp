@@ -203,7 +203,12 @@ void dispatchRecv(const EpDispatchRecvArgs& a) {
     }
   }
   const int64_t used = a.offsets[L];
-  for (int64_t r = 0; r < used; ++r) {
+  if (a.gather) {
+    for (int64_t i = 0; i < slots; ++i) {
+      if (i % M < count[i / M]) decodeRow(s.payload, a.regions + (i / M) * region + (i % M) * slot, H, a.tokensOut + i * H);
+    }
+  }
+  for (int64_t r = 0; r < used && !a.gather; ++r) {
     uint16_t* dst = a.tokensOut + r * H;
     const int32_t src = a.sourceIndex[r];
     if (src < 0) {

@@ -239,6 +239,20 @@ void groupedGemm(const GroupedGemmArgs& args) {
   const int64_t I = N / 2, outN = groupedOutColumns(args);
   std::vector<float> pre;
   std::vector<uint16_t> act;
+  // Gather: an expert's rows of x, copied in layout order (zeros for a pair outside x)
+  std::vector<uint8_t> gathered, gatheredScales;
+  const int64_t xRowBytes = xFp4 ? K / 2 : 2 * K, xScaleBytes = K / kNvfp4Block;
+  auto gather = [&](int64_t start, int64_t count) {
+    gathered.assign(static_cast<size_t>(count * xRowBytes), 0);
+    if (xFp4) gatheredScales.assign(static_cast<size_t>(count * xScaleBytes), 0);
+    for (int64_t m = 0; m < count; ++m) {
+      const int32_t pair = args.xRows[start + m];
+      const int64_t t = pair >= 0 ? pair / args.gatherK : -1;
+      if (t < 0 || t >= args.xTokens) continue;
+      std::memcpy(gathered.data() + m * xRowBytes, static_cast<const uint8_t*>(args.x) + t * xRowBytes, static_cast<size_t>(xRowBytes));
+      if (xFp4) std::memcpy(gatheredScales.data() + m * xScaleBytes, args.xScales + t * xScaleBytes, static_cast<size_t>(xScaleBytes));
+    }
+  };
   for (int64_t e = 0; e < E; ++e) {
     const int64_t start = args.offsets[e];
     int64_t count = args.counts[e];
@@ -247,7 +261,13 @@ void groupedGemm(const GroupedGemmArgs& args) {
     count = std::min(count, rows - start);
     if (args.maxRowsPerExpert > 0) count = std::min(count, args.maxRowsPerExpert);
     GemmArgs g{};
-    if (xFp4) {
+    if (args.xRows) {
+      gather(start, count);
+      g.a = gathered.data();
+      g.aType = xFp4 ? DType::U8 : DType::BF16;
+      g.aScales = xFp4 ? gatheredScales.data() : nullptr;
+      g.aGlobalScale = xFp4 ? args.xGlobalScale : nullptr;
+    } else if (xFp4) {
       g.a = static_cast<const uint8_t*>(args.x) + start * (K / 2);
       g.aType = DType::U8;
       g.aScales = args.xScales + start * (K / kNvfp4Block);

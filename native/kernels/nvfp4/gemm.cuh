@@ -15,6 +15,7 @@
 // dequantWord again when A is NVFP4.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/nvfp4/common.cuh"
 #include "kernels/nvfp4/quantize_block.cuh"
@@ -33,7 +34,35 @@ struct GroupParams {
   int swigluI;             // I = N/2 when the epilogue is swiglu, else 0
   uint8_t* outScales;      // NVFP4 output: e4m3 [rows, I/16]; out holds the codes [rows, I/2]
   const float* outGlobalScale;  // NVFP4 output: its global scale, device
+  const int32_t* xRows;    // gather: [rows] the pair of each row (x holds one row per token); else null
+  int gatherK;             // gather: pairs per token
+  int xTokens;             // gather: rows of x
 };
+
+// The row of x that A row `row` of the grouped kernel reads: itself, or in a gather the token of
+// its pair (-1 where that is no row of x, which then reads zeros).
+struct SameRows {
+  __device__ __forceinline__ int64_t operator()(int64_t row) const { return row; }
+};
+struct GatherRows {
+  const int32_t* pairs;
+  int k, tokens;
+  __device__ __forceinline__ int64_t operator()(int64_t row) const {
+    const int pair = __ldg(pairs + row);
+    const int t = pair >= 0 ? pair / k : -1;
+    return t < tokens ? t : -1;
+  }
+};
+
+// Row `row` (in range when inRange) through the map: SameRows leaves both as they are, so that
+// the plain loaders compile to what they were before there was a map.
+template <class RowMap>
+__device__ __forceinline__ void mapRow(RowMap map, int64_t& row, bool& inRange) {
+  if constexpr (!std::is_same_v<RowMap, SameRows>) {
+    row = inRange ? map(row) : -1;
+    inRange = row >= 0;
+  }
+}
 
 // Expert e's first row and row count, clamped to its block; false when it has no rows (the CTA
 // then leaves before reading any weight).
@@ -97,16 +126,18 @@ struct GemmShape {
 
 // Copies `rows` rows x 32 bytes of packed E2M1 (K chunk `c`) into dst (row stride 32 bytes).
 // Rows at or past `rowLimit`, and bytes past K/2, are zero-filled.
-template <int Threads>
+template <int Threads, class RowMap = SameRows>
 __device__ __forceinline__ void loadPackedChunk(uint8_t* dst, const uint8_t* src, int rows,
                                                 int64_t row0, int rowLimit, int rowBytes, int c,
-                                                bool vec16) {
+                                                bool vec16, RowMap map = {}) {
   const int tid = threadIdx.x;
   for (int idx = tid; idx < rows * 2; idx += Threads) {
     const int r = idx >> 1, piece = idx & 1;
-    const int64_t row = row0 + r;
+    int64_t row = row0 + r;
     const int off = c * 32 + piece * 16;
-    int valid = row < rowLimit ? min(max(rowBytes - off, 0), 16) : 0;
+    bool inRange = row < rowLimit;
+    mapRow(map, row, inRange);
+    int valid = inRange ? min(max(rowBytes - off, 0), 16) : 0;
     const uint8_t* s = src + row * rowBytes + off;
     uint8_t* d = dst + r * 32 + piece * 16;
     if (vec16) {
@@ -122,15 +153,17 @@ __device__ __forceinline__ void loadPackedChunk(uint8_t* dst, const uint8_t* src
 
 // Copies `rows` rows x 4 scale bytes (K chunk `c`) into dst (row stride 4 bytes), zero-filled
 // past the tensor.
-template <int Threads>
+template <int Threads, class RowMap = SameRows>
 __device__ __forceinline__ void loadScaleChunk(uint8_t* dst, const uint8_t* src, int rows,
                                                int64_t row0, int rowLimit, int kBlocks, int c,
-                                               bool vec4) {
+                                               bool vec4, RowMap map = {}) {
   const int tid = threadIdx.x;
   for (int r = tid; r < rows; r += Threads) {
-    const int64_t row = row0 + r;
+    int64_t row = row0 + r;
     const int off = c * 4;
-    const int valid = row < rowLimit ? min(max(kBlocks - off, 0), 4) : 0;
+    bool inRange = row < rowLimit;
+    mapRow(map, row, inRange);
+    const int valid = inRange ? min(max(kBlocks - off, 0), 4) : 0;
     const uint8_t* s = src + row * kBlocks + off;
     if (vec4) {
       cpAsync4(dst + r * 4, valid > 0 ? s : src, valid);
@@ -226,29 +259,36 @@ __device__ __forceinline__ void loadScaleChunkGrouped(uint8_t* dst, const uint8_
 
 // loadStage for the grouped kernel: the weights through the loaders above, the activations as
 // loadStage reads them (bf16, or NVFP4 codes and scales).
-template <class S>
-__device__ __forceinline__ void loadStageGrouped(const GemmParams& p, int swigluI, uint8_t* stage, int64_t n0, int64_t m0,
-                                                 int c) {
-  uint8_t* sW = stage;
-  uint8_t* sWs = sW + S::kWBytes;
-  uint8_t* sA = sWs + S::kWsBytes;
-  loadPackedChunkGrouped<S::kThreads>(sW, p.w, S::kTileN, n0, p.N, p.K / 2, c, p.wVec16, swigluI);
-  loadScaleChunkGrouped<S::kThreads>(sWs, p.wScales, S::kTileN, n0, p.N, p.K / 16, c, p.sVec4, swigluI);
+template <class S, class RowMap>
+__device__ __forceinline__ void loadActivationsGrouped(const GemmParams& p, uint8_t* sA, int64_t m0, int c, RowMap map) {
   if constexpr (S::kAFp4) {
-    loadPackedChunk<S::kThreads>(sA, static_cast<const uint8_t*>(p.a), S::kTileM, m0, p.M, p.K / 2, c, p.wVec16);
-    loadScaleChunk<S::kThreads>(sA + S::kABytes, p.aScales, S::kTileM, m0, p.M, p.K / 16, c, p.sVec4);
+    loadPackedChunk<S::kThreads>(sA, static_cast<const uint8_t*>(p.a), S::kTileM, m0, p.M, p.K / 2, c, p.wVec16, map);
+    loadScaleChunk<S::kThreads>(sA + S::kABytes, p.aScales, S::kTileM, m0, p.M, p.K / 16, c, p.sVec4, map);
     return;
   }
   const uint8_t* a = static_cast<const uint8_t*>(p.a);
   const int rowBytes = p.K * 2;
   for (int idx = threadIdx.x; idx < S::kTileM * 8; idx += S::kThreads) {
     const int r = idx >> 3, piece = idx & 7;
-    const int64_t row = m0 + r;
+    int64_t row = m0 + r;
     const int off = c * 128 + piece * 16;
-    const int valid = row < p.M ? min(max(rowBytes - off, 0), 16) : 0;
+    bool inRange = row < p.M;
+    mapRow(map, row, inRange);
+    const int valid = inRange ? min(max(rowBytes - off, 0), 16) : 0;
     const uint8_t* s = a + row * rowBytes + off;
     cpAsync16(sA + r * 128 + ((piece ^ (r & 7)) << 4), valid > 0 ? s : a, valid);
   }
+}
+
+template <class S, class RowMap>
+__device__ __forceinline__ void loadStageGrouped(const GemmParams& p, int swigluI, uint8_t* stage, int64_t n0, int64_t m0,
+                                                 int c, RowMap map) {
+  uint8_t* sW = stage;
+  uint8_t* sWs = sW + S::kWBytes;
+  uint8_t* sA = sWs + S::kWsBytes;
+  loadPackedChunkGrouped<S::kThreads>(sW, p.w, S::kTileN, n0, p.N, p.K / 2, c, p.wVec16, swigluI);
+  loadScaleChunkGrouped<S::kThreads>(sWs, p.wScales, S::kTileN, n0, p.N, p.K / 16, c, p.sVec4, swigluI);
+  loadActivationsGrouped<S>(p, sA, m0, c, map);
 }
 
 template <class S>
@@ -319,10 +359,11 @@ __device__ __forceinline__ void computeStage(const uint8_t* stage, int warpW, in
 // [n0, n0 + kTileN) x tokens [m0, m0 + kTileM), all K chunks; p holds one expert's pointers and
 // rows. (The dense kernel keeps its own copy and its parameters unchanged, so that its code
 // generation stays what was measured.) OutFp4 (swiglu only): p.out holds the NVFP4 codes of the
-// expert's rows and outScales their block scales, quantized with *outGs.
-template <class S, bool OutFp4>
+// expert's rows and outScales their block scales, quantized with *outGs. map: the row of p.a each
+// of the expert's rows reads (SameRows, or GatherRows).
+template <class S, bool OutFp4, class RowMap>
 __device__ __forceinline__ void gemmTile(const GemmParams& p, int swigluI, uint8_t* smem, int64_t n0, int64_t m0,
-                                         uint8_t* outScales, const float* outGs) {
+                                         uint8_t* outScales, const float* outGs, RowMap map) {
   const int cBegin = 0, numLocal = p.numChunks;
   constexpr int MT = S::kMT, NT = S::kNT;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -341,7 +382,7 @@ __device__ __forceinline__ void gemmTile(const GemmParams& p, int swigluI, uint8
   // "the chunk about to be consumed has landed".
 #pragma unroll
   for (int s = 0; s < S::kStages - 1; ++s) {
-    if (s < numLocal) loadStageGrouped<S>(p, swigluI, smem + s * S::kStageBytes, n0, m0, cBegin + s);
+    if (s < numLocal) loadStageGrouped<S>(p, swigluI, smem + s * S::kStageBytes, n0, m0, cBegin + s, map);
     cpAsyncCommit();
   }
   for (int i = 0; i < numLocal; ++i) {
@@ -350,7 +391,7 @@ __device__ __forceinline__ void gemmTile(const GemmParams& p, int swigluI, uint8
     // whose slot the next load overwrites.
     __syncthreads();
     const int next = i + S::kStages - 1;
-    if (next < numLocal) loadStageGrouped<S>(p, swigluI, smem + (next % S::kStages) * S::kStageBytes, n0, m0, cBegin + next);
+    if (next < numLocal) loadStageGrouped<S>(p, swigluI, smem + (next % S::kStages) * S::kStageBytes, n0, m0, cBegin + next, map);
     cpAsyncCommit();
     computeStage<S>(smem + (i % S::kStages) * S::kStageBytes, warpW, warpT, g, t, acc);
   }
@@ -518,7 +559,9 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) gemmKernel(const G
 // The grouped kernel: grid (N tiles, mSlots, E). CTA (x, y, e) takes tiles y, y + mSlots, ...
 // of expert e's rows, so every tile lies inside one expert whatever the layout's alignment, and
 // the grid is the same for any counts. An expert without rows costs its CTAs two loads.
-template <class S, bool OutFp4>
+// Gather: x holds one row per token and the expert's rows name theirs (GroupParams::xRows); a
+// variant of its own, so that the plain kernels' code stays as it was.
+template <class S, bool OutFp4, bool Gather>
 __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) groupedGemmKernel(const GemmParams p, const GroupParams group) {
   extern __shared__ __align__(16) uint8_t smem[];
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * S::kTileN;
@@ -535,7 +578,9 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) groupedGemmKernel(
     int64_t s0 = start;
     asm volatile("mov.b64 %0, %0;" : "+l"(s0));
     GemmParams q = p;
-    if constexpr (S::kAFp4) {
+    if constexpr (Gather) {
+      // x stays whole: the expert's rows name their tokens
+    } else if constexpr (S::kAFp4) {
       q.a = static_cast<const uint8_t*>(p.a) + s0 * (p.K / 2);
       q.aScales = p.aScales + s0 * (p.K / 16);
     } else {
@@ -552,7 +597,12 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) groupedGemmKernel(
     q.wScales = p.wScales + e * group.sStride;
     q.wGlobalScale = p.wGlobalScale + e;
     q.M = count;
-    gemmTile<S, OutFp4>(q, group.swigluI, smem, n0, static_cast<int64_t>(tile) * S::kTileM, outScales, group.outGlobalScale);
+    const int64_t m0 = static_cast<int64_t>(tile) * S::kTileM;
+    if constexpr (Gather) {
+      gemmTile<S, OutFp4>(q, group.swigluI, smem, n0, m0, outScales, group.outGlobalScale, GatherRows{group.xRows + s0, group.gatherK, group.xTokens});
+    } else {
+      gemmTile<S, OutFp4>(q, group.swigluI, smem, n0, m0, outScales, group.outGlobalScale, SameRows{});
+    }
   }
 }
 
@@ -562,18 +612,18 @@ template <class S>
 cudaError_t launchGemm(const GemmParams& p, dim3 grid, cudaStream_t stream);
 
 // The grouped variants (grid above): W4A16 in grouped_gemm.cu and grouped_prefill.cu, W4A4 in
-// grouped_w4a4.cu; OutFp4 is the swiglu epilogue with NVFP4 output.
-template <class S, bool OutFp4>
+// grouped_w4a4.cu; OutFp4 is the swiglu epilogue with NVFP4 output, Gather the gathering variant.
+template <class S, bool OutFp4, bool Gather>
 cudaError_t launchGroupedGemm(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream);
 
-template <class S, bool OutFp4>
+template <class S, bool OutFp4, bool Gather>
 cudaError_t launchGroupedGemmImpl(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream) {
   if constexpr (S::kSmemBytes > 48 * 1024) {
     const cudaError_t err =
-        cudaFuncSetAttribute(groupedGemmKernel<S, OutFp4>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
+        cudaFuncSetAttribute(groupedGemmKernel<S, OutFp4, Gather>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
     if (err != cudaSuccess) return err;
   }
-  groupedGemmKernel<S, OutFp4><<<grid, S::kThreads, S::kSmemBytes, stream>>>(p, group);
+  groupedGemmKernel<S, OutFp4, Gather><<<grid, S::kThreads, S::kSmemBytes, stream>>>(p, group);
   return cudaGetLastError();
 }
 

@@ -94,7 +94,7 @@ __device__ __forceinline__ void storeRowGroup(const GemvParams& p, void* out, co
 // Grouped: grid (CTAs per expert, E), blockIdx.y the expert; its weights, rows and global
 // scale come from p.group, and M is its row count. All M rows are covered in passes of NT * 8
 // tokens (one pass whenever M <= NT * 8, the masked decode case), each streaming the weights.
-template <int NT, int MT, int MinBlocks, bool Grouped = false>
+template <int NT, int MT, int MinBlocks, bool Grouped = false, bool Gather = false>
 __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const GemvParams p) {
   extern __shared__ float red[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -112,12 +112,14 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const Gemv
   void* out = p.out;
   int M = p.M;
   int swigluI = 0;
+  const int32_t* gatherPairs = nullptr;  // gather: the expert's rows' pairs (x holds tokens)
   if constexpr (Grouped) {
     const int e = blockIdx.y;
     int64_t start;
     if (!groupSlot(p.group, e, start, M)) return;
     swigluI = p.group.swigluI;
-    a += start * K;
+    if constexpr (Gather) gatherPairs = p.group.xRows + start;
+    else a += start * K;
     w += e * p.group.wStride;
     wScales += e * p.group.sStride;
     wGlobalScale += e;
@@ -145,9 +147,17 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const Gemv
 
   for (int m0 = 0; m0 < M; m0 += NT * 8) {
     const __nv_bfloat16* aRow[NT];
+    bool aOk[NT];  // false: a gathered row that names no row of x, read as zeros
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
-      aRow[nt] = a + static_cast<int64_t>(min(m0 + nt * 8 + g, M - 1)) * K + 32 * t;
+      int64_t row = min(m0 + nt * 8 + g, M - 1);
+      aOk[nt] = true;
+      if constexpr (Gather) {
+        row = GatherRows{gatherPairs, p.group.gatherK, p.group.xTokens}(row);
+        aOk[nt] = row >= 0;
+        row = max(row, int64_t{0});  // x has a row 0 (the launcher sends no tokens to the tiled kernels)
+      }
+      aRow[nt] = a + row * K + 32 * t;
     }
 
     float acc[MT][NT][4];
@@ -197,8 +207,8 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const Gemv
           uint32_t bf[NT][4];
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
-            const uint4 v = valid ? __ldg(reinterpret_cast<const uint4*>(aRow[nt] + k0 + 8 * w))
-                                  : make_uint4(0, 0, 0, 0);
+            const uint4 v = valid && (!Gather || aOk[nt]) ? __ldg(reinterpret_cast<const uint4*>(aRow[nt] + k0 + 8 * w))
+                                                           : make_uint4(0, 0, 0, 0);
             const uint32_t raw[4] = {v.x, v.y, v.z, v.w};
             pairBf16(raw, bf[nt]);
           }
@@ -309,8 +319,15 @@ constexpr int gemvSmemBytes(int kWarps) {
 template <int NT, int MT, int MinBlocks>
 cudaError_t launchGemv(const GemvParams& p, cudaStream_t stream);
 
-// The grouped kernel on a grid of (ctasPerExpert, E); defined in grouped_gemm.cu.
-template <int NT, int MT, int MinBlocks>
+// The grouped kernel on a grid of (ctasPerExpert, E); defined in grouped_gemm.cu, the gathering
+// variant (x holds one row per token) in grouped_gather.cu.
+template <int NT, int MT, int MinBlocks, bool Gather>
 cudaError_t launchGroupedGemv(const GemvParams& p, dim3 grid, cudaStream_t stream);
+
+template <int NT, int MT, int MinBlocks, bool Gather>
+cudaError_t launchGroupedGemvImpl(const GemvParams& p, dim3 grid, cudaStream_t stream) {
+  gemvKernel<NT, MT, MinBlocks, true, Gather><<<grid, kGemvThreads, gemvSmemBytes<NT, MT>(p.kWarps), stream>>>(p);
+  return cudaGetLastError();
+}
 
 }  // namespace moe::kernels::nvfp4::detail

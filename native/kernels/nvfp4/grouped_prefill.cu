@@ -4,12 +4,12 @@
 
 namespace moe::kernels::nvfp4::detail {
 
-template <class S, bool OutFp4>
+template <class S, bool OutFp4, bool Gather>
 cudaError_t launchGroupedGemm(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream) {
-  return launchGroupedGemmImpl<S, OutFp4>(p, group, grid, stream);
+  return launchGroupedGemmImpl<S, OutFp4, Gather>(p, group, grid, stream);
 }
 
-template cudaError_t launchGroupedGemm<PrefillShape<false>, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
-template cudaError_t launchGroupedGemm<PrefillShape<false>, true>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<PrefillShape<false>, false, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<PrefillShape<false>, true, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
 
 }  // namespace moe::kernels::nvfp4::detail

@@ -5,16 +5,16 @@
 
 namespace moe::kernels::nvfp4::detail {
 
-template <class S, bool OutFp4>
+template <class S, bool OutFp4, bool Gather>
 cudaError_t launchGroupedGemm(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream) {
-  return launchGroupedGemmImpl<S, OutFp4>(p, group, grid, stream);
+  return launchGroupedGemmImpl<S, OutFp4, Gather>(p, group, grid, stream);
 }
 
-template cudaError_t launchGroupedGemm<DecodeShape<2, true>, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
-template cudaError_t launchGroupedGemm<DecodeShape<8, true>, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
-template cudaError_t launchGroupedGemm<PrefillShape<true>, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
-template cudaError_t launchGroupedGemm<DecodeShape<2, true>, true>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
-template cudaError_t launchGroupedGemm<DecodeShape<8, true>, true>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
-template cudaError_t launchGroupedGemm<PrefillShape<true>, true>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<DecodeShape<2, true>, false, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<DecodeShape<8, true>, false, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<PrefillShape<true>, false, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<DecodeShape<2, true>, true, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<DecodeShape<8, true>, true, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
+template cudaError_t launchGroupedGemm<PrefillShape<true>, true, false>(const GemmParams&, const GroupParams&, dim3, cudaStream_t);
 
 }  // namespace moe::kernels::nvfp4::detail
