@@ -373,7 +373,8 @@ describe.skipIf(!hasCuda)('grouped nvfp4 gemm: CUDA against the CPU reference', 
         await checkCase(gpu, { E, N: 1024, K: 2048, ids, k, layout, epilogue: 'none' }, seed + i++);
       }
     }
-  });
+    // the CPU reference of these widths takes most of two minutes
+  }, 300_000);
 
   it('a masked decode step in a CUDA graph replays with new routing (counts) and gives the new results', async () => {
     const seed = freshSeed('grouped graph');

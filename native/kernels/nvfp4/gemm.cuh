@@ -54,6 +54,14 @@ struct GatherRows {
   }
 };
 
+// The rows of one tile, mapped once per tile into shared memory (table[r] for row m0 + r): the
+// loaders then pay a shared-memory load per piece, not a global load and a division per stage.
+struct TableRows {
+  const int32_t* table;
+  int64_t m0;
+  __device__ __forceinline__ int64_t operator()(int64_t row) const { return table[row - m0]; }
+};
+
 // Row `row` (in range when inRange) through the map: SameRows leaves both as they are, so that
 // the plain loaders compile to what they were before there was a map.
 template <class RowMap>
@@ -599,7 +607,12 @@ __global__ void __launch_bounds__(S::kThreads, S::kMinBlocks) groupedGemmKernel(
     q.M = count;
     const int64_t m0 = static_cast<int64_t>(tile) * S::kTileM;
     if constexpr (Gather) {
-      gemmTile<S, OutFp4>(q, group.swigluI, smem, n0, m0, outScales, group.outGlobalScale, GatherRows{group.xRows + s0, group.gatherK, group.xTokens});
+      // the tile's tokens, after the pipeline's stages (the launch adds kTileM words)
+      int32_t* table = reinterpret_cast<int32_t*>(smem + S::kSmemBytes);
+      const GatherRows rows{group.xRows + s0, group.gatherK, group.xTokens};
+      for (int r = threadIdx.x; r < S::kTileM; r += S::kThreads) table[r] = m0 + r < count ? static_cast<int32_t>(rows(m0 + r)) : -1;
+      __syncthreads();
+      gemmTile<S, OutFp4>(q, group.swigluI, smem, n0, m0, outScales, group.outGlobalScale, TableRows{table, m0});
     } else {
       gemmTile<S, OutFp4>(q, group.swigluI, smem, n0, m0, outScales, group.outGlobalScale, SameRows{});
     }
@@ -618,12 +631,13 @@ cudaError_t launchGroupedGemm(const GemmParams& p, const GroupParams& group, dim
 
 template <class S, bool OutFp4, bool Gather>
 cudaError_t launchGroupedGemmImpl(const GemmParams& p, const GroupParams& group, dim3 grid, cudaStream_t stream) {
-  if constexpr (S::kSmemBytes > 48 * 1024) {
+  constexpr int kSmem = S::kSmemBytes + (Gather ? S::kTileM * 4 : 0);  // gather: the tile's row table
+  if constexpr (kSmem > 48 * 1024) {
     const cudaError_t err =
-        cudaFuncSetAttribute(groupedGemmKernel<S, OutFp4, Gather>, cudaFuncAttributeMaxDynamicSharedMemorySize, S::kSmemBytes);
+        cudaFuncSetAttribute(groupedGemmKernel<S, OutFp4, Gather>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
     if (err != cudaSuccess) return err;
   }
-  groupedGemmKernel<S, OutFp4, Gather><<<grid, S::kThreads, S::kSmemBytes, stream>>>(p, group);
+  groupedGemmKernel<S, OutFp4, Gather><<<grid, S::kThreads, kSmem, stream>>>(p, group);
   return cudaGetLastError();
 }
 

@@ -207,8 +207,8 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const Gemv
           uint32_t bf[NT][4];
 #pragma unroll
           for (int nt = 0; nt < NT; ++nt) {
-            const uint4 v = valid && (!Gather || aOk[nt]) ? __ldg(reinterpret_cast<const uint4*>(aRow[nt] + k0 + 8 * w))
-                                                           : make_uint4(0, 0, 0, 0);
+            const uint4 v = valid ? __ldg(reinterpret_cast<const uint4*>(aRow[nt] + k0 + 8 * w))
+                                  : make_uint4(0, 0, 0, 0);
             const uint32_t raw[4] = {v.x, v.y, v.z, v.w};
             pairBf16(raw, bf[nt]);
           }
@@ -280,6 +280,22 @@ __global__ void __launch_bounds__(kGemvThreads, MinBlocks) gemvKernel(const Gemv
       }
     }
 
+    if constexpr (Gather) {
+      // a gathered row that names no row of x read row 0 instead: its results become those of a
+      // zero row here, once per pass, rather than a select on every activation load. Token
+      // 2t + jj's flag is held by the lanes with g == 2t + jj.
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+        for (int jj = 0; jj < 2; ++jj) {
+          const bool ok = __shfl_sync(0xFFFFFFFFu, aOk[nt], (2 * t + jj) * 4);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            if (!ok) acc[mt][nt][jj] = acc[mt][nt][2 + jj] = 0.0f;
+          }
+        }
+      }
+    }
     // The dequantized weights carry 2^-8 (see scaleToBf16x2).
     const float factor = p.alpha * __ldg(wGlobalScale) * 0x1p8f;
     if (Grouped && writer && swigluI > 0) {
