@@ -7,9 +7,9 @@
 //
 // Per T: the whole forward captured in one CUDA graph (masked layout with maxTokensPerExpert = T
 // for T <= 128, the decode form; contiguous above), and the stage breakdown, each stage the same
-// calls captured in a graph of its own: router GEMM, routing + layout, gate/up grouped GEMM
-// (+ SwiGLU, gathering x's rows by the layout), down grouped GEMM, unpermute, shared expert (GEMM,
-// SwiGLU, GEMM, the final add).
+// calls captured in a graph of its own: router GEMM, routing + layout, permute (contiguous form
+// only), gate/up grouped GEMM (+ SwiGLU; masked form: gathering x's rows by the layout), down
+// grouped GEMM, unpermute, shared expert (GEMM, SwiGLU, GEMM, the final add): as moeForward runs.
 // Weight memory NVFP4 against BF16.
 //
 // The PyTorch peer (benchmarks/peers/moe.py, run from here unless --no-peer) times a BF16 MoE
@@ -163,7 +163,7 @@ async function runTokens(moe, layer, T, E, stream, rng, bundle) {
 
   // the stages, each the same calls in a graph of its own, on a layout of real routing
   const { addInto } = require('../dist/moe/ops');
-  const { routeTopK, expertLayout, unpermute, groupedGemmNvfp4, gemmNvfp4, swiglu, routerLogits } = moe;
+  const { routeTopK, expertLayout, permute, unpermute, groupedGemmNvfp4, gemmNvfp4, swiglu, routerLogits } = moe;
   const logits = moe.empty([T, E], opts);
   const ids = moe.empty([T, TOP_K], { ...opts, dtype: 'i32' });
   const weights = moe.empty([T, TOP_K], opts);
@@ -172,20 +172,27 @@ async function runTokens(moe, layer, T, E, stream, rng, bundle) {
   routerLogits(x, router.weight, { out: logits, stream });
   route();
   const layout = expertLayout(ids, E, { ...form, stream });
+  const rowsA = masked ? undefined : moe.empty([layout.rows, HIDDEN], { ...opts, dtype: 'bf16' });
   const rowsB = moe.empty([layout.rows, HIDDEN], { ...opts, dtype: 'bf16' });
   const act = moe.empty([layout.rows, INNER], { ...opts, dtype: 'bf16' });
   const routed = moe.empty([T, HIDDEN], opts);
   const sGateUp = moe.empty([T, 2 * SHARED_INNER], { ...opts, dtype: 'bf16' });
   const sAct = moe.empty([T, SHARED_INNER], { ...opts, dtype: 'bf16' });
   const sOut = moe.empty([T, HIDDEN], opts);
-  groupedGemmNvfp4(x, experts.w13, layout, { epilogue: 'swiglu', gather: true, out: act, stream });
+  const gateUp = () =>
+    masked
+      ? groupedGemmNvfp4(x, experts.w13, layout, { epilogue: 'swiglu', gather: true, out: act, stream })
+      : groupedGemmNvfp4(rowsA, experts.w13, layout, { epilogue: 'swiglu', out: act, stream });
+  if (rowsA) permute(x, layout, { out: rowsA, stream });
+  gateUp();
   const stages = {};
   stages.router = await timeGraph(moe, stream, () => routerLogits(x, router.weight, { out: logits, stream }));
   stages.routingLayout = await timeGraph(moe, stream, () => {
     route();
     expertLayout(ids, E, { ...form, stream });
   });
-  stages.gateUp = await timeGraph(moe, stream, () => groupedGemmNvfp4(x, experts.w13, layout, { epilogue: 'swiglu', gather: true, out: act, stream }));
+  if (rowsA) stages.permute = await timeGraph(moe, stream, () => permute(x, layout, { out: rowsA, stream }));
+  stages.gateUp = await timeGraph(moe, stream, gateUp);
   stages.down = await timeGraph(moe, stream, () => groupedGemmNvfp4(act, experts.w2, layout, { out: rowsB, stream }));
   stages.unpermute = await timeGraph(moe, stream, () => unpermute(rowsB, layout, weights, { out: routed, stream }));
   stages.shared = await timeGraph(moe, stream, () => {
@@ -195,6 +202,7 @@ async function runTokens(moe, layer, T, E, stream, rng, bundle) {
     addInto(routed, sOut, out, stream);
   });
   const [usedRows] = await layout.usedRows.toArray({ stream });
+  if (rowsA) rowsA.dispose();
   for (const t of [x, out, logits, ids, weights, rowsB, act, routed, sGateUp, sAct, sOut]) t.dispose();
   for (const k of ['counts', 'offsets', 'sourceIndex', 'rowIndex', 'usedRows', 'dropped', 'errors']) layout[k].dispose();
   ws.dispose();
@@ -359,7 +367,8 @@ async function main() {
         { title: 'moeForward (us)', cell: ({ ours }) => us(ours.ms) },
         { title: 'router', cell: ({ ours }) => us(ours.stages.router) },
         { title: 'routing+layout', cell: ({ ours }) => us(ours.stages.routingLayout) },
-        { title: 'gate/up (gathers x)', cell: ({ ours }) => us(ours.stages.gateUp) },
+        { title: 'permute', cell: ({ ours }) => (ours.stages.permute === undefined ? 'none (gather)' : us(ours.stages.permute)) },
+        { title: 'gate/up', cell: ({ ours }) => us(ours.stages.gateUp) },
         { title: 'down', cell: ({ ours }) => us(ours.stages.down) },
         { title: 'unpermute', cell: ({ ours }) => us(ours.stages.unpermute) },
         { title: 'shared', cell: ({ ours }) => us(ours.stages.shared) },

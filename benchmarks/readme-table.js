@@ -227,7 +227,14 @@ function moeBlock(file) {
   const r = h.readJson(file);
   const s = r.settings;
   const peer = r.peer && Array.isArray(r.peer.cases) ? r.peer : undefined;
-  const stage = (name) => ({ title: name[1], cell: ({ ours }) => (ours.stages && ours.stages[name[0]] != null ? us(ours.stages[name[0]]) : undefined) });
+  const stage = (name) => ({
+    title: name[1],
+    cell: ({ ours }) => {
+      if (ours.stages && ours.stages[name[0]] != null) return us(ours.stages[name[0]]);
+      // the masked form's w13 GEMM gathers x's rows itself
+      return name[0] === 'permute' && ours.stages && ours.stages.gateUp != null ? 'none (gather)' : undefined;
+    },
+  });
   const table = h.merge(r.rows, peer ? peer.cases : [], {
     key: ['T'],
     missing: 'n/a',
@@ -236,7 +243,7 @@ function moeBlock(file) {
       { title: 'layout', cell: ({ ours }) => ours.layout },
       { title: 'moeForward (µs)', cell: ({ ours }) => us(ours.ms) },
       ...[
-        ['router', 'router'], ['routingLayout', 'routing + layout'], ['gateUp', 'gate/up (gathers x)'],
+        ['router', 'router'], ['routingLayout', 'routing + layout'], ['permute', 'permute'], ['gateUp', 'gate/up'],
         ['down', 'down'], ['unpermute', 'unpermute'], ['shared', 'shared'],
       ].map(stage),
       { title: 'PyTorch BF16 (µs)', cell: ({ peer: p }) => p && us(p.ms) },

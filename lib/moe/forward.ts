@@ -1,8 +1,8 @@
 // moeForward: one MoE block (DeepSeek-V3 style) from the family ops, all enqueued on one stream
 // with no host synchronization, so that a decode step can be captured in one CUDA graph.
-//   routerLogits -> routeTopK -> expertLayout -> grouped GEMM w13 + SwiGLU (gathering x's rows
-//   by the layout) -> grouped GEMM w2 -> unpermute (gate weights, f32) [+ shared expert: gemm
-//   w13, swiglu, gemm w2 (f32)] -> one add rounded to bf16.
+//   routerLogits -> routeTopK -> expertLayout -> grouped GEMM w13 + SwiGLU (masked form: gathering
+//   x's rows by the layout; contiguous: after permute) -> grouped GEMM w2 -> unpermute (gate
+//   weights, f32) [+ shared expert: gemm w13, swiglu, gemm w2 (f32)] -> one add rounded to bf16.
 // With NVFP4 activations a permute quantizes x's rows first (the global scale comes from the
 // rows that hold pairs) and the SwiGLU epilogue writes NVFP4, so both expert GEMMs are W4A4.
 import { MoeError, describe } from '../errors';
@@ -225,7 +225,7 @@ interface Buffers {
   logits: Tensor<'f32'>;
   ids: Tensor<'i32'>;
   weights: Tensor<'f32'>;
-  /** [rows, hidden]: the down projections (before them, permuted x where x is not 16-byte aligned) */
+  /** [rows, hidden]: permuted x in the contiguous form, then (reused) the down projections */
   rows: Tensor<'bf16'>;
   /** [rows, I]: SwiGLU of the gate/up projections (bf16 activations) */
   act?: Tensor<'bf16'>;
@@ -517,11 +517,13 @@ export function moeForward(x: Tensor<'bf16'>, router: MoeRouter, experts: MoeExp
       groupedGemmNvfp4(xq, ex.w13, layout, { epilogue: 'swiglu', out: act, outGlobalScale: ex.w2InputScale, stream });
       groupedGemmNvfp4(act, ex.w2, layout, { out: b.rows, stream });
     } else {
-      if (xt.address % 16 === 0) {
-        // w13 reads each row's token from x itself: no permuted copy of x
+      if (layout.form === 'masked' && xt.address % 16 === 0) {
+        // decode: w13 reads each row's token from x itself, no permuted copy of x
         groupedGemmNvfp4(xt, ex.w13, layout, { epilogue: 'swiglu', gather: true, out: b.act as Tensor<'bf16'>, stream });
       } else {
-        // the GEMM's 16-byte loads need aligned rows: an x that starts off 16 bytes is copied first
+        // prefill (contiguous): the tiled GEMM over permuted rows measured faster than the
+        // gathering one by more than the permute costs (benchmarks/NOTES.md); an x off 16 bytes
+        // needs the copy too (the GEMM's 16-byte loads)
         permute(xt, layout, { out: b.rows, stream });
         groupedGemmNvfp4(b.rows, ex.w13, layout, { epilogue: 'swiglu', out: b.act as Tensor<'bf16'>, stream });
       }
