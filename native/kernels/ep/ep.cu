@@ -236,8 +236,8 @@ __global__ void __launch_bounds__(kSlotThreads) slotsKernel(const int32_t* __res
 }
 
 // Block t: token t's payload into staging row t (metaAt bytes, the padding zeroed). Rows of x
-// that start on 16 bytes are read with vector loads (one 16-byte load per 8 elements instead of
-// eight 2-byte ones: the scalar encode ran at about a third of the memory's speed).
+// that start on 16 bytes are read with vector loads (fewer load instructions; what is left is
+// bound by the exact division per element that the CPU reference's bits need).
 __global__ void __launch_bounds__(kThreads) encodeKernel(const uint16_t* __restrict__ x, int64_t hidden, int payload, int64_t metaAt,
                                                          uint8_t* __restrict__ staging) {
   __shared__ uint32_t shared[kWarps];

@@ -368,7 +368,7 @@ __device__ __forceinline__ void computeStage(const uint8_t* stage, int warpW, in
 // rows. (The dense kernel keeps its own copy and its parameters unchanged, so that its code
 // generation stays what was measured.) OutFp4 (swiglu only): p.out holds the NVFP4 codes of the
 // expert's rows and outScales their block scales, quantized with *outGs. map: the row of p.a each
-// of the expert's rows reads (SameRows, or GatherRows).
+// of the expert's rows reads (SameRows, or a gather's TableRows).
 template <class S, bool OutFp4, class RowMap>
 __device__ __forceinline__ void gemmTile(const GemmParams& p, int swigluI, uint8_t* smem, int64_t n0, int64_t m0,
                                          uint8_t* outScales, const float* outGs, RowMap map) {
