@@ -31,8 +31,10 @@ export interface GroupedGemmNvfp4Options {
    * true: x holds one row per token of the layout, [layout.tokens, K], not the permuted rows, and
    * layout row r reads x[layout.sourceIndex[r] / layout.k] (the token of its pair) inside the
    * kernel, so the activations are never permuted (no permute call, no [rows, K] copy). The
-   * result is the same as without it on permute(x, layout). A row whose sourceIndex names no
-   * token of x reads zeros. Default false.
+   * result is the same as without it on permute(x, layout), bit for bit wherever both run the
+   * same kernel; at prefill sizes on Hopper (see below) the permuted form runs the wgmma kernel
+   * and the gathering one the mma.sync kernel, which agree to the f32 accumulation's rounding. A
+   * row whose sourceIndex names no token of x reads zeros. Default false.
    */
   gather?: boolean;
   /**
@@ -76,7 +78,10 @@ export interface GroupedGemmNvfp4Options {
  * cost no weight traffic. The kernel is chosen from the layout's form, tokens * k / E (or the
  * masked capacity), N and K; any `align` runs at full speed (tiles never straddle experts).
  * NVFP4 activations or output always run on the tiled kernels (the streaming decode kernel is
- * W4A16 with bf16 output).
+ * W4A16 with bf16 output). On a Hopper GPU (compute capability 9.0), W4A16 with bf16 output and
+ * more than 64 expected rows per expert (prefill), permuted rather than gathered, K a multiple
+ * of 32 and at most 1024 experts, runs on the wgmma kernel that gemmNvfp4 uses at large M: one
+ * persistent launch over every expert's tiles.
  */
 export function groupedGemmNvfp4(
   x: Tensor<'bf16'> | Nvfp4Tensor,

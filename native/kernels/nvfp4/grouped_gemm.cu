@@ -1,7 +1,8 @@
 // Grouped (expert) GEMM launcher: one configuration from heuristics.h, one launch of the
-// streaming kernel or of a tiled one with the expert in the grid. Also the decode-sized W4A16
-// variants; the prefill-sized one is in grouped_prefill.cu, the W4A4 ones in grouped_w4a4.cu,
-// the gathering ones in grouped_gather.cu and grouped_w4a4_gather.cu.
+// streaming kernel, of a tiled one with the expert in the grid, or of the Hopper wgmma kernel
+// (sm90_gemm.h). Also the decode-sized W4A16 variants; the prefill-sized one is in
+// grouped_prefill.cu, the W4A4 ones in grouped_w4a4.cu, the gathering ones in grouped_gather.cu
+// and grouped_w4a4_gather.cu.
 #include <algorithm>
 #include <climits>
 
@@ -10,6 +11,7 @@
 #include "kernels/nvfp4/gemv.cuh"
 #include "kernels/nvfp4/heuristics.h"
 #include "kernels/nvfp4/nvfp4.h"
+#include "kernels/nvfp4/sm90_gemm.h"
 
 namespace moe::kernels::nvfp4 {
 namespace detail {
@@ -102,7 +104,9 @@ cudaError_t groupedGemm(const GroupedGemmArgs& g, const Launch& l) {
   // the streaming kernel reads row 0 of x in place of a gathered row outside it: x needs one
   const bool gemvAligned = isAligned(g.wData, 16) && isAligned(g.x, 16) && isAligned(g.wScales, 2) && !(gather && g.xTokens == 0);
   const GroupedConfig c = selectGroupedConfig(E, N, K, swiglu, g.maxRowsPerExpert, g.pairs, gemvAligned,
-                                              l.facts.multiprocessors, xFp4, outFp4);
+                                              l.facts.multiprocessors, xFp4, outFp4,
+                                              sm90GroupedSupported(g, l.facts));
+  if (c.kernel == GroupedKernel::Sm90) return sm90GroupedGemm(g, static_cast<int>(c.tileM), l);
 
   GroupParams group{};
   group.counts = g.counts;

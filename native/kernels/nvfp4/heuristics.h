@@ -213,6 +213,7 @@ enum class GroupedKernel : int {
   Tile16,   // DecodeShape<2>:  128 weight rows x 16 tokens per CTA, z = expert
   Tile64,   // DecodeShape<8>:  128 x 64
   Tile128,  // PrefillShape:    256 x 128
+  Sm90,     // the Hopper wgmma kernel (sm90_gemm.h), tileM tokens x 128 weight rows, persistent
 };
 
 struct GroupedConfig {
@@ -235,6 +236,16 @@ struct GroupedConfig {
 // problems took before, 65-74% on the streaming kernel.
 inline constexpr int64_t kGroupedGemvMaxMean = 4;
 
+// Where the prefill tile (Tile128) would run, the Hopper wgmma kernel takes the problem when
+// `wgmma` says the device and the arguments allow it (sm90GroupedSupported: bf16 x that is not
+// gathered, since its TMA boxes read contiguous rows; bf16 out; at most kSm90GroupedMaxExperts
+// experts, for its per-CTA table of E + 1 counts). Its token tile: 128 rows, or 256 where the
+// expected rows per expert reach kSm90GroupedWideRows, so that the partial last tile of an
+// expert wastes at most about a third of the expert's MMAs (a 256-token step costs less per
+// MMA: benchmarks/NOTES.md, v8).
+inline constexpr int64_t kSm90GroupedMaxExperts = 1024;
+inline constexpr int64_t kSm90GroupedWideRows = 512;
+
 // Tiled kernels by the expected rows per expert R (the mean pairs / E, capped by the masked
 // capacity): the tile's token width is the smallest of 16 / 64 / 128 that holds R, so the last,
 // partial m-tile of an expert wastes little (Decode8 and Decode32 add little next to these and
@@ -247,7 +258,7 @@ inline constexpr int64_t kGroupedGemvMaxMean = 4;
 // the output tile in shared memory, where the per-16-column block scales are formed.
 inline GroupedConfig selectGroupedConfig(int64_t E, int64_t N, int64_t K, bool swiglu, int64_t maxRowsPerExpert,
                                          int64_t pairs, bool gemvAligned, int numSMs, bool xFp4 = false,
-                                         bool outFp4 = false) {
+                                         bool outFp4 = false, bool wgmma = false) {
   GroupedConfig c{};
   const int64_t sms = std::max(1, numSMs);
   c.virtualN = swiglu ? 16 * ((N / 2 + 7) / 8) : N;
@@ -268,6 +279,15 @@ inline GroupedConfig selectGroupedConfig(int64_t E, int64_t N, int64_t K, bool s
     return c;
   }
   const int64_t rows = masked ? std::min(maxRowsPerExpert, mean) : mean;
+  if (rows > 64 && wgmma) {
+    c.kernel = GroupedKernel::Sm90;
+    c.tileM = rows >= kSm90GroupedWideRows ? 256 : 128;
+    // output columns per tile: 128 weight rows, or for swiglu 64 gate rows and their 64 up rows
+    c.tileN = swiglu ? 64 : 128;
+    c.tilesN = ((swiglu ? N / 2 : N) + c.tileN - 1) / c.tileN;
+    c.mSlots = 1;  // persistent: the grid is one CTA per SM
+    return c;
+  }
   if (rows <= 16) { c.kernel = GroupedKernel::Tile16; c.tileN = kDecodeTileN; c.tileM = 16; }
   else if (rows <= 64) { c.kernel = GroupedKernel::Tile64; c.tileN = kDecodeTileN; c.tileM = 64; }
   else { c.kernel = GroupedKernel::Tile128; c.tileN = kPrefillTileN; c.tileM = kPrefillTileM; }

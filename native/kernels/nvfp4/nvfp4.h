@@ -55,10 +55,11 @@ cudaError_t unswizzleScales(const UnswizzleScalesArgs& args, const Launch& l);
 // when it splits K, the fp32 partial sums live in l.workspace.
 cudaError_t gemm(const GemmArgs& args, const Launch& l);
 
-// The expert GEMM (common/nvfp4.h) with the mma.sync mainloops of `gemm`: the streaming kernel
-// or a tiled one with the expert in the grid (heuristics.h, selectGroupedConfig). The grid
-// depends only on the arguments, never on counts/offsets, so it can be captured in a graph;
-// CTAs of experts without rows exit before reading weights. No split K, no workspace.
+// The expert GEMM (common/nvfp4.h) with the mainloops of `gemm`: the streaming kernel, a tiled
+// mma.sync one with the expert in the grid, or at prefill sizes on Hopper the wgmma kernel,
+// persistent over every expert's tiles (heuristics.h, selectGroupedConfig; sm90_gemm.h). The
+// grid depends only on the arguments, never on counts/offsets, so it can be captured in a
+// graph; experts without rows cost no weight reads. No split K, no workspace.
 cudaError_t groupedGemm(const GroupedGemmArgs& args, const Launch& l);
 
 }  // namespace moe::kernels::nvfp4

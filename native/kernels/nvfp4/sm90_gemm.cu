@@ -1,5 +1,6 @@
 // Host launcher of the Hopper NVFP4 GEMM (sm90_gemm.cuh): capability checks, TMA descriptors,
 // persistent grid.
+#include <algorithm>
 #include <climits>
 #include <cstring>
 
@@ -67,6 +68,18 @@ cudaError_t launchVariant(const CUtensorMap& mapA, const CUtensorMap& mapW, cons
   return cudaGetLastError();
 }
 
+template <int BM, bool Swiglu>
+cudaError_t launchGrouped(const CUtensorMap& mapA, const CUtensorMap& mapW, const sm90::GroupedParams& gp, int grid,
+                          cudaStream_t stream) {
+  // the unit table follows the dense kernel's shared memory
+  const int smem = sm90::Config<BM>::kSmemBytes + 4 * (gp.E + 1);
+  const cudaError_t err =
+      cudaFuncSetAttribute(sm90::groupedKernel<BM, Swiglu>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  sm90::groupedKernel<BM, Swiglu><<<grid, sm90::kThreads, smem, stream>>>(mapA, mapW, gp);
+  return cudaGetLastError();
+}
+
 template <int BM, bool OutF32>
 cudaError_t launchSplit(const CUtensorMap& mapA, const CUtensorMap& mapW, const CUtensorMap& mapOut,
                         const Params& p, int grid, cudaStream_t stream) {
@@ -119,6 +132,10 @@ bool encode2d(CUtensorMap* map, CUtensorMapDataType type, size_t elemBytes, cons
 }
 
 }  // namespace
+
+// Shared memory the grouped kinds need at most: the 256-token kernel and the largest unit table.
+constexpr int64_t kGroupedSmemBytes = sm90::Config<256>::kSmemBytes + 4 * (kSm90GroupedMaxExperts + 1);
+static_assert(kGroupedSmemBytes <= 227 * 1024, "shared memory budget");
 
 bool sm90GemmSupported(const GemmArgs& g, const DeviceFacts& facts) {
   if (!facts.hopper || (g.aType != DType::BF16 && g.aType != DType::U8)) return false;
@@ -209,6 +226,60 @@ cudaError_t sm90Gemm(const GemmArgs& g, const Launch& l) {
 
   const int grid = static_cast<int>(std::min<int64_t>(p.numUnits, sms));
   return launch(mapA, mapW, mapOut, p, grid, BM, outF32, l.stream);
+}
+
+bool sm90GroupedSupported(const GroupedGemmArgs& g, const DeviceFacts& facts) {
+  if (!facts.hopper || g.xType != DType::BF16 || g.outType != DType::BF16 || g.xRows != nullptr) return false;
+  if (g.K < 32 || g.K % 32 != 0 || g.E < 1 || g.E > kSm90GroupedMaxExperts) return false;
+  if (g.E * g.N >= INT_MAX || g.rows >= INT_MAX) return false;
+  if (!isAligned(g.x, 16) || !isAligned(g.wData, 16)) return false;
+  if (facts.sharedMemoryPerBlockOptin < static_cast<size_t>(kGroupedSmemBytes)) return false;
+  return sm90ImagePresent();
+}
+
+cudaError_t sm90GroupedGemm(const GroupedGemmArgs& g, int tileM, const Launch& l) {
+  const int64_t E = g.E, N = g.N, K = g.K, rows = g.rows;
+  const bool swiglu = g.epilogue == GroupedEpilogue::Swiglu;
+  const int64_t cols = swiglu ? N / 2 : N;  // output columns
+  const int64_t tileCols = swiglu ? 64 : sm90::kTileN;
+
+  sm90::GroupedParams gp{};
+  Params& p = gp.base;
+  p.N = static_cast<int>(N);
+  p.K = static_cast<int>(K);
+  p.numKTiles = static_cast<int>((K + sm90::kTileK - 1) / sm90::kTileK);
+  p.tilesN = static_cast<int>((cols + tileCols - 1) / tileCols);
+  p.wScales = g.wScales;
+  p.wGlobalScale = g.wGlobalScale;
+  p.out = g.out;
+  p.scalesVec4 = K % 64 == 0 && isAligned(g.wScales, 4);
+  p.outVec16 = (cols * 2) % 16 == 0 && isAligned(g.out, 16);
+  gp.E = static_cast<int>(E);
+  gp.group.counts = g.counts;
+  gp.group.offsets = g.offsets;
+  gp.group.wStride = N * (K / 2);
+  gp.group.sStride = N * (K / kNvfp4Block);
+  gp.group.rows = static_cast<int>(rows);
+  gp.group.maxRows = static_cast<int>(std::min<int64_t>(g.maxRowsPerExpert, INT_MAX));
+  gp.group.swigluI = swiglu ? static_cast<int>(N / 2) : 0;
+
+  // x as [rows, K], every expert's weights as one [E * N, K/2] tensor read in 64-row boxes
+  CUtensorMap mapA, mapW;
+  if (!encode2d(&mapA, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, g.x, static_cast<uint64_t>(K),
+                static_cast<uint64_t>(rows), sm90::kTileK, tileM, CU_TENSOR_MAP_SWIZZLE_128B) ||
+      !encode2d(&mapW, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, g.wData, static_cast<uint64_t>(K / 2),
+                static_cast<uint64_t>(E * N), sm90::kTileK / 2, 64, CU_TENSOR_MAP_SWIZZLE_32B)) {
+    return cudaErrorInvalidValue;
+  }
+  // at most this many units: every expert's partial tile plus the rows in whole ones
+  const int64_t maxUnits = (rows / tileM + std::min(E, rows)) * p.tilesN;
+  const int grid = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(maxUnits, l.facts.multiprocessors)));
+  if (tileM == 128) {
+    return swiglu ? launchGrouped<128, true>(mapA, mapW, gp, grid, l.stream)
+                  : launchGrouped<128, false>(mapA, mapW, gp, grid, l.stream);
+  }
+  return swiglu ? launchGrouped<256, true>(mapA, mapW, gp, grid, l.stream)
+                : launchGrouped<256, false>(mapA, mapW, gp, grid, l.stream);
 }
 
 }  // namespace moe::kernels::nvfp4

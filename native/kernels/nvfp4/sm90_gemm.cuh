@@ -44,6 +44,7 @@
 //  - Split K (selectSm90Split) where the tiles cannot fill the SMs: a tile's k range becomes
 //    several work units; each stores its fp32 accumulators, and the unit that finishes last sums
 //    them in split order and runs the epilogue, in the same launch.
+//  - The grouped (expert) GEMM runs the same mainloop in groupedKernel (see GroupedParams).
 //
 // The .cu that includes this is also compiled for compute_80: every sm_90a instruction sits
 // behind __CUDA_ARCH_FEAT_SM90_ALL and the kernel traps elsewhere (the host never launches it
@@ -56,6 +57,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/nvfp4/common.cuh"
+#include "kernels/nvfp4/group.cuh"
 
 namespace moe::kernels::nvfp4::sm90 {
 
@@ -93,10 +95,14 @@ struct Config {
   static constexpr int kEpiOffset = kStages * kStageBytes;
   static constexpr int kBarOffset = kEpiOffset + 2 * kEpiBytes;
   static constexpr int kFlagOffset = kBarOffset + 2 * kStages * 8;  // split K: "this CTA sums the tile"
+  static constexpr int kGroupOffset = kFlagOffset + 16;  // grouped: the unit table, E + 1 ints past kSmemBytes
   static constexpr int kSmemBytes = kFlagOffset + 16 + 1024;         // + alignment slack
   static_assert(kEpiRowsF32 * kEpiRowBytesF32 <= kEpiBytes, "epilogue buffer too small");
   static_assert(kStageBytes % 1024 == 0 && kEpiBytes % 1024 == 0, "1024-byte alignment");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory budget");
+  // grouped swiglu: the up warpgroup hands its accumulators to the gate one through both
+  // warpgroups' epilogue buffers
+  static_assert(128 * kAcc * 4 <= 2 * kEpiBytes, "swiglu exchange buffer");
 };
 
 struct Params {
@@ -128,16 +134,38 @@ struct Params {
   bool tmaStore;    // BF16 out through the TMA-store epilogue (needs outVec16)
 };
 
-// Tile t -> (token tile, weight tile): groups of kGroupM token tiles, token tile fastest.
-__host__ __device__ __forceinline__ void tileCoords(const Params& p, int t, int& mTile,
-                                                    int& nTile) {
-  const int span = kGroupM * p.tilesN;
+// The grouped GEMM (GroupedGemmArgs) on this mainloop, groupedKernel below: every expert's rows
+// in one persistent launch. Work units are the experts' tiles in expert order; each CTA maps a
+// unit to its expert through a table of E + 1 prefix counts built at its start. In `base`:
+// N, K, numKTiles, tilesN (tiles of 128 weight rows, or of 64 output columns for swiglu),
+// wScales / wGlobalScale of expert 0, out [rows, N] (or [rows, N/2]), scalesVec4, outVec16; no
+// split K, no bias, bf16 out without the TMA store (a tile's last rows may belong to the next
+// expert, so stores are clipped per expert).
+//  - Swiglu: a tile is 64 gate rows (warpgroup 1) and the 64 matching up rows (warpgroup 2), so
+//    the two accumulators of an output meet at the same register of the same thread of the two
+//    warpgroups; the up warpgroup hands its values over through shared memory.
+struct GroupedParams {
+  Params base;
+  detail::GroupParams group;
+  int E;
+};
+
+// Tile t of a tilesM x tilesN grid -> (token tile, weight tile): groups of kGroupM token tiles,
+// token tile fastest.
+__host__ __device__ __forceinline__ void tileCoordsIn(int t, int tilesM, int tilesN, int& mTile,
+                                                      int& nTile) {
+  const int span = kGroupM * tilesN;
   const int group = t / span;
   const int first = group * kGroupM;
-  const int size = min(kGroupM, p.tilesM - first);
+  const int size = min(kGroupM, tilesM - first);
   const int r = t - group * span;
   mTile = first + r % size;
   nTile = r / size;
+}
+
+__host__ __device__ __forceinline__ void tileCoords(const Params& p, int t, int& mTile,
+                                                    int& nTile) {
+  tileCoordsIn(t, p.tilesM, p.tilesN, mTile, nTile);
 }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -413,6 +441,185 @@ __device__ __forceinline__ uint4 scaleMultipliers(uint32_t raw, bool valid, int 
   return s;
 }
 
+template <int kStages>
+__device__ __forceinline__ void initStages(uint64_t* full, uint64_t* empty) {
+#pragma unroll
+  for (int s = 0; s < kStages; ++s) {
+    mbarInit(&full[s], 128);  // every producer thread stores scales and arrives
+    mbarInit(&empty[s], 8);   // one arrival per consumer warp
+  }
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+// Producer, one work unit: the stages of k-tiles [kt0, kt1). `row` is this thread's weight row's
+// scale bytes (valid: the row exists); issue(stage, bar, kt) is thread 0's TMA loads of a stage.
+template <int BM, class Issue>
+__device__ __forceinline__ void produceUnit(const Params& p, uint8_t* base, uint64_t* full, uint64_t* empty,
+                                            uint32_t& it, int r, const uint8_t* row, bool valid, int kt0,
+                                            int kt1, Issue issue) {
+  using C = Config<BM>;
+  constexpr int kStages = C::kStages;
+  const int kBlocks = p.K >> 4;
+  // Scale bytes come kScaleAhead steps ahead through a register ring, and thread 0 issues a
+  // stage's TMA loads before it waits for its own scale bytes, so no step's loads queue
+  // behind a scale load's round trip (1-14% faster at M >= 1024; benchmarks/NOTES.md, v6).
+  uint32_t ring[kScaleAhead];
+#pragma unroll
+  for (int j = 0; j < kScaleAhead; ++j) ring[j] = kt0 + j < kt1 ? loadScaleBytes(p, row, valid, kt0 + j) : 0u;
+  for (int kb = kt0; kb < kt1; kb += kScaleAhead) {
+#pragma unroll
+    for (int j = 0; j < kScaleAhead; ++j) {
+      const int kt = kb + j;
+      if (kt >= kt1) break;
+      const uint32_t raw = ring[j];
+      ring[j] = kt + kScaleAhead < kt1 ? loadScaleBytes(p, row, valid, kt + kScaleAhead) : 0u;
+      const int s = it % kStages;
+      mbarWait(&empty[s], ((it / kStages) & 1) ^ 1);
+      uint8_t* stage = base + s * C::kStageBytes;
+      if (r == 0) {
+        mbarExpectTx(&full[s], C::kStageTxBytes);
+        issue(stage, &full[s], kt);
+      }
+      *reinterpret_cast<uint4*>(stage + C::kABytes + kWBytes + r * 16) =
+          scaleMultipliers(raw, valid, kt, kBlocks);
+      mbarArrive(&full[s]);
+      ++it;
+    }
+  }
+}
+
+// Consumer warpgroup, one work unit: k-tiles [kt0, kt1) into acc; every stage it read released.
+// Two stages per iteration with separate fragment registers (see the header comment): the group
+// that last read a fragment set is always retired before it is rewritten.
+template <int BM>
+__device__ __forceinline__ void consumeUnit(uint8_t* base, uint64_t* full, uint64_t* empty, uint32_t& it,
+                                            int rowInTile, uint32_t sel, int lane, int kt0, int kt1,
+                                            float (&acc)[BM / 2], uint32_t (&fragA)[16], uint32_t (&fragB)[16]) {
+  using C = Config<BM>;
+  constexpr int kStages = C::kStages;
+  auto step = [&](uint32_t(&frag)[16], uint32_t scaleFirst, bool release) {
+    const int s = it % kStages;
+    mbarWait(&full[s], (it / kStages) & 1);
+    const uint8_t* stage = base + s * C::kStageBytes;
+    loadFragments(stage + C::kABytes, rowInTile, sel, frag);
+    mmaStage<BM>(acc, frag, stage, scaleFirst);
+    wgmmaWait<1>();
+    if (release) releaseStage(&empty[(it + kStages - 1) % kStages], lane);
+    ++it;
+  };
+  int kt = kt0;
+  for (; kt + 1 < kt1; kt += 2) {
+    step(fragA, kt == kt0 ? 0u : 1u, kt > kt0);
+    step(fragB, 1u, true);
+  }
+  if (kt < kt1) step(fragA, kt == kt0 ? 0u : 1u, kt > kt0);
+  wgmmaWait<0>();
+  fenceAcc(acc);
+  releaseStage(&empty[(it + kStages - 1) % kStages], lane);
+}
+
+// The padded-buffer epilogue of a consumer warpgroup (64 outputs x BM tokens): value(k) of
+// accumulator k, transposed through `epi`, written as 16-byte row pieces (element by element
+// where a row's pieces are not aligned) to out + (m * rowStride + n) * elem, for tokens
+// m = m0 + [0, BM) below rowsEnd and columns n = colBase + [0, 64) below colLimit.
+template <int BM, bool OutF32, class Value>
+__device__ __forceinline__ void storeTransposed(uint8_t* epi, int cw, int tid, int nLocal0, int t, Value value,
+                                                void* out, int m0, int rowsEnd, int rowStride, int colBase,
+                                                int colLimit, bool vec16) {
+  using C = Config<BM>;
+  constexpr int kElem = OutF32 ? 4 : 2;
+  constexpr int kRows = OutF32 ? C::kEpiRowsF32 : C::kEpiRowsBf16;
+  constexpr int kRowBytes = OutF32 ? C::kEpiRowBytesF32 : C::kEpiRowBytesBf16;
+  constexpr int kChunks = 64 * kElem / 16;      // 16-byte pieces per token row
+  constexpr int kPerChunk = 16 / kElem;         // outputs per piece
+  constexpr int kPassRows = kRows < BM ? kRows : BM;
+#pragma unroll
+  for (int pass = 0; pass < BM / kPassRows; ++pass) {
+    namedBarrier(1 + cw, 128);  // the previous readers of the buffer are done
+#pragma unroll
+    for (int j = pass * (kPassRows / 8); j < (pass + 1) * (kPassRows / 8); ++j) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = 8 * (j - pass * (kPassRows / 8)) + 2 * t + (i & 1);
+        const int nl = nLocal0 + ((i & 2) ? 8 : 0);
+        const float v = value(4 * j + i);
+        uint8_t* dst = epi + m * kRowBytes + nl * kElem;
+        if constexpr (OutF32) *reinterpret_cast<float*>(dst) = v;
+        else *reinterpret_cast<__nv_bfloat16*>(dst) = __float2bfloat16_rn(v);
+      }
+    }
+    namedBarrier(1 + cw, 128);
+#pragma unroll 4
+    for (int idx = tid; idx < kPassRows * kChunks; idx += 128) {
+      const int rowL = idx / kChunks, c = idx % kChunks;
+      const int m = m0 + pass * kPassRows + rowL;
+      const int n = colBase + c * kPerChunk;
+      if (m >= rowsEnd || n >= colLimit) continue;
+      const uint8_t* src = epi + rowL * kRowBytes + c * 16;
+      uint8_t* dst = static_cast<uint8_t*>(out) + (static_cast<int64_t>(m) * rowStride + n) * kElem;
+      if (vec16 && n + kPerChunk <= colLimit) {
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+      } else {
+        for (int e = 0; e < kPerChunk && n + e < colLimit; ++e) {
+          if constexpr (OutF32) {
+            reinterpret_cast<float*>(dst)[e] = reinterpret_cast<const float*>(src)[e];
+          } else {
+            reinterpret_cast<__nv_bfloat16*>(dst)[e] = reinterpret_cast<const __nv_bfloat16*>(src)[e];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Grouped: the unit table, prefix[e] = the units (tiles) of experts before e, prefix[E] = all of
+// them. Every thread of the CTA takes part; it ends with a CTA barrier.
+template <int BM>
+__device__ __forceinline__ void buildUnitTable(const GroupedParams& gp, int* prefix) {
+  for (int e = threadIdx.x; e < gp.E; e += blockDim.x) {
+    int64_t start;
+    int count;
+    prefix[e + 1] = detail::groupSlot(gp.group, e, start, count) ? (count + BM - 1) / BM * gp.base.tilesN : 0;
+  }
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    // warp 0: each lane sums a run of experts, a warp scan offsets the runs
+    const int lane = threadIdx.x, per = (gp.E + 31) / 32;
+    const int i0 = min(gp.E, lane * per), i1 = min(gp.E, i0 + per);
+    int sum = 0;
+    for (int i = i0; i < i1; ++i) sum += prefix[i + 1];
+    int incl = sum;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      const int v = __shfl_up_sync(0xFFFFFFFFu, incl, d);
+      if (lane >= d) incl += v;
+    }
+    int run = incl - sum;
+    for (int i = i0; i < i1; ++i) {
+      run += prefix[i + 1];
+      prefix[i + 1] = run;
+    }
+    if (lane == 0) prefix[0] = 0;
+  }
+  __syncthreads();
+}
+
+// Grouped: unit u -> its expert e (prefix[e] <= u < prefix[e + 1]), the expert's first row and
+// row count, and the tile within the expert.
+template <int BM>
+__device__ __forceinline__ void groupedUnit(const GroupedParams& gp, const int* prefix, int u, int& e,
+                                            int64_t& start, int& count, int& mTile, int& nTile) {
+  int lo = 0, hi = gp.E;
+  while (hi - lo > 1) {
+    const int mid = (lo + hi) >> 1;
+    if (prefix[mid] <= u) lo = mid;
+    else hi = mid;
+  }
+  e = lo;
+  detail::groupSlot(gp.group, e, start, count);
+  tileCoordsIn(u - prefix[e], (count + BM - 1) / BM, gp.base.tilesN, mTile, nTile);
+}
+
 }  // namespace dev
 #endif
 
@@ -438,12 +645,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     prefetchTensorMap(&mapA);
     prefetchTensorMap(&mapW);
     if (p.tmaStore) prefetchTensorMap(&mapOut);
-#pragma unroll
-    for (int s = 0; s < kStages; ++s) {
-      mbarInit(&full[s], 128);  // every producer thread stores scales and arrives
-      mbarInit(&empty[s], 8);   // one arrival per consumer warp
-    }
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    initStages<kStages>(full, empty);
   }
   __syncthreads();
 
@@ -461,33 +663,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int n = nTile * kTileN + r;
       const bool valid = n < p.N;
       const uint8_t* row = p.wScales + static_cast<int64_t>(valid ? n : 0) * kBlocks;
-      // Scale bytes come kScaleAhead steps ahead through a register ring, and thread 0 issues a
-      // stage's TMA loads before it waits for its own scale bytes, so no step's loads queue
-      // behind a scale load's round trip (1-14% faster at M >= 1024; benchmarks/NOTES.md, v6).
-      uint32_t ring[kScaleAhead];
-#pragma unroll
-      for (int j = 0; j < kScaleAhead; ++j) ring[j] = kt0 + j < kt1 ? loadScaleBytes(p, row, valid, kt0 + j) : 0u;
-      for (int kb = kt0; kb < kt1; kb += kScaleAhead) {
-#pragma unroll
-        for (int j = 0; j < kScaleAhead; ++j) {
-          const int kt = kb + j;
-          if (kt >= kt1) break;
-          const uint32_t raw = ring[j];
-          ring[j] = kt + kScaleAhead < kt1 ? loadScaleBytes(p, row, valid, kt + kScaleAhead) : 0u;
-          const int s = it % kStages;
-          mbarWait(&empty[s], ((it / kStages) & 1) ^ 1);
-          uint8_t* stage = base + s * C::kStageBytes;
-          if (r == 0) {
-            mbarExpectTx(&full[s], C::kStageTxBytes);
-            tmaLoad2d(stage, &mapA, kt * kTileK, mTile * BM, &full[s]);
-            tmaLoad2d(stage + C::kABytes, &mapW, kt * (kTileK / 2), nTile * kTileN, &full[s]);
-          }
-          *reinterpret_cast<uint4*>(stage + C::kABytes + kWBytes + r * 16) =
-              scaleMultipliers(raw, valid, kt, kBlocks);
-          mbarArrive(&full[s]);
-          ++it;
-        }
-      }
+      produceUnit<BM>(p, base, full, empty, it, r, row, valid, kt0, kt1,
+                      [&](uint8_t* stage, uint64_t* bar, int kt) {
+                        tmaLoad2d(stage, &mapA, kt * kTileK, mTile * BM, bar);
+                        tmaLoad2d(stage + C::kABytes, &mapW, kt * (kTileK / 2), nTile * kTileN, bar);
+                      });
     }
   } else {
     // ---------------- consumers ----------------
@@ -511,27 +691,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       tileCoords(p, tile, mTile, nTile);
       const int kt0 = Split ? (unit % p.splits) * p.kTilesPerSplit : 0;
       const int kt1 = Split ? min(p.numKTiles, kt0 + p.kTilesPerSplit) : p.numKTiles;
-      // Two stages per iteration with separate fragment registers (see the header comment):
-      // the group that last read a fragment set is always retired before it is rewritten.
-      auto step = [&](uint32_t(&frag)[16], uint32_t scaleFirst, bool release) {
-        const int s = it % kStages;
-        mbarWait(&full[s], (it / kStages) & 1);
-        const uint8_t* stage = base + s * C::kStageBytes;
-        loadFragments(stage + C::kABytes, rowInTile, sel, frag);
-        mmaStage<BM>(acc, frag, stage, scaleFirst);
-        wgmmaWait<1>();
-        if (release) releaseStage(&empty[(it + kStages - 1) % kStages], lane);
-        ++it;
-      };
-      int kt = kt0;
-      for (; kt + 1 < kt1; kt += 2) {
-        step(fragA, kt == kt0 ? 0u : 1u, kt > kt0);
-        step(fragB, 1u, true);
-      }
-      if (kt < kt1) step(fragA, kt == kt0 ? 0u : 1u, kt > kt0);
-      wgmmaWait<0>();
-      fenceAcc(acc);
-      releaseStage(&empty[(it + kStages - 1) % kStages], lane);
+      consumeUnit<BM>(base, full, empty, it, rowInTile, sel, lane, kt0, kt1, acc, fragA, fragB);
 
       if constexpr (Split) {
         // this unit's partial, coalesced per accumulator register across the 256 consumer threads
@@ -596,54 +756,132 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (tid == 0) tmaStore2d(&mapOut, epi, nBase, mTile * BM);
         continue;
       }
-      constexpr int kElem = OutF32 ? 4 : 2;
-      constexpr int kRows = OutF32 ? C::kEpiRowsF32 : C::kEpiRowsBf16;
-      constexpr int kRowBytes = OutF32 ? C::kEpiRowBytesF32 : C::kEpiRowBytesBf16;
-      constexpr int kChunks = 64 * kElem / 16;      // 16-byte pieces per token row
-      constexpr int kPerChunk = 16 / kElem;         // outputs per piece
-      constexpr int kPassRows = kRows < BM ? kRows : BM;
-#pragma unroll
-      for (int pass = 0; pass < BM / kPassRows; ++pass) {
-        namedBarrier(1 + cw, 128);  // the previous readers of the buffer are done
-#pragma unroll
-        for (int j = pass * (kPassRows / 8); j < (pass + 1) * (kPassRows / 8); ++j) {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int m = 8 * (j - pass * (kPassRows / 8)) + 2 * t + (i & 1);
-            const int nl = nLocal0 + ((i & 2) ? 8 : 0);
-            const float v = acc[4 * j + i] * factor + ((i & 2) ? bias1 : bias0);
-            uint8_t* dst = epi + m * kRowBytes + nl * kElem;
-            if constexpr (OutF32) *reinterpret_cast<float*>(dst) = v;
-            else *reinterpret_cast<__nv_bfloat16*>(dst) = __float2bfloat16_rn(v);
-          }
-        }
-        namedBarrier(1 + cw, 128);
-#pragma unroll 4
-        for (int idx = tid; idx < kPassRows * kChunks; idx += 128) {
-          const int rowL = idx / kChunks, c = idx % kChunks;
-          const int m = mTile * BM + pass * kPassRows + rowL;
-          const int n = nBase + c * kPerChunk;
-          if (m >= p.M || n >= p.N) continue;
-          const uint8_t* src = epi + rowL * kRowBytes + c * 16;
-          uint8_t* dst = static_cast<uint8_t*>(p.out) +
-                         (static_cast<int64_t>(m) * p.N + n) * kElem;
-          if (p.outVec16 && n + kPerChunk <= p.N) {
-            *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-          } else {
-            for (int e = 0; e < kPerChunk && n + e < p.N; ++e) {
-              if constexpr (OutF32) {
-                reinterpret_cast<float*>(dst)[e] = reinterpret_cast<const float*>(src)[e];
-              } else {
-                reinterpret_cast<__nv_bfloat16*>(dst)[e] =
-                    reinterpret_cast<const __nv_bfloat16*>(src)[e];
-              }
-            }
-          }
-        }
-      }
+      storeTransposed<BM, OutF32>(
+          epi, cw, tid, nLocal0, t,
+          [&](int k) { return acc[k] * factor + ((k & 2) ? bias1 : bias0); },
+          p.out, mTile * BM, p.M, p.N, nBase, p.N, p.outVec16);
     }
     // Shared memory must outlive the last store's reads.
     if (!OutF32 && p.tmaStore && tid == 0) tmaStoreWaitAll();
+  }
+#elif defined(__CUDA_ARCH__)
+  __trap();  // sm_90a only; the host launcher never selects this kernel elsewhere
+#endif
+}
+
+// The grouped GEMM (GroupedParams): Swiglu selects the swiglu epilogue. One persistent CTA per SM
+// walks the units; the mainloop is the dense kernel's.
+template <int BM, bool Swiglu>
+__global__ void __launch_bounds__(kThreads, 1)
+    groupedKernel(const __grid_constant__ CUtensorMap mapA, const __grid_constant__ CUtensorMap mapW,
+                  const GroupedParams gp) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace dev;
+  using C = Config<BM>;
+  // The unit bookkeeping needs more producer registers than the dense kernel's 40 (ptxas spills
+  // there otherwise); the consumers keep enough for 256-token tiles without spilling.
+  constexpr int kGroupedProducerRegs = 56, kGroupedConsumerRegs = 224;
+  static_assert(128 * kGroupedProducerRegs + 256 * kGroupedConsumerRegs <= 65536, "register file");
+  const Params& p = gp.base;
+  extern __shared__ uint8_t smemRaw[];
+  uint8_t* base = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(smemRaw) + 1023) & ~static_cast<uintptr_t>(1023));
+  uint64_t* full = reinterpret_cast<uint64_t*>(base + C::kBarOffset);
+  uint64_t* empty = full + C::kStages;
+  int* prefix = reinterpret_cast<int*>(base + C::kGroupOffset);
+  const int I = gp.group.swigluI;
+
+  const int warpGroup = threadIdx.x / 128;
+  if (threadIdx.x == 0) {
+    prefetchTensorMap(&mapA);
+    prefetchTensorMap(&mapW);
+    initStages<C::kStages>(full, empty);
+  }
+  __syncthreads();
+  buildUnitTable<BM>(gp, prefix);
+
+  if (warpGroup == 0) {
+    // ---------------- producer ----------------
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kGroupedProducerRegs));
+    const int r = threadIdx.x;
+    uint32_t it = 0;
+    for (int unit = blockIdx.x; unit < prefix[gp.E]; unit += gridDim.x) {
+      int e, count, mTile, nTile;
+      int64_t start;
+      groupedUnit<BM>(gp, prefix, unit, e, start, count, mTile, nTile);
+      // The tile's two 64-row weight boxes: rows 128 nTile.. and +64, or for swiglu gate rows
+      // 64 nTile.. and the matching up rows I + 64 nTile..; row r's scales likewise.
+      int n, w0, w1;
+      bool valid;
+      if constexpr (Swiglu) {
+        const int j = nTile * 64 + (r & 63);
+        valid = j < I;
+        n = (r >> 6) ? I + j : j;
+        w0 = e * p.N + nTile * 64;
+        w1 = w0 + I;
+      } else {
+        n = nTile * kTileN + r;
+        valid = n < p.N;
+        w0 = e * p.N + nTile * kTileN;
+        w1 = w0 + 64;
+      }
+      const uint8_t* row = p.wScales + e * gp.group.sStride + static_cast<int64_t>(valid ? n : 0) * (p.K >> 4);
+      const int aRow = static_cast<int>(start) + mTile * BM;
+      produceUnit<BM>(p, base, full, empty, it, r, row, valid, 0, p.numKTiles,
+                      [&](uint8_t* stage, uint64_t* bar, int kt) {
+                        tmaLoad2d(stage, &mapA, kt * kTileK, aRow, bar);
+                        tmaLoad2d(stage + C::kABytes, &mapW, kt * (kTileK / 2), w0, bar);
+                        tmaLoad2d(stage + C::kABytes + kWBytes / 2, &mapW, kt * (kTileK / 2), w1, bar);
+                      });
+    }
+  } else {
+    // ---------------- consumers ----------------
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kGroupedConsumerRegs));
+    const int cw = warpGroup - 1;  // which 64 weight rows of the tile (swiglu: gate, up)
+    const int tid = threadIdx.x - 128 * warpGroup;
+    const int warp = tid >> 5, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int rowInTile = 64 * cw + 16 * warp + g;
+    const uint32_t sel = t | (t << 4) | ((t + 4) << 8) | ((t + 4) << 12);
+    uint8_t* epi = base + C::kEpiOffset + cw * C::kEpiBytes;
+
+    float acc[C::kAcc];
+    uint32_t fragA[16], fragB[16];
+    uint32_t it = 0;
+    for (int unit = blockIdx.x; unit < prefix[gp.E]; unit += gridDim.x) {
+      consumeUnit<BM>(base, full, empty, it, rowInTile, sel, lane, 0, p.numKTiles, acc, fragA, fragB);
+
+      // ---------------- epilogue ----------------
+      // the tile's place, found after the mainloop so that it holds no registers there
+      int e, count, mTile, nTile;
+      int64_t start;
+      groupedUnit<BM>(gp, prefix, unit, e, start, count, mTile, nTile);
+      const float factor = __ldg(p.wGlobalScale + e) * 0x1p8f;  // the dequantized weights carry 2^-8
+      if constexpr (Swiglu) {
+        // The up warpgroup hands over its scaled accumulators, register i of thread tid at
+        // [i][tid]; the gate warpgroup forms silu(gate) * up in place and stores the tile. The
+        // first barrier keeps the up warpgroup from overwriting the buffer while the gate one
+        // still stores the previous tile out of it.
+        float* xch = reinterpret_cast<float*>(base + C::kEpiOffset);
+        namedBarrier(4, 256);
+        if (cw == 1) {
+#pragma unroll
+          for (int i = 0; i < C::kAcc; ++i) xch[i * 128 + tid] = acc[i] * factor;
+        }
+        namedBarrier(4, 256);
+        if (cw == 1) continue;
+#pragma unroll
+        for (int i = 0; i < C::kAcc; ++i) acc[i] = detail::swiglu(acc[i] * factor, xch[i * 128 + tid]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < C::kAcc; ++i) acc[i] *= factor;
+      }
+      const int rowStride = Swiglu ? I : p.N;
+      storeTransposed<BM, false>(epi, cw, tid, 16 * warp + g, t, [&](int k) { return acc[k]; },
+                                 static_cast<__nv_bfloat16*>(p.out) + start * rowStride, mTile * BM, count,
+                                 rowStride, Swiglu ? nTile * 64 : nTile * kTileN + 64 * cw, rowStride,
+                                 p.outVec16);
+    }
   }
 #elif defined(__CUDA_ARCH__)
   __trap();  // sm_90a only; the host launcher never selects this kernel elsewhere

@@ -28,4 +28,16 @@ bool sm90GemmSupported(const GemmArgs& args, const DeviceFacts& facts);
 // Scale bytes 0x7F/0xFF (E4M3 NaN) make the affected outputs NaN, as in the portable kernel.
 cudaError_t sm90Gemm(const GemmArgs& args, const Launch& l);
 
+// True when sm90GroupedGemm can run these (validated) grouped arguments on the device of
+// `facts`: compute capability 9.0 with this build's sm_90a kernel; bf16 x, not gathered (TMA
+// boxes read contiguous rows); bf16 out; K % 32 == 0; 16-byte aligned x and wData; at most
+// kSm90GroupedMaxExperts experts and E * N < 2^31 (32-bit TMA coordinates). Whether it is the
+// faster choice is heuristics.h's (selectGroupedConfig).
+bool sm90GroupedSupported(const GroupedGemmArgs& args, const DeviceFacts& facts);
+
+// nvfp4::groupedGemm on the wgmma kernel with tileM-token tiles (128 or 256), one persistent CTA
+// per SM walking every expert's tiles, for arguments sm90GroupedSupported accepts and
+// rows, N > 0. Needs no workspace. Enqueues on l.stream.
+cudaError_t sm90GroupedGemm(const GroupedGemmArgs& args, int tileM, const Launch& l);
+
 }  // namespace moe::kernels::nvfp4
