@@ -191,10 +191,15 @@ function grouped(file) {
   }
   if (prefill.length) {
     const pcts = prefill.map(pctBf16).filter((v) => v !== undefined);
+    const faster = (peer) => `${prefill.filter((x) => x[peer] && x.ms < x[peer]).length} of ${prefill.filter((x) => x[peer]).length}`;
+    const peers = prefill.some((x) => x.groupedMmMs || x.loopMs)
+      ? ` Faster than \`torch._grouped_mm\` in BF16 on ${faster('groupedMmMs')} rows, than the cuBLAS BF16 loop on ${faster('loopMs')}.`
+      : '';
     lines.push(
       `Prefill (contiguous layout): bound by the tensor cores, so the measure is TFLOP/s = 2 T k N K / time against one ` +
         `cuBLAS BF16 GEMM of the same flops (dense: a bound a grouped GEMM can only approach)` +
-        (pcts.length ? `: ${range(pcts)} of it here, and slower than \`torch._grouped_mm\` in BF16.` : '.'),
+        (pcts.length ? `: ${range(pcts)} of it here.` : '.') +
+        peers,
       '',
       ...h.markdownTable(
         [

@@ -75,8 +75,9 @@ export interface EpBufferOptions {
    * with `gather: true`, which reads each layout row from its token's row. A token then lands
    * once however many of its experts live here: on 2 ranks with top-8 of 256 experts, about 4x
    * fewer bytes written by the receive. Measured on 2 x H200 (benchmarks/NOTES.md): a 4096-token
-   * bf16 dispatch 354 -> 264 µs, but the gathering w13 GEMM over that many rows costs more than
-   * the saving, so it pays off at decode sizes. Default false.
+   * bf16 dispatch 354 -> 264 µs, but over that many rows the gathering w13 GEMM runs the mma.sync
+   * kernel, about half as fast as the wgmma kernel permuted rows get on Hopper, so it pays off at
+   * decode sizes. Default false.
    */
   gather?: boolean;
   /**

@@ -240,11 +240,12 @@ inline constexpr int64_t kGroupedGemvMaxMean = 4;
 // `wgmma` says the device and the arguments allow it (sm90GroupedSupported: bf16 x that is not
 // gathered, since its TMA boxes read contiguous rows; bf16 out; at most kSm90GroupedMaxExperts
 // experts, for its per-CTA table of E + 1 counts). Its token tile: 128 rows, or 256 where the
-// expected rows per expert reach kSm90GroupedWideRows, so that the partial last tile of an
-// expert wastes at most about a third of the expert's MMAs (a 256-token step costs less per
-// MMA: benchmarks/NOTES.md, v8).
+// expected rows per expert reach kSm90GroupedWideRows. A 64-k step of 256 tokens costs ~1.3x one
+// of 128, so 256 wins once many experts overflow one 128-row tile. Measured on H200 (DeepSeek-V3
+// w13 and w2, uniform top-8 of 256, benchmarks/NOTES.md): at 112 rows per expert the 128-token
+// tile was 12-23% faster, at 128 rows the 256-token one 12-18%, at 192 rows 31-38%.
 inline constexpr int64_t kSm90GroupedMaxExperts = 1024;
-inline constexpr int64_t kSm90GroupedWideRows = 512;
+inline constexpr int64_t kSm90GroupedWideRows = 120;
 
 // Tiled kernels by the expected rows per expert R (the mean pairs / E, capped by the masked
 // capacity): the tile's token width is the smallest of 16 / 64 / 128 that holds R, so the last,
