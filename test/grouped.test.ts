@@ -191,7 +191,7 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
   }
 
   // Prefill sizes, on Hopper the wgmma kernel (onWgmmaPath): 128-token tiles below 120 expected
-  // rows per expert, 256-token tiles above; experts of 0, 1 and one past / one short of a tile;
+  // rows per expert, 192 below 176, 256 above; experts of 0, 1 and one past / one short of a tile;
   // N and K off the tiles (K = 96 ends in a half 64-k step and has unaligned scale rows); rows of
   // out that are not 16-byte multiples (N = 196, I = 98); 70 experts (the unit table's scan over
   // several experts per lane).
@@ -202,9 +202,11 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
       let i = 0;
       const many = Array.from({ length: 70 }, () => 60 + Math.floor(r() * 21));
       const cases: [number, number, number[], ExpertLayoutOptions][] = [
-        // means 87 (128-token tiles), 273 and 573 (256-token tiles)
+        // means 87 (128-token tiles), 148 (192), 273 and 573 (256)
         [200, 96, [0, 1, 127, 128, 129, 257, 20, 30], { align: 1 }],
         [200, 96, [0, 1, 127, 128, 129, 257, 20, 30], { maxTokensPerExpert: 257 }],
+        [200, 96, [0, 1, 191, 192, 193, 385, 120, 100], { align: 1 }],
+        [200, 96, [0, 1, 191, 192, 193, 385, 120, 100], { maxTokensPerExpert: 385 }],
         [200, 96, [0, 1, 255, 256, 257, 511, 300, 600], { align: 1 }],
         [196, 256, [0, 255, 256, 257, 511, 700, 1100, 1500], { align: 8 }],
         [136, 64, many, { align: 1 }],

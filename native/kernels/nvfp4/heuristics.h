@@ -239,13 +239,17 @@ inline constexpr int64_t kGroupedGemvMaxMean = 4;
 // Where the prefill tile (Tile128) would run, the Hopper wgmma kernel takes the problem when
 // `wgmma` says the device and the arguments allow it (sm90GroupedSupported: bf16 x that is not
 // gathered, since its TMA boxes read contiguous rows; bf16 out; at most kSm90GroupedMaxExperts
-// experts, for its per-CTA table of E + 1 counts). Its token tile: 128 rows, or 256 where the
-// expected rows per expert reach kSm90GroupedWideRows. A 64-k step of 256 tokens costs ~1.3x one
-// of 128, so 256 wins once many experts overflow one 128-row tile. Measured on H200 (DeepSeek-V3
-// w13 and w2, uniform top-8 of 256, benchmarks/NOTES.md): at 112 rows per expert the 128-token
-// tile was 12-23% faster, at 128 rows the 256-token one 12-18%, at 192 rows 31-38%.
+// experts, for its per-CTA table of E + 1 counts). Its token tile by the expected rows per expert
+// R: 128 below kSm90GroupedMidRows, 192 below kSm90GroupedWideRows, else 256. A 64-k step costs
+// about 0.7 / 0.87 / 0.96 us at 128 / 192 / 256 tokens (mostly a fixed cost per step), so the
+// larger tile wins once many experts overflow the smaller one. Measured on H200 (DeepSeek-V3 w13
+// and w2, uniform top-8 of 256; benchmarks/NOTES.md, grouped v3 and v4): R = 96-112, 128-token
+// tiles 10-23% faster than 192 or 256; R = 128, 192-token tiles 18% faster than 128 on w13;
+// R = 128-160, 192 against 256: 7-10% faster on w13, -2% to +13% on w2; R >= 192, 256-token
+// tiles 9-43% faster than 192.
 inline constexpr int64_t kSm90GroupedMaxExperts = 1024;
-inline constexpr int64_t kSm90GroupedWideRows = 120;
+inline constexpr int64_t kSm90GroupedMidRows = 120;
+inline constexpr int64_t kSm90GroupedWideRows = 176;
 
 // Tiled kernels by the expected rows per expert R (the mean pairs / E, capped by the masked
 // capacity): the tile's token width is the smallest of 16 / 64 / 128 that holds R, so the last,
@@ -282,7 +286,7 @@ inline GroupedConfig selectGroupedConfig(int64_t E, int64_t N, int64_t K, bool s
   const int64_t rows = masked ? std::min(maxRowsPerExpert, mean) : mean;
   if (rows > 64 && wgmma) {
     c.kernel = GroupedKernel::Sm90;
-    c.tileM = rows >= kSm90GroupedWideRows ? 256 : 128;
+    c.tileM = rows >= kSm90GroupedWideRows ? 256 : rows >= kSm90GroupedMidRows ? 192 : 128;
     // output columns per tile: 128 weight rows, or for swiglu 64 gate rows and their 64 up rows
     c.tileN = swiglu ? 64 : 128;
     c.tilesN = ((swiglu ? N / 2 : N) + c.tileN - 1) / c.tileN;

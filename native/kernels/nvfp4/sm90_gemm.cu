@@ -133,8 +133,10 @@ bool encode2d(CUtensorMap* map, CUtensorMapDataType type, size_t elemBytes, cons
 
 }  // namespace
 
-// Shared memory the grouped kinds need at most: the 256-token kernel and the largest unit table.
-constexpr int64_t kGroupedSmemBytes = sm90::Config<256>::kSmemBytes + 4 * (kSm90GroupedMaxExperts + 1);
+// Shared memory the grouped kinds need at most: the largest kernel and the largest unit table.
+constexpr int64_t kGroupedSmemBytes =
+    std::max({sm90::Config<128>::kSmemBytes, sm90::Config<192>::kSmemBytes, sm90::Config<256>::kSmemBytes}) +
+    4 * (kSm90GroupedMaxExperts + 1);
 static_assert(kGroupedSmemBytes <= 227 * 1024, "shared memory budget");
 
 bool sm90GemmSupported(const GemmArgs& g, const DeviceFacts& facts) {
@@ -277,6 +279,10 @@ cudaError_t sm90GroupedGemm(const GroupedGemmArgs& g, int tileM, const Launch& l
   if (tileM == 128) {
     return swiglu ? launchGrouped<128, true>(mapA, mapW, gp, grid, l.stream)
                   : launchGrouped<128, false>(mapA, mapW, gp, grid, l.stream);
+  }
+  if (tileM == 192) {
+    return swiglu ? launchGrouped<192, true>(mapA, mapW, gp, grid, l.stream)
+                  : launchGrouped<192, false>(mapA, mapW, gp, grid, l.stream);
   }
   return swiglu ? launchGrouped<256, true>(mapA, mapW, gp, grid, l.stream)
                 : launchGrouped<256, false>(mapA, mapW, gp, grid, l.stream);

@@ -75,10 +75,10 @@ inline constexpr int kSBytes = kTileN * 4 * 4;       // 2 KB bf16x2 scale multip
 // swizzle needs that alignment).
 template <int BM>
 struct Config {
-  static_assert(BM == 128 || BM == 256, "BM is 128 or 256");
+  static_assert(BM == 128 || BM == 192 || BM == 256, "BM is 128, 192 (grouped only) or 256");
   static constexpr int kTileM = BM;
   static constexpr int kAcc = BM / 2;                  // fp32 accumulators per thread
-  static constexpr int kStages = BM == 256 ? 4 : 6;
+  static constexpr int kStages = BM == 256 ? 4 : BM == 192 ? 5 : 6;
   static constexpr int kABytes = BM * kTileK * 2;      // activations per stage
   static constexpr int kStageBytes = kABytes + kWBytes + kSBytes;
   static constexpr uint32_t kStageTxBytes = kABytes + kWBytes;
@@ -338,11 +338,40 @@ __device__ __forceinline__ void wgmmaM64N128K16(float (&d)[64], uint32_t a0, uin
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(descB), "r"(scaleD));
 }
 
+__device__ __forceinline__ void wgmmaM64N192K16(float (&d)[96], uint32_t a0, uint32_t a1,
+                                                uint32_t a2, uint32_t a3, uint64_t descB,
+                                                uint32_t scaleD) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %101, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 {"
+      "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+      "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+      "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+      "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+      "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"
+      "}, {%96, %97, %98, %99}, %100, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+        "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+        "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+        "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+        "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(descB), "r"(scaleD));
+}
+
 template <int BM>
 __device__ __forceinline__ void wgmmaTile(float (&d)[BM / 2], uint32_t a0, uint32_t a1,
                                           uint32_t a2, uint32_t a3, uint64_t descB,
                                           uint32_t scaleD) {
   if constexpr (BM == 256) wgmmaM64N256K16(d, a0, a1, a2, a3, descB, scaleD);
+  else if constexpr (BM == 192) wgmmaM64N192K16(d, a0, a1, a2, a3, descB, scaleD);
   else wgmmaM64N128K16(d, a0, a1, a2, a3, descB, scaleD);
 }
 
@@ -532,7 +561,9 @@ __device__ __forceinline__ void storeTransposed(uint8_t* epi, int cw, int tid, i
   constexpr int kRowBytes = OutF32 ? C::kEpiRowBytesF32 : C::kEpiRowBytesBf16;
   constexpr int kChunks = 64 * kElem / 16;      // 16-byte pieces per token row
   constexpr int kPerChunk = 16 / kElem;         // outputs per piece
-  constexpr int kPassRows = kRows < BM ? kRows : BM;
+  // rows per pass: the buffer's, or 64 where they do not divide BM (192-token tiles)
+  constexpr int kPassRows = kRows >= BM ? BM : BM % kRows == 0 ? kRows : 64;
+  static_assert(BM % kPassRows == 0 && kPassRows <= kRows, "epilogue passes");
 #pragma unroll
   for (int pass = 0; pass < BM / kPassRows; ++pass) {
     namedBarrier(1 + cw, 128);  // the previous readers of the buffer are done

@@ -35,9 +35,9 @@ cudaError_t sm90Gemm(const GemmArgs& args, const Launch& l);
 // faster choice is heuristics.h's (selectGroupedConfig).
 bool sm90GroupedSupported(const GroupedGemmArgs& args, const DeviceFacts& facts);
 
-// nvfp4::groupedGemm on the wgmma kernel with tileM-token tiles (128 or 256), one persistent CTA
-// per SM walking every expert's tiles, for arguments sm90GroupedSupported accepts and
-// rows, N > 0. Needs no workspace. Enqueues on l.stream.
+// nvfp4::groupedGemm on the wgmma kernel with tileM-token tiles (128, 192 or 256), one
+// persistent CTA per SM walking every expert's tiles, for arguments sm90GroupedSupported accepts
+// and rows, N > 0. Needs no workspace. Enqueues on l.stream.
 cudaError_t sm90GroupedGemm(const GroupedGemmArgs& args, int tileM, const Launch& l);
 
 }  // namespace moe::kernels::nvfp4
