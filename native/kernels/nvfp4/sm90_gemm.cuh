@@ -4,7 +4,8 @@
 // this one; 1 for W4A16).
 //
 // Design (one persistent CTA per SM, 3 warpgroups, tile 128 weight rows x BM tokens x 64 k,
-// BM = 128 or 256, picked with the split by selectSm90Tile in heuristics.h):
+// BM = 128 or 256, picked with the split by selectSm90Tile in heuristics.h; the grouped GEMM also
+// takes 192, by selectGroupedConfig):
 //  - Swap AB: each consumer warpgroup computes C^T = W . A^T with wgmma m64nBMk16, the weight as
 //    wgmma's A operand from registers and the activation tile as its B operand from shared memory
 //    (bf16, K-major, 128B swizzle, which is exactly what a TMA box of 64 k x BM rows writes).
