@@ -127,6 +127,7 @@ export interface Nvfp4Binding {
     wScales: bigint, wGlobalScale: bigint, counts: bigint, offsets: bigint, out: bigint, outType: number, outScales: bigint,
     outGlobalScale: bigint, outGlobalScaleOut: bigint, E: number, rows: number, N: number, K: number,
     maxRowsPerExpert: number, pairs: number, epilogue: number, xRows: bigint, gatherK: number, xTokens: number,
+    portable: boolean,
   ): void;
 }
 

@@ -72,14 +72,17 @@ async function reference(xp: Tensor<'bf16'>, q: RawExperts, layout: ExpertLayout
 }
 
 
+/** A case, with the grouped GEMM's `path` option. */
+type PathCase = Case & { path?: 'auto' | 'portable' };
+
 /**
  * Whether the CUDA backend runs this case on the Hopper wgmma kernel (heuristics.h,
  * selectGroupedConfig): a compute capability 9.0 device, K % 32 == 0 and more than 64 expected
  * rows per expert (the mean pairs per expert, capped by a masked capacity). Its gathering form
  * runs the mma.sync kernel, so the two agree to the GEMM's rounding there, not bit for bit.
  */
-function onWgmmaPath(device: Device, c: Case): boolean {
-  if (device === 'cpu' || devices().find((d) => d.device === device)?.computeCapability !== '9.0') return false;
+function onWgmmaPath(device: Device, c: PathCase): boolean {
+  if (c.path === 'portable' || device === 'cpu' || devices().find((d) => d.device === device)?.computeCapability !== '9.0') return false;
   const mean = Math.max(1, Math.ceil((c.ids.length * c.k) / c.E));
   const rows = c.layout.maxTokensPerExpert !== undefined ? Math.min(c.layout.maxTokensPerExpert, mean) : mean;
   return c.K % 32 === 0 && rows > 64;
@@ -89,18 +92,18 @@ function onWgmmaPath(device: Device, c: Case): boolean {
  * Runs one case on `device`: permute, grouped GEMM into a sentinel-filled out, compared with the
  * reference on the pair rows; every other row must keep the sentinel.
  */
-async function checkCase(device: Device, c: Case, seed: number): Promise<void> {
+async function checkCase(device: Device, c: PathCase, seed: number): Promise<void> {
   const r = rng(seed);
   const q = randomExperts(r, c.E, c.N, c.K);
   const T = c.ids.length;
-  const label = `seed ${seed} E=${c.E} N=${c.N} K=${c.K} T=${T} k=${c.k} ${JSON.stringify(c.layout)} ${c.epilogue} on ${device}`;
+  const label = `seed ${seed} E=${c.E} N=${c.N} K=${c.K} T=${T} k=${c.k} ${JSON.stringify(c.layout)} ${c.epilogue} path ${c.path ?? 'auto'} on ${device}`;
   const x = fromBytes(randomBf16Bits(r, T * c.K), { dtype: 'bf16', shape: [T, c.K], device });
   const layout = layoutOf(c.ids, c.k, c.E, c.layout, device);
   const xp = permute(x, layout);
   const w = placeExperts(q, device);
   const outN = c.epilogue === 'swiglu' ? c.N / 2 : c.N;
   const out = fromBytes(new Uint16Array(layout.rows * outN).fill(SENTINEL), { dtype: 'bf16', shape: [layout.rows, outN], device });
-  expect(groupedGemmNvfp4(xp, w, layout, { epilogue: c.epilogue, out }), label).toBe(out);
+  expect(groupedGemmNvfp4(xp, w, layout, { epilogue: c.epilogue, out, path: c.path }), label).toBe(out);
   const got = new Uint16Array((await out.toBytes()).slice().buffer);
   const ref = await reference(xp, q, layout, c.epilogue);
   const holds = new Uint8Array(layout.rows);
@@ -122,13 +125,13 @@ async function checkCase(device: Device, c: Case, seed: number): Promise<void> {
   }
   expect(untouched, `${label}: rows without a pair are not written`).toBe(true);
   // a new out has the layout's shape
-  const fresh = groupedGemmNvfp4(xp, w, layout, { epilogue: c.epilogue });
+  const fresh = groupedGemmNvfp4(xp, w, layout, { epilogue: c.epilogue, path: c.path });
   expect(fresh.shape).toEqual([layout.rows, outN]);
   expect(fresh.dtype).toBe('bf16');
   // gather: the unpermuted x, read through sourceIndex by the same kernel: the same bits, and
   // the same rows left alone (on the wgmma path another kernel: the reference's tolerance)
   const gathered = fromBytes(new Uint16Array(layout.rows * outN).fill(SENTINEL), { dtype: 'bf16', shape: [layout.rows, outN], device });
-  groupedGemmNvfp4(x, w, layout, { epilogue: c.epilogue, out: gathered, gather: true });
+  groupedGemmNvfp4(x, w, layout, { epilogue: c.epilogue, out: gathered, gather: true, path: c.path });
   const gatheredBits = new Uint16Array((await gathered.toBytes()).slice().buffer);
   if (!onWgmmaPath(device, c)) {
     expect(gatheredBits, `${label} gather`).toEqual(got);
@@ -217,6 +220,17 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
       }
     });
   }
+
+  it("path: 'portable' keeps prefill sizes on the mma.sync kernels (gathered and permuted forms then agree bit for bit)", async () => {
+    const seed = freshSeed(`grouped portable ${device}`);
+    let i = 0;
+    for (const epilogue of ['none', 'swiglu'] as const) {
+      for (const counts of [[0, 1, 127, 128, 129, 257, 20, 30], [0, 1, 191, 192, 193, 385, 120, 100]]) {
+        const ids = idsForCounts(rng(seed + i), counts);
+        await checkCase(device, { E: 8, N: 200, K: 96, ids, k: 1, layout: { align: 1 }, epilogue, path: 'portable' }, seed + i++);
+      }
+    }
+  });
 
   it('edge routings: T = 0, T = 1 (k = 1 and k = 8), every token to one expert, top-8 with a hot expert', async () => {
     const seed = freshSeed(`grouped edges ${device}`);
@@ -327,6 +341,7 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
     await expectCode(() => groupedGemmNvfp4(x, w, layout, { epilogue: 'gelu' as never }), 'E_ARGUMENT', 'epilogue');
     await expectCode(() => groupedGemmNvfp4(x, w, layout, { epilog: 'swiglu' } as never), 'E_ARGUMENT', 'epilog');
     await expectCode(() => groupedGemmNvfp4(x, w, layout, null as never), 'E_ARGUMENT', 'options');
+    await expectCode(() => groupedGemmNvfp4(x, w, layout, { path: 'fast' as never }), 'E_ARGUMENT', 'path');
     const odd = placeExperts(randomExperts(r, E, 25, K), device);
     await expectCode(() => groupedGemmNvfp4(x, odd, layout, { epilogue: 'swiglu' }), 'E_SHAPE', 'swiglu');
     const gone = placeExperts(randomExperts(r, E, N, K), device);
@@ -356,7 +371,7 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
     const b = native();
     const ptrs = [w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr, layout.counts.dataPtr, layout.offsets.dataPtr] as const;
     b.nvfp4GroupedGemm(device === 'cpu' ? -1 : 0, defaultStream(device).handle, x.dataPtr, 2, 0n, 0n, ...ptrs, got.dataPtr, 2, 0n, 0n, 0n, E, rows, N, K, 0, T * k, 0,
-      xRows.dataPtr, k, T);
+      xRows.dataPtr, k, T, false);
     // the same kernel on rows permuted by hand, zeros where the pair names no token
     const xp = new Uint16Array(rows * K);
     for (let row = 0; row < rows; row++) {
@@ -382,6 +397,7 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
       b.nvfp4GroupedGemm(
         dev, s, o.x ?? x.dataPtr, o.xType ?? 2, 0n, 0n, w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr, layout.counts.dataPtr,
         layout.offsets.dataPtr, out.dataPtr, o.outType ?? 2, 0n, 0n, 0n, E, o.rows ?? 4, o.N ?? N, o.K ?? K, o.maxRows ?? 2, 2, o.epilogue ?? 0, 0n, 0, 0,
+        false,
       );
     call({})();
     await expectCode(call({ K: 24 }), 'E_SHAPE', 'K');
@@ -395,6 +411,7 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
       b.nvfp4GroupedGemm(
         dev, s, x.dataPtr, 2, 0n, 0n, w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr, layout.counts.dataPtr,
         layout.offsets.dataPtr, out.dataPtr, 2, 0n, 0n, 0n, E, 4, N, K, 2, 2, 0, layout.sourceIndex.dataPtr, gatherK, xTokens,
+        false,
       );
     gather(1, 2)();
     await expectCode(gather(0, 2), 'E_ARGUMENT', 'layout');

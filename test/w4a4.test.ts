@@ -456,7 +456,7 @@ forEachBackend('grouped nvfp4 gemm: W4A4 and NVFP4 output', (device: Device) => 
       b.nvfp4GroupedGemm(
         dev, s, xq.data.dataPtr, 4, o.xScales ?? xq.scales.dataPtr, xq.globalScale.dataPtr, w.data.dataPtr, w.scales.dataPtr, w.globalScale.dataPtr,
         layout.counts.dataPtr, layout.offsets.dataPtr, o.out ?? out.data.dataPtr, o.outType ?? 4, o.outScales ?? out.scales.dataPtr,
-        o.outGs ?? out.globalScale.dataPtr, 0n, E, 4, o.N ?? N, K, 2, 2, o.epilogue ?? 1, 0n, 0, 0,
+        o.outGs ?? out.globalScale.dataPtr, 0n, E, 4, o.N ?? N, K, 2, 2, o.epilogue ?? 1, 0n, 0, 0, false,
       );
     call({})();
     await expectCode(call({ outType: 0 }), 'E_DTYPE', 'out');

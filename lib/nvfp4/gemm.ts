@@ -55,7 +55,8 @@ export interface GemmNvfp4Options<D extends GemmNvfp4OutDType = GemmNvfp4OutDTyp
 // process.env reads are slow on the per-op path.
 let gemmPathEnv: { portable: boolean } | { error: string } | undefined;
 
-function forcedPortable(path: unknown): boolean {
+/** @internal Whether `path` (an option's value) or MOE_KERNELS_GEMM_PATH asks for the portable kernels; refuses bad values. */
+export function forcedPortable(path: unknown): boolean {
   if (path !== undefined) checkOneOf(path, 'path', GEMM_PATHS);
   if (gemmPathEnv === undefined) {
     const env = process.env.MOE_KERNELS_GEMM_PATH;

@@ -7,6 +7,7 @@ import type { ExpertLayout } from '../routing';
 import { resolveStream, type Stream } from '../stream';
 import { empty, overlaps, useOn, type Tensor } from '../tensor';
 import { checkAligned, checkBoolean, checkExpertLayout, checkNvfp4, checkOneOf, checkOptions, checkOut, checkTensor, isNvfp4Tensor, keys } from '../validate';
+import { forcedPortable } from './gemm';
 import { checkGlobalScaleOption, stageGlobalScale } from './quantize';
 import { NVFP4_BLOCK, type Nvfp4Tensor } from './tensor';
 
@@ -14,7 +15,7 @@ import { NVFP4_BLOCK, type Nvfp4Tensor } from './tensor';
 export type GroupedEpilogue = 'none' | 'swiglu';
 const EPILOGUES: readonly GroupedEpilogue[] = ['none', 'swiglu'];
 const EPILOGUE_ID: Readonly<Record<GroupedEpilogue, number>> = { none: 0, swiglu: 1 };
-const GROUPED_OPTIONS = keys('epilogue', 'gather', 'out', 'outGlobalScale', 'stream');
+const GROUPED_OPTIONS = keys('epilogue', 'gather', 'out', 'outGlobalScale', 'path', 'stream');
 const BF16_ONLY = ['bf16'] as const;
 const ID_BF16 = DTYPES.bf16.id;
 const ID_U8 = DTYPES.u8.id;
@@ -51,6 +52,12 @@ export interface GroupedGemmNvfp4Options {
    */
   outGlobalScale?: number | Tensor<'f32'>;
   stream?: Stream;
+  /**
+   * 'auto' (default) lets the library pick the kernel; 'portable' keeps to the mma.sync kernels
+   * where the Hopper wgmma kernel would run (prefill sizes), as gemmNvfp4's `path` does, and
+   * MOE_KERNELS_GEMM_PATH=portable does so for every call.
+   */
+  path?: 'auto' | 'portable';
 }
 
 /**
@@ -112,6 +119,7 @@ export function groupedGemmNvfp4(
   if (E !== l.numExperts) throw new MoeError('E_SHAPE', `w: expected E = layout.numExperts = ${l.numExperts} experts, got [${wShape}]`);
   if (xShape.length !== 2) throw new MoeError('E_SHAPE', `x: expected [rows, K], got [${xShape}]`);
   const gather = o.gather === undefined ? false : checkBoolean(o.gather, 'options.gather');
+  const portable = forcedPortable(o.path);
   if (gather && (xShape[0] !== l.tokens || xShape[1] !== K)) {
     throw new MoeError('E_SHAPE', `x: with gather, expected one row per token, [layout.tokens = ${l.tokens}, K = ${K}] (w [${wShape}]), got [${xShape}]`);
   }
@@ -134,13 +142,14 @@ export function groupedGemmNvfp4(
   const inputs: Tensor[] = xq ? [xq.data, xq.scales, xq.globalScale] : [xt];
   inputs.push(wData, w.scales, w.globalScale, l.counts, l.offsets);
   if (gather) inputs.push(l.sourceIndex);
-  const gatherArgs = [gather ? l.sourceIndex.dataPtr : 0n, gather ? l.k : 0, gather ? l.tokens : 0] as const;
+  // the native call's last fields: the gather's (xRows, gatherK, xTokens), then portable
+  const tailArgs = [gather ? l.sourceIndex.dataPtr : 0n, gather ? l.k : 0, gather ? l.tokens : 0, portable] as const;
 
   const outFp4 = isNvfp4Tensor(o.out);
   if (!outFp4 && o.outGlobalScale !== undefined) {
     throw new MoeError('E_ARGUMENT', 'options.outGlobalScale: applies to an NVFP4 out only (options.out an Nvfp4Tensor)');
   }
-  if (outFp4) return groupedIntoNvfp4(o, xq, xt, w, l, epilogue, [E, N, K], outN, inputs, stream, gatherArgs);
+  if (outFp4) return groupedIntoNvfp4(o, xq, xt, w, l, epilogue, [E, N, K], outN, inputs, stream, tailArgs);
 
   let out: Tensor<'bf16'>;
   const given = o.out !== undefined;
@@ -180,7 +189,7 @@ export function groupedGemmNvfp4(
       l.form === 'masked' ? l.maxTokensPerExpert : 0,
       l.tokens * l.k,
       EPILOGUE_ID[epilogue],
-      ...gatherArgs,
+      ...tailArgs,
     );
   } catch (e) {
     if (!given) out.dispose();
@@ -201,7 +210,7 @@ function groupedIntoNvfp4(
   outN: number,
   inputs: Tensor[],
   stream: Stream,
-  gatherArgs: readonly [bigint, number, number],
+  tailArgs: readonly [bigint, number, number, boolean],
 ): Nvfp4Tensor {
   const device = xt.device;
   const q = checkNvfp4<Nvfp4Tensor>(o.out, 'options.out', device);
@@ -252,7 +261,7 @@ function groupedIntoNvfp4(
     l.form === 'masked' ? l.maxTokensPerExpert : 0,
     l.tokens * l.k,
     EPILOGUE_ID[epilogue],
-    ...gatherArgs,
+    ...tailArgs,
   );
   return q;
 }

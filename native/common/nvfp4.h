@@ -147,6 +147,7 @@ struct GroupedGemmArgs {
   const int32_t* xRows;        // gather: [rows] the layout's sourceIndex; null: row r reads x[r]
   int32_t gatherK;             // gather: pairs per token (the layout's k)
   int64_t xTokens;             // gather: rows of x
+  bool portable;               // keep to the mma.sync kernels where the Hopper one would run
 };
 
 // Bytes of the swizzled layout of a [rows, K/16] scale tensor: roundUp(rows, 128) * roundUp(K/16, 4).

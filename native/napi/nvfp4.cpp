@@ -139,6 +139,7 @@ void registerNvfp4(Napi::Env env, Napi::Object exports) {
         a.xRows = r.ptr<const int32_t>();
         a.gatherK = r.i32();
         a.xTokens = r.i64();
+        a.portable = r.flag();
         return a;
       },
       cpu::nvfp4::groupedGemm, MOE_GPU(kernels::nvfp4::groupedGemm));

@@ -105,7 +105,7 @@ cudaError_t groupedGemm(const GroupedGemmArgs& g, const Launch& l) {
   const bool gemvAligned = isAligned(g.wData, 16) && isAligned(g.x, 16) && isAligned(g.wScales, 2) && !(gather && g.xTokens == 0);
   const GroupedConfig c = selectGroupedConfig(E, N, K, swiglu, g.maxRowsPerExpert, g.pairs, gemvAligned,
                                               l.facts.multiprocessors, xFp4, outFp4,
-                                              sm90GroupedSupported(g, l.facts));
+                                              !g.portable && sm90GroupedSupported(g, l.facts));
   if (c.kernel == GroupedKernel::Sm90) return sm90GroupedGemm(g, static_cast<int>(c.tileM), l);
 
   GroupParams group{};

@@ -237,7 +237,8 @@ struct GroupedConfig {
 inline constexpr int64_t kGroupedGemvMaxMean = 4;
 
 // Where the prefill tile (Tile128) would run, the Hopper wgmma kernel takes the problem when
-// `wgmma` says the device and the arguments allow it (sm90GroupedSupported: bf16 x that is not
+// `wgmma` says the caller allows it (GroupedGemmArgs::portable unset) and so do the device and
+// the arguments (sm90GroupedSupported: bf16 x that is not
 // gathered, since its TMA boxes read contiguous rows; bf16 out; at most kSm90GroupedMaxExperts
 // experts, for its per-CTA table of E + 1 counts). Its token tile by the expected rows per expert
 // R: 128 below kSm90GroupedMidRows, 192 below kSm90GroupedWideRows, else 256. A 64-k step costs
