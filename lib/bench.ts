@@ -22,6 +22,8 @@ export const BENCH_FAMILIES: readonly BenchFamily[] = [
   { name: 'nvfp4', script: 'benchmarks/run_nvfp4.sh', peers: true, description: 'NVFP4 GEMM (W4A16), DeepSeek-V3 shapes, M = 1 to 16384; peers cuBLAS BF16 and FP8' },
   { name: 'mtp', script: 'benchmarks/run_mtp.sh', peers: true, description: 'MTP draft verification (verifyDrafts), greedy and rejection, B = 1 and 256; peer PyTorch' },
   { name: 'routing', script: 'benchmarks/run_routing.sh', peers: true, description: 'MoE routing: routeTopK alone and with the contiguous or masked layout, T = 1 to 16384; peer PyTorch' },
+  { name: 'grouped', script: 'benchmarks/run_grouped.sh', peers: true, description: 'grouped expert GEMM (W4A16), DeepSeek-V3 w13+swiglu and w2, decode T = 1 to 128 and prefill T = 4096, 16384; peers torch._grouped_mm and a cuBLAS loop' },
+  { name: 'moe', script: 'benchmarks/run_moe.sh', peers: true, description: 'MoE block (moeForward, NVFP4), DeepSeek-V3 shape, T = 1 to 4096, with a stage breakdown; peer PyTorch BF16' },
   { name: 'decode-step', script: 'benchmarks/run_decode_step.sh', peers: true, description: 'one decode step of the demo slice (L MoE layers + LM head, NVFP4, MTP-3), B = 1 to 256, against the BF16 floor; peer PyTorch BF16' },
   { name: 'launch', script: 'benchmarks/run_launch.sh', peers: false, description: 'launch overhead: each op from JS against the same launcher looped in C++' },
 ];
@@ -97,6 +99,6 @@ export function bench(names: readonly string[], options: BenchOptions): number {
       return r.status === EXIT_NO_GPU ? EXIT_NO_GPU : 1;
     }
   }
-  console.log(`results (JSON, Markdown, SVG) in ${out}`);
+  console.log(`results (JSON, Markdown, and SVG charts where a family draws one) in ${out}`);
   return 0;
 }
