@@ -199,7 +199,7 @@ forEachBackend('grouped nvfp4 gemm', (device: Device) => {
   // out that are not 16-byte multiples (N = 196, I = 98); 70 experts (the unit table's scan over
   // several experts per lane).
   for (const epilogue of ['none', 'swiglu'] as const) {
-    it(`${epilogue}: prefill sizes (over 64 rows per expert), 128- and 256-token tiles`, async () => {
+    it(`${epilogue}: prefill sizes (over 64 rows per expert), 128-, 192- and 256-token tiles`, async () => {
       const seed = freshSeed(`grouped prefill ${epilogue} ${device}`);
       const r = rng(seed);
       let i = 0;
