@@ -220,11 +220,12 @@ export interface EpBinding {
   epCombineSend(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
     y: bigint, rows: number, regions: bigint, rowIndex: bigint, recvCounts: bigint, dataDst: bigint, countDst: bigint, epoch: bigint, sync: bigint, sms: number,
+    sideStream: bigint, forkEvent: bigint, chunkDone: bigint,
   ): void;
   epCombineRecv(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
     regions: bigint, counts: bigint, epoch: bigint, timeoutNs: number, status: bigint, combineIndex: bigint, weights: bigint, tokens: number,
-    out: bigint, outType: number,
+    out: bigint, outType: number, sideStream: bigint, joinEvent: bigint,
   ): void;
   /** Opens NCCL (libnccl.so.2, or MOE_KERNELS_NCCL_LIBRARY) and names it with its version; E_COMM when it cannot. */
   ncclLoad(): string;

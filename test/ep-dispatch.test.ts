@@ -322,8 +322,9 @@ describe('dispatch and combine: hand-computed', () => {
 describe('combine "reduced": hand-computed', () => {
   it('each rank sums its pairs first and sends one bf16 row; the rounding of a partial shows', async () => {
     const bs = await buffers(await group(2), { maxTokensPerRank: 2, hidden: 2, topK: 3, numExperts: 4, combine: 'reduced' });
-    // a combine region: 2 valid flags (16 bytes), 2 rows of 2 bf16 (8 bytes), to 16 bytes: 32 per rank
-    expect(bs.map((b) => [b.combineForm, b.bytes.combine])).toEqual([['reduced', 2 * 32], ['reduced', 2 * 32]]);
+    // a combine region: 2 valid flags (16 bytes), 2 rows of 2 bf16 (8 bytes), to 16 bytes, then one
+    // chunk flag on 16 bytes: 48 per rank
+    expect(bs.map((b) => [b.combineForm, b.bytes.combine])).toEqual([['reduced', 2 * 48], ['reduced', 2 * 48]]);
     // rank 0's token 0 -> experts 0, 1 (rank 0) and 2 (rank 1), weights 1; rank 1 sends nothing
     const d = await Promise.all([
       bs[0].dispatch(cpuArray([1, 2], [1, 2], 'bf16'), { ids: cpuArray([0, 1, 2], [1, 3], 'i32'), weights: cpuArray([1, 1, 1], [1, 3], 'f32') }),
@@ -471,6 +472,48 @@ describe('the CPU reference of an overlapped send', () => {
     await expectCode(() => recv(), 'E_COMM', "rank 0's payloads of chunk 1 have not arrived");
     for (const t of [x, ids, w, region, count, state, combineIndex, errors, dataDst, countDst]) t.dispose();
   });
+
+  it('a combine count word with "rows follow": the sums once every used chunk flag carries the call; E_COMM naming a chunk that does not', async () => {
+    // one rank, exact combine, k = 2, hidden 16, 70 slots (two chunks of 64, the second partly
+    // used): combineSend fills the region, combineRecv sums it; host memory throughout
+    const seed = freshSeed('cpu combine chunk flags');
+    const r = rng(seed);
+    const T = 70, H = 16, K = 2, E = 2, M = 70, rows = M * K;
+    const b = native();
+    const u8 = (n: number) => fromArray(new Uint8Array(n), { shape: [n], dtype: 'u8', device: 'cpu' });
+    const i32 = (v: number[]) => fromArray(v, { shape: [v.length], dtype: 'i32', device: 'cpu' });
+    const y = fromArray(Array.from({ length: rows * H }, () => r() * 4 - 2), { shape: [rows, H], dtype: 'bf16', device: 'cpu' });
+    // slot j's pair kk: row 2j + kk, or none for a few pairs; token t sits in slot t
+    const rowIndex = i32(Array.from({ length: rows }, (_, p) => (p % 7 === 3 ? -1 : p)));
+    const combineIndex = i32(Array.from({ length: T * K }, (_, p) => p));
+    const w = fromArray(Array.from({ length: T * K }, () => r()), { shape: [T * K], device: 'cpu' });
+    const rowsAt = Math.ceil((4 * M * K) / 16) * 16, flagsAt = Math.ceil((rowsAt + rows * 2 * H) / 16) * 16;
+    const region = u8(flagsAt + 16), count = u8(8), state = u8(32), recvCounts = i32([T]), dispatchRegion = u8(16);
+    const table = (p: bigint) => fromArray(new BigUint64Array([p]), { shape: [1], dtype: 'i64', device: 'cpu' });
+    const dataDst = table(region.dataPtr), countDst = table(count.dataPtr);
+    const shape = [1, 0, E, K, H, M, 0, 0] as const;
+    b.hostWrite(state.dataPtr, new Uint32Array([1]));  // the call number
+    b.epCombineSend(-1, 0n, ...shape, y.dataPtr, rows, dispatchRegion.dataPtr, rowIndex.dataPtr, recvCounts.dataPtr, dataDst.dataPtr, countDst.dataPtr,
+      state.dataPtr, state.dataPtr + 4n, 1, 0n, 0n, 0n);
+    const recv = () => {
+      const out = u8(4 * T * H), status = u8(8);
+      b.epCombineRecv(-1, 0n, ...shape, region.dataPtr, count.dataPtr, state.dataPtr, 1e9, status.dataPtr, combineIndex.dataPtr, w.dataPtr, T, out.dataPtr, 0, 0n, 0n);
+      const bytes = new Uint8Array(4 * T * H);
+      b.hostRead(out.dataPtr, bytes);
+      return Array.from(bytes);
+    };
+    const want = recv();
+    expect(want.some((v) => v !== 0)).toBe(true);
+    const word = new BigUint64Array(1);
+    b.hostRead(count.dataPtr, word);
+    expect(word[0]).toBe((1n << 32n) | BigInt(T));
+    b.hostWrite(count.dataPtr, new BigUint64Array([word[0] | 0x80000000n]));
+    b.hostWrite(region.dataPtr + BigInt(flagsAt), new Uint32Array([1, 1]));
+    expect(recv()).toEqual(want);
+    b.hostWrite(region.dataPtr + BigInt(flagsAt), new Uint32Array([1, 0]));
+    await expectCode(() => recv(), 'E_COMM', "rank 0's rows of chunk 1 have not arrived");
+    for (const t of [y, rowIndex, combineIndex, w, region, count, state, recvCounts, dispatchRegion, dataDst, countDst]) t.dispose();
+  });
 });
 
 describe('payload error', () => {
@@ -503,7 +546,8 @@ describe('payload error', () => {
       expect(b.bytes.slot).toBe(Math.ceil(b.bytes.payload / 16) * 16 + 80);
       // two slots, then one chunk flag on 16 bytes
       expect(b.bytes.dispatch).toBe(2 * b.bytes.slot + 16);
-      expect(b.bytes.combine).toBe(64 + 2 * 8 * 7168 * 2);
+      // 16 valid flags, 16 rows, one chunk flag on 16 bytes
+      expect(b.bytes.combine).toBe(64 + 2 * 8 * 7168 * 2 + 16);
       expect(b.bytes.total).toBeGreaterThan(2 * (b.bytes.dispatch + b.bytes.combine));
     }
     expect(sizes).toEqual({ bf16: 14336, fp8: 7168 + 4 * 56, nvfp4: 3584 + 448 + 4 });
@@ -783,10 +827,13 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
     }
   });
 
-  it('overlapped sends (over 1024 tokens, one rank per device): payloads behind chunk flags, every payload, rows of two parts, partial chunks', async () => {
+  it('overlapped sends (over 1024 tokens, one rank per device): payloads and combine rows behind chunk flags, every payload, rows of two parts, partial chunks', async () => {
     // which sends took the side stream: the send's side-stream argument, fifth from its end
     const send = vi.spyOn(native(), 'epDispatchSend');
     const overlapped = () => send.mock.calls.map((a) => a[a.length - 5] !== 0n);
+    // and which combine sends did: their side-stream argument, third from the end
+    const combine = vi.spyOn(native(), 'epCombineSend');
+    const combined = () => combine.mock.calls.map((a) => a[a.length - 3] !== 0n);
     try {
       for (const devs of pairs()) {
         const seed = freshSeed(`nvlink overlap ${devs.join(',')}`);
@@ -795,6 +842,7 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
         // 1025..1087 tokens: the last chunk of 64 slots partly filled on both ranks
         const T = [1025 + (seed % 63), 1025 + ((seed >>> 6) % 63)];
         send.mockClear();
+        combine.mockClear();
         // a bf16 row of 4224 bytes: two 4 KB parts per slot, each counted on its chunk
         await round({ R: 2, E, H: 2112, K: 1, maxT: 1100, payload: 'bf16', form: 'contiguous', align: 8, out: 'f32', devices: devs, inputs: inputs(seed, T, 2112, E, 1) });
         await round({ R: 2, E, H: 64, K: 3, maxT: 1100, payload: 'fp8', form: 'masked', M: 300, out: 'bf16', devices: devs, inputs: inputs(seed + 1, T, 64, E, 3) });
@@ -802,14 +850,18 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
         // a bf16 row off the 16-byte copies: encoded into the buffer's staging
         await round({ R: 2, E, H: 36, K: 2, maxT: 1100, payload: 'bf16', form: 'contiguous', out: 'bf16', devices: devs, inputs: inputs(seed + 3, T, 36, E, 2) });
         expect(overlapped(), `${devs.join(',')}: every send of over 1024 tokens overlaps when its rank is alone on its device`).toEqual(new Array(8).fill(alone));
+        expect(combined(), `${devs.join(',')}: combine`).toEqual(new Array(8).fill(alone));
         // at most 1024 tokens, or a buffer sized for at most 1024, never overlaps
         send.mockClear();
+        combine.mockClear();
         await round({ R: 2, E, H: 64, K: 3, maxT: 1100, payload: 'bf16', form: 'contiguous', out: 'f32', devices: devs, inputs: inputs(seed + 4, [1024, 1000], 64, E, 3) });
         await round({ R: 2, E, H: 64, K: 3, maxT: 1024, payload: 'fp8', form: 'contiguous', out: 'f32', devices: devs, inputs: inputs(seed + 5, [1024, 1024], 64, E, 3) });
         expect(overlapped(), devs.join(',')).toEqual(new Array(4).fill(false));
+        expect(combined(), `${devs.join(',')}: combine`).toEqual(new Array(4).fill(false));
       }
     } finally {
       send.mockRestore();
+      combine.mockRestore();
     }
   });
 
@@ -898,6 +950,56 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
       expect(Math.max(...sends('epDispatchSend'))).toBeLessThan(Math.min(...sends('epDispatchRecv')));
       expect(Math.max(...sends('epCombineSend'))).toBeLessThan(Math.min(...sends('epCombineRecv')));
     }
+  });
+
+  it('combine\'s sums wait for the chunk flags of a region whose rows follow; a chunk that never comes is a timeout in status, its tokens add nothing', async () => {
+    // one rank, exact combine, k = 2, hidden 64, 70 slots (two chunks of 64), token t in slot t;
+    // the region filled by a combine send that does not overlap, then its count word and flags
+    // set by hand
+    const seed = freshSeed('nvlink combine chunk flags');
+    const r = rng(seed);
+    const T = 70, H = 64, K = 2, E = 2, M = 70, rows = M * K;
+    const dev: Device = 'cuda:0', s = keep(createStream(dev)), b = native(), d = 0;
+    const on = <D extends 'u8' | 'i32' | 'i64'>(v: ArrayLike<number> | BigUint64Array, dtype: D, n = v.length) =>
+      fromArray(v as never, { shape: [n], dtype, device: dev }) as Tensor<D>;
+    const y = fromArray(Array.from({ length: rows * H }, () => r() * 4 - 2), { shape: [rows, H], dtype: 'bf16', device: dev });
+    const rowIndex = on(Array.from({ length: rows }, (_, p) => (p % 7 === 3 ? -1 : p)), 'i32');
+    const combineIndex = on(Array.from({ length: T * K }, (_, p) => p), 'i32');
+    const w = fromArray(Array.from({ length: T * K }, () => r()), { shape: [T * K], device: dev });
+    const rowsAt = Math.ceil((4 * M * K) / 16) * 16, flagsAt = Math.ceil((rowsAt + rows * 2 * H) / 16) * 16;
+    const region = on(new Uint8Array(flagsAt + 16), 'u8'), count = on(new Uint8Array(8), 'u8'), state = on(new Uint8Array(32), 'u8');
+    const recvCounts = on([T], 'i32'), dispatchRegion = on(new Uint8Array(16), 'u8');
+    const dataDst = on(new BigUint64Array([region.dataPtr]), 'i64'), countDst = on(new BigUint64Array([count.dataPtr]), 'i64');
+    const shape = [1, 0, E, K, H, M, 0, 0] as const;
+    b.copyToDevice(d, state.dataPtr, new Uint32Array([1]), 4, s.handle);  // the call number
+    b.epCombineSend(d, s.handle, ...shape, y.dataPtr, rows, dispatchRegion.dataPtr, rowIndex.dataPtr, recvCounts.dataPtr, dataDst.dataPtr, countDst.dataPtr,
+      state.dataPtr, state.dataPtr + 4n, 4, 0n, 0n, 0n);
+    const recv = async (timeoutNs: number) => {
+      const out = fromArray(new Float32Array(T * H), { shape: [T, H], device: dev }), status = on(new Int32Array(2), 'i32');
+      b.epCombineRecv(d, s.handle, ...shape, region.dataPtr, count.dataPtr, state.dataPtr, timeoutNs, status.dataPtr, combineIndex.dataPtr, w.dataPtr, T,
+        out.dataPtr, 0, 0n, 0n);
+      const got = { out: Array.from(await out.toArray({ stream: s })), status: Array.from(await status.toArray({ stream: s })) };
+      out.dispose();
+      status.dispose();
+      return got;
+    };
+    const want = await recv(1e9);
+    expect(want.status).toEqual([0, 0]);
+    expect(want.out.some((v) => v !== 0)).toBe(true);
+    const word = (1n << 32n) | BigInt(T);
+    expect(Array.from(await count.toArray({ stream: s }))).toEqual(Array.from(new Uint8Array(new BigUint64Array([word]).buffer)));
+    b.copyToDevice(d, count.dataPtr, new BigUint64Array([word | 0x80000000n]), 8, s.handle);
+    b.copyToDevice(d, region.dataPtr + BigInt(flagsAt), new Uint32Array([1, 1]), 8, s.handle);
+    expect(await recv(1e9)).toEqual(want);
+    // chunk 1 (slots 64..69) never comes: status names the combine's wait and rank 0
+    b.copyToDevice(d, region.dataPtr + BigInt(flagsAt), new Uint32Array([1, 0]), 8, s.handle);
+    const t0 = Date.now();
+    const late = await recv(2e7);
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(late.status).toEqual([2, 0]);
+    expect(late.out.slice(0, 64 * H)).toEqual(want.out.slice(0, 64 * H));
+    expect(late.out.slice(64 * H)).toEqual(new Array(6 * H).fill(0));
+    for (const t of [y, rowIndex, combineIndex, w, region, count, state, recvCounts, dispatchRegion, dataDst, countDst]) t.dispose();
   });
 
   it('ranks that share a device and a stream are refused', async () => {

@@ -169,12 +169,13 @@ const I32_MAX = 2 ** 31 - 1;
 
 // The byte layout of native/common/ep.h.
 const roundUp16 = (n: number) => Math.ceil(n / 16) * 16;
-/** Slots per chunk flag of a dispatch region (common/ep.h kChunkSlots). */
+/** Slots per chunk flag of a dispatch or combine region (common/ep.h kChunkSlots). */
 const CHUNK_SLOTS = 64;
 /**
  * nvlink: a dispatch of more tokens than this sends its payloads on a side stream, overlapped
- * with the receive's layout and rows (common/ep.h, "Overlapped sends"). At or below it the send
- * is one launch that scans its own slots (the decode path), where the launches are the cost.
+ * with the receive's layout and rows, and its combine sends the rows there, overlapped with the
+ * sums (common/ep.h, "Overlapped sends"). At or below it the send is one launch (the dispatch's
+ * scans its own slots: the decode path), where the launches are the cost.
  */
 const OVERLAP_TOKENS = 1024;
 function payloadBytes(payload: EpPayload, hidden: number): number {
@@ -249,7 +250,7 @@ export interface EpBufferBytes {
   payload: number;
   /** The receive buffer of dispatch (worldSize regions of maxTokensPerRank slots, and a 4-byte flag per 64 slots on 16 bytes). */
   dispatch: number;
-  /** The receive buffer of combine (worldSize regions of maxTokensPerRank x topK rows; x 1 row with combine "reduced"). */
+  /** The receive buffer of combine (worldSize regions of maxTokensPerRank x topK rows, x 1 row with combine "reduced", each with a valid flag, and a 4-byte flag per 64 slots on 16 bytes). */
   combine: number;
   /** The experts' rows (tokens) and the layout handed out by dispatch. */
   output: number;
@@ -321,7 +322,7 @@ export class EpBuffer {
   private ipc: { base: bigint; bytes: number; opened: bigint[] } | undefined;
   /** nvlink ranks of one process: where they meet between each call's send and receive (gate.ts). */
   private gate: { id: string; gate: SendGate } | undefined;
-  /** nvlink, one rank per device: the stream of an overlapped send's payloads, and the events that fork it from and join it to the call's stream. */
+  /** nvlink, one rank per device: the stream of an overlapped send's payloads (dispatch) or rows (combine), and the events that fork it from and join it to the call's stream. */
   private side: { stream: bigint; fork: bigint; join: bigint } | undefined;
   /** nccl: the communicator (native ncclReserve), the event that marks a call's end, and the group's close hook. */
   private nccl: { handle: number; event: bigint; live: boolean; unhook: () => void } | undefined;
@@ -359,7 +360,7 @@ export class EpBuffer {
     this.dispatchRegion = M * this.slotBytes + roundUp16(4 * Math.ceil(M / CHUNK_SLOTS));
     this.combineEntries = c.combine === 'reduced' ? 1 : K;
     this.combineRowsAt = roundUp16(4 * M * this.combineEntries);
-    this.combineRegion = roundUp16(this.combineRowsAt + M * this.combineEntries * 2 * H);
+    this.combineRegion = roundUp16(this.combineRowsAt + M * this.combineEntries * 2 * H) + roundUp16(4 * Math.ceil(M / CHUNK_SLOTS));
     const slots = R * M;
     this.rows = c.layout === 'masked' ? L * c.maxTokensPerExpert : slots * K + L * (c.align - 1);
     if (this.rows > I32_MAX || this.rows * H > Number.MAX_SAFE_INTEGER) throw new MoeError('E_ARGUMENT', `options: the layout's ${this.rows} rows exceed 2^31 - 1`);
@@ -397,7 +398,7 @@ export class EpBuffer {
           recvDispatch: make([R * this.dispatchRegion], 'u8', true),
           // count words start at call 0: the first call waits for words of call 1
           recvDispatchCounts: make([R], 'i64', true),
-          recvCombine: make([R * this.combineRegion], 'u8'),
+          recvCombine: make([R * this.combineRegion], 'u8', true),
           recvCombineCounts: make([R], 'i64', true),
         };
       }
@@ -410,8 +411,8 @@ export class EpBuffer {
       if (c.transport === 'nvlink' && !sharesDevice && M > OVERLAP_TOKENS) {
         // an overlapped send's memory (outside the stream's workspace, which the receive reuses
         // while the payloads travel): the slots per destination and the call number, a counter
-        // per chunk, and the encoded rows unless x is sent as it is; none for a buffer whose
-        // sends never overlap
+        // per chunk (dispatch and combine: zeros between sends), and the encoded rows unless x
+        // is sent as it is; none for a buffer whose sends never overlap
         Object.assign(this.t, {
           sendCounts: make([R + 1], 'i32'),
           chunkDone: make([R * Math.ceil(M / CHUNK_SLOTS)], 'i32', true),
@@ -686,9 +687,11 @@ export class EpBuffer {
       const t = this.t, tb = this.tables as NonNullable<EpBuffer['tables']>;
       const dev = t.state.deviceIndex, st = t.state.dataPtr;
       useOn(stream, [yt, last.weights, out, ...this.tensors()]);
+      // the side stream's work ends before the call's (combineRecv joins it)
+      const side = this.side && T > OVERLAP_TOKENS ? this.side : undefined;
       b.epCombineSend(
         dev, stream.handle, ...this.shape, yt.dataPtr, this.rows, t.recvDispatch.dataPtr, this.out.layout.rowIndex.dataPtr, t.recvCounts.dataPtr, tb.combine.dataPtr,
-        tb.combineCounts.dataPtr, st, st + 8n, Math.max(1, this.sms),
+        tb.combineCounts.dataPtr, st, st + 8n, Math.max(1, this.sms), side?.stream ?? 0n, side?.fork ?? 0n, side ? t.chunkDone.dataPtr : 0n,
       );
       if (this.transport === 'host') {
         const sent = this.readWords(t.stageCombineCounts);
@@ -704,7 +707,7 @@ export class EpBuffer {
       }
       b.epCombineRecv(
         dev, stream.handle, ...this.shape, t.recvCombine.dataPtr, t.recvCombineCounts.dataPtr, st, this.recvBoundNs(deadline), st + 16n,
-        this.out.combineIndex.dataPtr, last.weights.dataPtr, T, out.dataPtr, DTYPES[out.dtype].id,
+        this.out.combineIndex.dataPtr, last.weights.dataPtr, T, out.dataPtr, DTYPES[out.dtype].id, side?.stream ?? 0n, side?.join ?? 0n,
       );
       if (this.nccl) await this.ncclWait('combine', stream, deadline);
       this.state = 'idle';

@@ -19,16 +19,19 @@
 //       per (token, rank) on the wire instead of one per pair
 //       valid    i32 [maxTokens]: 1 where at least one pair of the slot got a row
 //       rows     bf16 [maxTokens, hidden]
+//     then a u32 chunk flag per kChunkSlots slots (see "Overlapped sends").
 //   chunk flags: u32 per chunk of kChunkSlots slots, after the slots (see "Overlapped sends").
 //   count words: one u64 per region, (epoch << 32) | rows sent, written after the region.
 //
-// Overlapped sends (a device's dispatchSend given a side stream): the count word goes out once
-// the slots' metadata has landed, with bit 31 of its count set (kPayloadFollows); each chunk's
-// payloads follow on the side stream, and chunk flag c = the call number once every payload of
-// chunk c's slots has landed. The receiver computes the layout from the metadata while the
-// payloads travel, and expands each chunk into its experts' rows as soon as its flag is there.
-// dispatchRecv, given the same side stream, makes the launch stream wait for the side stream's
-// work before it returns.
+// Overlapped sends (a device's dispatchSend or combineSend given a side stream): the count word
+// goes out first (dispatch: once the slots' metadata has landed), with bit 31 of its count set
+// (kPayloadFollows); the rest follows on the side stream, and chunk flag c = the call number once
+// everything of chunk c's slots has landed (dispatch: the payloads; combine: the slots' valid
+// flags and rows). The dispatch receiver computes the layout from the metadata while the payloads
+// travel and expands each chunk into its experts' rows as soon as its flag is there; the combine
+// receiver sums each token once the chunks of its slots are there. dispatchRecv and combineRecv,
+// given the same side stream, make the launch stream wait for the side stream's work before they
+// return.
 //
 // The call number (epoch) lives in the rank's own memory, so that a captured graph replays with
 // the next number: dispatchSend sends with *epoch + 1, dispatchRecv expects *epoch + 1 and then
@@ -95,12 +98,15 @@ EP_HD int64_t flagsOffset(int32_t payload, int64_t hidden, int32_t k, int64_t ma
 EP_HD int64_t dispatchRegionBytes(int32_t payload, int64_t hidden, int32_t k, int64_t maxTokens) {
   return flagsOffset(payload, hidden, k, maxTokens) + roundUp16(4 * chunks(maxTokens));
 }
-// Combine region: entries per slot (k exact, 1 reduced), valid flags, then rows; each region
-// starts on 16 bytes, so that its flags load as words.
+// Combine region: entries per slot (k exact, 1 reduced), valid flags, rows, then the chunk flags;
+// each region starts on 16 bytes, so that its flags load as words.
 EP_HD int32_t combineEntries(int32_t combine, int32_t k) { return combine == kCombineReduced ? 1 : k; }
 EP_HD int64_t combineRowsOffset(int64_t maxTokens, int32_t entries) { return roundUp16(4 * maxTokens * entries); }
-EP_HD int64_t combineRegionBytes(int64_t hidden, int32_t entries, int64_t maxTokens) {
+EP_HD int64_t combineFlagsOffset(int64_t hidden, int32_t entries, int64_t maxTokens) {
   return roundUp16(combineRowsOffset(maxTokens, entries) + maxTokens * entries * 2 * hidden);
+}
+EP_HD int64_t combineRegionBytes(int64_t hidden, int32_t entries, int64_t maxTokens) {
+  return combineFlagsOffset(hidden, entries, maxTokens) + roundUp16(4 * chunks(maxTokens));
 }
 EP_HD uint64_t countWord(uint32_t epoch, uint32_t count) { return (static_cast<uint64_t>(epoch) << 32) | count; }
 // A bf16 row that fills its payload exactly, at a 16-byte aligned x, is sent straight from x
@@ -132,14 +138,15 @@ struct EpShapeView {
   int32_t ranks, rank, experts, k;
   int64_t hidden, maxTokens;
   int32_t payload, combine, combineEntries;
-  int64_t metaAt, slotBytes, regionBytes, combineRowsAt, combineRegionBytes, flagsAt;
+  int64_t metaAt, slotBytes, regionBytes, combineRowsAt, combineRegionBytes, flagsAt, combineFlagsAt;
 };
 
 inline EpShapeView view(const EpShape& s) {
   const int32_t entries = combineEntries(s.combine, s.k);
   return {s.ranks, s.rank, s.experts, s.k, s.hidden, s.maxTokens, s.payload, s.combine, entries, metaOffset(s.payload, s.hidden),
           slotBytes(s.payload, s.hidden, s.k), dispatchRegionBytes(s.payload, s.hidden, s.k, s.maxTokens), combineRowsOffset(s.maxTokens, entries),
-          combineRegionBytes(s.hidden, entries, s.maxTokens), flagsOffset(s.payload, s.hidden, s.k, s.maxTokens)};
+          combineRegionBytes(s.hidden, entries, s.maxTokens), flagsOffset(s.payload, s.hidden, s.k, s.maxTokens),
+          combineFlagsOffset(s.hidden, entries, s.maxTokens)};
 }
 }  // namespace ep
 
@@ -262,7 +269,8 @@ inline void validate(const EpDispatchRecvArgs& a) {
 //   reduced: entry j gets bf16(sum over those kk in order of fma(weight kk, row(kk), acc)), acc
 //            from 0 and the weights those the slot's metadata carries in the dispatch regions,
 //            and valid = 1, or valid = 0 where no pair of the slot got a row;
-// then *countDst[s] = countWord(*epoch, count).
+// then *countDst[s] = countWord(*epoch, count) (overlapped: countWord(*epoch, count |
+// kPayloadFollows) first, and chunk flag c of dataDst[s] = *epoch once chunk c's entries are there).
 struct EpCombineSendArgs {
   EpShape shape;
   const uint16_t* y;           // bf16 [rows, hidden]
@@ -275,6 +283,12 @@ struct EpCombineSendArgs {
   const uint32_t* epoch;       // [1]
   uint32_t* sync;              // [1] scratch of the device kernels, 0 between calls
   int32_t sms;                 // CTAs of the device copy kernel
+  // Overlapped send (devices only; the CPU ignores these): with sideStream, the count words go
+  // out on the launch stream (kPayloadFollows), then forkEvent hands over to sideStream for the
+  // entries, each chunk of slots flagged in the source's combine region once complete.
+  void* sideStream;            // cudaStream_t, or null: everything on the launch stream
+  void* forkEvent;             // cudaEvent_t
+  uint32_t* chunkDone;         // [ranks, chunks] zeros between calls
 };
 
 inline void validate(const EpCombineSendArgs& a) {
@@ -283,9 +297,11 @@ inline void validate(const EpCombineSendArgs& a) {
   MOE_REQUIRE(a.sms >= 1 && a.sms <= 1024, "E_ARGUMENT", "sms", "expected 1 to 1024, got " + std::to_string(a.sms));
   MOE_REQUIRE((a.rows == 0 || a.y) && a.regions && a.rowIndex && a.recvCounts && a.dataDst && a.countDst && a.epoch && a.sync, "E_ARGUMENT", "y",
               "null data pointer");
+  MOE_REQUIRE(!a.sideStream || (a.forkEvent && a.chunkDone), "E_ARGUMENT", "buffer", "an overlapped send needs its event and counters");
 }
 
-// combineRecv: exact: out[t] = sum over i = 0..k-1, in that order, of weights[t, i] *
+// combineRecv: a region whose count word has kPayloadFollows is read chunk by chunk, each once its
+// flag carries the call (bounded like the count words). exact: out[t] = sum over i = 0..k-1, in that order, of weights[t, i] *
 // row(combineIndex[t, i]) for the pairs whose entry is valid, each step one f32 fused
 // multiply-add from 0, rounded once to out's dtype: unpermute's arithmetic, so the result equals
 // the single-device block's bits. reduced: out[t] = the f32 sum from 0 of the valid entries of
@@ -303,6 +319,10 @@ struct EpCombineRecvArgs {
   int64_t tokens;
   void* out;                   // [tokens, hidden]
   DType outType;               // BF16 or F32
+  // An overlapped send's end (devices only): the launch stream waits for joinEvent, recorded on
+  // sideStream, before combineRecv returns.
+  void* sideStream;            // cudaStream_t, or null
+  void* joinEvent;             // cudaEvent_t
 };
 
 inline void validate(const EpCombineRecvArgs& a) {
@@ -312,6 +332,7 @@ inline void validate(const EpCombineRecvArgs& a) {
   MOE_REQUIRE(a.outType == DType::BF16 || a.outType == DType::F32, "E_DTYPE", "out", "expected dtype bf16 or f32");
   MOE_REQUIRE(a.timeoutNs > 0, "E_ARGUMENT", "timeoutMs", "expected a positive timeout");
   MOE_REQUIRE(a.regions && a.counts && a.epoch && a.status && (a.tokens == 0 || (a.combineIndex && a.weights && a.out)), "E_ARGUMENT", "out", "null data pointer");
+  MOE_REQUIRE(!a.sideStream || a.joinEvent, "E_ARGUMENT", "buffer", "an overlapped receive needs its event");
 }
 
 }  // namespace moe

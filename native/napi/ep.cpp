@@ -3,8 +3,10 @@
 //                sideStream, forkEvent, staging, sendCounts, chunkDone)
 // epDispatchRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, recvCounts, align, maxPerExpert,
 //                rows, gather, tokensOut, layoutCounts, offsets, sourceIndex, rowIndex, usedRows, dropped, errors, sideStream, joinEvent)
-// epCombineSend(device, stream, ...shape, y, rows, regions, rowIndex, recvCounts, dataDst, countDst, epoch, sync, sms)
-// epCombineRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, combineIndex, weights, tokens, out, outType)
+// epCombineSend(device, stream, ...shape, y, rows, regions, rowIndex, recvCounts, dataDst, countDst, epoch, sync, sms,
+//               sideStream, forkEvent, chunkDone)
+// epCombineRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, combineIndex, weights, tokens, out, outType,
+//               sideStream, joinEvent)
 //
 // On the CPU the host transport moves the regions between ranks; on a device the destination
 // tables hold addresses the device writes (the nvlink transport), or this rank's staging, which
@@ -184,6 +186,9 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.epoch = r.ptr<const uint32_t>();
         a.sync = r.ptr<uint32_t>();
         a.sms = r.i32();
+        a.sideStream = r.ptr();
+        a.forkEvent = r.ptr();
+        a.chunkDone = r.ptr<uint32_t>();
         return a;
       },
       cpu::ep::combineSend, MOE_GPU(kernels::ep::combineSend));
@@ -203,6 +208,8 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.tokens = r.i64();
         a.out = r.ptr();
         a.outType = r.dtype();
+        a.sideStream = r.ptr();
+        a.joinEvent = r.ptr();
         return a;
       },
       cpu::ep::combineRecv, MOE_GPU(kernels::ep::combineRecv));

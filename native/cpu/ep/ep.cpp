@@ -277,7 +277,16 @@ void combineRecv(const EpCombineRecvArgs& a) {
   const bool reduced = s.combine == E::kCombineReduced;
   const int64_t H = s.hidden, M = s.maxTokens, region = E::combineRegionBytes(H, entries, M), rowsAt = E::combineRowsOffset(M, entries);
   std::vector<uint32_t> count(R);
-  for (int32_t r = 0; r < R; ++r) count[r] = countOf(a.counts[r], *a.epoch, r, "combine");
+  for (int32_t r = 0; r < R; ++r) {
+    const uint32_t word = countOf(a.counts[r], *a.epoch, r, "combine");
+    count[r] = std::min<uint32_t>(word & ~E::kPayloadFollows, static_cast<uint32_t>(M));
+    if ((word & E::kPayloadFollows) == 0) continue;
+    // an overlapped send: each chunk's entries are there once its flag carries this call
+    const uint32_t* flags = reinterpret_cast<const uint32_t*>(a.regions + r * region + E::combineFlagsOffset(H, entries, M));
+    for (int64_t c = 0; c < (count[r] + E::kChunkSlots - 1) / E::kChunkSlots; ++c) {
+      if (flags[c] != *a.epoch) fail("E_COMM", "combine: rank " + std::to_string(r) + "'s rows of chunk " + std::to_string(c) + " have not arrived");
+    }
+  }
   std::vector<float> acc(H);
   for (int64_t t = 0; t < a.tokens; ++t) {
     std::fill(acc.begin(), acc.end(), 0.0f);

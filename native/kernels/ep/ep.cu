@@ -534,6 +534,21 @@ __global__ void __launch_bounds__(kThreads) payloadKernel(E::EpShapeView s, cons
 
 // ---- waits ---------------------------------------------------------------------------------
 
+// One thread waits for a chunk flag to carry call number e, until `deadline` or until another wait
+// of the call has run out (status set: the others then do not wait again). False where it did not
+// come: the first to give up records `code` and `rank` in status.
+__device__ __forceinline__ bool awaitFlag(const uint32_t* flag, uint32_t e, uint64_t deadline, int32_t* __restrict__ status, int32_t code,
+                                          int32_t rank) {
+  while (loadAcquire(flag) != e) {
+    if (globalTimer() > deadline || __ldcg(status) != 0) {
+      if (atomicCAS(status, 0, code) == 0) status[1] = rank;
+      return false;
+    }
+    __nanosleep(64);
+  }
+  return true;
+}
+
 // The calling CTA waits for the count words of `ranks` ranks to carry call number e: counts[r] =
 // the rows of rank r's word, 0 for a rank still missing at the deadline (the first CTA to see a
 // timeout records it in status, with the first such rank); follows[r] (where given) = whether
@@ -909,20 +924,8 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
     __syncthreads();  // the last slot's rows are read
     if (threadIdx.x < s.k) rowOf[threadIdx.x] = gather ? (threadIdx.x == 0 ? static_cast<int32_t>(i) : -1) : rowIndex[i * s.k + threadIdx.x];
     if (threadIdx.x == 0) {
-      bool ok = true;
-      if (follows[r] != 0) {
-        const uint32_t* flag = reinterpret_cast<const uint32_t*>(regions + r * s.regionBytes + s.flagsAt) + j / E::kChunkSlots;
-        // once any wait of the call has run out, the others do not wait again
-        while (loadAcquire(flag) != e) {
-          if (globalTimer() > deadline || __ldcg(status) != 0) {
-            ok = false;
-            if (atomicCAS(status, 0, E::kStatusDispatchTimeout) == 0) status[1] = static_cast<int32_t>(r);
-            break;
-          }
-          __nanosleep(64);
-        }
-      }
-      landed = ok;
+      const uint32_t* flag = reinterpret_cast<const uint32_t*>(regions + r * s.regionBytes + s.flagsAt) + j / E::kChunkSlots;
+      landed = follows[r] == 0 || awaitFlag(flag, e, deadline, status, E::kStatusDispatchTimeout, static_cast<int32_t>(r));
     }
     __syncthreads();
     if (!landed) continue;
@@ -954,29 +957,89 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
 
 // ---- combine -------------------------------------------------------------------------------
 
+// An overlapped combine send's count words, first (one warp): the slots of each source, with
+// kPayloadFollows; the entries follow behind chunk flags.
+__global__ void combineCountsKernel(const uint64_t* __restrict__ countDst, int ranks, const uint32_t* __restrict__ epoch,
+                                    const uint32_t* __restrict__ recvCounts, int64_t maxTokens) {
+  const uint32_t e = *epoch;
+  for (int d = threadIdx.x; d < ranks; d += blockDim.x) {
+    storeRelease(at<uint64_t>(countDst[d]), E::countWord(e, min(recvCounts[d], static_cast<uint32_t>(maxTokens)) | E::kPayloadFollows));
+  }
+}
+
+// Slots per CTA group of an overlapped combine send: every thread fences once per group (a fence
+// waits for the thread's stores to land), so a group carries a few hundred KB (exact: each slot's
+// pairs; reduced: one row per slot, k rows read).
+constexpr int kCombineGroupExact = 8;
+constexpr int kCombineGroupReduced = 16;
+
+// The walk of a combine send's work items, perSlot per interleaved slot (slotOf order). Not
+// Chunked: a warp per item, grid-stride, then the count words (the grid's last CTA). Chunked (an
+// overlapped send, its count words already out): a CTA per group of `group` interleaved slots,
+// its warps over the group's items; then every thread fences its stores, and a thread per slot
+// counts the slot on its source's chunk (chunkDone); the slot that completes a chunk raises the
+// chunk's flag in the source's combine region and re-arms the counter.
+template <bool Chunked, class Work>
+__device__ __forceinline__ void combineWalk(const E::EpShapeView& s, int64_t perSlot, int group, const uint32_t* __restrict__ recvCounts,
+                                            const uint64_t* __restrict__ dataDst, const uint64_t* __restrict__ countDst,
+                                            const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync, uint32_t* __restrict__ chunkDone,
+                                            Work work) {
+  const int warp = threadIdx.x >> 5;
+  const int64_t M = s.maxTokens, slots = static_cast<int64_t>(s.ranks) * M;
+  if constexpr (!Chunked) {
+    const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+    for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + warp; item < slots * perSlot; item += warps) work(item);
+    publishCounts(sync, countDst, s.ranks, epoch, 0u, [&](int d) { return min(recvCounts[d], static_cast<uint32_t>(M)); });
+  } else {
+    const int64_t chunkCount = E::chunks(M);
+    const uint32_t e = *epoch;
+    for (int64_t u0 = static_cast<int64_t>(blockIdx.x) * group; u0 < slots; u0 += static_cast<int64_t>(gridDim.x) * group) {
+      const int64_t n = min(static_cast<int64_t>(group), slots - u0);
+      for (int64_t item = u0 * perSlot + warp; item < (u0 + n) * perSlot; item += kWarps) work(item);
+      fenceAcqRelSys();  // this thread's stores, before the group's slots are counted
+      __syncthreads();
+      if (threadIdx.x < n) {
+        const int64_t i = slotOf(u0 + threadIdx.x, s.ranks, M), src = i / M, j = i - src * M;
+        const uint32_t count = min(recvCounts[src], static_cast<uint32_t>(M));
+        if (j < count) {
+          const int64_t c = j / E::kChunkSlots;
+          const uint32_t expected = static_cast<uint32_t>(min(static_cast<int64_t>(E::kChunkSlots), count - c * E::kChunkSlots));
+          uint32_t* done = chunkDone + src * chunkCount + c;
+          if (atomicAdd(done, 1u) + 1u == expected) {
+            fenceAcqRelSys();  // every counted slot's stores, before the flag
+            storeRelease(at<uint32_t>(dataDst[src] + static_cast<uint64_t>(s.combineFlagsAt + 4 * c)), e);
+            *done = 0;
+          }
+        }
+      }
+    }
+  }
+}
+
 // A warp per (received pair, part of its row), slots interleaved (slotOf): the pair's valid flag
 // (part 0) and the part of its computed row into region `rank` of its source's combine buffer.
 // The lookups of an item are independent loads, so a warp waits about one latency before its copy.
+template <bool Chunked>
 __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, const uint16_t* __restrict__ y, int64_t rows,
                                                               const int32_t* __restrict__ rowIndex, const uint32_t* __restrict__ recvCounts,
                                                               const uint64_t* __restrict__ dataDst, const uint64_t* __restrict__ countDst,
-                                                              const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync, bool vec) {
+                                                              const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync,
+                                                              uint32_t* __restrict__ chunkDone, bool vec) {
   const int lane = threadIdx.x & 31;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
-  const int64_t M = s.maxTokens, H = s.hidden, entries = static_cast<int64_t>(s.ranks) * M * s.k;
+  const int64_t M = s.maxTokens, H = s.hidden;
   // vec: parts of kPart chunks of 8 elements; otherwise one part per row, element by element
   const int64_t parts = vec ? (H / 8 + kPart - 1) / kPart : 1;
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); item < entries * parts; item += warps) {
+  combineWalk<Chunked>(s, s.k * parts, kCombineGroupExact, recvCounts, dataDst, countDst, epoch, sync, chunkDone, [&](int64_t item) {
     const int64_t q = item / parts, part = item % parts;
     const int64_t i = slotOf(q / s.k, s.ranks, M), p = i * s.k + q % s.k;
     const int64_t src = i / M, entry = p - src * M * s.k;
     const uint32_t count = recvCounts[src];
     uint8_t* region = at<uint8_t>(dataDst[src]);
     const int32_t r = rowIndex[p];
-    if (i % M >= min(count, static_cast<uint32_t>(M))) continue;
+    if (i % M >= min(count, static_cast<uint32_t>(M))) return;
     const bool ok = r >= 0 && r < rows;
     if (part == 0 && lane == 0) reinterpret_cast<int32_t*>(region)[entry] = ok ? 1 : 0;
-    if (!ok) continue;
+    if (!ok) return;
     uint16_t* to = reinterpret_cast<uint16_t*>(region + s.combineRowsAt) + entry * H;
     const uint16_t* from = y + static_cast<int64_t>(r) * H;
     if (vec) {
@@ -993,8 +1056,7 @@ __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, 
     } else {
       for (int64_t h = lane; h < H; h += 32) to[h] = from[h];
     }
-  }
-  publishCounts(sync, countDst, s.ranks, epoch, 0u, [&](int d) { return min(recvCounts[d], static_cast<uint32_t>(M)); });
+  });
 }
 
 // Reduced combine: a warp per (received slot, part of its row), the slots of the source ranks
@@ -1018,19 +1080,19 @@ __device__ __forceinline__ void addPart(float (&acc)[kUnroll][8], const uint4 (&
   }
 }
 
+template <bool Chunked>
 __global__ void __launch_bounds__(kThreads) combineReduceKernel(E::EpShapeView s, const uint16_t* __restrict__ y, int64_t rows,
                                                                 const uint8_t* __restrict__ regions, const int32_t* __restrict__ rowIndex,
                                                                 const uint32_t* __restrict__ recvCounts, const uint64_t* __restrict__ dataDst,
                                                                 const uint64_t* __restrict__ countDst, const uint32_t* __restrict__ epoch,
-                                                                uint32_t* __restrict__ sync, bool vec) {
+                                                                uint32_t* __restrict__ sync, uint32_t* __restrict__ chunkDone, bool vec) {
   const int lane = threadIdx.x & 31;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
-  const int64_t M = s.maxTokens, H = s.hidden, slots = static_cast<int64_t>(s.ranks) * M;
+  const int64_t M = s.maxTokens, H = s.hidden;
   const int64_t n = H / 8, parts = vec ? (n + kPart - 1) / kPart : 1;
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + (threadIdx.x >> 5); item < slots * parts; item += warps) {
+  combineWalk<Chunked>(s, parts, kCombineGroupReduced, recvCounts, dataDst, countDst, epoch, sync, chunkDone, [&](int64_t item) {
     const int64_t i = slotOf(item / parts, s.ranks, M), part = item % parts;
     const int64_t src = i / M, j = i - src * M;
-    if (j >= min(recvCounts[src], static_cast<uint32_t>(M))) continue;
+    if (j >= min(recvCounts[src], static_cast<uint32_t>(M))) return;
     int32_t r = -1;
     float w = 0.0f;
     if (lane < s.k) {
@@ -1040,7 +1102,7 @@ __global__ void __launch_bounds__(kThreads) combineReduceKernel(E::EpShapeView s
     const uint32_t mask = __ballot_sync(0xFFFFFFFFu, r >= 0 && r < rows);
     uint8_t* region = at<uint8_t>(dataDst[src]);
     if (part == 0 && lane == 0) reinterpret_cast<int32_t*>(region)[j] = mask != 0 ? 1 : 0;
-    if (mask == 0) continue;
+    if (mask == 0) return;
     uint16_t* to = reinterpret_cast<uint16_t*>(region + s.combineRowsAt) + j * H;
     if (!vec) {
       // every lane runs every step (the shuffles need the whole warp)
@@ -1055,7 +1117,7 @@ __global__ void __launch_bounds__(kThreads) combineReduceKernel(E::EpShapeView s
         }
         if (h < H) to[h] = floatToBf16(acc);
       }
-      continue;
+      return;
     }
     const int64_t c0 = part * kPart + lane;
     float acc[kUnroll][8];
@@ -1090,8 +1152,7 @@ __global__ void __launch_bounds__(kThreads) combineReduceKernel(E::EpShapeView s
       for (int e = 0; e < 4; ++e) b[e] = static_cast<uint32_t>(floatToBf16(acc[u][2 * e])) | (static_cast<uint32_t>(floatToBf16(acc[u][2 * e + 1])) << 16);
       reinterpret_cast<uint4*>(to)[c0 + 32 * u] = make_uint4(b[0], b[1], b[2], b[3]);
     }
-  }
-  publishCounts(sync, countDst, s.ranks, epoch, 0u, [&](int d) { return min(recvCounts[d], static_cast<uint32_t>(M)); });
+  });
 }
 
 // Tokens per CTA of the sum: the lookups of a group of tokens (one thread per pair) are paid once
@@ -1104,8 +1165,13 @@ constexpr int kSumGroup = 8;
 // lists the rows that add (in slot order; reduced: the token's ranks' entries,
 // weight 1, in the order of each rank's first pair), then the threads sum V elements at a time
 // over the group's lists, up to eight rows' loads in flight.
+// A region whose rows follow (follows[d], an overlapped send) is read once the chunk of the
+// pair's slot carries the call (one thread per warp and chunk waits, bounded like the count
+// words; a chunk that does not come adds nothing and is recorded in status).
 template <int V>
 __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
+                                                             const uint32_t* __restrict__ follows, const uint32_t* __restrict__ epoch,
+                                                             int64_t timeoutNs, int32_t* __restrict__ status,
                                                              const int32_t* __restrict__ combineIndex, const float* __restrict__ weights,
                                                              int64_t tokens, int group, void* __restrict__ out, bool bf16Out) {
   __shared__ const uint16_t* rowOf[kSumGroup * E::kMaxTopK];  // per pair; nullptr: it adds nothing
@@ -1117,28 +1183,37 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
   const bool reduced = s.combine == E::kCombineReduced;
   const int64_t H = s.hidden, MK = s.maxTokens * s.k;
   const int per = static_cast<int>((H + V - 1) / V);  // tasks per token (hidden < 2^31)
+  const uint32_t e = *epoch;
+  const uint64_t deadline = globalTimer() + static_cast<uint64_t>(timeoutNs);
   for (int64_t t0 = static_cast<int64_t>(blockIdx.x) * group; t0 < tokens; t0 += static_cast<int64_t>(gridDim.x) * group) {
     const int n = static_cast<int>(min(static_cast<int64_t>(group), tokens - t0)), pairs = n * s.k;
     const int i = threadIdx.x;
     __syncthreads();  // the last group's lists are read
     const int32_t idx = i < pairs ? combineIndex[t0 * s.k + i] : -1;
     if (i < pairs) rankOf[i] = idx >= 0 ? idx / MK : -1;
+    // where the rows follow: one thread per warp and chunk waits for the chunk's flag (a pair's
+    // thread each would put tens of thousands of pollers on L2 beside the send)
+    const int64_t d = idx >= 0 ? idx / MK : s.ranks, slot = idx >= 0 ? idx % MK / s.k : 0;
+    const bool follow = d < s.ranks && slot < counts[d] && follows[d] != 0;
+    const uint32_t* chunkFlag = follow ? reinterpret_cast<const uint32_t*>(regions + d * s.combineRegionBytes + s.combineFlagsAt) + slot / E::kChunkSlots : nullptr;
+    const uint32_t sameChunk = __match_any_sync(0xFFFFFFFFu, reinterpret_cast<uintptr_t>(chunkFlag));
+    if (follow && (sameChunk & ((1u << (i & 31)) - 1u)) == 0) awaitFlag(chunkFlag, e, deadline, status, E::kStatusCombineTimeout, static_cast<int32_t>(d));
     __syncthreads();
     if (i < pairs) {
       const int kk = i % s.k;
       const uint16_t* row = nullptr;
-      const int64_t d = idx >= 0 ? idx / MK : s.ranks;
       if (d < s.ranks) {
-        const int64_t slot = idx % MK / s.k, e = reduced ? slot : idx % MK;
+        const int64_t entry = reduced ? slot : idx % MK;
         const uint8_t* base = regions + d * s.combineRegionBytes;
-        // the flag and the count load together; a flag past the count is stale and ignored
-        const int32_t flag = __ldcg(reinterpret_cast<const int32_t*>(base) + e);
-        bool adds = slot < counts[d] && flag == 1;
+        // the valid flag and the count load together; a flag past the count is stale and ignored
+        // (and one of a chunk that did not come)
+        const bool landed = !follow || loadAcquire(chunkFlag) == e;
+        bool adds = slot < counts[d] && landed && __ldcg(reinterpret_cast<const int32_t*>(base) + entry) == 1;
         // reduced: a rank's entry adds once, at the token's first pair on that rank
         if (reduced) {
           for (int q = i - kk; q < i; ++q) adds = adds && rankOf[q] != d;
         }
-        if (adds) row = reinterpret_cast<const uint16_t*>(base + s.combineRowsAt) + e * H;
+        if (adds) row = reinterpret_cast<const uint16_t*>(base + s.combineRowsAt) + entry * H;
       }
       rowOf[i] = row;
       weightOf[i] = reduced ? 1.0f : weights[t0 * s.k + i];
@@ -1232,7 +1307,9 @@ cudaError_t loadKernels() {
       reinterpret_cast<const void*>(countKernel),      reinterpret_cast<const void*>(scanKernel),
       reinterpret_cast<const void*>(placeKernel),      reinterpret_cast<const void*>(layoutSmallKernel),      reinterpret_cast<const void*>(rowsKernel<1>),
       reinterpret_cast<const void*>(rowsKernel<8>),
-      reinterpret_cast<const void*>(combineSendKernel), reinterpret_cast<const void*>(combineReduceKernel),
+      reinterpret_cast<const void*>(combineCountsKernel),
+      reinterpret_cast<const void*>(combineSendKernel<false>), reinterpret_cast<const void*>(combineSendKernel<true>),
+      reinterpret_cast<const void*>(combineReduceKernel<false>), reinterpret_cast<const void*>(combineReduceKernel<true>),
       reinterpret_cast<const void*>(combineSumKernel<1>),
       reinterpret_cast<const void*>(combineSumKernel<8>),
   };
@@ -1370,12 +1447,33 @@ cudaError_t combineSend(const EpCombineSendArgs& a, const Launch& l) {
   const E::EpShapeView s = E::view(a.shape);
   // 16-byte copies where every row of y and of the regions starts on 16 bytes
   const bool vec = s.hidden % 8 == 0 && reinterpret_cast<uintptr_t>(a.y) % 16 == 0;
-  if (s.combine == E::kCombineReduced) {
-    combineReduceKernel<<<static_cast<unsigned>(a.sms), kThreads, 0, l.stream>>>(s, a.y, a.rows, a.regions, a.rowIndex, a.recvCounts, a.dataDst,
-                                                                                 a.countDst, a.epoch, a.sync, vec);
+  const unsigned grid = static_cast<unsigned>(a.sms);
+  const bool reduced = s.combine == E::kCombineReduced;
+  if (!a.sideStream) {
+    if (reduced) {
+      combineReduceKernel<false><<<grid, kThreads, 0, l.stream>>>(s, a.y, a.rows, a.regions, a.rowIndex, a.recvCounts, a.dataDst, a.countDst, a.epoch,
+                                                                  a.sync, nullptr, vec);
+    } else {
+      combineSendKernel<false><<<grid, kThreads, 0, l.stream>>>(s, a.y, a.rows, a.rowIndex, a.recvCounts, a.dataDst, a.countDst, a.epoch, a.sync, nullptr,
+                                                                vec);
+    }
+    return cudaGetLastError();
+  }
+  // overlapped: the count words first, then the entries on the side stream behind chunk flags,
+  // so that each source sums its tokens while the rest of its rows travel
+  combineCountsKernel<<<1, 32, 0, l.stream>>>(a.countDst, s.ranks, a.epoch, a.recvCounts, s.maxTokens);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  const auto side = static_cast<cudaStream_t>(a.sideStream);
+  const auto fork = static_cast<cudaEvent_t>(a.forkEvent);
+  if ((err = cudaEventRecord(fork, l.stream)) != cudaSuccess) return err;
+  if ((err = cudaStreamWaitEvent(side, fork, 0)) != cudaSuccess) return err;
+  if (reduced) {
+    combineReduceKernel<true><<<grid, kThreads, 0, side>>>(s, a.y, a.rows, a.regions, a.rowIndex, a.recvCounts, a.dataDst, a.countDst, a.epoch, a.sync,
+                                                           a.chunkDone, vec);
   } else {
-    combineSendKernel<<<static_cast<unsigned>(a.sms), kThreads, 0, l.stream>>>(s, a.y, a.rows, a.rowIndex, a.recvCounts, a.dataDst, a.countDst,
-                                                                               a.epoch, a.sync, vec);
+    combineSendKernel<true><<<grid, kThreads, 0, side>>>(s, a.y, a.rows, a.rowIndex, a.recvCounts, a.dataDst, a.countDst, a.epoch, a.sync, a.chunkDone,
+                                                         vec);
   }
   return cudaGetLastError();
 }
@@ -1383,27 +1481,40 @@ cudaError_t combineSend(const EpCombineSendArgs& a, const Launch& l) {
 cudaError_t combineRecv(const EpCombineRecvArgs& a, const Launch& l) {
   if (const cudaError_t loadErr = loadKernels(); loadErr != cudaSuccess) return loadErr;
   const E::EpShapeView s = E::view(a.shape);
-  uint32_t* counts = static_cast<uint32_t*>(l.workspace.get(4 * static_cast<size_t>(s.ranks)));
+  uint32_t* counts = static_cast<uint32_t*>(l.workspace.get(8 * static_cast<size_t>(s.ranks)));
+  uint32_t* follows = counts + s.ranks;
   waitKernel<<<1, kThreads, 0, l.stream>>>(a.counts, s.ranks, const_cast<uint32_t*>(a.epoch), 0, false, s.maxTokens, a.timeoutNs, a.status,
-                                           E::kStatusCombineTimeout, counts, nullptr);
-  const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess || a.tokens == 0) return err;
-  // 16-byte loads where every returned row and every output row starts on 16 bytes
-  const bool vec = s.hidden % 8 == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
-  // groups small enough that the CTAs fill the device about six times over, large enough that
-  // the lookups are paid once per several tokens' rows
-  const int64_t sms = std::max(1, l.facts.multiprocessors);
-  const int group = static_cast<int>(std::clamp<int64_t>(a.tokens / (6 * sms), 1, kSumGroup));
-  // one token per CTA: its row over several CTAs, about one 16-byte task per thread
-  const int64_t per = vec ? s.hidden / 8 : s.hidden;
-  const dim3 grid(gridOf((a.tokens + group - 1) / group, 1 << 16), group == 1 ? static_cast<unsigned>(std::min<int64_t>((per + kThreads - 1) / kThreads, 64)) : 1);
-  const bool bf16Out = a.outType == DType::BF16;
-  if (vec) {
-    combineSumKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, group, a.out, bf16Out);
-  } else {
-    combineSumKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, a.combineIndex, a.weights, a.tokens, group, a.out, bf16Out);
+                                           E::kStatusCombineTimeout, counts, follows);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+  if (a.tokens > 0) {
+    // 16-byte loads where every returned row and every output row starts on 16 bytes
+    const bool vec = s.hidden % 8 == 0 && reinterpret_cast<uintptr_t>(a.out) % 16 == 0;
+    // groups small enough that the CTAs fill the device about six times over, large enough that
+    // the lookups are paid once per several tokens' rows
+    const int64_t sms = std::max(1, l.facts.multiprocessors);
+    const int group = static_cast<int>(std::clamp<int64_t>(a.tokens / (6 * sms), 1, kSumGroup));
+    // one token per CTA: its row over several CTAs, about one 16-byte task per thread
+    const int64_t per = vec ? s.hidden / 8 : s.hidden;
+    const dim3 grid(gridOf((a.tokens + group - 1) / group, 1 << 16),
+                    group == 1 ? static_cast<unsigned>(std::min<int64_t>((per + kThreads - 1) / kThreads, 64)) : 1);
+    const bool bf16Out = a.outType == DType::BF16;
+    if (vec) {
+      combineSumKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, follows, a.epoch, a.timeoutNs, a.status, a.combineIndex, a.weights,
+                                                           a.tokens, group, a.out, bf16Out);
+    } else {
+      combineSumKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, follows, a.epoch, a.timeoutNs, a.status, a.combineIndex, a.weights,
+                                                           a.tokens, group, a.out, bf16Out);
+    }
+    if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
-  return cudaGetLastError();
+  if (a.sideStream) {
+    // the overlapped send's entries (on the side stream) end before this call's work does
+    const auto join = static_cast<cudaEvent_t>(a.joinEvent);
+    if ((err = cudaEventRecord(join, static_cast<cudaStream_t>(a.sideStream))) != cudaSuccess) return err;
+    err = cudaStreamWaitEvent(l.stream, join, 0);
+  }
+  return err;
 }
 
 }  // namespace moe::kernels::ep

@@ -23,9 +23,12 @@ cudaError_t dispatchSend(const EpDispatchSendArgs& args, const Launch& launch);
 // the side stream's work (args.joinEvent).
 cudaError_t dispatchRecv(const EpDispatchRecvArgs& args, const Launch& launch);
 // A warp per received pair and 4 KB part of its row on args.sms CTAs; the last CTA publishes the
-// count words.
+// count words. With args.sideStream the count words go first, then the entries on the side
+// stream, a CTA per group of slots, each chunk of slots flagged as it completes.
 cudaError_t combineSend(const EpCombineSendArgs& args, const Launch& launch);
-// The wait (one CTA) and the sums (a CTA per token and slice of the hidden dimension).
+// The wait (one CTA) and the sums (a CTA per group of tokens, or per token and slice of the hidden
+// dimension), each pair's chunk awaited where the source's rows follow. With args.sideStream the
+// launch stream then waits for the side stream's work (args.joinEvent).
 cudaError_t combineRecv(const EpCombineRecvArgs& args, const Launch& launch);
 
 }  // namespace moe::kernels::ep
