@@ -125,34 +125,50 @@ function bytesOf(c, sent) {
   return { rowBytes: row, dispatch: d, combine: k };
 }
 
-/** The one-way GPU0 -> GPU1 copy bandwidth: 1 GiB tensor.copyTo, `copies` per event pair, median of `trials`. */
-async function peerCopy(moe, { bytes = COPY_BYTES, copies = 5, trials = 10, warmup = 3 } = {}) {
-  const s0 = moe.createStream('cuda:0');
-  const dst = moe.defaultStream('cuda:1');
-  const src = moe.empty([bytes], { dtype: 'u8', device: 'cuda:0', stream: s0 });
-  const start = new moe.Event('cuda:1', { timing: true });
-  const end = new moe.Event('cuda:1', { timing: true });
-  // a peer copy runs on the target's default stream; copyTo orders it after s0 and s0 after it
-  const once = async () => (await src.copyTo('cuda:1', { stream: s0 })).dispose();
+/**
+ * The GPU0 -> GPU1 copy bandwidth: 1 GiB tensor.copyTo, `copies` per event pair, median of
+ * `trials`. both: GPU1 -> GPU0 at the same time (each copy issued beside the other's), the
+ * bandwidth per direction that all-to-all traffic, which loads both directions, meets; the time
+ * is the longer direction's.
+ */
+async function peerCopy(moe, { bytes = COPY_BYTES, copies = 5, trials = 10, warmup = 3, both = false } = {}) {
+  const dirs = (both ? [['cuda:0', 'cuda:1'], ['cuda:1', 'cuda:0']] : [['cuda:0', 'cuda:1']]).map(([from, to]) => {
+    const s = moe.createStream(from);
+    return {
+      s,
+      to,
+      // a peer copy runs on the target's default stream; copyTo orders it after s and s after it
+      dst: moe.defaultStream(to),
+      src: moe.empty([bytes], { dtype: 'u8', device: from, stream: s }),
+      start: new moe.Event(to, { timing: true }),
+      end: new moe.Event(to, { timing: true }),
+    };
+  });
+  const once = () => Promise.all(dirs.map(async (d) => (await d.src.copyTo(d.to, { stream: d.s })).dispose()));
   try {
     for (let i = 0; i < warmup; i++) await once();
-    await dst.synchronize();
+    for (const d of dirs) await d.dst.synchronize();
     const times = [];
     for (let r = 0; r < trials; r++) {
-      start.record(dst);
+      for (const d of dirs) d.start.record(d.dst);
       for (let i = 0; i < copies; i++) await once();
-      end.record(dst);
-      await end.wait();
-      times.push(start.elapsedMs(end) / copies);
+      for (const d of dirs) d.end.record(d.dst);
+      for (const d of dirs) await d.end.wait();
+      times.push(Math.max(...dirs.map((d) => d.start.elapsedMs(d.end))) / copies);
     }
     const ms = h.median(times);
-    return { bytes, ms, gbPerS: bytes / (ms * 1e-3) / 1e9, method: 'tensor.copyTo cuda:0 -> cuda:1 (cudaMemcpyPeerAsync), one-way bytes' };
+    const method = both
+      ? 'tensor.copyTo cuda:0 -> cuda:1 and cuda:1 -> cuda:0 at once (cudaMemcpyPeerAsync), bytes per direction'
+      : 'tensor.copyTo cuda:0 -> cuda:1 (cudaMemcpyPeerAsync), one-way bytes';
+    return { bytes, ms, gbPerS: bytes / (ms * 1e-3) / 1e9, method };
   } finally {
-    await s0.synchronize();
-    src.dispose();
-    start.dispose();
-    end.dispose();
-    s0.dispose();
+    for (const d of dirs) {
+      await d.s.synchronize();
+      d.src.dispose();
+      d.start.dispose();
+      d.end.dispose();
+      d.s.dispose();
+    }
   }
 }
 
@@ -367,7 +383,7 @@ function peerCases(peer) {
 }
 
 /** The merged rows: ours, their GB/s and % of the copy, the peer's NCCL times on the same bytes. */
-function report(rows, copy, peer) {
+function report(rows, copy, peer, copyBoth) {
   const us = (ms) => (ms === null || ms === undefined ? undefined : (ms * 1e3).toFixed(1));
   const copyGbs = copy ? copy.gbPerS : peer && peer.copy ? peer.copy.gbPerS : undefined;
   const copySource = copy ? 'ours' : peer && peer.copy ? 'PyTorch peer' : null;
@@ -424,6 +440,10 @@ function report(rows, copy, peer) {
     ? `One-way GPU0 -> GPU1 copy bandwidth ${copyGbs.toFixed(0)} GB/s (${copySource}: ${copySource === 'ours' ? 'tensor.copyTo between the devices' : 'torch copy between the devices'}, 1 GiB, median of 10 x 5 copies)` +
       (copy && peer && peer.copy ? `; the PyTorch peer measured ${peer.copy.gbPerS.toFixed(0)} GB/s.` : '.')
     : 'One-way copy bandwidth: not measured (the % column is empty).';
+  const bothLine = copyBoth
+    ? ` Both directions at once (each GPU copying to the other, as all-to-all traffic does): ${copyBoth.gbPerS.toFixed(0)} GB/s per direction` +
+      (copyGbs ? ` (${((100 * copyBoth.gbPerS) / copyGbs).toFixed(0)}% of the one-way figure).` : '.')
+    : '';
   return {
     met,
     lines: [
@@ -436,7 +456,7 @@ function report(rows, copy, peer) {
       `Targets: throughput dispatch and combine >= ${TARGET_PCT}% of the one-way copy bandwidth; decode dispatch <= ` +
         `${TARGET_DECODE_US.dispatch} µs, combine <= ${TARGET_DECODE_US.combine} µs: ${met.met} of ${met.of} met.`,
       '',
-      `${copyLine} Timing: ${timings.join(' / ') || 'none'}. ` +
+      `${copyLine}${bothLine} Timing: ${timings.join(' / ') || 'none'}. ` +
         'Ours: each rank\'s dispatch and its combine captured in CUDA graphs of their own (a capture leaves out the host gate that ' +
         'eager in-process ranks meet on between send and receive; the receive kernels wait for the other rank on the device), ' +
         'rounds queued back to back, CUDA events on each rank\'s stream; a round\'s time is the longer rank\'s, then the median ' +
@@ -515,11 +535,18 @@ async function main() {
   } catch (e) {
     console.error(`  one-way copy cuda:0 -> cuda:1 failed: ${e && e.message}`);
   }
+  let copyBoth = null;
+  try {
+    copyBoth = await peerCopy(moe, { both: true });
+    console.error(`  two-way copy, both directions at once: ${copyBoth.gbPerS.toFixed(0)} GB/s per direction`);
+  } catch (e) {
+    console.error(`  two-way copy failed: ${e && e.message}`);
+  }
 
   let peer;
   if (args.peer && fs.existsSync(args.peer)) peer = h.readJson(args.peer);
   else if (args.peer) console.error(`(no PyTorch results at ${args.peer}: the NCCL columns stay empty)`);
-  const { lines, met } = report(rows, copy, peer);
+  const { lines, met } = report(rows, copy, peer, copyBoth);
   const title = `Expert-parallel dispatch and combine (2 GPUs, hidden ${HIDDEN}, top-${TOP_K} of ${EXPERTS}) on ${dev.name}`;
   console.log([title, '', ...lines].join('\n'));
   const result = {
@@ -528,6 +555,7 @@ async function main() {
     devices: devs.slice(0, RANKS).map((d) => d.name),
     settings: { ranks: RANKS, hidden: HIDDEN, experts: EXPERTS, k: TOP_K, warmup: WARMUP, iters, seed, sms: sms ?? null, timeoutMs: TIMEOUT_MS, eager: !!args.eager },
     copy,
+    copyBoth,
     targets: { throughputPctCopy: TARGET_PCT, decodeUs: TARGET_DECODE_US, met: met.met, of: met.of },
     rows,
     peer: peer ?? null,

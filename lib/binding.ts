@@ -217,6 +217,15 @@ export interface EpBinding {
     rows: number, gather: boolean, tokensOut: bigint, layoutCounts: bigint, offsets: bigint, sourceIndex: bigint, rowIndex: bigint, usedRows: bigint,
     dropped: bigint, errors: bigint, sideStream: bigint, joinEvent: bigint,
   ): void;
+  /** epDispatchSend's arguments after the shape, then epDispatchRecv's, then the one-launch dispatch's scratch word. */
+  epDispatch(
+    device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
+    x: bigint, ids: bigint, weights: bigint, tokens: number, dataDst: bigint, countDst: bigint, epoch: bigint, sync: bigint, sms: number,
+    combineIndex: bigint, errors: bigint, sideStream: bigint, forkEvent: bigint, staging: bigint, sendCounts: bigint, chunkDone: bigint,
+    regions: bigint, counts: bigint, recvEpoch: bigint, timeoutNs: number, status: bigint, recvCounts: bigint, align: number, maxPerExpert: number,
+    rows: number, gather: boolean, tokensOut: bigint, layoutCounts: bigint, offsets: bigint, sourceIndex: bigint, rowIndex: bigint, usedRows: bigint,
+    dropped: bigint, recvErrors: bigint, recvSideStream: bigint, joinEvent: bigint, recvSync: bigint,
+  ): void;
   epCombineSend(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
     y: bigint, rows: number, regions: bigint, rowIndex: bigint, recvCounts: bigint, dataDst: bigint, countDst: bigint, epoch: bigint, sync: bigint, sms: number,

@@ -473,6 +473,47 @@ describe('the CPU reference of an overlapped send', () => {
     for (const t of [x, ids, w, region, count, state, combineIndex, errors, dataDst, countDst]) t.dispose();
   });
 
+  it('epDispatch: the send then the receive, with one shape (one rank on the CPU)', async () => {
+    const seed = freshSeed('cpu epDispatch');
+    const r = rng(seed);
+    const T = 9, H = 16, K = 2, E = 4, M = 12, rows = M * K;
+    const b = native();
+    const x = fromArray(Array.from({ length: T * H }, () => r() * 4 - 2), { shape: [T, H], dtype: 'bf16', device: 'cpu' });
+    const ids = fromArray(Array.from({ length: T * K }, (_, p) => (Math.floor(p / K) + (p % K)) % E), { shape: [T, K], dtype: 'i32', device: 'cpu' });
+    const w = fromArray(Array.from({ length: T * K }, () => r()), { shape: [T, K], device: 'cpu' });
+    const slot = 32 + 32, regionBytes = M * slot + 16;
+    const u8 = (n: number) => fromArray(new Uint8Array(n), { shape: [n], dtype: 'u8', device: 'cpu' });
+    const table = (p: bigint) => fromArray(new BigUint64Array([p]), { shape: [1], dtype: 'i64', device: 'cpu' });
+    const shape = [1, 0, E, K, H, M, 0, 0] as const;
+    const run = (fused: boolean) => {
+      const region = u8(regionBytes), count = u8(8), state = u8(32), combineIndex = u8(4 * T * K), errors = u8(4);
+      const out = { tokens: u8(2 * rows * H), counts: u8(4 * E), offsets: u8(4 * (E + 1)), source: u8(4 * rows), rowIndex: u8(4 * M * K), one: [u8(4), u8(4), u8(4)], recvCounts: u8(4), status: u8(8) };
+      const dataDst = table(region.dataPtr), countDst = table(count.dataPtr);
+      const send = [x.dataPtr, ids.dataPtr, w.dataPtr, T, dataDst.dataPtr, countDst.dataPtr, state.dataPtr, state.dataPtr + 4n, 1, combineIndex.dataPtr, errors.dataPtr,
+        0n, 0n, 0n, 0n, 0n] as const;
+      const recv = [region.dataPtr, count.dataPtr, state.dataPtr, 1e9, out.status.dataPtr, out.recvCounts.dataPtr, 1, 0, rows, false, out.tokens.dataPtr,
+        out.counts.dataPtr, out.offsets.dataPtr, out.source.dataPtr, out.rowIndex.dataPtr, out.one[0].dataPtr, out.one[1].dataPtr, out.one[2].dataPtr, 0n, 0n] as const;
+      if (fused) {
+        b.epDispatch(-1, 0n, ...shape, ...send, ...recv, state.dataPtr + 12n);
+      } else {
+        b.epDispatchSend(-1, 0n, ...shape, ...send);
+        b.epDispatchRecv(-1, 0n, ...shape, ...recv);
+      }
+      const bytes = (t: Tensor) => {
+        const a = new Uint8Array(t.byteLength);
+        b.hostRead(t.dataPtr, a);
+        return Array.from(a);
+      };
+      const got = [out.tokens, out.counts, out.offsets, out.source, out.rowIndex, ...out.one, out.recvCounts, combineIndex, state].map(bytes);
+      for (const t of [region, count, state, combineIndex, errors, dataDst, countDst, ...Object.values(out).flat()]) t.dispose();
+      return got;
+    };
+    const want = run(false);
+    expect(want[0].some((v) => v !== 0)).toBe(true);
+    expect(run(true)).toEqual(want);
+    for (const t of [x, ids, w]) t.dispose();
+  });
+
   it('a combine count word with "rows follow": the sums once every used chunk flag carries the call; E_COMM naming a chunk that does not', async () => {
     // one rank, exact combine, k = 2, hidden 16, 70 slots (two chunks of 64, the second partly
     // used): combineSend fills the region, combineRecv sums it; host memory throughout
@@ -1082,6 +1123,88 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
       expect(seen.size).toBe(4);
       for (const g of graphs) g.dispose();
     }
+  });
+
+  it.skipIf(cudaDevices().length < 2)('a decode step\'s dispatch through epDispatch (graph capture, a rank per device; one launch with gather) gives the bytes of the separate launches', async () => {
+    const devs: Device[] = ['cuda:0', 'cuda:1'];
+    const seed = freshSeed('nvlink one-launch dispatch');
+    const R = 2, E = 8, K = 3, H = 256, maxT = 8;
+    const spy = vi.spyOn(native(), 'epDispatch');
+    try {
+      const forms: { layout: 'masked' | 'contiguous'; M?: number; align?: number; gather?: boolean }[] = [
+        { layout: 'masked', M: 6 },  // fewer rows than some experts get: drops
+        { layout: 'contiguous', align: 4 },
+        { layout: 'masked', M: 16, gather: true },
+        { layout: 'contiguous', gather: true },
+      ];
+      let n = 0;
+      for (const f of forms) {
+        // one CTA (gather: it lays out and copies), three, and every SM's
+        for (const sms of [1, 3, undefined]) {
+          const pgs = await groupOn(devs);
+          const bs = await buffers(pgs, {
+            maxTokensPerRank: maxT, hidden: H, topK: K, numExperts: E, layout: f.layout, ...(f.M ? { maxTokensPerExpert: f.M } : {}),
+            ...(f.align ? { align: f.align } : {}), ...(f.gather ? { gather: true } : {}), ...(sms ? { sms } : {}),
+          });
+          const streams = devs.map((d) => keep(createStream(d)));
+          const inp = inputs(seed + n++, [1 + (seed % maxT), maxT], H, E, K);
+          const xs = devs.map((d, r) => keep(fromArray(inp[r].x, { shape: [inp[r].x.length / H, H], dtype: 'bf16', device: d })));
+          const ids = devs.map((d, r) => keep(fromArray(inp[r].ids, { shape: [inp[r].ids.length / K, K], dtype: 'i32', device: d })));
+          const ws = devs.map((d, r) => keep(fromArray(inp[r].weights, { shape: [inp[r].weights.length / K, K], device: d })));
+          const ys = devs.map((d, r) => keep(fromArray(new Float32Array(bs[r].rows * H), { shape: [bs[r].rows, H], dtype: 'bf16', device: d })));
+          await settle(devs);
+          const snapshot = async () => Promise.all(bs.map(async (b, r) => {
+            const l = b.expertLayout, s = streams[r];
+            const read = async (t: Tensor) => Array.from(await t.toArray({ stream: s }) as ArrayLike<number>);
+            return {
+              tokens: await read(b.tokens), counts: await read(l.counts), offsets: await read(l.offsets), sourceIndex: await read(l.sourceIndex),
+              rowIndex: await read(l.rowIndex), usedRows: await read(l.usedRows), dropped: await read(l.dropped),
+            };
+          }));
+          // eager ranks of one process: the send and the receive apart, through the gate
+          spy.mockClear();
+          const got = await Promise.all(bs.map((b, r) => b.dispatch(xs[r], { ids: ids[r], weights: ws[r] }, { stream: streams[r] })));
+          expect(spy).not.toHaveBeenCalled();
+          const want = await snapshot();
+          await Promise.all(bs.map((b, r) => b.combine(ys[r], got[r].handle, { stream: streams[r] })));
+          // captured: one call each
+          const graphs = bs.map((b, r) => keep(captureGraph(streams[r], () => {
+            void b.dispatch(xs[r], { ids: ids[r], weights: ws[r] }, { stream: streams[r] });
+            void b.combine(ys[r], b.lastHandle as never, { stream: streams[r] });
+          })));
+          expect(spy).toHaveBeenCalledTimes(2);
+          for (let r = 0; r < R; r++) graphs[r].replay(streams[r]);
+          await Promise.all(bs.map((b, r) => b.check(streams[r])));
+          expect(await snapshot(), `${JSON.stringify(f)} sms ${sms ?? 'all'}`).toEqual(want);
+          expect(want[1].tokens.some((v) => v !== 0)).toBe(true);
+        }
+      }
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it.skipIf(cudaDevices().length < 2)('a one-launch dispatch whose peer never sends: E_TIMEOUT within the timeout; the device stays usable', async () => {
+    const devs: Device[] = ['cuda:0', 'cuda:1'];
+    const timeoutMs = 1500, H = 64;
+    const pgs = await groupOn(devs, timeoutMs);
+    const bs = await buffers(pgs, { maxTokensPerRank: 2, hidden: H, topK: 1, numExperts: 2, layout: 'masked', maxTokensPerExpert: 4 });
+    const s = keep(createStream('cuda:0'));
+    const inp = inputs(5, [2], H, 2, 1)[0];
+    const x = keep(fromArray(inp.x, { shape: [2, H], dtype: 'bf16', device: 'cuda:0' }));
+    const ids = keep(fromArray(inp.ids, { shape: [2, 1], dtype: 'i32', device: 'cuda:0' }));
+    const w = keep(fromArray(inp.weights, { shape: [2, 1], device: 'cuda:0' }));
+    await settle(devs);
+    // rank 0 captures and replays its step; rank 1 never calls
+    const g = keep(captureGraph(s, () => void bs[0].dispatch(x, { ids, weights: w }, { stream: s })));
+    const t0 = Date.now();
+    g.replay(s);
+    await expectCode(() => bs[0].check(s), 'E_TIMEOUT', 'rank 1');
+    const ms = Date.now() - t0;
+    expect(ms).toBeGreaterThanOrEqual(timeoutMs - 50);
+    expect(ms).toBeLessThan(timeoutMs + 8000);
+    const y = convert(x, 'f32', { stream: s });
+    expect(Array.from(await y.toArray({ stream: s }))).toEqual(inp.x.map(bf16));
   });
 
   it('moeForwardEp on two ranks against moeForward on one device (the expert GEMMs may split K differently: 2^-8 relative L2)', async () => {

@@ -404,7 +404,8 @@ export class EpBuffer {
       }
       this.t = {
         ...receive,
-        // [0] the call number, [1] [2] the send kernels' counters, [4] [5] the status words
+        // [0] the call number, [1] [2] the send kernels' counters, [3] a one-launch dispatch's
+        // receive counter, [4] [5] the status words
         state: make([8], 'i32', true),
         recvCounts: make([R], 'i32'),
       };
@@ -621,26 +622,35 @@ export class EpBuffer {
       useOn(stream, [xt, ids, weights, ...this.tensors()]);
       // the side stream's work ends before the call's (dispatchRecv joins it)
       const side = this.side && T > OVERLAP_TOKENS && (t.staging || xt.dataPtr % 16n === 0n) ? this.side : undefined;
-      b.epDispatchSend(
-        dev, stream.handle, ...this.shape, xt.dataPtr, ids.dataPtr, weights.dataPtr, T, tb.dispatch.dataPtr, tb.dispatchCounts.dataPtr,
-        st, st + 4n, Math.max(1, this.sms), this.out.combineIndex.dataPtr, this.out.invalidIds.dataPtr,
+      const sendArgs = [
+        xt.dataPtr, ids.dataPtr, weights.dataPtr, T, tb.dispatch.dataPtr, tb.dispatchCounts.dataPtr, st, st + 4n, Math.max(1, this.sms),
+        this.out.combineIndex.dataPtr, this.out.invalidIds.dataPtr,
         side?.stream ?? 0n, side?.fork ?? 0n, side ? t.staging?.dataPtr ?? 0n : 0n, side ? t.sendCounts.dataPtr : 0n, side ? t.chunkDone.dataPtr : 0n,
-      );
-      if (this.transport === 'host') {
-        const sent = this.readWords(t.stageDispatchCounts);
-        const parts = sent.map((word, d) => this.part(t.stageDispatch, d * this.dispatchRegion, word, [[0, Number(word & 0xffffffffn) * this.slotBytes]]));
-        const got = await this.group.allToAll(parts);
-        got.forEach((p, s) => this.place(p, s, t.recvDispatch, t.recvDispatchCounts, this.dispatchRegion, epoch, 'dispatch', (n) => [[0, n * this.slotBytes]]));
-      } else if (this.nccl) {
-        b.ncclExchange(this.nccl.handle, 0, stream.handle);
-      } else if (this.gate && !isCapturing(stream)) {
-        await this.sendsQueued('dispatch', epoch, stream);
-      }
-      b.epDispatchRecv(
-        dev, stream.handle, ...this.shape, t.recvDispatch.dataPtr, t.recvDispatchCounts.dataPtr, st, this.recvBoundNs(deadline), st + 16n, t.recvCounts.dataPtr,
+      ] as const;
+      const recvArgs = () => [
+        t.recvDispatch.dataPtr, t.recvDispatchCounts.dataPtr, st, this.recvBoundNs(deadline), st + 16n, t.recvCounts.dataPtr,
         this.align, this.maxTokensPerExpert, this.rows, this.gather, this.out.tokens.dataPtr, l.counts.dataPtr, l.offsets.dataPtr, l.sourceIndex.dataPtr,
         l.rowIndex.dataPtr, l.usedRows.dataPtr, l.dropped.dataPtr, l.errors.dataPtr, side?.stream ?? 0n, side?.join ?? 0n,
-      );
+      ] as const;
+      // nvlink, a rank alone on its device, no side stream: send and receive in one call (a decode
+      // step's with gather is one launch), unless ranks of this process enqueue eagerly, whose
+      // receives must wait for every rank's send to be queued (gate.ts)
+      if (this.transport === 'nvlink' && !this.sharesDevice && !side && (!this.gate || isCapturing(stream))) {
+        b.epDispatch(dev, stream.handle, ...this.shape, ...sendArgs, ...recvArgs(), st + 12n);
+      } else {
+        b.epDispatchSend(dev, stream.handle, ...this.shape, ...sendArgs);
+        if (this.transport === 'host') {
+          const sent = this.readWords(t.stageDispatchCounts);
+          const parts = sent.map((word, d) => this.part(t.stageDispatch, d * this.dispatchRegion, word, [[0, Number(word & 0xffffffffn) * this.slotBytes]]));
+          const got = await this.group.allToAll(parts);
+          got.forEach((p, s) => this.place(p, s, t.recvDispatch, t.recvDispatchCounts, this.dispatchRegion, epoch, 'dispatch', (n) => [[0, n * this.slotBytes]]));
+        } else if (this.nccl) {
+          b.ncclExchange(this.nccl.handle, 0, stream.handle);
+        } else if (this.gate && !isCapturing(stream)) {
+          await this.sendsQueued('dispatch', epoch, stream);
+        }
+        b.epDispatchRecv(dev, stream.handle, ...this.shape, ...recvArgs());
+      }
       const handle: EpHandle = Object.freeze({ epoch, tokens: T });
       this.last = { handle, weights };
       if (this.nccl) await this.ncclWait('dispatch', stream, deadline);

@@ -262,6 +262,23 @@ inline void validate(const EpDispatchRecvArgs& a) {
   MOE_REQUIRE(!a.sideStream || a.joinEvent, "E_ARGUMENT", "buffer", "an overlapped receive needs its event");
 }
 
+// dispatch: dispatchSend(send), then dispatchRecv(recv), for a one-sided transport (whose send
+// writes the receivers' regions, so that the receive may follow it without a host step). Both
+// carry the same shape; send.epoch and recv.epoch are the same word. recvSync is this rank's
+// device scratch of a one-launch dispatch (0 between calls).
+struct EpDispatchArgs {
+  EpDispatchSendArgs send;
+  EpDispatchRecvArgs recv;
+  uint32_t* recvSync;          // [1]
+};
+
+inline void validate(const EpDispatchArgs& a) {
+  validate(a.send);
+  validate(a.recv);
+  MOE_REQUIRE(a.send.epoch == a.recv.epoch, "E_ARGUMENT", "buffer", "the send and the receive of one dispatch share the call number");
+  MOE_REQUIRE(a.recvSync, "E_ARGUMENT", "buffer", "null data pointer");
+}
+
 // combineSend: the local experts' outputs y [rows, hidden] (bf16, rows of the dispatchRecv
 // layout) back to the ranks their slots came from: for source s and slot j < its count, with
 // row(kk) = y[rowIndex[(s*maxTokens+j)*k+kk]] where that index is in [0, rows):

@@ -3,6 +3,7 @@
 //                sideStream, forkEvent, staging, sendCounts, chunkDone)
 // epDispatchRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, recvCounts, align, maxPerExpert,
 //                rows, gather, tokensOut, layoutCounts, offsets, sourceIndex, rowIndex, usedRows, dropped, errors, sideStream, joinEvent)
+// epDispatch(device, stream, ...shape, <epDispatchSend's arguments after the shape>, <epDispatchRecv's>, recvSync)
 // epCombineSend(device, stream, ...shape, y, rows, regions, rowIndex, recvCounts, dataDst, countDst, epoch, sync, sms,
 //               sideStream, forkEvent, chunkDone)
 // epCombineRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, combineIndex, weights, tokens, out, outType,
@@ -33,6 +34,55 @@ EpShape readShape(ArgReader& r) {
   s.payload = r.i32();
   s.combine = r.i32();
   return s;
+}
+
+// The send's and the receive's arguments after the shape (the fused op reads both after one shape).
+EpDispatchSendArgs readDispatchSend(ArgReader& r, const EpShape& shape) {
+  EpDispatchSendArgs a;
+  a.shape = shape;
+  a.x = r.ptr<const uint16_t>();
+  a.ids = r.ptr<const int32_t>();
+  a.weights = r.ptr<const float>();
+  a.tokens = r.i64();
+  a.dataDst = r.ptr<const uint64_t>();
+  a.countDst = r.ptr<const uint64_t>();
+  a.epoch = r.ptr<const uint32_t>();
+  a.sync = r.ptr<uint32_t>();
+  a.sms = r.i32();
+  a.combineIndex = r.ptr<int32_t>();
+  a.errors = r.ptr<int32_t>();
+  a.sideStream = r.ptr();
+  a.forkEvent = r.ptr();
+  a.staging = r.ptr<uint8_t>();
+  a.sendCounts = r.ptr<uint32_t>();
+  a.chunkDone = r.ptr<uint32_t>();
+  return a;
+}
+
+EpDispatchRecvArgs readDispatchRecv(ArgReader& r, const EpShape& shape) {
+  EpDispatchRecvArgs a;
+  a.shape = shape;
+  a.regions = r.ptr<const uint8_t>();
+  a.counts = r.ptr<const uint64_t>();
+  a.epoch = r.ptr<uint32_t>();
+  a.timeoutNs = r.i64();
+  a.status = r.ptr<int32_t>();
+  a.recvCounts = r.ptr<uint32_t>();
+  a.align = r.i32();
+  a.maxPerExpert = r.i32();
+  a.rows = r.i64();
+  a.gather = r.flag();
+  a.tokensOut = r.ptr<uint16_t>();
+  a.layoutCounts = r.ptr<int32_t>();
+  a.offsets = r.ptr<int32_t>();
+  a.sourceIndex = r.ptr<int32_t>();
+  a.rowIndex = r.ptr<int32_t>();
+  a.usedRows = r.ptr<int32_t>();
+  a.dropped = r.ptr<int32_t>();
+  a.errors = r.ptr<int32_t>();
+  a.sideStream = r.ptr();
+  a.joinEvent = r.ptr();
+  return a;
 }
 
 namespace nccl = runtime::nccl;
@@ -120,56 +170,30 @@ void registerEp(Napi::Env env, Napi::Object exports) {
   registerOp<EpDispatchSendArgs>(
       env, exports, "epDispatchSend",
       [](ArgReader& r) {
-        EpDispatchSendArgs a;
-        a.shape = readShape(r);
-        a.x = r.ptr<const uint16_t>();
-        a.ids = r.ptr<const int32_t>();
-        a.weights = r.ptr<const float>();
-        a.tokens = r.i64();
-        a.dataDst = r.ptr<const uint64_t>();
-        a.countDst = r.ptr<const uint64_t>();
-        a.epoch = r.ptr<const uint32_t>();
-        a.sync = r.ptr<uint32_t>();
-        a.sms = r.i32();
-        a.combineIndex = r.ptr<int32_t>();
-        a.errors = r.ptr<int32_t>();
-        a.sideStream = r.ptr();
-        a.forkEvent = r.ptr();
-        a.staging = r.ptr<uint8_t>();
-        a.sendCounts = r.ptr<uint32_t>();
-        a.chunkDone = r.ptr<uint32_t>();
-        return a;
+        const EpShape shape = readShape(r);
+        return readDispatchSend(r, shape);
       },
       cpu::ep::dispatchSend, MOE_GPU(kernels::ep::dispatchSend));
 
   registerOp<EpDispatchRecvArgs>(
       env, exports, "epDispatchRecv",
       [](ArgReader& r) {
-        EpDispatchRecvArgs a;
-        a.shape = readShape(r);
-        a.regions = r.ptr<const uint8_t>();
-        a.counts = r.ptr<const uint64_t>();
-        a.epoch = r.ptr<uint32_t>();
-        a.timeoutNs = r.i64();
-        a.status = r.ptr<int32_t>();
-        a.recvCounts = r.ptr<uint32_t>();
-        a.align = r.i32();
-        a.maxPerExpert = r.i32();
-        a.rows = r.i64();
-        a.gather = r.flag();
-        a.tokensOut = r.ptr<uint16_t>();
-        a.layoutCounts = r.ptr<int32_t>();
-        a.offsets = r.ptr<int32_t>();
-        a.sourceIndex = r.ptr<int32_t>();
-        a.rowIndex = r.ptr<int32_t>();
-        a.usedRows = r.ptr<int32_t>();
-        a.dropped = r.ptr<int32_t>();
-        a.errors = r.ptr<int32_t>();
-        a.sideStream = r.ptr();
-        a.joinEvent = r.ptr();
-        return a;
+        const EpShape shape = readShape(r);
+        return readDispatchRecv(r, shape);
       },
       cpu::ep::dispatchRecv, MOE_GPU(kernels::ep::dispatchRecv));
+
+  registerOp<EpDispatchArgs>(
+      env, exports, "epDispatch",
+      [](ArgReader& r) {
+        EpDispatchArgs a;
+        const EpShape shape = readShape(r);
+        a.send = readDispatchSend(r, shape);
+        a.recv = readDispatchRecv(r, shape);
+        a.recvSync = r.ptr<uint32_t>();
+        return a;
+      },
+      cpu::ep::dispatch, MOE_GPU(kernels::ep::dispatch));
 
   registerOp<EpCombineSendArgs>(
       env, exports, "epCombineSend",

@@ -225,6 +225,11 @@ void dispatchRecv(const EpDispatchRecvArgs& a) {
   *a.epoch = epoch;
 }
 
+void dispatch(const EpDispatchArgs& a) {
+  dispatchSend(a.send);
+  dispatchRecv(a.recv);
+}
+
 void combineSend(const EpCombineSendArgs& a) {
   const EpShape& s = a.shape;
   const int32_t R = s.ranks, K = s.k, entries = E::combineEntries(s.combine, K);

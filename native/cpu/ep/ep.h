@@ -8,6 +8,7 @@ namespace moe::cpu::ep {
 
 void dispatchSend(const EpDispatchSendArgs& args);
 void dispatchRecv(const EpDispatchRecvArgs& args);
+void dispatch(const EpDispatchArgs& args);
 void combineSend(const EpCombineSendArgs& args);
 void combineRecv(const EpCombineRecvArgs& args);
 

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/ep/ep.h"
 #include "kernels/nvfp4/common.cuh"
@@ -337,16 +338,19 @@ __global__ void __launch_bounds__(kThreads) encodeKernel(const uint16_t* __restr
 }
 
 // The last CTA of a grid to get here (after its own writes) publishes the count words.
+// One fence per CTA, not per thread: the barrier orders every thread's stores before thread 0's
+// fence, whose cumulativity carries them to whoever acquires what the last CTA publishes (the
+// pattern of a cooperative grid barrier), so a CTA of 1024 threads pays one fence, not 32 warps' worth.
 __device__ __forceinline__ bool lastBlock(uint32_t* sync) {
   __shared__ bool last;
-  __threadfence_system();
   __syncthreads();
   if (threadIdx.x == 0) {
+    __threadfence_system();
     const uint32_t done = atomicAdd(sync, 1u);
     last = done == gridDim.x - 1;
+    if (last) __threadfence_system();
   }
   __syncthreads();
-  if (last) __threadfence_system();
   return last;
 }
 
@@ -357,7 +361,7 @@ __device__ __forceinline__ void publishCounts(uint32_t* sync, const uint64_t* __
                                               const uint32_t* epoch, uint32_t bump, Count count) {
   if (!lastBlock(sync)) return;
   const uint32_t e = *epoch + bump;
-  for (int d = threadIdx.x; d < ranks; d += kThreads) storeRelease(at<uint64_t>(countDst[d]), E::countWord(e, count(d)));
+  for (int d = threadIdx.x; d < ranks; d += blockDim.x) storeRelease(at<uint64_t>(countDst[d]), E::countWord(e, count(d)));
   __syncthreads();
   if (threadIdx.x == 0) *sync = 0;
 }
@@ -373,30 +377,42 @@ constexpr int kScanRanks = 8;
 constexpr int kSendAll = 0;
 constexpr int kSendMeta = 1;
 
+// Scan's shared memory: each token's destinations, then its slot on each (the order of the
+// tokens that go there).
+struct ScanShared {
+  uint32_t destMask[kScanTokens];
+  uint16_t slotAt[kScanTokens * kScanRanks];
+  uint32_t destCount[kScanRanks];
+  int32_t bad;
+};
+
 // A warp per (token, part of its row): lane i < k looks up pair i, and the lanes of the token's
 // first pair on each destination hold that destination's slot; the part of the payload row
 // (source + t * sourceStride: the staging row, or x itself for an aligned bf16 payload) is read
 // once and stored to every such slot, so each token reaches each destination once; part 0 also
-// writes each slot's metadata. Parts spread a decode step's few tokens over many warps.
-template <bool Scan, int Stage>
-__global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const uint8_t* __restrict__ source, int64_t sourceStride,
-                                                       const int32_t* __restrict__ ids, const float* __restrict__ weights, int64_t tokens,
-                                                       int32_t* __restrict__ combineIndex, const uint64_t* __restrict__ dataDst,
-                                                       const uint64_t* __restrict__ countDst, const uint32_t* __restrict__ sendCount,
-                                                       int32_t* __restrict__ errors, const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync) {
+// writes each slot's metadata. Parts spread a decode step's few tokens over many warps. This is
+// the body, on CTAs of Threads threads (sendKernel's 256, the one-launch decode dispatch's 1024);
+// `scan` is Scan's shared memory.
+template <bool Scan, int Stage, int Threads>
+__device__ __forceinline__ void sendBody(const E::EpShapeView& s, const uint8_t* __restrict__ source, int64_t sourceStride,
+                                         const int32_t* __restrict__ ids, const float* __restrict__ weights, int64_t tokens,
+                                         int32_t* __restrict__ combineIndex, const uint64_t* __restrict__ dataDst,
+                                         const uint64_t* __restrict__ countDst, const uint32_t* __restrict__ sendCount,
+                                         int32_t* __restrict__ errors, const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync,
+                                         ScanShared* scan) {
   static_assert(!Scan || Stage == kSendAll, "an overlapped send takes its slots from slotsKernel");
+  constexpr int Warps = Threads / 32;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * Warps;
   const int k = s.k, local = s.experts / s.ranks;
   const int64_t chunks = s.metaAt / 16, parts = Stage == kSendMeta ? 1 : (chunks + kPart - 1) / kPart;
-  // Scan: each token's destinations, then its slot on each (the order of the tokens that go there)
-  __shared__ uint32_t destMask[Scan ? kScanTokens : 1];
-  __shared__ uint16_t slotAt[Scan ? kScanTokens * kScanRanks : 1];
-  __shared__ uint32_t destCount[Scan ? kScanRanks : 1];
-  __shared__ int32_t bad;
   if constexpr (Scan) {
+    uint32_t* destMask = scan->destMask;
+    uint16_t* slotAt = scan->slotAt;
+    uint32_t* destCount = scan->destCount;
+    int32_t& bad = scan->bad;
     if (threadIdx.x == 0) bad = 0;
-    for (int t = threadIdx.x; t < tokens; t += kThreads) {
+    for (int t = threadIdx.x; t < tokens; t += Threads) {
       uint32_t m = 0;
       for (int i = 0; i < k; ++i) {
         const int32_t id = ids[t * k + i];
@@ -405,7 +421,7 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
       destMask[t] = m;
     }
     __syncthreads();
-    for (int d = warp; d < s.ranks; d += kWarps) {
+    for (int d = warp; d < s.ranks; d += Warps) {
       uint32_t base = 0;
       for (int t0 = 0; t0 < tokens; t0 += 32) {
         const int t = t0 + lane;
@@ -419,7 +435,7 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
     __syncthreads();
     if (blockIdx.x == 0) {
       int32_t n = 0;
-      for (int p = threadIdx.x; p < tokens * k; p += kThreads) {
+      for (int p = threadIdx.x; p < tokens * k; p += Threads) {
         const int32_t id = ids[p];
         const bool valid = id >= 0 && id < s.experts;
         const int32_t d = valid ? id / local : 0, t = p / k;
@@ -432,7 +448,7 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
       if (threadIdx.x == 0) *errors = bad;
     }
   }
-  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + warp; item < tokens * parts; item += warps) {
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * Warps + warp; item < tokens * parts; item += warps) {
     const int64_t t = item / parts, part = item % parts;
     int32_t id = -1, d = -1;
     int64_t slot = 0;
@@ -441,7 +457,7 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
       if constexpr (Scan) {
         if (id >= 0 && id < s.experts) {
           d = id / local;
-          slot = slotAt[t * kScanRanks + d];
+          slot = scan->slotAt[t * kScanRanks + d];
         }
       } else {
         const int32_t ci = combineIndex[t * k + lane];
@@ -469,7 +485,18 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
       }
     }
   }
-  publishCounts(sync, countDst, s.ranks, epoch, 1u, [&](int d) { return (Scan ? destCount[d] : sendCount[d]) | (Stage == kSendMeta ? E::kPayloadFollows : 0u); });
+  publishCounts(sync, countDst, s.ranks, epoch, 1u, [&](int d) { return (Scan ? scan->destCount[d] : sendCount[d]) | (Stage == kSendMeta ? E::kPayloadFollows : 0u); });
+}
+
+template <bool Scan, int Stage>
+__global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const uint8_t* __restrict__ source, int64_t sourceStride,
+                                                       const int32_t* __restrict__ ids, const float* __restrict__ weights, int64_t tokens,
+                                                       int32_t* __restrict__ combineIndex, const uint64_t* __restrict__ dataDst,
+                                                       const uint64_t* __restrict__ countDst, const uint32_t* __restrict__ sendCount,
+                                                       int32_t* __restrict__ errors, const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync) {
+  __shared__ std::conditional_t<Scan, ScanShared, char> scan;
+  sendBody<Scan, Stage, kThreads>(s, source, sourceStride, ids, weights, tokens, combineIndex, dataDst, countDst, sendCount, errors, epoch, sync,
+                                  reinterpret_cast<ScanShared*>(&scan));
 }
 
 // An overlapped send's payloads (beside the receive, on the side stream): a CTA per group of
@@ -794,26 +821,32 @@ __global__ void __launch_bounds__(kThreads) placeKernel(E::EpShapeView s, const 
 constexpr int kSmallPairs = 4096;
 constexpr int kSmallExperts = 128;
 
-__global__ void __launch_bounds__(1024) layoutSmallKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint64_t* __restrict__ words,
-                                                          uint32_t* __restrict__ epoch, int64_t timeoutNs, int32_t* __restrict__ status,
-                                                          uint32_t* __restrict__ counts, uint32_t* __restrict__ follows, int32_t align, int32_t maxPerExpert,
-                                                          int64_t rows, int32_t* __restrict__ placed,
-                                                          int32_t* __restrict__ touch, int32_t* __restrict__ layoutCounts,
-                                                          int32_t* __restrict__ offsets, int32_t* __restrict__ sourceIndex,
-                                                          int32_t* __restrict__ rowIndex, int32_t* __restrict__ usedRows,
-                                                          int32_t* __restrict__ dropped, int32_t* __restrict__ errors) {
-  __shared__ int32_t ids[kSmallPairs];
-  __shared__ int32_t hist[32 * (kSmallExperts + 1)];  // [warp][expert]
-  __shared__ int64_t total[kSmallExperts + 1];
+// The small layout's shared memory.
+struct LayoutShared {
+  int32_t ids[kSmallPairs];
+  int32_t hist[32 * (kSmallExperts + 1)];  // [warp][expert]
+  int64_t total[kSmallExperts + 1];
+};
+
+// One CTA of 1024 threads: the wait for the count words of call e (advance: then *epoch = e) and
+// the layout of the receive.
+__device__ __forceinline__ void layoutSmallBody(const E::EpShapeView& s, const uint8_t* __restrict__ regions, const uint64_t* __restrict__ words,
+                                                uint32_t e, bool advance, uint32_t* __restrict__ epoch, int64_t timeoutNs,
+                                                int32_t* __restrict__ status, uint32_t* __restrict__ counts, uint32_t* __restrict__ follows,
+                                                int32_t align, int32_t maxPerExpert, int64_t rows, int32_t* __restrict__ placed,
+                                                int32_t* __restrict__ touch, int32_t* __restrict__ layoutCounts, int32_t* __restrict__ offsets,
+                                                int32_t* __restrict__ sourceIndex, int32_t* __restrict__ rowIndex, int32_t* __restrict__ usedRows,
+                                                int32_t* __restrict__ dropped, int32_t* __restrict__ errors, LayoutShared& sh) {
+  int32_t* ids = sh.ids;
+  int32_t* hist = sh.hist;
+  int64_t* total = sh.total;
   const int L = s.experts / s.ranks, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int pairs = static_cast<int>(static_cast<int64_t>(s.ranks) * s.maxTokens * s.k);
   const int per = (pairs + 31) / 32, c0 = min(pairs, warp * per), c1 = min(pairs, c0 + per);
   for (int i = threadIdx.x; i < 32 * (L + 1); i += 1024) hist[i] = 0;
   for (int64_t r = threadIdx.x; r < rows; r += 1024) sourceIndex[r] = -1;
-  // the wait of the receive, in this launch: the senders' count words of call *epoch + 1
-  const uint32_t e = *epoch + 1;
   ctaWait(words, s.ranks, e, s.maxTokens, timeoutNs, status, E::kStatusDispatchTimeout, counts, follows);
-  if (threadIdx.x == 0) *epoch = e;
+  if (threadIdx.x == 0 && advance) *epoch = e;
   for (int q = c0 + lane; q < c1; q += 32) {
     const int32_t id = receivedId(s, regions, counts, q, L);
     if (id >= 0) atomicAdd(&hist[warp * (L + 1) + id], 1);
@@ -835,6 +868,20 @@ __global__ void __launch_bounds__(1024) layoutSmallKernel(E::EpShapeView s, cons
   expertRows(L, total, align, maxPerExpert, placed, touch, layoutCounts, offsets, usedRows, dropped, errors);
   __syncthreads();  // placed and offsets written (global memory, visible to the block from here)
   walkPairs(ids, c0, c1, 0, L, hist + warp * (L + 1), placed, offsets, sourceIndex, rowIndex, lane);
+}
+
+__global__ void __launch_bounds__(1024) layoutSmallKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint64_t* __restrict__ words,
+                                                          uint32_t* __restrict__ epoch, int64_t timeoutNs, int32_t* __restrict__ status,
+                                                          uint32_t* __restrict__ counts, uint32_t* __restrict__ follows, int32_t align, int32_t maxPerExpert,
+                                                          int64_t rows, int32_t* __restrict__ placed,
+                                                          int32_t* __restrict__ touch, int32_t* __restrict__ layoutCounts,
+                                                          int32_t* __restrict__ offsets, int32_t* __restrict__ sourceIndex,
+                                                          int32_t* __restrict__ rowIndex, int32_t* __restrict__ usedRows,
+                                                          int32_t* __restrict__ dropped, int32_t* __restrict__ errors) {
+  __shared__ LayoutShared sh;
+  // the wait of the receive, in this launch: the senders' count words of call *epoch + 1
+  layoutSmallBody(s, regions, words, *epoch + 1, true, epoch, timeoutNs, status, counts, follows, align, maxPerExpert, rows, placed, touch, layoutCounts,
+                  offsets, sourceIndex, rowIndex, usedRows, dropped, errors, sh);
 }
 
 // V elements of a slot's payload from element h, as bf16 bits (V = 8: h % 8 == 0, hidden % 8 == 0).
@@ -889,35 +936,38 @@ constexpr int kRowBatch = 4;
 // offset; masked, up to touch[e] (the last call's rows included).
 // Gather (out [slots, hidden]): each slot's row is stored once, at row i, and there is no padding.
 // V elements per thread: 8 (16-byte stores) where hidden % 8 == 0 and the output is aligned.
-template <int V>
-__global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
-                                                       const int32_t* __restrict__ rowIndex, const int32_t* __restrict__ offsets,
-                                                       const int32_t* __restrict__ placed, const int32_t* __restrict__ touch, int32_t maxPerExpert,
-                                                       uint16_t* __restrict__ out, const uint32_t* __restrict__ follows,
-                                                       const uint32_t* __restrict__ epoch, int64_t timeoutNs, int32_t* __restrict__ status,
-                                                       int shares, bool gather) {
+// The padding of experts first, first + stride, ... (blockIdx.y == 1 below), on CTAs of Threads threads.
+template <int V, int Threads>
+__device__ __forceinline__ void paddingBody(const E::EpShapeView& s, const int32_t* __restrict__ offsets, const int32_t* __restrict__ placed,
+                                            const int32_t* __restrict__ touch, int32_t maxPerExpert, uint16_t* __restrict__ out, int first,
+                                            int stride) {
   const int64_t H = s.hidden;
-  if (blockIdx.y == 1) {
-    const int L = s.experts / s.ranks;
-    for (int e = blockIdx.x; e < L; e += gridDim.x) {
-      const int64_t from = static_cast<int64_t>(offsets[e]) + placed[e];
-      const int64_t to = maxPerExpert > 0 ? static_cast<int64_t>(offsets[e]) + min(touch[e], maxPerExpert) : offsets[e + 1];
-      for (int64_t r = from; r < to; ++r) {
-        for (int64_t h = threadIdx.x * V; h < H; h += kThreads * V) {
-          if constexpr (V == 8) *reinterpret_cast<uint4*>(out + r * H + h) = make_uint4(0, 0, 0, 0);
-          else out[r * H + h] = 0;
-        }
+  const int L = s.experts / s.ranks;
+  for (int e = first; e < L; e += stride) {
+    const int64_t from = static_cast<int64_t>(offsets[e]) + placed[e];
+    const int64_t to = maxPerExpert > 0 ? static_cast<int64_t>(offsets[e]) + min(touch[e], maxPerExpert) : offsets[e + 1];
+    for (int64_t r = from; r < to; ++r) {
+      for (int64_t h = threadIdx.x * V; h < H; h += Threads * V) {
+        if constexpr (V == 8) *reinterpret_cast<uint4*>(out + r * H + h) = make_uint4(0, 0, 0, 0);
+        else out[r * H + h] = 0;
       }
     }
-    return;
   }
+}
+
+// The rows of items first, first + stride, ... (blockIdx.y == 0 below), on CTAs of Threads
+// threads; e: the call number of the chunk flags.
+template <int V, int Threads>
+__device__ __forceinline__ void rowsBody(const E::EpShapeView& s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
+                                         const int32_t* __restrict__ rowIndex, uint16_t* __restrict__ out, const uint32_t* __restrict__ follows,
+                                         uint32_t e, uint64_t deadline, int32_t* __restrict__ status, int shares, bool gather, int64_t first,
+                                         int64_t stride) {
   __shared__ int32_t rowOf[E::kMaxTopK];
   __shared__ bool landed;
+  const int64_t H = s.hidden;
   const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
-  const uint32_t e = *epoch;
-  const uint64_t deadline = globalTimer() + static_cast<uint64_t>(timeoutNs);
-  const int64_t parts = (H + kThreads * V - 1) / (kThreads * V), per = (parts + shares - 1) / shares;
-  for (int64_t item = blockIdx.x; item < slots * shares; item += gridDim.x) {
+  const int64_t parts = (H + Threads * V - 1) / (Threads * V), per = (parts + shares - 1) / shares;
+  for (int64_t item = first; item < slots * shares; item += stride) {
     const int64_t i = slotOf(item / shares, s.ranks, s.maxTokens), share = item % shares;
     const int64_t r = i / s.maxTokens, j = i % s.maxTokens;
     if (j >= counts[r]) continue;  // the same for the whole CTA
@@ -930,14 +980,14 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
     __syncthreads();
     if (!landed) continue;
     const uint8_t* p = regions + r * s.regionBytes + j * s.slotBytes;
-    // the share's parts (kThreads * V elements each), kRowBatch at a time: every part's loads
+    // the share's parts (Threads * V elements each), kRowBatch at a time: every part's loads
     // are issued before its stores, so a CTA waits one memory latency per batch, not per part
-    const int64_t hEnd = min(H, (share + 1) * per * kThreads * V);
-    for (int64_t h0 = share * per * kThreads * V + static_cast<int64_t>(threadIdx.x) * V; h0 < hEnd; h0 += static_cast<int64_t>(kRowBatch) * kThreads * V) {
+    const int64_t hEnd = min(H, (share + 1) * per * Threads * V);
+    for (int64_t h0 = share * per * Threads * V + static_cast<int64_t>(threadIdx.x) * V; h0 < hEnd; h0 += static_cast<int64_t>(kRowBatch) * Threads * V) {
       uint16_t o[kRowBatch][V];
 #pragma unroll
       for (int b = 0; b < kRowBatch; ++b) {
-        const int64_t h = h0 + static_cast<int64_t>(b) * kThreads * V;
+        const int64_t h = h0 + static_cast<int64_t>(b) * Threads * V;
         if (h < hEnd) decodeAt<V>(s, p, h, o[b]);
       }
       for (int kk = 0; kk < s.k; ++kk) {
@@ -945,13 +995,74 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
         if (row < 0) continue;
 #pragma unroll
         for (int b = 0; b < kRowBatch; ++b) {
-          const int64_t h = h0 + static_cast<int64_t>(b) * kThreads * V;
+          const int64_t h = h0 + static_cast<int64_t>(b) * Threads * V;
           if (h >= hEnd) break;
           if constexpr (V == 8) *reinterpret_cast<uint4*>(out + row * H + h) = *reinterpret_cast<const uint4*>(o[b]);
           else out[row * H + h] = o[b][0];
         }
       }
     }
+  }
+}
+
+template <int V>
+__global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
+                                                       const int32_t* __restrict__ rowIndex, const int32_t* __restrict__ offsets,
+                                                       const int32_t* __restrict__ placed, const int32_t* __restrict__ touch, int32_t maxPerExpert,
+                                                       uint16_t* __restrict__ out, const uint32_t* __restrict__ follows,
+                                                       const uint32_t* __restrict__ epoch, int64_t timeoutNs, int32_t* __restrict__ status,
+                                                       int shares, bool gather) {
+  if (blockIdx.y == 1) {
+    paddingBody<V, kThreads>(s, offsets, placed, touch, maxPerExpert, out, blockIdx.x, gridDim.x);
+    return;
+  }
+  rowsBody<V, kThreads>(s, regions, counts, rowIndex, out, follows, *epoch, globalTimer() + static_cast<uint64_t>(timeoutNs), status, shares, gather,
+                        blockIdx.x, gridDim.x);
+}
+
+// ---- dispatch in one launch ------------------------------------------------------------------
+
+// A decode step's dispatch with gather in one launch, on at most as many CTAs of 1024 threads as
+// the device holds at once (so that every CTA runs while others wait on it): the send of
+// sendKernel<true> (slots scanned by every CTA, the count words published by the last CTA to
+// finish its copies), then the receive: CTA 0 waits for the count words and lays out the receive
+// (layoutSmallBody) while the others wait for the words too and copy a row per received slot,
+// which needs no layout (CTA 0 copies too where it is alone). The last CTA to finish advances the
+// call number, which every CTA read at its start. A missing rank's words time out as in the
+// separate launches. Without gather the rows would wait for the layout: there the separate
+// launches measured faster (benchmarks/NOTES.md, ep v8), so this kernel gathers only.
+template <int V>
+__global__ void __launch_bounds__(1024) dispatchDecodeKernel(
+    E::EpShapeView s, const uint8_t* __restrict__ source, const int32_t* __restrict__ ids, const float* __restrict__ weights, int64_t tokens,
+    int32_t* __restrict__ combineIndex, const uint64_t* __restrict__ dataDst, const uint64_t* __restrict__ countDst,
+    int32_t* __restrict__ invalidIds, uint32_t* __restrict__ epoch, uint32_t* __restrict__ sendSync, const uint8_t* __restrict__ regions,
+    const uint64_t* __restrict__ words, int64_t timeoutNs, int32_t* __restrict__ status, uint32_t* __restrict__ recvCounts,
+    uint32_t* __restrict__ follows, int32_t align, int32_t maxPerExpert, int64_t rows, int32_t* __restrict__ placed, int32_t* __restrict__ touch,
+    int32_t* __restrict__ layoutCounts, int32_t* __restrict__ offsets, int32_t* __restrict__ sourceIndex, int32_t* __restrict__ rowIndex,
+    int32_t* __restrict__ usedRows, int32_t* __restrict__ dropped, int32_t* __restrict__ recvErrors, uint16_t* __restrict__ out, int shares,
+    uint32_t* __restrict__ recvSync) {
+  __shared__ union {
+    ScanShared scan;
+    LayoutShared layout;
+  } sh;
+  __shared__ uint32_t counts[kScanRanks], follow[kScanRanks];
+  const uint32_t e = *epoch + 1;
+  const uint64_t deadline = globalTimer() + static_cast<uint64_t>(timeoutNs);
+  sendBody<true, kSendAll, 1024>(s, source, s.metaAt, ids, weights, tokens, combineIndex, dataDst, countDst, nullptr, invalidIds, epoch, sendSync,
+                                 &sh.scan);
+  __syncthreads();  // the scan's shared memory is the layout's from here
+  const int64_t G = gridDim.x;
+  if (blockIdx.x == 0) {
+    layoutSmallBody(s, regions, words, e, false, epoch, timeoutNs, status, recvCounts, follows, align, maxPerExpert, rows, placed, touch, layoutCounts,
+                    offsets, sourceIndex, rowIndex, usedRows, dropped, recvErrors, sh.layout);
+    if (G == 1) rowsBody<V, 1024>(s, regions, recvCounts, rowIndex, out, follows, e, deadline, status, shares, true, 0, 1);
+  } else {
+    ctaWait(words, s.ranks, e, s.maxTokens, timeoutNs, status, E::kStatusDispatchTimeout, counts, follow);
+    rowsBody<V, 1024>(s, regions, counts, rowIndex, out, follow, e, deadline, status, shares, true, blockIdx.x - 1, G - 1);
+  }
+  if (lastBlock(recvSync) && threadIdx.x == 0) {
+    *epoch = e;
+    *recvSync = 0;
   }
 }
 
@@ -1292,6 +1403,10 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
 // launched after a wait kernel that spins for another rank of this process whose work is not yet
 // enqueued, it would block the host until the wait times out. The first ep launch on a device
 // (a dispatch's send) loads them all, before any wait of the family can spin there.
+// CTAs of 1024 threads of dispatchDecodeKernel<1> and <8> an SM holds at once, per device
+// (loadKernels reads them once, off the per-step host path).
+std::atomic<int> decodeOccupancy[64][2];
+
 cudaError_t loadKernels() {
   static std::atomic<uint64_t> loaded{0};
   int device = 0;
@@ -1307,6 +1422,7 @@ cudaError_t loadKernels() {
       reinterpret_cast<const void*>(countKernel),      reinterpret_cast<const void*>(scanKernel),
       reinterpret_cast<const void*>(placeKernel),      reinterpret_cast<const void*>(layoutSmallKernel),      reinterpret_cast<const void*>(rowsKernel<1>),
       reinterpret_cast<const void*>(rowsKernel<8>),
+      reinterpret_cast<const void*>(dispatchDecodeKernel<1>), reinterpret_cast<const void*>(dispatchDecodeKernel<8>),
       reinterpret_cast<const void*>(combineCountsKernel),
       reinterpret_cast<const void*>(combineSendKernel<false>), reinterpret_cast<const void*>(combineSendKernel<true>),
       reinterpret_cast<const void*>(combineReduceKernel<false>), reinterpret_cast<const void*>(combineReduceKernel<true>),
@@ -1319,6 +1435,11 @@ cudaError_t loadKernels() {
   for (const void* k : kernels) {
     cudaFuncAttributes attributes;
     if ((err = cudaFuncGetAttributes(&attributes, k)) != cudaSuccess) break;
+  }
+  for (int v = 0; v < 2 && err == cudaSuccess && device < 64; ++v) {
+    int perSm = 0;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&perSm, v ? dispatchDecodeKernel<8> : dispatchDecodeKernel<1>, 1024, 0);
+    decodeOccupancy[device][v].store(perSm, std::memory_order_relaxed);
   }
   cudaThreadExchangeStreamCaptureMode(&mode);
   if (err == cudaSuccess) loaded.fetch_or(bit, std::memory_order_acq_rel);
@@ -1440,6 +1561,46 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
     err = cudaStreamWaitEvent(l.stream, join, 0);
   }
   return err;
+}
+
+cudaError_t dispatch(const EpDispatchArgs& a, const Launch& l) {
+  if (const cudaError_t loadErr = loadKernels(); loadErr != cudaSuccess) return loadErr;
+  const EpDispatchSendArgs& sa = a.send;
+  const EpDispatchRecvArgs& ra = a.recv;
+  const E::EpShapeView s = E::view(sa.shape);
+  const int L = s.experts / s.ranks;
+  const int64_t slots = static_cast<int64_t>(s.ranks) * s.maxTokens;
+  const bool direct = E::sendsRaw(s.payload, s.hidden, sa.x);
+  // one launch where the send scans its own slots, the receive's layout is a small one, the
+  // payload needs no encoding and the rows need no layout (gather); otherwise the two launchers
+  // one after the other
+  if (sa.sideStream || ra.sideStream || sa.tokens > kScanTokens || s.ranks > kScanRanks || slots * s.k > kSmallPairs || L > kSmallExperts || !direct ||
+      !ra.gather) {
+    const cudaError_t err = dispatchSend(sa, l);
+    return err != cudaSuccess ? err : dispatchRecv(ra, l);
+  }
+  // 16-byte rows where every row of the output starts on 16 bytes
+  const bool vec = s.hidden % 8 == 0 && reinterpret_cast<uintptr_t>(ra.tokensOut) % 16 == 0;
+  auto kernel = vec ? dispatchDecodeKernel<8> : dispatchDecodeKernel<1>;
+  // every CTA resident at once: some wait for others (the count words, the layout)
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  int perSm = 1;
+  if (device < 64) perSm = std::max(1, decodeOccupancy[device][vec ? 1 : 0].load(std::memory_order_relaxed));
+  const int64_t resident = static_cast<int64_t>(std::max(1, perSm)) * std::max(1, l.facts.multiprocessors);
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(sa.sms, resident));
+  uint32_t* ws = static_cast<uint32_t*>(l.workspace.get(4 * static_cast<size_t>(2 * L + s.ranks)));
+  int32_t* placed = reinterpret_cast<int32_t*>(ws);
+  int32_t* touch = placed + L;
+  uint32_t* follows = reinterpret_cast<uint32_t*>(touch + L);
+  const int64_t parts = (s.hidden + 1024 * (vec ? 8 : 1) - 1) / (1024 * (vec ? 8 : 1));
+  const int shares = static_cast<int>(std::min<int64_t>(parts, 1 << 16));
+  kernel<<<grid, 1024, 0, l.stream>>>(s, reinterpret_cast<const uint8_t*>(sa.x), sa.ids, sa.weights, sa.tokens, sa.combineIndex, sa.dataDst, sa.countDst,
+                                      sa.errors, const_cast<uint32_t*>(sa.epoch), sa.sync, ra.regions, ra.counts, ra.timeoutNs, ra.status, ra.recvCounts,
+                                      follows, ra.align, ra.maxPerExpert, ra.rows, placed, touch, ra.layoutCounts, ra.offsets, ra.sourceIndex, ra.rowIndex,
+                                      ra.usedRows, ra.dropped, ra.errors, ra.tokensOut, shares, a.recvSync);
+  return cudaGetLastError();
 }
 
 cudaError_t combineSend(const EpCombineSendArgs& a, const Launch& l) {

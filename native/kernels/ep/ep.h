@@ -22,6 +22,12 @@ cudaError_t dispatchSend(const EpDispatchSendArgs& args, const Launch& launch);
 // those this call or the last one wrote). With args.sideStream the launch stream then waits for
 // the side stream's work (args.joinEvent).
 cudaError_t dispatchRecv(const EpDispatchRecvArgs& args, const Launch& launch);
+// dispatchSend then dispatchRecv. A decode step's with gather (a send that scans its own slots,
+// an aligned bf16 payload, a small layout, no side stream) is one launch of at most
+// args.send.sms CTAs of 1024 threads, all resident at once: the send, then the wait, the layout
+// (one CTA) and the rows (the others). The callers' kernels must be able to run at once: one
+// rank per device.
+cudaError_t dispatch(const EpDispatchArgs& args, const Launch& launch);
 // A warp per received pair and 4 KB part of its row on args.sms CTAs; the last CTA publishes the
 // count words. With args.sideStream the count words go first, then the entries on the side
 // stream, a CTA per group of slots, each chunk of slots flagged as it completes.
