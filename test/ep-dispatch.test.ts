@@ -430,6 +430,25 @@ describe('dispatch and combine against the single-device path', () => {
   });
 });
 
+/**
+ * A receive of host memory whose region (count word `count`, two chunk flags at `flags`) holds
+ * call 1's T slots: then the same result with bit 31 of the count ("the rest follows behind chunk
+ * flags") once both flags carry call 1, and E_COMM naming chunk 1 while its flag does not.
+ */
+async function expectChunkFlags(count: Tensor, flags: bigint, T: number, recv: () => number[], missing: string): Promise<void> {
+  const b = native();
+  const want = recv();
+  expect(want.some((v) => v !== 0)).toBe(true);
+  const word = new BigUint64Array(1);
+  b.hostRead(count.dataPtr, word);
+  expect(word[0]).toBe((1n << 32n) | BigInt(T));
+  b.hostWrite(count.dataPtr, new BigUint64Array([word[0] | 0x80000000n]));
+  b.hostWrite(flags, new Uint32Array([1, 1]));
+  expect(recv()).toEqual(want);
+  b.hostWrite(flags, new Uint32Array([1, 0]));
+  await expectCode(() => recv(), 'E_COMM', missing);
+}
+
 describe('the CPU reference of an overlapped send', () => {
   it('a count word with "payloads follow": the rows once every used chunk flag carries the call; E_COMM naming a chunk that does not', async () => {
     // one rank, 2 experts, k = 1, hidden 16, 70 slots: two chunks of 64, the second partly used;
@@ -460,16 +479,8 @@ describe('the CPU reference of an overlapped send', () => {
       b.hostRead(out.tokens.dataPtr, bytes);
       return Array.from(bytes);
     };
-    const want = recv();
     // the same bytes with bit 31 of the count set: the rows need both chunks' flags at call 1
-    const word = new BigUint64Array(1);
-    b.hostRead(count.dataPtr, word);
-    expect(word[0]).toBe((1n << 32n) | BigInt(T));
-    b.hostWrite(count.dataPtr, new BigUint64Array([word[0] | 0x80000000n]));
-    b.hostWrite(region.dataPtr + BigInt(flagsAt), new Uint32Array([1, 1]));
-    expect(recv()).toEqual(want);
-    b.hostWrite(region.dataPtr + BigInt(flagsAt), new Uint32Array([1, 0]));
-    await expectCode(() => recv(), 'E_COMM', "rank 0's payloads of chunk 1 have not arrived");
+    await expectChunkFlags(count, region.dataPtr + BigInt(flagsAt), T, recv, "rank 0's payloads of chunk 1 have not arrived");
     for (const t of [x, ids, w, region, count, state, combineIndex, errors, dataDst, countDst]) t.dispose();
   });
 
@@ -543,16 +554,7 @@ describe('the CPU reference of an overlapped send', () => {
       b.hostRead(out.dataPtr, bytes);
       return Array.from(bytes);
     };
-    const want = recv();
-    expect(want.some((v) => v !== 0)).toBe(true);
-    const word = new BigUint64Array(1);
-    b.hostRead(count.dataPtr, word);
-    expect(word[0]).toBe((1n << 32n) | BigInt(T));
-    b.hostWrite(count.dataPtr, new BigUint64Array([word[0] | 0x80000000n]));
-    b.hostWrite(region.dataPtr + BigInt(flagsAt), new Uint32Array([1, 1]));
-    expect(recv()).toEqual(want);
-    b.hostWrite(region.dataPtr + BigInt(flagsAt), new Uint32Array([1, 0]));
-    await expectCode(() => recv(), 'E_COMM', "rank 0's rows of chunk 1 have not arrived");
+    await expectChunkFlags(count, region.dataPtr + BigInt(flagsAt), T, recv, "rank 0's rows of chunk 1 have not arrived");
     for (const t of [y, rowIndex, combineIndex, w, region, count, state, recvCounts, dispatchRegion, dataDst, countDst]) t.dispose();
   });
 });

@@ -1450,6 +1450,14 @@ unsigned gridOf(int64_t n, int64_t cap) { return static_cast<unsigned>(std::max<
 
 size_t roundUp256(size_t n) { return (n + 255) / 256 * 256; }
 
+// An overlapped send's side stream (if any) joined to the call's stream.
+cudaError_t joinSide(void* sideStream, void* joinEvent, cudaStream_t stream) {
+  if (!sideStream) return cudaSuccess;
+  const auto join = static_cast<cudaEvent_t>(joinEvent);
+  const cudaError_t err = cudaEventRecord(join, static_cast<cudaStream_t>(sideStream));
+  return err != cudaSuccess ? err : cudaStreamWaitEvent(stream, join, 0);
+}
+
 }  // namespace
 
 cudaError_t dispatchSend(const EpDispatchSendArgs& a, const Launch& l) {
@@ -1554,13 +1562,8 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
     }
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
-  if (a.sideStream) {
-    // the overlapped send's payload launch (on the side stream) ends before this call's work does
-    const auto join = static_cast<cudaEvent_t>(a.joinEvent);
-    if ((err = cudaEventRecord(join, static_cast<cudaStream_t>(a.sideStream))) != cudaSuccess) return err;
-    err = cudaStreamWaitEvent(l.stream, join, 0);
-  }
-  return err;
+  // the overlapped send's payload launch (on the side stream) ends before this call's work does
+  return joinSide(a.sideStream, a.joinEvent, l.stream);
 }
 
 cudaError_t dispatch(const EpDispatchArgs& a, const Launch& l) {
@@ -1669,13 +1672,8 @@ cudaError_t combineRecv(const EpCombineRecvArgs& a, const Launch& l) {
     }
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
-  if (a.sideStream) {
-    // the overlapped send's entries (on the side stream) end before this call's work does
-    const auto join = static_cast<cudaEvent_t>(a.joinEvent);
-    if ((err = cudaEventRecord(join, static_cast<cudaStream_t>(a.sideStream))) != cudaSuccess) return err;
-    err = cudaStreamWaitEvent(l.stream, join, 0);
-  }
-  return err;
+  // the overlapped send's entries (on the side stream) end before this call's work does
+  return joinSide(a.sideStream, a.joinEvent, l.stream);
 }
 
 }  // namespace moe::kernels::ep
