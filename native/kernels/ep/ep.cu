@@ -925,18 +925,7 @@ __device__ __forceinline__ int64_t slotOf(int64_t q, int ranks, int64_t M) { ret
 // Parts of a row (kThreads * V elements each) a rows CTA holds in registers at once.
 constexpr int kRowBatch = 4;
 
-// blockIdx.y == 0: a CTA per (received slot, share of its row: `shares` per slot), grid-stride,
-// slots interleaved (slotOf): the share decoded once and stored into the row of each of the
-// slot's pairs that got one, so that a token is read once however many local experts it has.
-// A large receive takes whole rows (one lookup and one flag per slot); a small one splits them
-// over CTAs, so that a decode step's few slots still fill the device. A slot from a rank whose
-// payloads follow (follows[r]) waits for its chunk's flag first, bounded like the count words (a
-// timeout recorded in status, the slot's rows left alone).
-// blockIdx.y == 1: a CTA per expert zeroes its padding rows: contiguous, up to the next expert's
-// offset; masked, up to touch[e] (the last call's rows included).
-// Gather (out [slots, hidden]): each slot's row is stored once, at row i, and there is no padding.
-// V elements per thread: 8 (16-byte stores) where hidden % 8 == 0 and the output is aligned.
-// The padding of experts first, first + stride, ... (blockIdx.y == 1 below), on CTAs of Threads threads.
+// The padding of experts first, first + stride, ... (rowsKernel's blockIdx.y == 1), on CTAs of Threads threads.
 template <int V, int Threads>
 __device__ __forceinline__ void paddingBody(const E::EpShapeView& s, const int32_t* __restrict__ offsets, const int32_t* __restrict__ placed,
                                             const int32_t* __restrict__ touch, int32_t maxPerExpert, uint16_t* __restrict__ out, int first,
@@ -955,7 +944,7 @@ __device__ __forceinline__ void paddingBody(const E::EpShapeView& s, const int32
   }
 }
 
-// The rows of items first, first + stride, ... (blockIdx.y == 0 below), on CTAs of Threads
+// The rows of items first, first + stride, ... (rowsKernel's blockIdx.y == 0), on CTAs of Threads
 // threads; e: the call number of the chunk flags.
 template <int V, int Threads>
 __device__ __forceinline__ void rowsBody(const E::EpShapeView& s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
@@ -1005,6 +994,17 @@ __device__ __forceinline__ void rowsBody(const E::EpShapeView& s, const uint8_t*
   }
 }
 
+// blockIdx.y == 0: a CTA per (received slot, share of its row: `shares` per slot), grid-stride,
+// slots interleaved (slotOf): the share decoded once and stored into the row of each of the
+// slot's pairs that got one, so that a token is read once however many local experts it has.
+// A large receive takes whole rows (one lookup and one flag per slot); a small one splits them
+// over CTAs, so that a decode step's few slots still fill the device. A slot from a rank whose
+// payloads follow (follows[r]) waits for its chunk's flag first, bounded like the count words (a
+// timeout recorded in status, the slot's rows left alone).
+// blockIdx.y == 1: a CTA per expert zeroes its padding rows: contiguous, up to the next expert's
+// offset; masked, up to touch[e] (the last call's rows included).
+// Gather (out [slots, hidden]): each slot's row is stored once, at row i, and there is no padding.
+// V elements per thread: 8 (16-byte stores) where hidden % 8 == 0 and the output is aligned.
 template <int V>
 __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
                                                        const int32_t* __restrict__ rowIndex, const int32_t* __restrict__ offsets,
