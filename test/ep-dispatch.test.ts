@@ -522,7 +522,15 @@ describe('the CPU reference of an overlapped send', () => {
     const want = run(false);
     expect(want[0].some((v) => v !== 0)).toBe(true);
     expect(run(true)).toEqual(want);
-    for (const t of [x, ids, w]) t.dispose();
+    // the send and the receive must name one call-number word
+    const state = u8(32), other = u8(8);
+    await expectCode(
+      () => b.epDispatch(-1, 0n, ...shape, x.dataPtr, ids.dataPtr, w.dataPtr, T, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr + 4n, 1,
+        state.dataPtr, state.dataPtr, 0n, 0n, 0n, 0n, 0n, state.dataPtr, state.dataPtr, other.dataPtr, 1e9, state.dataPtr, state.dataPtr, 1, 0, rows, false,
+        state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, 0n, 0n, state.dataPtr + 12n),
+      'E_ARGUMENT', 'share the call number',
+    );
+    for (const t of [x, ids, w, state, other]) t.dispose();
   });
 
   it('a combine count word with "rows follow": the sums once every used chunk flag carries the call; E_COMM naming a chunk that does not', async () => {
