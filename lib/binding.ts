@@ -215,7 +215,7 @@ export interface EpBinding {
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
     regions: bigint, counts: bigint, epoch: bigint, timeoutNs: number, status: bigint, recvCounts: bigint, align: number, maxPerExpert: number,
     rows: number, gather: boolean, tokensOut: bigint, layoutCounts: bigint, offsets: bigint, sourceIndex: bigint, rowIndex: bigint, usedRows: bigint,
-    dropped: bigint, errors: bigint, sideStream: bigint, joinEvent: bigint,
+    dropped: bigint, errors: bigint, sideStream: bigint, joinEvent: bigint, ownRows: bigint,
   ): void;
   /** epDispatchSend's arguments after the shape, then epDispatchRecv's, then the one-launch dispatch's scratch word. */
   epDispatch(
@@ -224,7 +224,7 @@ export interface EpBinding {
     combineIndex: bigint, errors: bigint, sideStream: bigint, forkEvent: bigint, staging: bigint, sendCounts: bigint, chunkDone: bigint,
     regions: bigint, counts: bigint, recvEpoch: bigint, timeoutNs: number, status: bigint, recvCounts: bigint, align: number, maxPerExpert: number,
     rows: number, gather: boolean, tokensOut: bigint, layoutCounts: bigint, offsets: bigint, sourceIndex: bigint, rowIndex: bigint, usedRows: bigint,
-    dropped: bigint, recvErrors: bigint, recvSideStream: bigint, joinEvent: bigint, recvSync: bigint,
+    dropped: bigint, recvErrors: bigint, recvSideStream: bigint, joinEvent: bigint, ownRows: bigint, recvSync: bigint,
   ): void;
   epCombineSend(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,

@@ -474,7 +474,7 @@ describe('the CPU reference of an overlapped send', () => {
       b.hostWrite(state.dataPtr, new Uint32Array([0]));  // the call number before this call
       b.epDispatchRecv(-1, 0n, ...shape, region.dataPtr, count.dataPtr, state.dataPtr, 1e9, out.status.dataPtr, out.recvCounts.dataPtr, 1, 0, rows, false,
         out.tokens.dataPtr, out.counts.dataPtr, out.offsets.dataPtr, out.source.dataPtr, out.rowIndex.dataPtr, out.one[0].dataPtr, out.one[1].dataPtr,
-        out.one[2].dataPtr, 0n, 0n);
+        out.one[2].dataPtr, 0n, 0n, 0n);
       const bytes = new Uint8Array(2 * rows * H);
       b.hostRead(out.tokens.dataPtr, bytes);
       return Array.from(bytes);
@@ -503,7 +503,7 @@ describe('the CPU reference of an overlapped send', () => {
       const send = [x.dataPtr, ids.dataPtr, w.dataPtr, T, dataDst.dataPtr, countDst.dataPtr, state.dataPtr, state.dataPtr + 4n, 1, combineIndex.dataPtr, errors.dataPtr,
         0n, 0n, 0n, 0n, 0n] as const;
       const recv = [region.dataPtr, count.dataPtr, state.dataPtr, 1e9, out.status.dataPtr, out.recvCounts.dataPtr, 1, 0, rows, false, out.tokens.dataPtr,
-        out.counts.dataPtr, out.offsets.dataPtr, out.source.dataPtr, out.rowIndex.dataPtr, out.one[0].dataPtr, out.one[1].dataPtr, out.one[2].dataPtr, 0n, 0n] as const;
+        out.counts.dataPtr, out.offsets.dataPtr, out.source.dataPtr, out.rowIndex.dataPtr, out.one[0].dataPtr, out.one[1].dataPtr, out.one[2].dataPtr, 0n, 0n, 0n] as const;
       if (fused) {
         b.epDispatch(-1, 0n, ...shape, ...send, ...recv, state.dataPtr + 12n);
       } else {
@@ -527,9 +527,13 @@ describe('the CPU reference of an overlapped send', () => {
     await expectCode(
       () => b.epDispatch(-1, 0n, ...shape, x.dataPtr, ids.dataPtr, w.dataPtr, T, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr + 4n, 1,
         state.dataPtr, state.dataPtr, 0n, 0n, 0n, 0n, 0n, state.dataPtr, state.dataPtr, other.dataPtr, 1e9, state.dataPtr, state.dataPtr, 1, 0, rows, false,
-        state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, 0n, 0n, state.dataPtr + 12n),
+        state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, 0n, 0n, 0n, state.dataPtr + 12n),
       'E_ARGUMENT', 'share the call number',
     );
+    // a receive's own rows come only from an overlapped send of x (a device's side stream)
+    const recvAt = (ownRows: bigint) => () => b.epDispatchRecv(-1, 0n, ...shape, state.dataPtr, state.dataPtr, state.dataPtr, 1e9, state.dataPtr, state.dataPtr,
+      1, 0, rows, false, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, 0n, 0n, ownRows);
+    await expectCode(recvAt(x.dataPtr), 'E_ARGUMENT', 'own rows');
     for (const t of [x, ids, w, state, other]) t.dispose();
   });
 

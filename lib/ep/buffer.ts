@@ -91,7 +91,9 @@ export interface EpBufferOptions {
    * nvlink and nccl: CTAs (streaming multiprocessors) of the copy kernels, 1..1024. Default: the
    * device's SM count, since dispatch and combine run between the expert GEMMs, not beside them
    * (on 2 x H200 the bf16 throughput dispatch took 950 µs with 16 and 458 µs with 132). Pass
-   * fewer to leave SMs to work overlapped on other streams.
+   * fewer to leave SMs to work overlapped on other streams. A dispatch of more than 1024 tokens
+   * sends its payloads on at most 48 of them (the link is about as busy, and the receive keeps the
+   * other SMs).
    */
   sms?: number;
 }
@@ -631,6 +633,8 @@ export class EpBuffer {
         t.recvDispatch.dataPtr, t.recvDispatchCounts.dataPtr, st, this.recvBoundNs(deadline), st + 16n, t.recvCounts.dataPtr,
         this.align, this.maxTokensPerExpert, this.rows, this.gather, this.out.tokens.dataPtr, l.counts.dataPtr, l.offsets.dataPtr, l.sourceIndex.dataPtr,
         l.rowIndex.dataPtr, l.usedRows.dataPtr, l.dropped.dataPtr, l.errors.dataPtr, side?.stream ?? 0n, side?.join ?? 0n,
+        // an overlapped send of x as it is leaves this rank's own slots' rows in x
+        side && !t.staging ? xt.dataPtr : 0n,
       ] as const;
       // nvlink, a rank alone on its device, no side stream: send and receive in one call (a decode
       // step's with gather is one launch), unless ranks of this process enqueue eagerly, whose

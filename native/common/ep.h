@@ -240,6 +240,10 @@ struct EpDispatchRecvArgs {
   // sideStream, before dispatchRecv returns.
   void* sideStream;            // cudaStream_t, or null
   void* joinEvent;             // cudaEvent_t
+  // An overlapped send of x as it is leaves the payloads of the slots a rank sends itself out of
+  // its own region (they would cross the device's memory twice): the receive reads those rows
+  // from that send's x (ownRows, with sideStream) at the token each slot's metadata names.
+  const uint16_t* ownRows;     // bf16 [tokens, hidden], or null
 };
 
 inline int64_t epLayoutRows(const EpShape& s, int32_t align, int32_t maxPerExpert) {
@@ -260,6 +264,8 @@ inline void validate(const EpDispatchRecvArgs& a) {
                   (a.rows == 0 || (a.sourceIndex && a.tokensOut)),
               "E_ARGUMENT", "buffer", "null data pointer");
   MOE_REQUIRE(!a.sideStream || a.joinEvent, "E_ARGUMENT", "buffer", "an overlapped receive needs its event");
+  MOE_REQUIRE(!a.ownRows || (a.sideStream && ep::sendsRaw(a.shape.payload, a.shape.hidden, a.ownRows)), "E_ARGUMENT", "x",
+              "the own rows of a receive come from an overlapped send of x as it is (bf16, 16-byte aligned)");
 }
 
 // dispatch: dispatchSend(send), then dispatchRecv(recv), for a one-sided transport (whose send

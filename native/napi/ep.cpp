@@ -82,6 +82,7 @@ EpDispatchRecvArgs readDispatchRecv(ArgReader& r, const EpShape& shape) {
   a.errors = r.ptr<int32_t>();
   a.sideStream = r.ptr();
   a.joinEvent = r.ptr();
+  a.ownRows = r.ptr<const uint16_t>();
   return a;
 }
 

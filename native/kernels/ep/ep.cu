@@ -506,19 +506,26 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
 // that completes a chunk raises the chunk's flag in the destination region (call number
 // sendCount[ranks]: the receive advances *epoch meanwhile) and re-arms the counter. One fence per
 // thread and group of tokens, not per part: a fence waits for the thread's stores to land.
+// skipOwn: the slots this rank sends itself get no payload (the receive reads them from x).
+// The kernel runs on at most kPayloadCtas CTAs of kPayloadThreads: on every SM, the stores
+// queued for the link (several MB in flight) held up every other load on the device, and the
+// receive's layout kernels beside them ran 10-20x slower; 48 SMs of 32 warps keep the link about
+// as busy (benchmarks/NOTES.md, ep v9).
 constexpr int kPayloadGroup = 16;
+constexpr int kPayloadThreads = 1024;
+constexpr unsigned kPayloadCtas = 48;
 
-__global__ void __launch_bounds__(kThreads) payloadKernel(E::EpShapeView s, const uint8_t* __restrict__ source, int64_t sourceStride,
+__global__ void __launch_bounds__(kPayloadThreads) payloadKernel(E::EpShapeView s, const uint8_t* __restrict__ source, int64_t sourceStride,
                                                           const int32_t* __restrict__ ids, int64_t tokens, const int32_t* __restrict__ combineIndex,
                                                           const uint64_t* __restrict__ dataDst, const uint32_t* __restrict__ sendCount,
-                                                          uint32_t* __restrict__ chunkDone) {
+                                                          uint32_t* __restrict__ chunkDone, bool skipOwn) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int k = s.k, local = s.experts / s.ranks;
   const int64_t M = s.maxTokens, n16 = s.metaAt / 16, parts = (n16 + kPart - 1) / kPart, chunkCount = E::chunks(M);
   const uint32_t e = sendCount[s.ranks];
   for (int64_t t0 = static_cast<int64_t>(blockIdx.x) * kPayloadGroup; t0 < tokens; t0 += static_cast<int64_t>(gridDim.x) * kPayloadGroup) {
     const int n = static_cast<int>(min(static_cast<int64_t>(kPayloadGroup), tokens - t0));
-    for (int64_t item = warp; item < n * parts; item += kWarps) {
+    for (int64_t item = warp; item < n * parts; item += kPayloadThreads / 32) {
       const int64_t t = t0 + item / parts, part = item % parts;
       int32_t d = -1;
       int64_t slot = 0;
@@ -527,6 +534,7 @@ __global__ void __launch_bounds__(kThreads) payloadKernel(E::EpShapeView s, cons
         if (ci >= 0) {
           d = ids[t * k + lane] / local;
           slot = ci / k - static_cast<int64_t>(d) * M;
+          if (skipOwn && d == s.rank) d = -1;
         }
       }
       const uint32_t same = __match_any_sync(0xFFFFFFFFu, d);
@@ -543,6 +551,7 @@ __global__ void __launch_bounds__(kThreads) payloadKernel(E::EpShapeView s, cons
         const int32_t ci = combineIndex[t * k + i];
         if (ci < 0) continue;
         const int32_t d = ids[t * k + i] / local;
+        if (skipOwn && d == s.rank) continue;
         bool seen = false;  // the token's slot on d is counted at its first pair there
         for (int q = 0; q < i && !seen; ++q) seen = combineIndex[t * k + q] >= 0 && ids[t * k + q] / local == d;
         if (seen) continue;
@@ -950,7 +959,7 @@ template <int V, int Threads>
 __device__ __forceinline__ void rowsBody(const E::EpShapeView& s, const uint8_t* __restrict__ regions, const uint32_t* __restrict__ counts,
                                          const int32_t* __restrict__ rowIndex, uint16_t* __restrict__ out, const uint32_t* __restrict__ follows,
                                          uint32_t e, uint64_t deadline, int32_t* __restrict__ status, int shares, bool gather, int64_t first,
-                                         int64_t stride) {
+                                         int64_t stride, const uint16_t* __restrict__ ownRows) {
   __shared__ int32_t rowOf[E::kMaxTopK];
   __shared__ bool landed;
   const int64_t H = s.hidden;
@@ -960,15 +969,17 @@ __device__ __forceinline__ void rowsBody(const E::EpShapeView& s, const uint8_t*
     const int64_t i = slotOf(item / shares, s.ranks, s.maxTokens), share = item % shares;
     const int64_t r = i / s.maxTokens, j = i % s.maxTokens;
     if (j >= counts[r]) continue;  // the same for the whole CTA
+    const bool own = ownRows != nullptr && r == s.rank;  // payload in x, not in the region
     __syncthreads();  // the last slot's rows are read
     if (threadIdx.x < s.k) rowOf[threadIdx.x] = gather ? (threadIdx.x == 0 ? static_cast<int32_t>(i) : -1) : rowIndex[i * s.k + threadIdx.x];
     if (threadIdx.x == 0) {
       const uint32_t* flag = reinterpret_cast<const uint32_t*>(regions + r * s.regionBytes + s.flagsAt) + j / E::kChunkSlots;
-      landed = follows[r] == 0 || awaitFlag(flag, e, deadline, status, E::kStatusDispatchTimeout, static_cast<int32_t>(r));
+      landed = own || follows[r] == 0 || awaitFlag(flag, e, deadline, status, E::kStatusDispatchTimeout, static_cast<int32_t>(r));
     }
     __syncthreads();
     if (!landed) continue;
     const uint8_t* p = regions + r * s.regionBytes + j * s.slotBytes;
+    if (own) p = reinterpret_cast<const uint8_t*>(ownRows) + static_cast<int64_t>(*reinterpret_cast<const int32_t*>(p + s.metaAt)) * s.metaAt;
     // the share's parts (Threads * V elements each), kRowBatch at a time: every part's loads
     // are issued before its stores, so a CTA waits one memory latency per batch, not per part
     const int64_t hEnd = min(H, (share + 1) * per * Threads * V);
@@ -1011,13 +1022,13 @@ __global__ void __launch_bounds__(kThreads) rowsKernel(E::EpShapeView s, const u
                                                        const int32_t* __restrict__ placed, const int32_t* __restrict__ touch, int32_t maxPerExpert,
                                                        uint16_t* __restrict__ out, const uint32_t* __restrict__ follows,
                                                        const uint32_t* __restrict__ epoch, int64_t timeoutNs, int32_t* __restrict__ status,
-                                                       int shares, bool gather) {
+                                                       int shares, bool gather, const uint16_t* __restrict__ ownRows) {
   if (blockIdx.y == 1) {
     paddingBody<V, kThreads>(s, offsets, placed, touch, maxPerExpert, out, blockIdx.x, gridDim.x);
     return;
   }
   rowsBody<V, kThreads>(s, regions, counts, rowIndex, out, follows, *epoch, globalTimer() + static_cast<uint64_t>(timeoutNs), status, shares, gather,
-                        blockIdx.x, gridDim.x);
+                        blockIdx.x, gridDim.x, ownRows);
 }
 
 // ---- dispatch in one launch ------------------------------------------------------------------
@@ -1055,10 +1066,10 @@ __global__ void __launch_bounds__(1024) dispatchDecodeKernel(
   if (blockIdx.x == 0) {
     layoutSmallBody(s, regions, words, e, false, epoch, timeoutNs, status, recvCounts, follows, align, maxPerExpert, rows, placed, touch, layoutCounts,
                     offsets, sourceIndex, rowIndex, usedRows, dropped, recvErrors, sh.layout);
-    if (G == 1) rowsBody<V, 1024>(s, regions, recvCounts, rowIndex, out, follows, e, deadline, status, shares, true, 0, 1);
+    if (G == 1) rowsBody<V, 1024>(s, regions, recvCounts, rowIndex, out, follows, e, deadline, status, shares, true, 0, 1, nullptr);
   } else {
     ctaWait(words, s.ranks, e, s.maxTokens, timeoutNs, status, E::kStatusDispatchTimeout, counts, follow);
-    rowsBody<V, 1024>(s, regions, counts, rowIndex, out, follow, e, deadline, status, shares, true, blockIdx.x - 1, G - 1);
+    rowsBody<V, 1024>(s, regions, counts, rowIndex, out, follow, e, deadline, status, shares, true, blockIdx.x - 1, G - 1, nullptr);
   }
   if (lastBlock(recvSync) && threadIdx.x == 0) {
     *epoch = e;
@@ -1511,7 +1522,9 @@ cudaError_t dispatchSend(const EpDispatchSendArgs& a, const Launch& l) {
   if ((err = cudaGetLastError()) != cudaSuccess) return err;
   if ((err = cudaEventRecord(fork, l.stream)) != cudaSuccess) return err;
   if ((err = cudaStreamWaitEvent(side, fork, 0)) != cudaSuccess) return err;
-  payloadKernel<<<grid, kThreads, 0, side>>>(s, source, s.metaAt, a.ids, a.tokens, a.combineIndex, a.dataDst, sendCount, a.chunkDone);
+  // this rank's own slots are read from x by the receive where x is sent as it is (ownRows)
+  payloadKernel<<<std::min(grid, kPayloadCtas), kPayloadThreads, 0, side>>>(s, source, s.metaAt, a.ids, a.tokens, a.combineIndex, a.dataDst, sendCount,
+                                                                           a.chunkDone, direct);
   return cudaGetLastError();
 }
 
@@ -1555,10 +1568,10 @@ cudaError_t dispatchRecv(const EpDispatchRecvArgs& a, const Launch& l) {
     const dim3 grid(gridOf(std::max<int64_t>(slots * shares, L), 1 << 16), a.gather ? 1 : 2);
     if (vec) {
       rowsKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, a.rowIndex, a.offsets, placed, touch, a.maxPerExpert, a.tokensOut,
-                                                     follows, a.epoch, a.timeoutNs, a.status, shares, a.gather);
+                                                     follows, a.epoch, a.timeoutNs, a.status, shares, a.gather, a.ownRows);
     } else {
       rowsKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, a.recvCounts, a.rowIndex, a.offsets, placed, touch, a.maxPerExpert, a.tokensOut,
-                                                     follows, a.epoch, a.timeoutNs, a.status, shares, a.gather);
+                                                     follows, a.epoch, a.timeoutNs, a.status, shares, a.gather, a.ownRows);
     }
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
