@@ -500,9 +500,10 @@ __global__ void __launch_bounds__(kThreads) sendKernel(E::EpShapeView s, const u
 }
 
 // An overlapped send's payloads (beside the receive, on the side stream): a CTA per group of
-// kPayloadGroup tokens (grid-stride), its warps over the group's (token, part) items as in
-// sendKernel; then every thread fences its stores, and a thread per token counts the token's
-// slot on the chunk of each of its destinations (chunkDone, in this device's memory). The slot
+// kPayloadGroup tokens (grid-stride), the group's pairs looked up once into shared memory, its
+// warps over the group's (token, part) items as in sendKernel; then every thread fences its
+// stores, and a thread per pair counts the token's slot on the chunk of the pair's destination
+// where the pair is the token's first there (chunkDone, in this device's memory). The slot
 // that completes a chunk raises the chunk's flag in the destination region (call number
 // sendCount[ranks]: the receive advances *epoch meanwhile) and re-arms the counter. One fence per
 // thread and group of tokens, not per part: a fence waits for the thread's stores to land.
@@ -519,43 +520,45 @@ __global__ void __launch_bounds__(kPayloadThreads) payloadKernel(E::EpShapeView 
                                                           const int32_t* __restrict__ ids, int64_t tokens, const int32_t* __restrict__ combineIndex,
                                                           const uint64_t* __restrict__ dataDst, const uint32_t* __restrict__ sendCount,
                                                           uint32_t* __restrict__ chunkDone, bool skipOwn) {
+  // the group's pairs, looked up once per CTA: destination (-1: none, or this rank's own where
+  // skipped) and slot there
+  __shared__ int32_t dest[kPayloadGroup][E::kMaxTopK];
+  __shared__ int32_t slotOn[kPayloadGroup][E::kMaxTopK];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int k = s.k, local = s.experts / s.ranks;
   const int64_t M = s.maxTokens, n16 = s.metaAt / 16, parts = (n16 + kPart - 1) / kPart, chunkCount = E::chunks(M);
   const uint32_t e = sendCount[s.ranks];
   for (int64_t t0 = static_cast<int64_t>(blockIdx.x) * kPayloadGroup; t0 < tokens; t0 += static_cast<int64_t>(gridDim.x) * kPayloadGroup) {
     const int n = static_cast<int>(min(static_cast<int64_t>(kPayloadGroup), tokens - t0));
+    if (threadIdx.x < n * k) {
+      const int g = threadIdx.x / k, i = threadIdx.x - g * k;
+      const int64_t p = (t0 + g) * k + i;
+      const int32_t ci = combineIndex[p];
+      const int32_t d = ci >= 0 ? ids[p] / local : -1;
+      dest[g][i] = skipOwn && d == s.rank ? -1 : d;
+      slotOn[g][i] = d >= 0 ? ci / k - d * static_cast<int32_t>(M) : 0;
+    }
+    __syncthreads();
     for (int64_t item = warp; item < n * parts; item += kPayloadThreads / 32) {
-      const int64_t t = t0 + item / parts, part = item % parts;
-      int32_t d = -1;
-      int64_t slot = 0;
-      if (lane < k) {
-        const int32_t ci = combineIndex[t * k + lane];
-        if (ci >= 0) {
-          d = ids[t * k + lane] / local;
-          slot = ci / k - static_cast<int64_t>(d) * M;
-          if (skipOwn && d == s.rank) d = -1;
-        }
-      }
+      const int g = static_cast<int>(item / parts);
+      const int64_t t = t0 + g, part = item % parts;
+      const int32_t d = lane < k ? dest[g][lane] : -1;
       const uint32_t same = __match_any_sync(0xFFFFFFFFu, d);
       const bool first = d >= 0 && (same & ((1u << lane) - 1u)) == 0;
       const uint32_t firsts = __ballot_sync(0xFFFFFFFFu, first);
-      const uint64_t dst = first ? dataDst[d] + static_cast<uint64_t>(slot * s.slotBytes) : 0;
+      const uint64_t dst = first ? dataDst[d] + static_cast<uint64_t>(static_cast<int64_t>(slotOn[g][lane]) * s.slotBytes) : 0;
       warpScatterPart(dst, firsts, reinterpret_cast<const uint4*>(source + t * sourceStride), n16, part, lane);
     }
     fenceAcqRelSys();  // this thread's stores, before the group's slots are counted
     __syncthreads();
-    if (threadIdx.x < n) {
-      const int64_t t = t0 + threadIdx.x;
-      for (int i = 0; i < k; ++i) {
-        const int32_t ci = combineIndex[t * k + i];
-        if (ci < 0) continue;
-        const int32_t d = ids[t * k + i] / local;
-        if (skipOwn && d == s.rank) continue;
-        bool seen = false;  // the token's slot on d is counted at its first pair there
-        for (int q = 0; q < i && !seen; ++q) seen = combineIndex[t * k + q] >= 0 && ids[t * k + q] / local == d;
-        if (seen) continue;
-        const int64_t slot = ci / k - static_cast<int64_t>(d) * M, c = slot / E::kChunkSlots;
+    // a thread per pair: the token's slot on d is counted at its first pair there
+    if (threadIdx.x < n * k) {
+      const int g = threadIdx.x / k, i = threadIdx.x - g * k;
+      const int32_t d = dest[g][i];
+      bool seen = d < 0;
+      for (int q = 0; q < i && !seen; ++q) seen = dest[g][q] == d;
+      if (!seen) {
+        const int64_t c = slotOn[g][i] / E::kChunkSlots;
         const uint32_t expected = static_cast<uint32_t>(min(static_cast<int64_t>(E::kChunkSlots), sendCount[d] - c * E::kChunkSlots));
         uint32_t* done = chunkDone + d * chunkCount + c;
         if (atomicAdd(done, 1u) + 1u == expected) {
@@ -565,6 +568,7 @@ __global__ void __launch_bounds__(kPayloadThreads) payloadKernel(E::EpShapeView 
         }
       }
     }
+    __syncthreads();  // dest and slotOn are the next group's
   }
 }
 
