@@ -531,9 +531,11 @@ describe('the CPU reference of an overlapped send', () => {
       'E_ARGUMENT', 'share the call number',
     );
     // a receive's own rows come only from an overlapped send of x (a device's side stream)
-    const recvAt = (ownRows: bigint) => () => b.epDispatchRecv(-1, 0n, ...shape, state.dataPtr, state.dataPtr, state.dataPtr, 1e9, state.dataPtr, state.dataPtr,
-      1, 0, rows, false, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, 0n, 0n, ownRows);
-    await expectCode(recvAt(x.dataPtr), 'E_ARGUMENT', 'own rows');
+    await expectCode(
+      () => b.epDispatchRecv(-1, 0n, ...shape, state.dataPtr, state.dataPtr, state.dataPtr, 1e9, state.dataPtr, state.dataPtr, 1, 0, rows, false,
+        state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, state.dataPtr, 0n, 0n, x.dataPtr),
+      'E_ARGUMENT', 'own rows',
+    );
     for (const t of [x, ids, w, state, other]) t.dispose();
   });
 
