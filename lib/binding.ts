@@ -234,7 +234,7 @@ export interface EpBinding {
   epCombineRecv(
     device: number, stream: bigint, ranks: number, rank: number, experts: number, k: number, hidden: number, maxTokens: number, payload: number, combine: number,
     regions: bigint, counts: bigint, epoch: bigint, timeoutNs: number, status: bigint, combineIndex: bigint, weights: bigint, tokens: number,
-    out: bigint, outType: number, sideStream: bigint, joinEvent: bigint,
+    out: bigint, outType: number, sideStream: bigint, joinEvent: bigint, ownY: bigint, ownRows: number, ownRowIndex: bigint,
   ): void;
   /** Opens NCCL (libnccl.so.2, or MOE_KERNELS_NCCL_LIBRARY) and names it with its version; E_COMM when it cannot. */
   ncclLoad(): string;

@@ -563,12 +563,18 @@ describe('the CPU reference of an overlapped send', () => {
       state.dataPtr, state.dataPtr + 4n, 1, 0n, 0n, 0n);
     const recv = () => {
       const out = u8(4 * T * H), status = u8(8);
-      b.epCombineRecv(-1, 0n, ...shape, region.dataPtr, count.dataPtr, state.dataPtr, 1e9, status.dataPtr, combineIndex.dataPtr, w.dataPtr, T, out.dataPtr, 0, 0n, 0n);
+      b.epCombineRecv(-1, 0n, ...shape, region.dataPtr, count.dataPtr, state.dataPtr, 1e9, status.dataPtr, combineIndex.dataPtr, w.dataPtr, T, out.dataPtr, 0, 0n, 0n, 0n, 0, 0n);
       const bytes = new Uint8Array(4 * T * H);
       b.hostRead(out.dataPtr, bytes);
       return Array.from(bytes);
     };
     await expectChunkFlags(count, region.dataPtr + BigInt(flagsAt), T, recv, "rank 0's rows of chunk 1 have not arrived");
+    // a receive reads its own rows from y only behind an overlapped send (a device's side stream)
+    await expectCode(
+      () => b.epCombineRecv(-1, 0n, ...shape, region.dataPtr, count.dataPtr, state.dataPtr, 1e9, state.dataPtr + 16n, combineIndex.dataPtr, w.dataPtr, T,
+        region.dataPtr, 0, 0n, 0n, y.dataPtr, rows, rowIndex.dataPtr),
+      'E_ARGUMENT', 'own rows of a combine',
+    );
     for (const t of [y, rowIndex, combineIndex, w, region, count, state, recvCounts, dispatchRegion, dataDst, countDst]) t.dispose();
   });
 });
@@ -1034,7 +1040,7 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
     const recv = async (timeoutNs: number) => {
       const out = fromArray(new Float32Array(T * H), { shape: [T, H], device: dev }), status = on(new Int32Array(2), 'i32');
       b.epCombineRecv(d, s.handle, ...shape, region.dataPtr, count.dataPtr, state.dataPtr, timeoutNs, status.dataPtr, combineIndex.dataPtr, w.dataPtr, T,
-        out.dataPtr, 0, 0n, 0n);
+        out.dataPtr, 0, 0n, 0n, 0n, 0, 0n);
       const got = { out: Array.from(await out.toArray({ stream: s })), status: Array.from(await status.toArray({ stream: s })) };
       out.dispose();
       status.dispose();

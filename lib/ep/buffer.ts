@@ -703,6 +703,8 @@ export class EpBuffer {
       useOn(stream, [yt, last.weights, out, ...this.tensors()]);
       // the side stream's work ends before the call's (combineRecv joins it)
       const side = this.side && T > OVERLAP_TOKENS ? this.side : undefined;
+      // an overlapped exact send leaves this rank's own pairs to the receive, which reads them from y
+      const ownY = side && this.combineForm === 'exact' && this.hidden % 8 === 0 && yt.dataPtr % 16n === 0n ? yt.dataPtr : 0n;
       b.epCombineSend(
         dev, stream.handle, ...this.shape, yt.dataPtr, this.rows, t.recvDispatch.dataPtr, this.out.layout.rowIndex.dataPtr, t.recvCounts.dataPtr, tb.combine.dataPtr,
         tb.combineCounts.dataPtr, st, st + 8n, Math.max(1, this.sms), side?.stream ?? 0n, side?.fork ?? 0n, side ? t.chunkDone.dataPtr : 0n,
@@ -722,6 +724,7 @@ export class EpBuffer {
       b.epCombineRecv(
         dev, stream.handle, ...this.shape, t.recvCombine.dataPtr, t.recvCombineCounts.dataPtr, st, this.recvBoundNs(deadline), st + 16n,
         this.out.combineIndex.dataPtr, last.weights.dataPtr, T, out.dataPtr, DTYPES[out.dtype].id, side?.stream ?? 0n, side?.join ?? 0n,
+        ownY, this.rows, ownY ? this.out.layout.rowIndex.dataPtr : 0n,
       );
       if (this.nccl) await this.ncclWait('combine', stream, deadline);
       this.state = 'idle';

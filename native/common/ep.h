@@ -114,6 +114,11 @@ EP_HD uint64_t countWord(uint32_t epoch, uint32_t count) { return (static_cast<u
 EP_HD bool sendsRaw(int32_t payload, int64_t hidden, const void* x) {
   return payload == kPayloadBf16 && metaOffset(payload, hidden) == 2 * hidden && reinterpret_cast<uintptr_t>(x) % 16 == 0;
 }
+// An overlapped exact combine leaves the pairs a rank sends itself out of its own region where
+// their rows can be read from y in 16-byte pieces, as the sum reads a region's.
+EP_HD bool combineReadsOwnY(int32_t combine, int64_t hidden, const void* y) {
+  return combine == kCombineExact && hidden % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
+}
 
 // status[0]: 0, or the op whose wait ran out; status[1]: the first rank it waited for.
 constexpr int32_t kStatusDispatchTimeout = 1;
@@ -293,7 +298,8 @@ inline void validate(const EpDispatchArgs& a) {
 //            from 0 and the weights those the slot's metadata carries in the dispatch regions,
 //            and valid = 1, or valid = 0 where no pair of the slot got a row;
 // then *countDst[s] = countWord(*epoch, count) (overlapped: countWord(*epoch, count |
-// kPayloadFollows) first, and chunk flag c of dataDst[s] = *epoch once chunk c's entries are there).
+// kPayloadFollows) first, and chunk flag c of dataDst[s] = *epoch once chunk c's entries are there;
+// where combineReadsOwnY holds, source s = rank gets no entries, its receive reads y instead).
 struct EpCombineSendArgs {
   EpShape shape;
   const uint16_t* y;           // bf16 [rows, hidden]
@@ -346,6 +352,12 @@ struct EpCombineRecvArgs {
   // sideStream, before combineRecv returns.
   void* sideStream;            // cudaStream_t, or null
   void* joinEvent;             // cudaEvent_t
+  // Where an overlapped exact send left this rank's own pairs out (combineReadsOwnY of its y), the
+  // receive reads them from that y through the dispatch layout's rowIndex, as combineSend would:
+  // row(kk) of slot j of this rank = ownY[ownRowIndex[(rank*maxTokens+j)*k+kk]] where in [0, ownRows).
+  const uint16_t* ownY;        // bf16 [ownRows, hidden], or null
+  int64_t ownRows;
+  const int32_t* ownRowIndex;
 };
 
 inline void validate(const EpCombineRecvArgs& a) {
@@ -356,6 +368,9 @@ inline void validate(const EpCombineRecvArgs& a) {
   MOE_REQUIRE(a.timeoutNs > 0, "E_ARGUMENT", "timeoutMs", "expected a positive timeout");
   MOE_REQUIRE(a.regions && a.counts && a.epoch && a.status && (a.tokens == 0 || (a.combineIndex && a.weights && a.out)), "E_ARGUMENT", "out", "null data pointer");
   MOE_REQUIRE(!a.sideStream || a.joinEvent, "E_ARGUMENT", "buffer", "an overlapped receive needs its event");
+  MOE_REQUIRE(!a.ownY || (a.sideStream && a.ownRowIndex && a.ownRows >= 0 && a.ownRows <= 2147483647LL &&
+                          ep::combineReadsOwnY(a.shape.combine, a.shape.hidden, a.ownY)),
+              "E_ARGUMENT", "y", "the own rows of a combine come from an overlapped exact send of y (16-byte aligned rows)");
 }
 
 }  // namespace moe

@@ -7,7 +7,7 @@
 // epCombineSend(device, stream, ...shape, y, rows, regions, rowIndex, recvCounts, dataDst, countDst, epoch, sync, sms,
 //               sideStream, forkEvent, chunkDone)
 // epCombineRecv(device, stream, ...shape, regions, counts, epoch, timeoutNs, status, combineIndex, weights, tokens, out, outType,
-//               sideStream, joinEvent)
+//               sideStream, joinEvent, ownY, ownRows, ownRowIndex)
 //
 // On the CPU the host transport moves the regions between ranks; on a device the destination
 // tables hold addresses the device writes (the nvlink transport), or this rank's staging, which
@@ -235,6 +235,9 @@ void registerEp(Napi::Env env, Napi::Object exports) {
         a.outType = r.dtype();
         a.sideStream = r.ptr();
         a.joinEvent = r.ptr();
+        a.ownY = r.ptr<const uint16_t>();
+        a.ownRows = r.i64();
+        a.ownRowIndex = r.ptr<const int32_t>();
         return a;
       },
       cpu::ep::combineRecv, MOE_GPU(kernels::ep::combineRecv));

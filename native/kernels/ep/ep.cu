@@ -1104,9 +1104,10 @@ constexpr int kCombineGroupReduced = 16;
 // overlapped send, its count words already out): a CTA per group of `group` interleaved slots,
 // its warps over the group's items; then every thread fences its stores, and a thread per slot
 // counts the slot on its source's chunk (chunkDone); the slot that completes a chunk raises the
-// chunk's flag in the source's combine region and re-arms the counter.
+// chunk's flag in the source's combine region and re-arms the counter. Slots of source `skipSrc`
+// (-1: none) are neither sent (work returns at once) nor counted.
 template <bool Chunked, class Work>
-__device__ __forceinline__ void combineWalk(const E::EpShapeView& s, int64_t perSlot, int group, const uint32_t* __restrict__ recvCounts,
+__device__ __forceinline__ void combineWalk(const E::EpShapeView& s, int64_t perSlot, int group, int skipSrc, const uint32_t* __restrict__ recvCounts,
                                             const uint64_t* __restrict__ dataDst, const uint64_t* __restrict__ countDst,
                                             const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync, uint32_t* __restrict__ chunkDone,
                                             Work work) {
@@ -1127,7 +1128,7 @@ __device__ __forceinline__ void combineWalk(const E::EpShapeView& s, int64_t per
       if (threadIdx.x < n) {
         const int64_t i = slotOf(u0 + threadIdx.x, s.ranks, M), src = i / M, j = i - src * M;
         const uint32_t count = min(recvCounts[src], static_cast<uint32_t>(M));
-        if (j < count) {
+        if (j < count && src != skipSrc) {
           const int64_t c = j / E::kChunkSlots;
           const uint32_t expected = static_cast<uint32_t>(min(static_cast<int64_t>(E::kChunkSlots), count - c * E::kChunkSlots));
           uint32_t* done = chunkDone + src * chunkCount + c;
@@ -1145,20 +1146,25 @@ __device__ __forceinline__ void combineWalk(const E::EpShapeView& s, int64_t per
 // A warp per (received pair, part of its row), slots interleaved (slotOf): the pair's valid flag
 // (part 0) and the part of its computed row into region `rank` of its source's combine buffer.
 // The lookups of an item are independent loads, so a warp waits about one latency before its copy.
+// skipOwn (an overlapped send, combineReadsOwnY): this rank's own pairs are left to its receive,
+// which reads them from y; copying them would cross the device's memory twice more and hold SMs
+// the link's copies need.
 template <bool Chunked>
 __global__ void __launch_bounds__(kThreads) combineSendKernel(E::EpShapeView s, const uint16_t* __restrict__ y, int64_t rows,
                                                               const int32_t* __restrict__ rowIndex, const uint32_t* __restrict__ recvCounts,
                                                               const uint64_t* __restrict__ dataDst, const uint64_t* __restrict__ countDst,
                                                               const uint32_t* __restrict__ epoch, uint32_t* __restrict__ sync,
-                                                              uint32_t* __restrict__ chunkDone, bool vec) {
+                                                              uint32_t* __restrict__ chunkDone, bool vec, bool skipOwn) {
   const int lane = threadIdx.x & 31;
   const int64_t M = s.maxTokens, H = s.hidden;
   // vec: parts of kPart chunks of 8 elements; otherwise one part per row, element by element
   const int64_t parts = vec ? (H / 8 + kPart - 1) / kPart : 1;
-  combineWalk<Chunked>(s, s.k * parts, kCombineGroupExact, recvCounts, dataDst, countDst, epoch, sync, chunkDone, [&](int64_t item) {
+  const int skipSrc = skipOwn ? s.rank : -1;
+  combineWalk<Chunked>(s, s.k * parts, kCombineGroupExact, skipSrc, recvCounts, dataDst, countDst, epoch, sync, chunkDone, [&](int64_t item) {
     const int64_t q = item / parts, part = item % parts;
     const int64_t i = slotOf(q / s.k, s.ranks, M), p = i * s.k + q % s.k;
     const int64_t src = i / M, entry = p - src * M * s.k;
+    if (src == skipSrc) return;
     const uint32_t count = recvCounts[src];
     uint8_t* region = at<uint8_t>(dataDst[src]);
     const int32_t r = rowIndex[p];
@@ -1215,7 +1221,7 @@ __global__ void __launch_bounds__(kThreads) combineReduceKernel(E::EpShapeView s
   const int lane = threadIdx.x & 31;
   const int64_t M = s.maxTokens, H = s.hidden;
   const int64_t n = H / 8, parts = vec ? (n + kPart - 1) / kPart : 1;
-  combineWalk<Chunked>(s, parts, kCombineGroupReduced, recvCounts, dataDst, countDst, epoch, sync, chunkDone, [&](int64_t item) {
+  combineWalk<Chunked>(s, parts, kCombineGroupReduced, -1, recvCounts, dataDst, countDst, epoch, sync, chunkDone, [&](int64_t item) {
     const int64_t i = slotOf(item / parts, s.ranks, M), part = item % parts;
     const int64_t src = i / M, j = i - src * M;
     if (j >= min(recvCounts[src], static_cast<uint32_t>(M))) return;
@@ -1299,7 +1305,8 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
                                                              const uint32_t* __restrict__ follows, const uint32_t* __restrict__ epoch,
                                                              int64_t timeoutNs, int32_t* __restrict__ status,
                                                              const int32_t* __restrict__ combineIndex, const float* __restrict__ weights,
-                                                             int64_t tokens, int group, void* __restrict__ out, bool bf16Out) {
+                                                             int64_t tokens, int group, void* __restrict__ out, bool bf16Out,
+                                                             const uint16_t* __restrict__ ownY, int64_t ownRows, const int32_t* __restrict__ ownRowIndex) {
   __shared__ const uint16_t* rowOf[kSumGroup * E::kMaxTopK];  // per pair; nullptr: it adds nothing
   __shared__ float weightOf[kSumGroup * E::kMaxTopK];
   __shared__ int64_t rankOf[kSumGroup * E::kMaxTopK];
@@ -1320,7 +1327,9 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
     // where the rows follow: one thread per warp and chunk waits for the chunk's flag (a pair's
     // thread each would put tens of thousands of pollers on L2 beside the send)
     const int64_t d = idx >= 0 ? idx / MK : s.ranks, slot = idx >= 0 ? idx % MK / s.k : 0;
-    const bool follow = d < s.ranks && slot < counts[d] && follows[d] != 0;
+    // ownY: this rank's own pairs were not sent; their rows are read from y (combineSend's lookup)
+    const bool own = ownY != nullptr && d == s.rank;
+    const bool follow = !own && d < s.ranks && slot < counts[d] && follows[d] != 0;
     const uint32_t* chunkFlag = follow ? reinterpret_cast<const uint32_t*>(regions + d * s.combineRegionBytes + s.combineFlagsAt) + slot / E::kChunkSlots : nullptr;
     const uint32_t sameChunk = __match_any_sync(0xFFFFFFFFu, reinterpret_cast<uintptr_t>(chunkFlag));
     if (follow && (sameChunk & ((1u << (i & 31)) - 1u)) == 0) awaitFlag(chunkFlag, e, deadline, status, E::kStatusCombineTimeout, static_cast<int32_t>(d));
@@ -1328,7 +1337,10 @@ __global__ void __launch_bounds__(kThreads) combineSumKernel(E::EpShapeView s, c
     if (i < pairs) {
       const int kk = i % s.k;
       const uint16_t* row = nullptr;
-      if (d < s.ranks) {
+      if (own) {
+        const int32_t r = slot < counts[d] ? ownRowIndex[idx] : -1;
+        if (r >= 0 && r < ownRows) row = ownY + static_cast<int64_t>(r) * H;
+      } else if (d < s.ranks) {
         const int64_t entry = reduced ? slot : idx % MK;
         const uint8_t* base = regions + d * s.combineRegionBytes;
         // the valid flag and the count load together; a flag past the count is stale and ignored
@@ -1636,7 +1648,7 @@ cudaError_t combineSend(const EpCombineSendArgs& a, const Launch& l) {
                                                                   a.sync, nullptr, vec);
     } else {
       combineSendKernel<false><<<grid, kThreads, 0, l.stream>>>(s, a.y, a.rows, a.rowIndex, a.recvCounts, a.dataDst, a.countDst, a.epoch, a.sync, nullptr,
-                                                                vec);
+                                                                vec, false);
     }
     return cudaGetLastError();
   }
@@ -1654,7 +1666,7 @@ cudaError_t combineSend(const EpCombineSendArgs& a, const Launch& l) {
                                                            a.chunkDone, vec);
   } else {
     combineSendKernel<true><<<grid, kThreads, 0, side>>>(s, a.y, a.rows, a.rowIndex, a.recvCounts, a.dataDst, a.countDst, a.epoch, a.sync, a.chunkDone,
-                                                         vec);
+                                                         vec, E::combineReadsOwnY(s.combine, s.hidden, a.y));
   }
   return cudaGetLastError();
 }
@@ -1682,10 +1694,10 @@ cudaError_t combineRecv(const EpCombineRecvArgs& a, const Launch& l) {
     const bool bf16Out = a.outType == DType::BF16;
     if (vec) {
       combineSumKernel<8><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, follows, a.epoch, a.timeoutNs, a.status, a.combineIndex, a.weights,
-                                                           a.tokens, group, a.out, bf16Out);
+                                                           a.tokens, group, a.out, bf16Out, a.ownY, a.ownRows, a.ownRowIndex);
     } else {
       combineSumKernel<1><<<grid, kThreads, 0, l.stream>>>(s, a.regions, counts, follows, a.epoch, a.timeoutNs, a.status, a.combineIndex, a.weights,
-                                                           a.tokens, group, a.out, bf16Out);
+                                                           a.tokens, group, a.out, bf16Out, a.ownY, a.ownRows, a.ownRowIndex);
     }
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
   }
