@@ -897,6 +897,9 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
     // and which combine sends did: their side-stream argument, third from the end
     const combine = vi.spyOn(native(), 'epCombineSend');
     const combined = () => combine.mock.calls.map((a) => a[a.length - 3] !== 0n);
+    // and which combine receives read the rank's own pairs from y: their ownY, third from the end
+    const receive = vi.spyOn(native(), 'epCombineRecv');
+    const ownRead = () => receive.mock.calls.map((a) => a[a.length - 3] !== 0n);
     try {
       for (const devs of pairs()) {
         const seed = freshSeed(`nvlink overlap ${devs.join(',')}`);
@@ -906,6 +909,7 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
         const T = [1025 + (seed % 63), 1025 + ((seed >>> 6) % 63)];
         send.mockClear();
         combine.mockClear();
+        receive.mockClear();
         // a bf16 row of 4224 bytes: two 4 KB parts per slot, each counted on its chunk
         await round({ R: 2, E, H: 2112, K: 1, maxT: 1100, payload: 'bf16', form: 'contiguous', align: 8, out: 'f32', devices: devs, inputs: inputs(seed, T, 2112, E, 1) });
         await round({ R: 2, E, H: 64, K: 3, maxT: 1100, payload: 'fp8', form: 'masked', M: 300, out: 'bf16', devices: devs, inputs: inputs(seed + 1, T, 64, E, 3) });
@@ -914,6 +918,8 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
         await round({ R: 2, E, H: 36, K: 2, maxT: 1100, payload: 'bf16', form: 'contiguous', out: 'bf16', devices: devs, inputs: inputs(seed + 3, T, 36, E, 2) });
         expect(overlapped(), `${devs.join(',')}: every send of over 1024 tokens overlaps when its rank is alone on its device`).toEqual(new Array(8).fill(alone));
         expect(combined(), `${devs.join(',')}: combine`).toEqual(new Array(8).fill(alone));
+        // an exact combine reads y's own rows in place where they are 16-byte pieces (not hidden 36)
+        expect(ownRead(), `${devs.join(',')}: own pairs from y`).toEqual([...new Array(4).fill(alone), false, false, false, false]);
         // at most 1024 tokens, or a buffer sized for at most 1024, never overlaps
         send.mockClear();
         combine.mockClear();
@@ -925,6 +931,7 @@ describe.skipIf(!hasCuda)(`nvlink transport${hasCuda ? '' : ` (skipped: ${cudaRe
     } finally {
       send.mockRestore();
       combine.mockRestore();
+      receive.mockRestore();
     }
   });
 
